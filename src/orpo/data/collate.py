@@ -1,0 +1,50 @@
+"""Batching of tokenized pairs into one concatenated chosen+rejected batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class ORPODataCollator:
+    """Pads B pairs into 2B right-padded rows: chosen rows 0..B-1, rejected rows B..2B-1.
+
+    ``labels`` score the completion tokens only.  With ``nll_scope="prompt_and_completion"``
+    an extra ``nll_labels`` tensor also scores the prompt (never a sequence's first token,
+    which nothing predicts).  One forward pass then serves both halves of every pair.
+    """
+
+    pad_token_id: int
+    label_pad_token_id: int = -100
+    pad_to_multiple_of: int | None = None
+    nll_scope: str = "completion"
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty batch")
+        sequences: list[tuple[list[int], int]] = []  # (ids, prompt length)
+        for key in ("chosen_input_ids", "rejected_input_ids"):
+            for feature in features:
+                prompt = list(feature["prompt_input_ids"])
+                sequences.append((prompt + list(feature[key]), len(prompt)))
+        length = max(len(ids) for ids, _ in sequences)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        rows = len(sequences)
+        input_ids = torch.full((rows, length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((rows, length), dtype=torch.long)
+        labels = torch.full((rows, length), self.label_pad_token_id, dtype=torch.long)
+        for row, (ids, prompt_len) in enumerate(sequences):
+            tensor = torch.tensor(ids, dtype=torch.long)
+            input_ids[row, : len(ids)] = tensor
+            attention_mask[row, : len(ids)] = 1
+            labels[row, prompt_len : len(ids)] = tensor[prompt_len:]
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.nll_scope == "prompt_and_completion":
+            nll_labels = torch.where(attention_mask.bool(), input_ids, self.label_pad_token_id)
+            nll_labels[:, 0] = self.label_pad_token_id
+            batch["nll_labels"] = nll_labels
+        return batch

@@ -1,0 +1,235 @@
+"""The ORPO objective as pure tensor functions: no model, no trainer.
+
+Sign convention (the only place it is defined): every loss term returned here is
+*positive and minimised*.  The total objective is
+
+    loss = nll + mean_over_pairs(-beta * logsigmoid(log_odds))
+
+which is the paper's ``L_SFT + lambda * L_OR`` and TRL's ``nll - beta * mean(logsigmoid)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "MAX_AVG_LOGP",
+    "MIN_AVG_LOGP",
+    "OddsRatioOutput",
+    "ORPOLossOutput",
+    "SequenceLogps",
+    "log1mexp",
+    "odds_ratio_loss",
+    "orpo_loss",
+    "selective_log_softmax",
+    "sequence_logps",
+    "token_logps",
+]
+
+#: Average log-probs are clamped into [MIN_AVG_LOGP, MAX_AVG_LOGP] before the odds are taken.
+#: At avg logp == 0 the odds are infinite and d/dx log(1 - e^x) = -1/x blows up; at -inf the
+#: loss is infinite.  Inside the range the loss is exact; a real completion never averages
+#: below -1e4 nats/token, and above -1e-6 the odds-ratio term is already ~0.
+MAX_AVG_LOGP = -1e-6
+MIN_AVG_LOGP = -1e4
+_LN2 = math.log(2.0)
+# Rows of logits processed at once: bounds the float32 scratch to ~256 MiB at any vocab size.
+_CHUNK_ELEMENTS = 1 << 26
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0`` with finite values *and* finite gradients.
+
+    Peers use ``where(x < -ln2, log1p(-exp(x)), log(-expm1(x)))``; autograd still
+    differentiates the unused branch, so its inf/NaN leaks into the gradient (0 * inf).  Here
+    each branch only ever sees inputs that are safe for it ("double where"), and ``x`` is
+    clamped below zero so the value at ``x == 0`` is finite.
+    """
+    x = x.clamp(max=MAX_AVG_LOGP)
+    near_zero = x > -_LN2
+    x_near = torch.where(near_zero, x, torch.full_like(x, -_LN2))
+    x_far = torch.where(near_zero, torch.full_like(x, -1.0), x)
+    return torch.where(near_zero, torch.log(-torch.expm1(x_near)), torch.log1p(-torch.exp(x_far)))
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    """log_softmax(logits)[i, index[i]] computed in float32 chunks.
+
+    Saves only the (already materialised) logits and one float32 logsumexp per row, instead of
+    the full float32 log-softmax copy autograd would otherwise keep for bf16/fp16 logits.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        n, vocab = logits.shape
+        step = max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        lse = torch.empty(n, dtype=dtype, device=logits.device)
+        picked = torch.empty(n, dtype=dtype, device=logits.device)
+        for start in range(0, n, step):
+            chunk = logits[start : start + step].to(dtype)
+            lse[start : start + step] = torch.logsumexp(chunk, dim=-1)
+            picked[start : start + step] = chunk.gather(1, index[start : start + step, None]).squeeze(1)
+        ctx.save_for_backward(logits, index, lse)
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        logits, index, lse = ctx.saved_tensors
+        n, vocab = logits.shape
+        step = max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+        grad = torch.empty_like(logits)
+        grad_out = grad_out.to(lse.dtype)
+        for start in range(0, n, step):
+            stop = start + step
+            g = grad_out[start:stop, None]
+            probs = torch.exp(logits[start:stop].to(lse.dtype) - lse[start:stop, None])
+            chunk_grad = -g * probs
+            chunk_grad.scatter_add_(1, index[start:stop, None], g)
+            grad[start:stop] = chunk_grad.to(grad.dtype)
+        return grad, None
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits, -1).gather(-1, index)`` in at least float32, memory-lean."""
+    shape = index.shape
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = _SelectiveLogSoftmax.apply(flat, index.reshape(-1).long())
+    return out.reshape(shape)
+
+
+def token_logps(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of ``labels`` and the mask of scored tokens.
+
+    ``labels`` follow the Hugging Face convention (aligned with ``input_ids``); with ``shift``
+    the logits at position t score the label at t+1.  Only scored positions go through the
+    softmax.  Returns ``(logps, mask)``, both shaped like the (shifted) labels, logps float32
+    and exactly 0 where the mask is False.
+    """
+    if shift:
+        logits = logits[..., :-1, :]
+        labels = labels[..., 1:]
+    mask = labels != ignore_index
+    logps = torch.zeros(labels.shape, dtype=torch.promote_types(logits.dtype, torch.float32), device=logits.device)
+    if mask.any():
+        logps = logps.masked_scatter(mask, selective_log_softmax(logits[mask], labels[mask]))
+    return logps, mask
+
+
+class SequenceLogps(NamedTuple):
+    """Per-sequence log-probability of the scored tokens."""
+
+    sum: torch.Tensor  # float32 [batch]
+    count: torch.Tensor  # int64 [batch]: scored tokens
+    mean: torch.Tensor  # float32 [batch]: sum / count, 0 where count == 0 (see ``valid``)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.count > 0
+
+
+def _reduce(logps: torch.Tensor, mask: torch.Tensor) -> SequenceLogps:
+    total = logps.sum(-1)
+    count = mask.sum(-1)
+    return SequenceLogps(total, count, total / count.clamp(min=1))
+
+
+def sequence_logps(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, shift: bool = True
+) -> SequenceLogps:
+    """Sum, count and average log-prob of the labelled tokens of each sequence.
+
+    An empty completion (count 0) gets mean 0 instead of 0/0; callers exclude it via ``valid``.
+    """
+    return _reduce(*token_logps(logits, labels, ignore_index, shift))
+
+
+class OddsRatioOutput(NamedTuple):
+    """Per-pair terms of the odds-ratio part of ORPO; invalid pairs hold zeros."""
+
+    losses: torch.Tensor  # -beta * logsigmoid(log_odds): what is minimised, >= 0
+    log_odds: torch.Tensor  # log odds(chosen) - log odds(rejected)  (TRL: log_odds_chosen)
+    log_sigmoid_odds: torch.Tensor  # logsigmoid(log_odds)  (TRL: log_odds_ratio)
+    chosen_rewards: torch.Tensor  # beta * avg logp(chosen)
+    rejected_rewards: torch.Tensor  # beta * avg logp(rejected)
+    valid: torch.Tensor  # bool: pair takes part (both completions non-empty)
+
+
+def odds_ratio_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    beta: float,
+    valid: torch.Tensor | None = None,
+) -> OddsRatioOutput:
+    """ORPO's odds-ratio term for average log-probs of chosen and rejected completions.
+
+    Computed in at least float32 whatever the input dtype (bf16 has 3 significant digits,
+    not enough for log(1 - p) near p = 1).  Pairs with ``valid == False`` contribute exactly
+    zero loss and zero gradient.
+    """
+    dtype = torch.promote_types(chosen_logps.dtype, torch.float32)
+    lp_c = chosen_logps.to(dtype)
+    lp_r = rejected_logps.to(dtype)
+    if valid is None:
+        valid = torch.ones_like(lp_c, dtype=torch.bool)
+    # Invalid pairs get a harmless stand-in so nothing non-finite enters the graph.
+    stand_in = torch.full_like(lp_c, -1.0)
+    lp_c_safe = torch.where(valid, lp_c, stand_in).clamp(MIN_AVG_LOGP, MAX_AVG_LOGP)
+    lp_r_safe = torch.where(valid, lp_r, stand_in).clamp(MIN_AVG_LOGP, MAX_AVG_LOGP)
+    log_odds = (lp_c_safe - lp_r_safe) - (log1mexp(lp_c_safe) - log1mexp(lp_r_safe))
+    log_sigmoid_odds = F.logsigmoid(log_odds)
+    zero = torch.zeros_like(log_odds)
+    return OddsRatioOutput(
+        losses=torch.where(valid, -beta * log_sigmoid_odds, zero),
+        log_odds=torch.where(valid, log_odds, zero),
+        log_sigmoid_odds=torch.where(valid, log_sigmoid_odds, zero),
+        chosen_rewards=beta * torch.where(valid, lp_c, zero).detach(),
+        rejected_rewards=beta * torch.where(valid, lp_r, zero).detach(),
+        valid=valid,
+    )
+
+
+class ORPOLossOutput(NamedTuple):
+    loss: torch.Tensor  # nll_loss + or_loss: the scalar to backpropagate
+    nll_loss: torch.Tensor  # token-averaged NLL of the NLL tokens
+    or_loss: torch.Tensor  # pair-averaged -beta * logsigmoid(log_odds)
+    odds: OddsRatioOutput
+
+
+def orpo_loss(
+    chosen: SequenceLogps,
+    rejected: SequenceLogps,
+    beta: float,
+    nll_logp_sum: torch.Tensor | None = None,
+    nll_token_count: torch.Tensor | float | None = None,
+    pair_count: torch.Tensor | float | None = None,
+) -> ORPOLossOutput:
+    """Full ORPO loss for one batch.
+
+    ``nll_logp_sum`` is the summed log-prob of the tokens the NLL covers (default: the chosen
+    completion tokens).  ``nll_token_count`` and ``pair_count`` are the normalisers; pass the
+    totals of a whole gradient-accumulation window (across processes) to make micro-batching
+    invisible, or leave them None to normalise by this batch.
+    """
+    valid = chosen.valid & rejected.valid
+    odds = odds_ratio_loss(chosen.mean, rejected.mean, beta, valid)
+    if nll_logp_sum is None:
+        nll_logp_sum = torch.where(valid, chosen.sum, torch.zeros_like(chosen.sum)).sum()
+        local_tokens = torch.where(valid, chosen.count, torch.zeros_like(chosen.count)).sum()
+    else:
+        local_tokens = None
+    if nll_token_count is None:
+        if local_tokens is None:
+            raise ValueError("nll_token_count is required when nll_logp_sum is given")
+        nll_token_count = local_tokens
+    if pair_count is None:
+        pair_count = valid.sum()
+    nll = -nll_logp_sum / torch.as_tensor(nll_token_count, device=nll_logp_sum.device).clamp(min=1)
+    or_term = odds.losses.sum() / torch.as_tensor(pair_count, device=nll_logp_sum.device).clamp(min=1)
+    return ORPOLossOutput(loss=nll + or_term, nll_loss=nll, or_loss=or_term, odds=odds)
