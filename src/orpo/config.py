@@ -66,8 +66,8 @@ class ORPOConfig(TrainingArguments):
     nll_scope: str = field(
         default="completion",
         metadata=_choice(
-            "Tokens the NLL (SFT) term covers: the chosen completion only (ORPO paper's code) or prompt and "
-            "completion (TRL's ORPOTrainer).",
+            "Tokens the NLL (SFT) term covers: the chosen completion only (the paper's L_SFT) or prompt and "
+            "completion (TRL's ORPOTrainer and the authors' script by default).",
             NLL_SCOPES,
         ),
     )
@@ -79,6 +79,30 @@ class ORPOConfig(TrainingArguments):
         metadata={
             "help": "Compute token log-probs chunked through the LM head, only on scored tokens, never holding "
             "full-vocabulary logits (exact; falls back to the plain path for models it does not support)."
+        },
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack the chosen and rejected sequences of all pairs of a batch into one row with position ids "
+            "restarting per sequence, so no compute goes to padding (same loss as padded batches; fast with "
+            "attn_implementation flash_attention_2 or flex_attention, correct with sdpa and eager)."
+        },
+    )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={
+            "help": "Vision-language models: do not train the vision encoder (its weights, and any adapter in it, "
+            "stay as loaded); the projector and the language model train as usual."
+        },
+    )
+    shared_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "Run each pair's prompt once for both completions: pairs packed as prompt|chosen|rejected in one "
+            "row, with an attention mask that hides chosen from rejected (same loss; padding-free too, so it "
+            "overrides padding_free; needs attn_implementation sdpa, eager or flex_attention, and flex_attention "
+            "to save attention compute on GPU)."
         },
     )
     on_identical_pair: str = field(
@@ -102,6 +126,11 @@ class ORPOConfig(TrainingArguments):
     )
 
     # TRL's defaults that differ from TrainingArguments.
+    learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate (TRL's ORPO default)."})
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log every X update steps (an integer, or a ratio of the total steps if below 1)."},
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept for compatibility; orpo always keeps the columns it needs."}
     )
@@ -126,11 +155,11 @@ class ORPOConfig(TrainingArguments):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"ORPOConfig.{name} must be a positive integer or None, got {value}")
-        if self.max_length is not None and self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
-            raise ValueError(
-                f"ORPOConfig.max_prompt_length ({self.max_prompt_length}) must be smaller than max_length "
-                f"({self.max_length}) so that some completion tokens fit"
-            )
+        # max_prompt_length >= max_length is allowed, as in TRL: `ORPOConfig(max_length=512)` keeps the default
+        # max_prompt_length=512, and encoder-decoder prompts do not count towards max_length at all.  A prompt that
+        # leaves no room for a completion drops its pair, counted in the data report.
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"ORPOConfig.pad_to_multiple_of must be a positive integer or None, got {self.pad_to_multiple_of}")
         if isinstance(self.model_init_kwargs, str):
             import json
 

@@ -4,109 +4,66 @@ Two paths with the same result: ``plain`` reads the model's logits; ``fused`` ca
 final hidden states at the LM head and computes log-probs chunked through the head, only on
 scored tokens (see :mod:`orpo.fused`).  The fused path is verified against the plain one on
 the first batch and disabled, with a warning, for any model where they disagree.
+
+The paths live in :mod:`orpo.scoring`, the packed and shared-prompt layouts in
+:mod:`orpo.layouts`; :class:`TokenScorer` dispatches between them.  Their names are
+re-exported here, where the rest of the package and its users import them from.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from .fused import CHUNK_ELEMENTS, linear_selective_log_softmax
-from .loss import selective_log_softmax
+from .layouts import (
+    _beyond_sliding_window,
+    is_packed,
+    is_shared_prompt,
+    packed_view,
+    padded_from_shared,
+    rows_from_packed,
+    shared_prompt_mask,
+    shared_prompt_scores,
+    unpack_batch,
+    verify_packing,
+    verify_shared_prompt,
+)
+from .scoring import (
+    MODEL_INPUT_KEYS,
+    TokenScores,
+    _HeadCapture,
+    _model_inputs,
+    fused_scores,
+    output_head,
+    plain_scores,
+    shifted_targets,
+    unwrap,
+)
+
+__all__ = [
+    "MODEL_INPUT_KEYS",
+    "TokenScorer",
+    "TokenScores",
+    "fused_scores",
+    "is_packed",
+    "is_shared_prompt",
+    "output_head",
+    "packed_view",
+    "padded_from_shared",
+    "plain_scores",
+    "rows_from_packed",
+    "shared_prompt_mask",
+    "shared_prompt_scores",
+    "shifted_targets",
+    "unpack_batch",
+    "unwrap",
+    "verify_packing",
+    "verify_shared_prompt",
+]
 
 logger = logging.getLogger(__name__)
-
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw", "image_sizes")
-
-
-class TokenScores(NamedTuple):
-    """Per (shifted) position: log-prob of the target, mean logit, and whether it is scored."""
-
-    logps: torch.Tensor  # float32 [rows, L-1], 0 where not scored
-    logit_means: torch.Tensor  # float32 [rows, L-1], detached, 0 where not scored
-    mask: torch.Tensor  # bool [rows, L-1]
-    targets: torch.Tensor  # long [rows, L-1]
-
-
-def shifted_targets(batch: dict[str, torch.Tensor], ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets for positions 0..L-2: completion labels, plus prompt labels when the NLL needs them."""
-    targets = batch["labels"][:, 1:]
-    if "nll_labels" in batch:
-        targets = torch.where(targets != ignore_index, targets, batch["nll_labels"][:, 1:])
-    return targets, targets != ignore_index
-
-
-def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    return {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
-
-
-def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
-
-
-def _chunked_mean(logits: torch.Tensor) -> torch.Tensor:
-    step = max(1, CHUNK_ELEMENTS // max(logits.shape[-1], 1))
-    return torch.cat([logits[i : i + step].float().mean(-1) for i in range(0, logits.shape[0], step)])
-
-
-def plain_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int) -> TokenScores:
-    targets, mask = shifted_targets(batch, ignore_index)
-    logits = model(**_model_inputs(batch), use_cache=False).logits[:, :-1]
-    selected = logits[mask]
-    logps = selective_log_softmax(selected, targets[mask])
-    with torch.no_grad():
-        means = _chunked_mean(selected.detach())
-    return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
-def _head_transform(model: torch.nn.Module) -> tuple[float | None, float | None]:
-    """(softcap, scale) that the model applies to its logits, read from the config."""
-    config = getattr(unwrap(model), "config", None)
-    softcap = getattr(config, "final_logit_softcapping", None)
-    scale = getattr(config, "logit_scale", None)
-    return softcap, scale
-
-
-def output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The model's LM head if it is a plain Linear we can replicate (not LoRA-wrapped or quantized)."""
-    try:
-        head = unwrap(model).get_output_embeddings()
-    except (AttributeError, NotImplementedError):
-        return None
-    if type(head) is not torch.nn.Linear:
-        return None
-    return head
-
-
-def fused_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear) -> TokenScores:
-    targets, mask = shifted_targets(batch, ignore_index)
-    captured: dict[str, torch.Tensor] = {}
-
-    def capture(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        captured["hidden"] = args[0]
-        # The head still runs, on one position only; its output is unused.
-        return (args[0][..., :1, :], *args[1:])
-
-    handle = head.register_forward_pre_hook(capture)
-    try:
-        model(**_model_inputs(batch), use_cache=False)
-    finally:
-        handle.remove()
-    hidden = captured["hidden"][:, :-1]
-    softcap, scale = _head_transform(model)
-    logps, means = linear_selective_log_softmax(
-        hidden[mask], head.weight, targets[mask], head.bias, softcap=softcap, scale=scale
-    )
-    return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
-
 
 class TokenScorer:
     """Chooses the fused path when it is exact for this model, else the plain path."""
@@ -115,12 +72,14 @@ class TokenScorer:
         self.want_fused = fused and allow_fused
         self.ignore_index = ignore_index
         self._verified: bool | None = None
+        self._packing_ok: bool | None = None
+        self._shared_ok: bool | None = None
 
-    def _verify(self, model: torch.nn.Module, batch: dict[str, Any], head: torch.nn.Linear) -> bool:
+    def _verify(self, model: torch.nn.Module, batch: dict[str, Any], head: torch.nn.Linear) -> bool | None:
         rows = {key: value[:1, :32] for key, value in _model_inputs(batch).items() if torch.is_tensor(value)}
         if "pixel_values" in batch or len(rows) != len(_model_inputs(batch)):
             return False
-        probe = {**rows, "labels": rows["input_ids"].clone()}
+        probe = {**rows, "labels": rows.get("decoder_input_ids", rows["input_ids"]).clone()}
         with torch.no_grad():
             was_training = model.training
             model.eval()
@@ -129,6 +88,8 @@ class TokenScorer:
                 fused = fused_scores(model, probe, self.ignore_index, head).logps
             finally:
                 model.train(was_training)
+        if not (torch.isfinite(plain).all() and torch.isfinite(fused).all()):
+            return None  # a non-finite probe proves nothing: this batch takes the plain path, a later one decides
         ok = bool(torch.allclose(plain, fused, rtol=1e-3, atol=1e-3 * (1 + plain.abs().max().item())))
         if not ok:
             logger.warning(
@@ -140,13 +101,61 @@ class TokenScorer:
         return ok
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
+        if self.want_fused and self._verified is None and (head := output_head(model)) is not None:
+            _HeadCapture.of(head)  # before the model's first forward, so a compiled model traces the hook
+        if is_shared_prompt(batch):
+            return self._score_shared(model, batch)
+        if is_packed(batch):
+            return self._score_packed(model, batch)
+        return self._score(model, batch)
+
+    def _score_shared(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
+        """Scores of a shared-prompt batch, laid out like the padded batch's (rows = sequences)."""
+        if self._shared_ok is None:
+            self._shared_ok = verify_shared_prompt(model, batch)
+        if not self._shared_ok or _beyond_sliding_window(model, batch):
+            return self._score(model, padded_from_shared(batch))
+        view = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+        return shared_prompt_scores(model, batch, self.ignore_index, self._usable_head(model, view))
+
+    def _score_packed(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
+        """Scores of a padding-free batch, laid out like the padded batch's (rows = sequences)."""
+        if self._packing_ok is None:
+            self._packing_ok = verify_packing(model, batch)
+        if not self._packing_ok:
+            return self._score(model, unpack_batch(batch))
+        return rows_from_packed(self._score(model, packed_view(batch)), batch, self.ignore_index)
+
+    def _usable_head(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.nn.Linear | None:
+        """The LM head to fuse through, or None for the plain path (verified on the first batch)."""
         head = output_head(model) if self.want_fused else None
+        if head is None and self.want_fused and self._verified is None:
+            self._verified = False
+            logger.warning(
+                "fused_lm_head: the LM head of %s is not a plain torch.nn.Linear (LoRA-wrapped, quantized or "
+                "missing); using the plain path",
+                type(unwrap(model)).__name__,
+            )
         if head is not None and self._verified is None:
             self._verified = self._verify(model, batch, head)
-        if head is not None and self._verified:
+        return head if head is not None and self._verified else None
+
+    def _score(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
+        head = self._usable_head(model, batch)
+        if head is not None:
             return fused_scores(model, batch, self.ignore_index, head)
         return plain_scores(model, batch, self.ignore_index)
 
     @property
     def uses_fused(self) -> bool | None:
         return self._verified if self.want_fused else False
+
+    @property
+    def uses_packing(self) -> bool | None:
+        """None before the first padding-free batch, then whether packed batches run packed."""
+        return self._packing_ok
+
+    @property
+    def uses_shared_prompt(self) -> bool | None:
+        """None before the first shared-prompt batch, then whether such batches run shared."""
+        return self._shared_ok

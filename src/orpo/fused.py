@@ -2,15 +2,26 @@
 
 Full-vocabulary logits are never held: each chunk of rows is projected, reduced to its
 logsumexp and target logit, and dropped; backward recomputes the chunk.  Gradients are exact
-(same math as ``log_softmax(h @ W.T + b)``), in float32 accumulation.
+(same math as ``log_softmax(h @ W.T + b)``), in float32 accumulation (float64 for float64 inputs).
 """
 
 from __future__ import annotations
 
 import torch
 
-# Float32 elements of one chunk of logits: ~256 MiB whatever the vocabulary size.
+# Float32 elements of one chunk of logits: ~256 MiB on GPU whatever the vocabulary size.  On CPU
+# a fresh 256 MiB buffer per chunk costs more in page faults than the matmul; 8 MiB chunks are faster.
 CHUNK_ELEMENTS = 1 << 26
+CPU_CHUNK_ELEMENTS = 1 << 21
+
+
+def chunk_elements(device: torch.device) -> int:
+    return CHUNK_ELEMENTS if device.type != "cpu" else CPU_CHUNK_ELEMENTS
+
+
+def _accum_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """float32, or float64 when the inputs are float64 (then the result is exact to float64)."""
+    return torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
 
 
 def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
@@ -18,7 +29,7 @@ def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     logits = hidden.to(dtype) @ weight.to(dtype).T
     if bias is not None:
         logits = logits + bias.to(dtype)
-    logits = logits.float()
+    logits = logits.to(_accum_dtype(hidden, weight))
     return logits * scale if scale is not None else logits
 
 
@@ -26,9 +37,10 @@ class _LinearSelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, index, softcap, scale, chunk_rows):  # type: ignore[override]
         n = hidden.shape[0]
-        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        picked = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        means = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        dtype = _accum_dtype(hidden, weight)
+        lse = torch.empty(n, dtype=dtype, device=hidden.device)
+        picked = torch.empty(n, dtype=dtype, device=hidden.device)
+        means = torch.empty(n, dtype=dtype, device=hidden.device)
         for start in range(0, n, chunk_rows):
             stop = start + chunk_rows
             logits = _project(hidden[start:stop], weight, bias, scale)
@@ -39,22 +51,29 @@ class _LinearSelectiveLogSoftmax(torch.autograd.Function):
             means[start:stop] = logits.mean(-1)
         ctx.save_for_backward(hidden, weight, bias, index, lse)
         ctx.softcap, ctx.scale, ctx.chunk_rows = softcap, scale, chunk_rows
+        # Backward recomputes the logits; it must do so in the precision forward used (autocast is
+        # off in backward by default), or exp(logits - lse) would not sum to one.
+        device_type = hidden.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         ctx.mark_non_differentiable(means)
         return picked - lse, means
 
     @staticmethod
     def backward(ctx, grad_logps, _grad_means):  # type: ignore[override]
         hidden, weight, bias, index, lse = ctx.saved_tensors
+        device_type, autocast_on, autocast_dtype = ctx.autocast
         softcap, scale, chunk_rows = ctx.softcap, ctx.scale, ctx.chunk_rows
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
-        grad_logps = grad_logps.float()
+        accum = lse.dtype
+        grad_w = torch.zeros(weight.shape, dtype=accum, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=accum, device=weight.device) if need_b else None
+        grad_logps = grad_logps.to(accum)
         for start in range(0, hidden.shape[0], chunk_rows):
             stop = start + chunk_rows
             h = hidden[start:stop]
-            logits = _project(h, weight, bias, scale)
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
+                logits = _project(h, weight, bias, scale)
             if softcap is not None:
                 capped = torch.tanh(logits / softcap)
                 logits = softcap * capped
@@ -70,7 +89,7 @@ class _LinearSelectiveLogSoftmax(torch.autograd.Function):
             if need_h:
                 grad_h[start:stop] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
             if need_w:
-                grad_w += dz.T @ h.float()
+                grad_w += dz.T @ h.to(accum)
         return (
             grad_h,
             grad_w.to(weight.dtype) if need_w else None,
@@ -94,8 +113,10 @@ def linear_selective_log_softmax(
     """``log_softmax(cap(scale * (hidden @ weight.T + bias)))[i, index[i]]`` and the mean logit per row.
 
     ``hidden`` is [N, H] (only the rows that carry a loss), ``weight`` [V, H].  Returns float32
-    log-probs (differentiable w.r.t. hidden, weight, bias) and detached float32 mean logits.
+    log-probs (differentiable w.r.t. hidden, weight, bias) and detached float32 mean logits
+    (float64 for float64 inputs).  Under autocast the logits are computed, in forward and in the
+    backward recomputation alike, in the autocast dtype.
     """
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        chunk_rows = max(1, chunk_elements(hidden.device) // weight.shape[0])
     return _LinearSelectiveLogSoftmax.apply(hidden, weight, bias, index.long(), softcap, scale, chunk_rows)

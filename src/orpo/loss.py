@@ -19,8 +19,8 @@ import torch.nn.functional as F
 __all__ = [
     "MAX_AVG_LOGP",
     "MIN_AVG_LOGP",
-    "OddsRatioOutput",
     "ORPOLossOutput",
+    "OddsRatioOutput",
     "SequenceLogps",
     "log1mexp",
     "odds_ratio_loss",
@@ -37,8 +37,15 @@ __all__ = [
 MAX_AVG_LOGP = -1e-6
 MIN_AVG_LOGP = -1e4
 _LN2 = math.log(2.0)
-# Rows of logits processed at once: bounds the float32 scratch to ~256 MiB at any vocab size.
+# Rows of logits processed at once: bounds the float32 scratch to ~256 MiB (GPU) / 8 MiB (CPU,
+# where fresh large buffers cost more in page faults than they save) at any vocab size.
 _CHUNK_ELEMENTS = 1 << 26
+_CPU_CHUNK_ELEMENTS = 1 << 21
+
+
+def _chunk_rows(logits: torch.Tensor) -> int:
+    budget = _CHUNK_ELEMENTS if logits.device.type != "cpu" else _CPU_CHUNK_ELEMENTS
+    return max(1, budget // max(logits.shape[-1], 1))
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +72,8 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        n, vocab = logits.shape
-        step = max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+        n = logits.shape[0]
+        step = _chunk_rows(logits)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         lse = torch.empty(n, dtype=dtype, device=logits.device)
         picked = torch.empty(n, dtype=dtype, device=logits.device)
@@ -80,8 +87,8 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         logits, index, lse = ctx.saved_tensors
-        n, vocab = logits.shape
-        step = max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+        n = logits.shape[0]
+        step = _chunk_rows(logits)
         grad = torch.empty_like(logits)
         grad_out = grad_out.to(lse.dtype)
         for start in range(0, n, step):

@@ -26,24 +26,86 @@ def _resolve_dtype(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def is_encoder_decoder(model_or_path: Any) -> bool:
+def _config_of(model_or_path: Any, required: bool = True) -> Any:
     config = getattr(model_or_path, "config", None)
-    if config is None:
-        config = AutoConfig.from_pretrained(model_or_path)
-    return bool(getattr(config, "is_encoder_decoder", False))
+    if config is None and isinstance(model_or_path, str):
+        try:
+            config = AutoConfig.from_pretrained(model_or_path)
+        except (OSError, ValueError):
+            if required:
+                raise
+            return None
+    return config
+
+
+def is_encoder_decoder(model_or_path: Any) -> bool:
+    return bool(getattr(_config_of(model_or_path), "is_encoder_decoder", False))
+
+
+def is_vision_language(model_or_path: Any) -> bool:
+    """True for image-text-to-text models (their config has a ``vision_config``)."""
+    return getattr(_config_of(model_or_path, required=False), "vision_config", None) is not None
+
+
+def model_kind(model: Any, processing_class: Any = None, is_encoder_decoder_flag: bool | None = None) -> str:
+    """``"seq2seq"``, ``"vision"`` or ``"causal"``: which data path and collator a model needs.
+
+    Encoder-decoder when ``is_encoder_decoder_flag`` says so (None: read the model config);
+    vision-language when the model config has a vision_config or, without a model, when the
+    processing class is a processor with an image processor.
+    """
+    config = getattr(model, "config", None)
+    flag = is_encoder_decoder_flag
+    if flag is None:
+        flag = bool(getattr(config, "is_encoder_decoder", False))
+    if flag:
+        return "seq2seq"
+    if getattr(config, "vision_config", None) is not None:
+        return "vision"
+    if config is None and getattr(processing_class, "image_processor", None) is not None:
+        return "vision"
+    return "causal"
 
 
 def load_model(name_or_path: str, model_init_kwargs: dict[str, Any] | None = None) -> PreTrainedModel:
-    """Load a causal LM (or seq2seq LM) from a hub id or local path."""
+    """Load a causal LM, an encoder-decoder (seq2seq) LM or an image-text-to-text model (by its config)."""
     kwargs = _resolve_dtype(model_init_kwargs or {})
     if is_encoder_decoder(name_or_path):
         from transformers import AutoModelForSeq2SeqLM
 
         return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
+    if is_vision_language(name_or_path):
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
     return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
 
 
+def load_processor(name_or_path: str, chat_template: str | None = None) -> Any:
+    """The model's processing class: an ``AutoProcessor`` (tokenizer + image processor) for a
+    vision-language model, else its tokenizer (as :func:`load_tokenizer`)."""
+    if not is_vision_language(name_or_path):
+        return _load_tokenizer(name_or_path, chat_template)
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(name_or_path)
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+        raise ValueError(f"{name_or_path} is a vision-language model but its processor has no tokenizer or image processor")
+    if chat_template is not None:
+        processor.chat_template = chat_template
+        processor.tokenizer.chat_template = chat_template
+    prepare_tokenizer(processor.tokenizer)
+    return processor
+
+
 def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer; for a vision-language model the whole processor (see :func:`load_processor`)."""
+    if is_vision_language(name_or_path):
+        return load_processor(name_or_path, chat_template)
+    return _load_tokenizer(name_or_path, chat_template)
+
+
+def _load_tokenizer(name_or_path: str, chat_template: str | None = None) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if chat_template is not None:
         tokenizer.chat_template = chat_template

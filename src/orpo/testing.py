@@ -90,3 +90,214 @@ def tiny_causal_lm(
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+# ---- vision-language and encoder-decoder models ----------------------------------------------
+# Everything below builds locally from configs: no hub, no torchvision (the image processors are
+# the PIL/numpy backends of transformers).
+
+#: ChatML whose message content may also be a list of parts ({"type": "image"} / {"type": "text"}),
+#: as VLM chat templates accept; ``IMAGE`` is replaced by the model family's image placeholder.
+_VLM_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}IMAGE{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN2_VL_TEMPLATE = _VLM_TEMPLATE.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>")
+LLAVA_TEMPLATE = _VLM_TEMPLATE.replace("IMAGE", "<image>\n")
+VLM_STYLES = ("qwen2_vl", "llava")
+
+
+def _qwen2_vl_image_only_processor_class() -> type:
+    from transformers import Qwen2VLProcessor
+
+    class TinyQwen2VLProcessor(Qwen2VLProcessor):
+        """Qwen2-VL's processor without its video processor (which needs torchvision)."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    return TinyQwen2VLProcessor
+
+
+def build_vlm_processor(corpus: Iterable[str], style: str = "qwen2_vl", vocab_size: int = 400) -> object:
+    """A processor (tokenizer + PIL image processor + chat template) for a tiny VLM of ``style``.
+
+    ``qwen2_vl``: 4-pixel patches merged 2x2, images resized to 16..32 px a side, so an image
+    becomes 4-16 placeholder tokens.  ``llava``: a CLIP-style processor cropping to 16x16 px,
+    16 placeholder tokens per image.
+    """
+    if style not in VLM_STYLES:
+        raise ValueError(f"style must be one of {VLM_STYLES}, got {style!r}")
+    tokenizer = build_tokenizer(corpus, vocab_size=vocab_size, chat_template=None)
+    if style == "qwen2_vl":
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]},
+            replace_extra_special_tokens=False,
+        )
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=32 * 32
+        )
+        return _qwen2_vl_image_only_processor_class()(image_processor, tokenizer, chat_template=QWEN2_VL_TEMPLATE)
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return LlavaProcessor(
+        image_processor,
+        tokenizer,
+        patch_size=4,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+
+
+def tiny_vlm(processor: object, style: str = "qwen2_vl", hidden_size: int = 32, seed: int = 0) -> PreTrainedModel:
+    """A random-init image-text-to-text model matching ``build_vlm_processor(style=...)``."""
+    tokenizer = processor.tokenizer  # type: ignore[attr-defined]
+    ids = tokenizer.convert_tokens_to_ids
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    torch.manual_seed(seed)
+    if style == "qwen2_vl":
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+        config = Qwen2VLConfig(
+            text_config=text,
+            vision_config={
+                "depth": 2,
+                "embed_dim": hidden_size,
+                "hidden_size": hidden_size,
+                "num_heads": 4,
+                "mlp_ratio": 2,
+                "patch_size": 4,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+            },
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+        )
+        model = Qwen2VLForConditionalGeneration(config)
+    elif style == "llava":
+        from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+        config = LlavaConfig(
+            text_config={"model_type": "llama", **text},
+            vision_config={
+                "model_type": "clip_vision_model",
+                "hidden_size": hidden_size,
+                "intermediate_size": hidden_size * 2,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "image_size": 16,
+                "patch_size": 4,
+                "projection_dim": hidden_size,
+            },
+            image_token_id=ids("<image>"),
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-1,
+        )
+        model = LlavaForConditionalGeneration(config)
+    else:
+        raise ValueError(f"style must be one of {VLM_STYLES}, got {style!r}")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def make_image(size: tuple[int, int] = (20, 24), color: tuple[int, int, int] = (255, 0, 0), path: str | None = None):
+    """A small solid-colour RGB PIL image with a diagonal stripe; saved to ``path`` (PNG) when given."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, color)
+    ImageDraw.Draw(image).line((0, 0, size[0], size[1]), fill=(255 - color[0], 255 - color[1], 255 - color[2]))
+    if path is not None:
+        image.save(path, format="PNG")
+    return image
+
+
+SEQ2SEQ_STYLES = ("t5", "bart")
+
+
+def build_seq2seq_tokenizer(corpus: Iterable[str], style: str = "t5", vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with the special-token behaviour of T5 or BART.
+
+    ``t5``: ``text </s>``, no BOS (the decoder starts from ``<pad>``).  ``bart``: ``<s> text </s>``.
+    Ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2.  No chat template.
+    """
+    from tokenizers import processors
+
+    if style not in SEQ2SEQ_STYLES:
+        raise ValueError(f"style must be one of {SEQ2SEQ_STYLES}, got {style!r}")
+    tokenizer = build_tokenizer(corpus, vocab_size=vocab_size, add_bos=False, eos_token="</s>", chat_template=None)
+    backend = tokenizer.backend_tokenizer
+    eos, bos = ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>"))
+    if style == "t5":
+        backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos])
+    else:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[bos, eos]
+        )
+    return tokenizer
+
+
+def tiny_seq2seq_lm(tokenizer: PreTrainedTokenizerFast, arch: str = "t5", d_model: int = 32, seed: int = 0) -> PreTrainedModel:
+    """A random-init T5 or BART (2 encoder + 2 decoder layers) for ``build_seq2seq_tokenizer``."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
+
+    torch.manual_seed(seed)
+    special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if arch == "t5":
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=d_model // 4,
+            d_ff=d_model * 2,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,  # unused by T5; matches the tokenizer so nothing is "aligned"
+            **special,
+        )
+    elif arch == "bart":
+        config = BartConfig(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=d_model * 2,
+            decoder_ffn_dim=d_model * 2,
+            max_position_embeddings=512,
+            bos_token_id=tokenizer.bos_token_id,
+            decoder_start_token_id=tokenizer.eos_token_id,
+            **special,
+        )
+    else:
+        raise ValueError(f"arch must be one of {SEQ2SEQ_STYLES}, got {arch!r}")
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.decoder_start_token_id = config.decoder_start_token_id
+    if arch == "bart":
+        model.generation_config.forced_bos_token_id = tokenizer.bos_token_id
+    return model

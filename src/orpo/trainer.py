@@ -4,37 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import warnings
-from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .config import ORPOConfig
 from .data import ORPODataCollator, prepare_preference_dataset
+from .data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
+from .eval_generation import generate_samples
 from .forward import TokenScorer, unwrap
 from .loss import SequenceLogps, orpo_loss
-from .modeling import apply_peft, disable_dropout, is_peft_model, load_model, load_tokenizer, prepare_tokenizer
+from .metrics import METRIC_NAMES as METRIC_NAMES  # re-exported: `from orpo.trainer import METRIC_NAMES`
+from .metrics import MetricWindows
+from .modeling import (
+    apply_peft,
+    disable_dropout,
+    is_peft_model,
+    load_model,
+    load_tokenizer,
+    model_kind,
+    prepare_tokenizer,
+)
+from .reliability import ReliabilityMixin
 
 logger = logging.getLogger(__name__)
-
-#: The metrics logged at every logging step (``eval_``-prefixed during evaluation).
-METRIC_NAMES = (
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-    "nll_loss",
-    "log_odds_ratio",
-    "log_odds_chosen",
-)
 
 
 def _to_orpo_config(args: TrainingArguments | None, model: Any) -> ORPOConfig:
@@ -48,7 +44,7 @@ def _to_orpo_config(args: TrainingArguments | None, model: Any) -> ORPOConfig:
     return ORPOConfig(**values)
 
 
-class ORPOTrainer(Trainer):
+class ORPOTrainer(ReliabilityMixin, Trainer):
     """Trainer for ORPO with TRL's constructor signature.
 
     One forward pass per step over chosen and rejected rows; the loss is
@@ -56,7 +52,7 @@ class ORPOTrainer(Trainer):
     the whole gradient-accumulation window so micro-batching does not change the update.
     """
 
-    _tag_names = ["orpo"]
+    _tag_names: ClassVar[list[str]] = ["orpo"]
 
     def __init__(
         self,
@@ -92,32 +88,40 @@ class ORPOTrainer(Trainer):
 
         if model is not None:
             model = self._prepare_model(model, args, peft_config)
-        elif model_init is not None and peft_config is not None:
+        elif model_init is not None and (peft_config is not None or args.freeze_vision_tower):
             user_init = model_init
 
-            def model_init() -> torch.nn.Module:  # noqa: F811 - wraps the user's initializer
+            def model_init() -> torch.nn.Module:  # wraps the user's initializer
                 return self._prepare_model(user_init(), args, peft_config)
 
-        probe_model = model if model is not None else None
-        if args.is_encoder_decoder is None and probe_model is not None:
-            args.is_encoder_decoder = bool(getattr(getattr(unwrap(probe_model), "config", None), "is_encoder_decoder", False))
-        if args.is_encoder_decoder:
-            raise ValueError("encoder-decoder models are not supported yet by orpo's ORPOTrainer")
+        # "causal", "vision" (orpo.vision) or "seq2seq" (orpo.seq2seq): picks data preparation and collator.
+        self.model_kind = model_kind(unwrap(model) if model is not None else None, processing_class, args.is_encoder_decoder)
+        args.is_encoder_decoder = self.model_kind == "seq2seq"
+        data_processor = processing_class if self.model_kind == "vision" else tokenizer_
 
         self.data_reports: dict[str, Any] = {}
         if train_dataset is not None:
-            train_dataset, self.data_reports["train"] = prepare_preference_dataset(train_dataset, tokenizer_, args, "train")
+            train_dataset, self.data_reports["train"] = self._prepare_data(train_dataset, data_processor, args, "train")
         if eval_dataset is not None:
             if isinstance(eval_dataset, dict):
                 eval_dataset = {
-                    name: self._prepare_eval(data, tokenizer_, args, f"eval[{name}]") for name, data in eval_dataset.items()
+                    name: self._prepare_eval(data, data_processor, args, f"eval[{name}]") for name, data in eval_dataset.items()
                 }
             else:
-                eval_dataset = self._prepare_eval(eval_dataset, tokenizer_, args, "eval")
+                eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
 
+        if data_collator is None and self.model_kind != "causal":
+            data_collator = self._model_kind_collator(model, processing_class, tokenizer_, args)
         if data_collator is None:
             pad = args.padding_value if args.padding_value is not None else tokenizer_.pad_token_id
-            data_collator = ORPODataCollator(
+            collator_class = (
+                ORPOSharedPromptCollator
+                if args.shared_prompt
+                else ORPOPackingCollator
+                if args.padding_free
+                else ORPODataCollator
+            )
+            data_collator = collator_class(
                 pad_token_id=pad,
                 label_pad_token_id=args.label_pad_token_id,
                 pad_to_multiple_of=args.pad_to_multiple_of,
@@ -143,7 +147,7 @@ class ORPOTrainer(Trainer):
         self.loss_is_scaled_for_ga = True
         sharded = bool(getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False))
         self.scorer = TokenScorer(args.fused_lm_head, args.label_pad_token_id, allow_fused=not sharded)
-        self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.metric_windows = MetricWindows()
         self._window: torch.Tensor | None = None
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
@@ -157,16 +161,42 @@ class ORPOTrainer(Trainer):
             model = apply_peft(model, peft_config, gradient_checkpointing=args.gradient_checkpointing)
         if args.disable_dropout:
             disable_dropout(model)
+        if args.freeze_vision_tower:
+            from .vision import freeze_vision_tower
+
+            freeze_vision_tower(model)
         return model
 
-    @staticmethod
-    def _prepare_eval(data: Any, tokenizer: Any, args: ORPOConfig, split: str) -> Any:
-        dataset, report = prepare_preference_dataset(data, tokenizer, args, split)
-        return dataset
+    def _prepare_data(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> tuple[Any, Any]:
+        """Preference data -> tokenized pairs, for this trainer's kind of model."""
+        if self.model_kind == "vision":
+            from .vision import prepare_vision_dataset
+
+            return prepare_vision_dataset(data, processor, args, split)
+        if self.model_kind == "seq2seq":
+            from .seq2seq import prepare_seq2seq_dataset
+
+            return prepare_seq2seq_dataset(data, processor, args, split)
+        return prepare_preference_dataset(data, processor, args, split)
+
+    def _prepare_eval(self, data: Any, tokenizer: Any, args: ORPOConfig, split: str) -> Any:
+        return self._prepare_data(data, tokenizer, args, split)[0]
+
+    def _model_kind_collator(self, model: Any, processing_class: Any, tokenizer: Any, args: ORPOConfig) -> Callable:
+        """The default collator of a vision-language or encoder-decoder model (padded batches)."""
+        if getattr(args, "padding_free", False):
+            logger.warning("padding_free is not supported for %s models; using padded batches", self.model_kind)
+        if self.model_kind == "vision":
+            from .vision import VisionORPODataCollator
+
+            return VisionORPODataCollator.from_args(processing_class, args)
+        from .seq2seq import Seq2SeqORPODataCollator
+
+        return Seq2SeqORPODataCollator.from_args(unwrap(model) if model is not None else None, tokenizer, args)
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            self._signature_columns = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "length"]
+            self._signature_columns = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "length", "images"]
 
     # ---- loss -------------------------------------------------------------------------
     def _counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -222,70 +252,85 @@ class ORPOTrainer(Trainer):
         out = orpo_loss(chosen, rejected, self.args.beta, nll_logp_sum, nll_tokens, pair_count)
         if not bool(valid.all()):
             logger.warning("%d pair(s) in this batch have an empty completion and are excluded", int((~valid).sum()))
-        self._record(mode, out, scores, completion, nll_mask, nll_logp_sum, pairs)
+        self._record(mode, out, scores, completion, nll_mask, nll_logp_sum, pairs, (chosen.mean, rejected.mean))
         loss = out.loss * scale
         if return_outputs:
             return loss, {"chosen_rewards": out.odds.chosen_rewards, "rejected_rewards": out.odds.rejected_rewards}
         return loss
 
+    @property
+    def _metric_sums(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The window sums per mode; checkpoints save and restore ``["train"]`` (see :mod:`orpo.reliability`)."""
+        return self.metric_windows.sums
+
     def _record(self, mode: str, out: Any, scores: Any, completion: torch.Tensor, nll_mask: torch.Tensor,
-                nll_logp_sum: torch.Tensor, pairs: int) -> None:
+                nll_logp_sum: torch.Tensor, pairs: int, logps: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Accumulate sums so logged metrics are averages over the whole logging window."""
-        odds = out.odds
-        valid = odds.valid.float()
-        with torch.no_grad():
-            lm = scores.logit_means * completion
-            sums = {
-                "pairs": valid.sum(),
-                "rewards/chosen": odds.chosen_rewards.sum(),
-                "rewards/rejected": odds.rejected_rewards.sum(),
-                "rewards/accuracies": ((odds.chosen_rewards > odds.rejected_rewards).float() * valid).sum(),
-                "rewards/margins": (odds.chosen_rewards - odds.rejected_rewards).sum(),
-                "log_odds_ratio": odds.log_sigmoid_odds.detach().sum(),
-                "log_odds_chosen": odds.log_odds.detach().sum(),
-                "logits/chosen": lm[:pairs].sum(),
-                "logits/rejected": lm[pairs:].sum(),
-                "tokens/chosen": completion[:pairs].sum(),
-                "tokens/rejected": completion[pairs:].sum(),
-                "nll/sum": -nll_logp_sum.detach(),
-                "nll/tokens": nll_mask.sum(),
-            }
-            store = self._metric_sums[mode]
-            for key, value in sums.items():
-                store[key] = store[key] + value.detach().double()
+        self.metric_windows.record(mode, out, scores, completion, nll_mask, nll_logp_sum, pairs, logps)
 
     def _pop_metrics(self, mode: str) -> dict[str, float]:
-        store = self._metric_sums[mode]
-        if not store:
-            return {}
-        keys = sorted(store)
-        values = torch.stack([torch.as_tensor(store[k], dtype=torch.float64, device=self.args.device) for k in keys])
-        if self.args.world_size > 1:
-            values = self.accelerator.reduce(values, reduction="sum")
-        totals = dict(zip(keys, values.tolist(), strict=True))
-        self._metric_sums[mode] = defaultdict(float)
-        beta = self.args.beta
-        pairs = max(totals["pairs"], 1.0)
-        metrics = {
-            name: totals[name] / pairs
-            for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                         "log_odds_ratio", "log_odds_chosen")
-        }
-        metrics["logps/chosen"] = metrics["rewards/chosen"] / beta if beta else math.nan
-        metrics["logps/rejected"] = metrics["rewards/rejected"] / beta if beta else math.nan
-        metrics["logits/chosen"] = totals["logits/chosen"] / max(totals["tokens/chosen"], 1.0)
-        metrics["logits/rejected"] = totals["logits/rejected"] / max(totals["tokens/rejected"], 1.0)
-        metrics["nll_loss"] = totals["nll/sum"] / max(totals["nll/tokens"], 1.0)
-        return {name: metrics[name] for name in METRIC_NAMES}
+        def reduce(values: torch.Tensor) -> torch.Tensor:
+            return self.accelerator.reduce(values, reduction="sum")
+
+        return self.metric_windows.pop(mode, self.args.beta, self.args.device, reduce if self.args.world_size > 1 else None)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        # evaluate() names its metrics "<metric_key_prefix>_...": "eval_", "eval_<name>_" for a dict of eval
+        # datasets, or any prefix the caller chose.
+        eval_prefix = getattr(self, "_eval_prefix", None) or "eval"
+        mode = "eval" if any(key.startswith(f"{eval_prefix}_") for key in logs) else "train"
         metrics = self._pop_metrics(mode)
-        prefix = "eval_" if mode == "eval" else ""
+        prefix = f"{eval_prefix}_" if mode == "eval" else ""
         logs.update({f"{prefix}{name}": value for name, value in metrics.items()})
         super().log(logs, start_time)
 
     # ---- evaluation ---------------------------------------------------------------------
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """``Trainer.evaluate`` that also accepts raw preference data, logs the ORPO metrics under
+        ``metric_key_prefix`` and, with ``generate_during_eval``, saves a few greedy generations."""
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = self._tokenized_eval(eval_dataset)
+        if isinstance(eval_dataset, dict) or (eval_dataset is None and isinstance(self.eval_dataset, dict)):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # calls back here per dataset
+        previous = getattr(self, "_eval_prefix", None)
+        self._eval_prefix = metric_key_prefix
+        self.metric_windows.reset("eval")  # nothing left over from predict() or an aborted run
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._eval_prefix = previous
+        if self.args.generate_during_eval:
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+            if isinstance(dataset, str):
+                dataset = self.eval_dataset[dataset]
+            suffix = "" if metric_key_prefix == "eval" else f"-{metric_key_prefix.removeprefix('eval_')}"
+            self.generate_samples(dataset, suffix=suffix)
+        return metrics
+
+    def _tokenized_eval(self, data: Any) -> Any:
+        """Eval data handed to ``evaluate()`` as raw preference rows is prepared like ``eval_dataset``."""
+        if isinstance(data, dict):  # as in Trainer.evaluate: named eval datasets
+            return {name: self._tokenized_eval(value) for name, value in data.items()}
+        columns = getattr(data, "column_names", None)
+        if columns is None and isinstance(data, list) and data and isinstance(data[0], dict):
+            columns = list(data[0])
+        if columns is not None and "prompt_input_ids" in columns:
+            return data
+        processor = self.processing_class
+        if self.model_kind != "vision":
+            processor = getattr(processor, "tokenizer", processor)
+        return self._prepare_eval(data, processor, self.args, "eval")
+
+    def generate_samples(self, dataset: Any, num_samples: int = 4, suffix: str = "") -> str | None:
+        """Greedy generations for the first ``num_samples`` prompts of a tokenized eval dataset, written as
+        JSONL to ``output_dir/generations/step-<global step><suffix>.jsonl``; returns the path (main process)."""
+        return generate_samples(self, dataset, num_samples, suffix)
+
     def prediction_step(
         self,
         model: torch.nn.Module,

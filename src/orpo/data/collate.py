@@ -47,4 +47,6 @@ class ORPODataCollator:
             nll_labels = torch.where(attention_mask.bool(), input_ids, self.label_pad_token_id)
             nll_labels[:, 0] = self.label_pad_token_id
             batch["nll_labels"] = nll_labels
+        if "orpo_row_index" in features[0]:  # dataset rows, for reports on bad batches (orpo.reliability)
+            batch["orpo_row_index"] = torch.tensor([int(f["orpo_row_index"]) for f in features], dtype=torch.long)
         return batch

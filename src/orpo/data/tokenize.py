@@ -8,7 +8,7 @@ drops its pair (counted, never a NaN later).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,18 +123,30 @@ def whitespace_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _cut_prompt(ids: list[int], limit: int | None, keep_end: bool, bos_token_id: int | None) -> list[int]:
+    """Cut the prompt; ``keep_end`` keeps a leading BOS (the model always saw one at position 0)."""
+    if keep_end and bos_token_id is not None and limit is not None and len(ids) > limit > 1 and ids[0] == bos_token_id:
+        return [ids[0], *ids[len(ids) - limit + 1 :]]
+    return _cut(ids, limit, keep_end)
+
+
 def truncate_pair(
-    prompt: list[int], chosen: list[int], rejected: list[int], limits: LengthLimits
+    prompt: list[int],
+    chosen: list[int],
+    rejected: list[int],
+    limits: LengthLimits,
+    bos_token_id: int | None = None,
 ) -> tuple[list[int], list[int], list[int], int]:
     """Apply the length limits; returns the cut ids and the flags of what was cut.
 
-    Order: prompt to ``max_prompt_length`` (by ``truncation_mode``), each completion to
-    ``max_completion_length`` (keeping its start), then each completion to what
-    ``max_length`` leaves after the prompt.  If that is nothing, NO_ROOM_FOR_COMPLETION is set.
+    Order: prompt to ``max_prompt_length`` (by ``truncation_mode``; with ``keep_end`` a leading
+    ``bos_token_id`` stays first), each completion to ``max_completion_length`` (keeping its
+    start), then each completion to what ``max_length`` leaves after the prompt.  If that is
+    nothing, NO_ROOM_FOR_COMPLETION is set.
     """
     flags = 0
     keep_end = limits.truncation_mode == "keep_end"
-    cut_prompt = _cut(prompt, limits.max_prompt_length, keep_end)
+    cut_prompt = _cut_prompt(prompt, limits.max_prompt_length, keep_end, bos_token_id)
     if len(cut_prompt) < len(prompt):
         flags |= PROMPT_TRUNCATED
     room = limits.max_completion_length
@@ -161,6 +173,8 @@ class PairTokenizer:
         self.limits = limits
         self.special = SpecialTokens.probe(tokenizer)
         self.whitespace_ids = whitespace_token_ids(tokenizer)
+        # The BOS that finalize_prompt puts first, kept there when keep_end truncation cuts the prompt.
+        self.bos_to_keep = self.special.bos_token_id if self.special.adds_bos else None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -174,7 +188,7 @@ class PairTokenizer:
             prompt = finalize_prompt(prompt, self.special)
             chosen = finalize_completion(chosen, self.special, self.whitespace_ids)
             rejected = finalize_completion(rejected, self.special, self.whitespace_ids)
-            prompt, chosen, rejected, flags = truncate_pair(prompt, chosen, rejected, self.limits)
+            prompt, chosen, rejected, flags = truncate_pair(prompt, chosen, rejected, self.limits, self.bos_to_keep)
             out["prompt_input_ids"].append(prompt)
             out["chosen_input_ids"].append(chosen)
             out["rejected_input_ids"].append(rejected)
@@ -208,20 +222,51 @@ def tokenize_dataset(
         num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
         desc=f"Tokenizing {description} pairs",
     )
-    flags = tokenized["tokenize_flags"]
+    flags = tokenized.with_format("arrow")["tokenize_flags"].to_pylist()
     report = TokenizeReport(rows_in=len(dataset))
+    keep = apply_length_policy(flags, report, limits, on_too_long, description)
+    if len(keep) < len(tokenized):
+        tokenized = tokenized.select(keep)
+    return tokenized.remove_columns("tokenize_flags"), report
+
+
+def apply_length_policy(
+    flags: Sequence[int],
+    report: TokenizeReport,
+    limits: LengthLimits,
+    on_too_long: str,
+    description: str,
+    skip: Collection[int] = (),
+    fatal: Sequence[tuple[int, str]] = ((NO_ROOM_FOR_COMPLETION, "dropped_no_room_for_completion"),),
+    fatal_message: str | None = None,
+) -> list[int]:
+    """Count each row's truncation ``flags`` into ``report`` and return the indices of the rows to keep.
+
+    Shared by the text and vision paths so both apply ``on_too_long`` the same way.  A row with a
+    ``fatal`` flag cannot be truncated into a usable pair: it is dropped (counted in the report field
+    paired with its first fatal flag) unless ``on_too_long="error"``, which raises with
+    ``fatal_message``.  Rows in ``skip`` (already dropped by other policies) are not counted.
+    """
+    if fatal_message is None:
+        fatal_message = (
+            f"the prompt fills max_length={limits.max_length} and leaves no room for a completion "
+            "(raise max_length, set max_prompt_length, or use on_too_long='drop')"
+        )
+    fatal_mask = 0
+    for bit, _ in fatal:
+        fatal_mask |= bit
     keep: list[int] = []
     for index, flag in enumerate(flags):
+        if index in skip:
+            continue
         report.prompt_truncated += bool(flag & PROMPT_TRUNCATED)
         report.chosen_truncated += bool(flag & CHOSEN_TRUNCATED)
         report.rejected_truncated += bool(flag & REJECTED_TRUNCATED)
-        if flag & NO_ROOM_FOR_COMPLETION:
+        if flag & fatal_mask:
             if on_too_long == "error":
-                raise ValueError(
-                    f"{description} row {index}: the prompt fills max_length={limits.max_length} and leaves no "
-                    "room for a completion (raise max_length, set max_prompt_length, or use on_too_long='drop')"
-                )
-            report.dropped_no_room_for_completion += 1
+                raise ValueError(f"{description} row {index}: {fatal_message}")
+            counter = next(name for bit, name in fatal if flag & bit)
+            setattr(report, counter, getattr(report, counter) + 1)
             report.dropped_rows.append(index)
         elif flag and on_too_long != "truncate":
             if on_too_long == "error":
@@ -235,7 +280,5 @@ def tokenize_dataset(
             report.dropped_rows.append(index)
         else:
             keep.append(index)
-    if len(keep) < len(tokenized):
-        tokenized = tokenized.select(keep)
-    report.rows_out = len(tokenized)
-    return tokenized.remove_columns("tokenize_flags"), report
+    report.rows_out = len(keep)
+    return keep

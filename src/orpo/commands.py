@@ -1,0 +1,169 @@
+"""``orpo generate|chat|merge|demo|plot|data``: everything but ``orpo train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .options import ArgumentParser
+from .project import UsageError
+
+PROG = "orpo"
+EXIT_USAGE = 2
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompts or []) + list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file not found: {args.prompts_file}")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line:
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {number}: invalid JSON ({err.msg})") from None
+                prompt = row.get("prompt") if isinstance(row, dict) else None
+                if prompt is None:
+                    raise ValueError(f"{path}, line {number}: no 'prompt' field")
+                prompts.append(prompt)
+            else:
+                prompts.append(line)
+    if not prompts and not sys.stdin.isatty():
+        prompts = [line.strip() for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise UsageError("no prompt: pass prompts as arguments, --prompt, --prompts-file, or on stdin")
+    return prompts
+
+
+def _add_inference_args(parser: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:
+    parser.add_argument("model", help="Trained model directory (full model or LoRA adapter) or a hub id.")
+    parser.add_argument("--base", help="Base model of a LoRA adapter (default: the one in adapter_config.json).")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy.")
+    parser.add_argument("--top-p", type=float, default=0.9 if temperature > 0 else 1.0)
+    parser.add_argument("--system", help="System prompt (with a chat template).")
+    parser.add_argument("--chat-template", help="Override the chat template (name, Jinja text or file).")
+    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def cmd_generate(argv: list[str]) -> int:
+    from .generation import generate, load_for_inference
+
+    parser = ArgumentParser(prog=f"{PROG} generate", description="Generate with a trained model on prompts, using its chat template.")
+    _add_inference_args(parser, temperature=0.0, max_new_tokens=128)
+    parser.add_argument("prompts", nargs="*", help="Prompts (or use --prompt / --prompts-file / stdin).")
+    parser.add_argument("--prompt", action="append", help="A prompt (repeatable).")
+    parser.add_argument("--prompts-file", help="A text file (one prompt per line) or .jsonl with a 'prompt' field.")
+    parser.add_argument("--no-chat-template", action="store_true", help="Feed prompts as raw text.")
+    parser.add_argument("--json", action="store_true", help="Print JSON lines {prompt, completion}.")
+    args = parser.parse_args(argv)
+    prompts = _read_prompts(args)
+    model, tokenizer = load_for_inference(args.model, args.base, args.dtype, args.device, args.chat_template)
+    completions = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        system=args.system,
+        use_chat_template=not args.no_chat_template,
+        seed=args.seed,
+    )
+    for prompt, completion in zip(prompts, completions, strict=True):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
+        else:
+            print(f"### {prompt}\n{completion}\n")
+    return 0
+
+
+def cmd_chat(argv: list[str]) -> int:
+    from .generation import chat, load_for_inference
+
+    parser = ArgumentParser(prog=f"{PROG} chat", description="Chat with a trained model on the terminal.")
+    _add_inference_args(parser, temperature=0.7, max_new_tokens=256)
+    args = parser.parse_args(argv)
+    model, tokenizer = load_for_inference(args.model, args.base, args.dtype, args.device, args.chat_template)
+    import torch
+
+    torch.manual_seed(args.seed)
+    return chat(model, tokenizer, args.system, args.max_new_tokens, args.temperature, args.top_p)
+
+
+def cmd_merge(argv: list[str]) -> int:
+    from .generation import merge_adapter
+
+    parser = ArgumentParser(prog=f"{PROG} merge", description="Merge a LoRA adapter into its base model and save the full model.")
+    parser.add_argument("adapter", help="Directory of the trained LoRA adapter (adapter_config.json).")
+    parser.add_argument("output", nargs="?", help="Directory to write the merged model to.")
+    parser.add_argument("--output", "-o", dest="output_flag", help="Same as the positional OUTPUT.")
+    parser.add_argument("--base", help="Base model (default: the one in adapter_config.json).")
+    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="Dtype to merge and save in.")
+    args = parser.parse_args(argv)
+    output = args.output_flag or args.output
+    if not output:
+        raise UsageError("pass the output directory: orpo merge ADAPTER OUTPUT")
+    path = merge_adapter(args.adapter, output, base=args.base, dtype=args.dtype)
+    print(f"merged model written to {path}")
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from .demo import run_demo
+
+    parser = ArgumentParser(prog=f"{PROG} demo", description="Train a small model from scratch with ORPO, offline, in about a minute.")
+    parser.add_argument("--fast", action="store_true", help="A few seconds' version (for tests); also ORPO_DEMO_FAST=1.")
+    parser.add_argument("--output-dir", default="orpo-demo", help="Where the model, curves and summary go (default: orpo-demo).")
+    parser.add_argument("--steps", type=int, help="Training steps (default: 2000, or 16 with --fast).")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    fast = args.fast or os.environ.get("ORPO_DEMO_FAST", "") not in ("", "0")
+    run_demo(output_dir=args.output_dir, fast=fast, steps=args.steps, seed=args.seed)
+    return 0
+
+
+def cmd_plot(argv: list[str]) -> int:
+    from .report import plot_training_curves
+
+    parser = ArgumentParser(prog=f"{PROG} plot", description="Draw the training curves of a run (its trainer_state.json).")
+    parser.add_argument("run", help="Output directory of a run, a checkpoint directory, or a trainer_state.json.")
+    parser.add_argument("--output", "-o", help="PNG to write (default: RUN/training_curves.png).")
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    state = run if run.is_file() else run / "trainer_state.json"
+    if not state.is_file() and run.is_dir():
+        checkpoints = sorted(run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+        state = checkpoints[-1] if checkpoints else state
+    if not state.is_file():
+        raise FileNotFoundError(f"no trainer_state.json in {args.run}")
+    history = json.loads(state.read_text(encoding="utf-8")).get("log_history", [])
+    out = args.output or str((run if run.is_dir() else run.parent) / "training_curves.png")
+    path = plot_training_curves(history, out)
+    if path is None:
+        raise ValueError(f"{state} has no logged steps to plot")
+    print(f"curves written to {path}")
+    return 0
+
+
+def cmd_data(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {PROG} data inspect PATH [options]   (see {PROG} data inspect --help)")
+        return 0 if argv else EXIT_USAGE
+    if argv[0] != "inspect":
+        raise UsageError(f"unknown command {argv[0]!r}; available: inspect")
+    try:
+        from .data.inspect import main as inspect_main
+    except ImportError as err:
+        raise UsageError(f"data inspect is not available in this build ({err})") from None
+    return int(inspect_main(argv[1:]) or 0)

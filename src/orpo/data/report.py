@@ -1,0 +1,358 @@
+"""The numbers behind ``orpo data inspect``, and one example rendered token by token.
+
+Lengths count the BOS/EOS that orpo adds; truncation is measured with the training code's own
+``truncate_pair``, and the example's labels come from the training collator, so what is shown
+is what training does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SOURCE_COLUMN, DataError
+
+PROG = "orpo data inspect"
+LENGTH_KEYS = ("prompt", "chosen", "rejected", "pair")
+PERCENTILES = (50, 90, 99)
+
+
+def config_defaults() -> dict[str, Any]:
+    """ORPOConfig's defaults for the limits and row policies, without building a TrainingArguments."""
+    from ..config import ORPOConfig
+
+    names = (
+        "max_length",
+        "max_prompt_length",
+        "max_completion_length",
+        "truncation_mode",
+        "on_identical_pair",
+        "on_empty_completion",
+        "on_duplicate",
+        "on_too_long",
+    )
+    return {f.name: f.default for f in dataclasses.fields(ORPOConfig) if f.name in names}
+
+
+def percentile(values: Sequence[int], p: float) -> int:
+    """Nearest-rank percentile: the smallest value with at least p% of the values <= it."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class LengthStats:
+    p50: int = 0
+    p90: int = 0
+    p99: int = 0
+    max: int = 0
+
+    @classmethod
+    def of(cls, values: Sequence[int]) -> LengthStats:
+        return cls(*(percentile(values, p) for p in PERCENTILES), max(values, default=0))
+
+
+@dataclass
+class InspectReport:
+    """Every number ``orpo data inspect`` prints (tokens include the BOS/EOS orpo adds)."""
+
+    source: str = ""
+    split: str = "train"
+    rows: int = 0
+    other_splits: dict[str, int] = field(default_factory=dict)
+    formats: Counter = field(default_factory=Counter)
+    tokenizer: str = ""
+    tokenizer_note: str = ""
+    lengths: dict[str, LengthStats] = field(default_factory=dict)
+    limits: Any = None
+    prompt_truncated: int = 0
+    chosen_truncated: int = 0
+    rejected_truncated: int = 0
+    over_limit: int = 0
+    no_room: int = 0
+    chosen_longer: int = 0
+    rejected_longer: int = 0
+    same_length: int = 0
+    identical: int = 0
+    empty: int = 0
+    duplicates: int = 0
+    distinct_prompts: int = 0
+    max_prompt_repeats: int = 0
+    policies: dict[str, str] = field(default_factory=dict)
+    example: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def length_bias(self) -> float:
+        """Fraction of rows whose chosen completion has more tokens than the rejected one."""
+        return self.chosen_longer / self.rows if self.rows else 0.0
+
+    def render(self) -> str:
+        pct = lambda n: f"{100 * n / self.rows:.1f}%" if self.rows else "0%"  # noqa: E731
+        lines = [f"{PROG}: {self.source} [{self.split}]"]
+        lines.append(f"tokenizer: {self.tokenizer}")
+        if self.tokenizer_note:
+            lines.append(f"  note: {self.tokenizer_note}")
+        lines.append("")
+        others = "".join(f", {name}: {count}" for name, count in self.other_splits.items())
+        lines.append(f"rows:     {self.rows}{' (other splits' + others[1:] + ')' if others else ''}")
+        lines.append("formats:  " + ", ".join(f"{name} {count}" for name, count in self.formats.most_common()))
+        repeats = f" (a prompt repeats up to {self.max_prompt_repeats} times)" if self.max_prompt_repeats > 1 else ""
+        lines.append(f"prompts:  {self.distinct_prompts} distinct{repeats}")
+        lines.append("")
+        lines.append("token lengths (with BOS/EOS)      p50     p90     p99     max")
+        labels = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "pair": "prompt + longer completion"}
+        for key in LENGTH_KEYS:
+            stats = self.lengths.get(key, LengthStats())
+            lines.append(f"  {labels[key]:<30} {stats.p50:>7} {stats.p90:>7} {stats.p99:>7} {stats.max:>7}")
+        lines.append("")
+        limits = self.limits
+        lines.append(
+            f"at max_length={limits.max_length}, max_prompt_length={limits.max_prompt_length}, "
+            f"max_completion_length={limits.max_completion_length}, truncation_mode={limits.truncation_mode}:"
+        )
+        lines.append(f"  prompt truncated            {self.prompt_truncated:>7} rows")
+        lines.append(f"  chosen truncated            {self.chosen_truncated:>7} rows")
+        lines.append(f"  rejected truncated          {self.rejected_truncated:>7} rows")
+        lines.append(
+            f"  over a limit                {self.over_limit:>7} rows  (truncated with on_too_long=truncate, "
+            "dropped with drop, an error with error)"
+        )
+        lines.append(f"  dropped: no room left       {self.no_room:>7} rows  (the prompt fills max_length)")
+        lines.append("")
+        lines.append(
+            f"length bias: chosen longer than rejected in {pct(self.chosen_longer)} of rows "
+            f"(rejected longer {pct(self.rejected_longer)}, same length {pct(self.same_length)})"
+        )
+        lines.append("")
+        lines.append("questionable rows:")
+        for label, count, option in (
+            ("chosen == rejected", self.identical, "on_identical_pair"),
+            ("empty chosen or rejected", self.empty, "on_empty_completion"),
+            ("duplicate rows", self.duplicates, "on_duplicate"),
+        ):
+            lines.append(f"  {label:<26}{count:>7}  ({option}={self.policies.get(option, '?')} by default)")
+        if self.warnings:
+            lines.append("")
+            lines.append("warnings:")
+            lines.extend(f"  - {warning}" for warning in self.warnings)
+        lines.append("")
+        lines.append(self.example)
+        return "\n".join(lines)
+
+
+# ---- computing the report ------------------------------------------------------------------
+
+
+def _list_lengths(dataset: Any, column: str) -> list[int]:
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")[column]).to_pylist()
+
+
+def inspect_dataset(
+    dataset: Any,
+    tokenizer: Any,
+    limits: Any,
+    *,
+    source: str = "data",
+    split: str = "train",
+    example_row: int = 0,
+    num_proc: int | None = None,
+) -> InspectReport:
+    """The report for ``dataset`` (canonical columns, e.g. from :func:`load_preference_data`)."""
+    from .prepare import EMPTY_COLUMN, FORMAT_COLUMN, normalise_dataset
+    from .tokenize import (
+        CHOSEN_TRUNCATED,
+        NO_ROOM_FOR_COMPLETION,
+        PROMPT_TRUNCATED,
+        REJECTED_TRUNCATED,
+        LengthLimits,
+        tokenize_dataset,
+        truncate_pair,
+    )
+    from .validate import check_dataset, column_values, find_row_issues
+
+    defaults = config_defaults()
+    report = InspectReport(source=source, split=split, rows=len(dataset), limits=limits)
+    report.policies = {name: defaults[name] for name in ("on_identical_pair", "on_empty_completion", "on_duplicate")}
+    check_dataset(dataset, split)
+    normalised = normalise_dataset(dataset, tokenizer, split, num_proc)
+    report.formats = Counter(column_values(normalised, FORMAT_COLUMN))
+    issues = find_row_issues(*(column_values(normalised, name) for name in ("prompt", "chosen", "rejected", EMPTY_COLUMN)))
+    report.identical, report.empty, report.duplicates = len(issues.identical), len(issues.empty), len(issues.duplicates)
+    report.distinct_prompts, report.max_prompt_repeats = issues.distinct_prompts, issues.max_prompt_repeats
+
+    texts = normalised.remove_columns([FORMAT_COLUMN, EMPTY_COLUMN])
+    unlimited = LengthLimits(None, None, None, limits.truncation_mode)
+    full, _ = tokenize_dataset(texts, tokenizer, unlimited, "truncate", num_proc, f"{split} (full length)")
+    prompt_len = _list_lengths(full, "prompt_input_ids")
+    chosen_len = _list_lengths(full, "chosen_input_ids")
+    rejected_len = _list_lengths(full, "rejected_input_ids")
+    pair_len = [p + max(c, r) for p, c, r in zip(prompt_len, chosen_len, rejected_len, strict=True)]
+    report.lengths = {
+        "prompt": LengthStats.of(prompt_len),
+        "chosen": LengthStats.of(chosen_len),
+        "rejected": LengthStats.of(rejected_len),
+        "pair": LengthStats.of(pair_len),
+    }
+    for p, c, r in zip(prompt_len, chosen_len, rejected_len, strict=True):
+        # range objects stand in for the ids: truncate_pair only slices and measures them.
+        flags = truncate_pair(range(p), range(c), range(r), limits)[3]
+        report.prompt_truncated += bool(flags & PROMPT_TRUNCATED)
+        report.chosen_truncated += bool(flags & CHOSEN_TRUNCATED)
+        report.rejected_truncated += bool(flags & REJECTED_TRUNCATED)
+        if flags & NO_ROOM_FOR_COMPLETION:
+            report.no_room += 1
+        elif flags:
+            report.over_limit += 1
+        report.chosen_longer += c > r
+        report.rejected_longer += r > c
+        report.same_length += c == r
+
+    if not 0 <= example_row < len(texts):
+        raise DataError(f"--example {example_row}: the {split} data has rows 0..{len(texts) - 1}")
+    example = texts[example_row]
+    report.example, report.warnings = render_example(example, tokenizer, limits, report.formats)
+    bias = report.length_bias
+    if report.rows >= 10 and (bias >= 0.7 or report.rejected_longer / report.rows >= 0.7):
+        longer = "chosen" if bias >= 0.7 else "rejected"
+        report.warnings.append(
+            f"{longer} is longer in most rows: ORPO may learn length rather than quality; consider balancing lengths"
+        )
+    if report.identical or report.empty:
+        report.warnings.append("some rows carry no preference signal (identical or empty completions); see above")
+    return report
+
+
+def _token_text(tokenizer: Any, token_id: int) -> str:
+    text = tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
+
+def _wrap(items: list[str], indent: str, width: int = 100) -> list[str]:
+    lines, current = [], indent
+    for item in items:
+        if len(current) + len(item) + 1 > width and current.strip():
+            lines.append(current.rstrip())
+            current = indent
+        current += item + " "
+    if current.strip():
+        lines.append(current.rstrip())
+    return lines
+
+
+def render_example(row: dict[str, Any], tokenizer: Any, limits: Any, formats: Counter) -> tuple[str, list[str]]:
+    """One pair as training sees it: text with the boundary, then every token with its label."""
+    from .collate import ORPODataCollator
+    from .tokenize import NO_ROOM_FOR_COMPLETION, PairTokenizer
+
+    pair = PairTokenizer(tokenizer, limits)
+    encoded = pair.one(row["prompt"], row["chosen"], row["rejected"])
+    warnings: list[str] = []
+    location = row.get(SOURCE_COLUMN) or "row 0"
+    lines = [f"example: {location}, tokenized as for training"]
+    if encoded["tokenize_flags"] & NO_ROOM_FOR_COMPLETION:
+        lines.append("  (this row is dropped in training: the prompt leaves no room for a completion)")
+        return "\n".join(lines), warnings
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = ORPODataCollator(pad_token_id=pad)([encoded])
+    prompt_ids = encoded["prompt_input_ids"]
+    boundary = len(prompt_ids)
+    lines.append("  '▌' marks the prompt/completion boundary; [token] has label -100 (not trained), {token} is trained")
+    for index, name in enumerate(("chosen", "rejected")):
+        length = int(batch["attention_mask"][index].sum())
+        ids = batch["input_ids"][index, :length].tolist()
+        labels = batch["labels"][index, :length].tolist()
+        trained = sum(label != -100 for label in labels)
+        lines.append("")
+        lines.append(f"  {name}: {length} tokens = prompt {boundary} + completion {length - boundary}, {trained} trained")
+        text = tokenizer.decode(ids[:boundary], skip_special_tokens=False) + "▌" + tokenizer.decode(
+            ids[boundary:], skip_special_tokens=False
+        )
+        lines.append("    text:")
+        lines.extend("      " + line for line in text.split("\n"))
+        tokens = []
+        for position, (token_id, label) in enumerate(zip(ids, labels, strict=True)):
+            if position == boundary:
+                tokens.append("▌")
+            shown = _token_text(tokenizer, token_id)
+            tokens.append(f"[{shown}]" if label == -100 else "{" + shown + "}")
+        lines.append("    tokens:")
+        lines.extend(_wrap(tokens, "      "))
+        lines.append("    ids:    " + " ".join(map(str, ids[:boundary])) + " ▌ " + " ".join(map(str, ids[boundary:])))
+        lines.append("    labels: " + _compress(labels))
+        warnings.extend(_checks(name, ids, boundary, labels, tokenizer))
+    checks = _summary_checks(prompt_ids, batch, tokenizer, row, formats)
+    warnings.extend(checks)
+    return "\n".join(lines), list(dict.fromkeys(warnings))
+
+
+def _compress(labels: list[int]) -> str:
+    """'-100 x15 | 52 4' style: runs of -100 compressed."""
+    parts, run = [], 0
+    for label in labels:
+        if label == -100:
+            run += 1
+            continue
+        if run:
+            parts.append(f"-100 x{run} |")
+            run = 0
+        parts.append(str(label))
+    if run:
+        parts.append(f"-100 x{run}")
+    return " ".join(parts)
+
+
+def _checks(name: str, ids: list[int], boundary: int, labels: list[int], tokenizer: Any) -> list[str]:
+    out = []
+    eos = tokenizer.eos_token_id
+    completion = ids[boundary:]
+    if not completion or completion[-1] != eos:
+        out.append(f"the {name} completion does not end with EOS ({tokenizer.eos_token!r}): it was truncated")
+    elif completion.count(eos) > 1 and completion[-2] == eos:
+        out.append(f"the {name} completion ends with EOS twice")
+    if all(label == -100 for label in labels):
+        out.append(f"the {name} sequence has no trained token")
+    return out
+
+
+def _summary_checks(prompt_ids: list[int], batch: Any, tokenizer: Any, row: dict[str, Any], formats: Counter) -> list[str]:
+    from .tokenize import SpecialTokens
+
+    out = []
+    bos = tokenizer.bos_token_id
+    if bos is not None and SpecialTokens.probe(tokenizer).adds_bos and (not prompt_ids or prompt_ids[0] != bos):
+        out.append(
+            f"the example's prompt does not start with BOS ({tokenizer.bos_token!r}) although this tokenizer adds one: "
+            "prompt truncation cut it (truncation_mode=keep_end); raise max_prompt_length"
+        )
+    if bos is not None:
+        count = 0
+        while count < len(prompt_ids) and prompt_ids[count] == bos:
+            count += 1
+        if count > 1:
+            out.append(f"the prompt starts with {count} BOS tokens ({tokenizer.bos_token!r})")
+        bos_inside = prompt_ids[count:].count(bos)
+        if bos_inside:
+            out.append(f"BOS ({tokenizer.bos_token!r}) appears {bos_inside} more time(s) inside the prompt")
+    plain = sum(count for name, count in formats.items() if name in ("standard", "implicit_standard"))
+    if plain and getattr(tokenizer, "chat_template", None):
+        out.append(
+            f"{plain} row(s) are plain strings: no chat template is applied to them (the text is used as is); if "
+            "this is a chat model, give prompt/chosen/rejected as message lists so its template is applied"
+        )
+    prompt, chosen = row["prompt"], row["chosen"]
+    if prompt and chosen and not prompt[-1].isspace() and not chosen[0].isspace():
+        out.append(
+            "the example's prompt and completion meet without a space or newline "
+            f"({prompt[-12:]!r} + {chosen[:12]!r}); check the separator"
+        )
+    return out

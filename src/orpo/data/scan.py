@@ -1,0 +1,264 @@
+"""Reading local data files precisely: row locations, UTF-8, CSV shape, JSON syntax and types.
+
+The ``datasets`` builders do the actual loading (so the data are memory-mapped and later maps
+are cached); these scans give every row its file/line and, when a builder fails, find the exact
+spot (file, line, column, byte offset) for the error message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError, where
+from .formats import check_text
+
+#: File extension -> how it is read.
+DATA_EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
+
+
+def extension(path: Path) -> str:
+    return path.suffix.lower()
+
+
+@dataclass
+class DataFile:
+    path: Path
+    display: str
+    kind: str  # jsonl | json_list | json_object | csv | tsv | parquet | empty
+    locations: list[str] | None = None  # per-row location within the file (without the row index)
+    rows: int | None = None
+    columns: list[str] | None = None
+
+    @classmethod
+    def of(cls, path: Path, display: str) -> DataFile:
+        ext = extension(path)
+        if ext not in DATA_EXTENSIONS:
+            raise DataError(f"{display}: unsupported file type {ext or '(no extension)'!r}; use one of {', '.join(DATA_EXTENSIONS)}")
+        kind = DATA_EXTENSIONS[ext]
+        if kind in ("jsonl", "json"):
+            kind = _json_kind(path, kind)
+        return cls(path=path, display=display, kind=kind)
+
+    @property
+    def group(self) -> tuple[str, ...]:
+        """Files with the same group are loaded by one datasets builder call."""
+        if self.kind in ("json_list", "json_object"):
+            return (self.kind, self.display)  # one file per call: rows are counted after loading
+        if self.kind in ("csv", "tsv"):
+            return (self.kind, *(self.columns or ()))
+        return (self.kind,)
+
+
+def _json_kind(path: Path, hint: str) -> str:
+    with open(path, "rb") as handle:
+        line = handle.readline()
+        while line and not line.strip():
+            line = handle.readline()
+    if not line:
+        return "empty"
+    first = line.lstrip(b"\xef\xbb\xbf").lstrip()
+    if first.startswith(b"["):
+        return "json_list"
+    if hint == "jsonl":
+        return "jsonl"
+    try:
+        obj = json.loads(first)
+    except ValueError:
+        return "json_object"  # a pretty-printed object, or a broken first line (diagnosed on load)
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list) and len(obj) == 1:
+        return "json_object"
+    return "jsonl"
+
+
+def _utf8_error(display: str, number: int, raw: bytes, offset: int, err: UnicodeDecodeError) -> DataError:
+    bad = raw[err.start : err.start + 1]
+    return DataError(
+        f"{display}, line {number}, column {err.start + 1}: not valid UTF-8 (byte 0x{bad.hex()} at byte offset "
+        f"{offset + err.start} of the file); save the file as UTF-8"
+    )
+
+
+def _scan_lines(file: DataFile) -> None:
+    """JSON lines: the line number of every row; UTF-8 checked with the byte offset of any error."""
+    locations = []
+    offset = 0
+    with open(file.path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _utf8_error(file.display, number, raw, offset, err) from None
+            if raw.strip():
+                locations.append(f"{file.display}, line {number}")
+            offset += len(raw)
+    file.locations = locations
+    file.rows = len(locations)
+
+
+def _scan_csv(file: DataFile) -> None:
+    """CSV/TSV: UTF-8, the header, the same number of fields in every record, each record's line."""
+    offset = 0
+    with open(file.path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _utf8_error(file.display, number, raw, offset, err) from None
+            offset += len(raw)
+    delimiter = "\t" if file.kind == "tsv" else ","
+    locations = []
+    with open(file.path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            header = next(reader, None)
+            if header is None:
+                file.kind, file.rows, file.locations = "empty", 0, []
+                return
+            previous = reader.line_num
+            for record in reader:
+                start = previous + 1
+                previous = reader.line_num
+                if not record:
+                    continue  # blank line
+                if len(record) != len(header):
+                    raise DataError(
+                        f"{file.display}, line {start}: {len(record)} field(s) but the header has {len(header)} "
+                        f"({', '.join(header)}); quote fields that hold {delimiter!r} or line breaks"
+                    )
+                locations.append(f"{file.display}, line {start}")
+        except csv.Error as err:
+            raise DataError(f"{file.display}, line {reader.line_num}: malformed CSV ({err})") from None
+    file.columns = header
+    file.locations = locations
+    file.rows = len(locations)
+
+
+def _scan_parquet(file: DataFile) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(file.path)
+    except Exception as err:
+        raise DataError(f"{file.display}: not a readable Parquet file ({type(err).__name__}: {err})") from None
+    file.rows = parquet.metadata.num_rows
+    file.columns = list(parquet.schema_arrow.names)
+    file.locations = [f"{file.display}, record {i}" for i in range(file.rows)]
+
+
+class TypeTracker:
+    """Text columns must hold text or message lists, one kind per column across the split's rows."""
+
+    def __init__(self, columns: frozenset[str]) -> None:
+        self.columns = columns
+        self.first: dict[str, tuple[str, str]] = {}  # column -> (kind, location)
+
+    def check(self, row: dict[str, Any], location: str) -> None:
+        for column in self.columns:
+            value = row.get(column)
+            if value is None:
+                continue  # missing or null: reported by check_dataset with its line
+            check_text(value, where(location, column))
+            kind = "text" if isinstance(value, str) else "a message list"
+            first_kind, first_location = self.first.setdefault(column, (kind, location))
+            if kind != first_kind:
+                raise DataError(
+                    f"{where(location, column)}: is {kind} but {first_location} holds {first_kind}; use one format per "
+                    "column"
+                )
+
+
+def diagnose_json(file: DataFile, tracker: TypeTracker, start_row: int) -> int:
+    """Re-read a JSON file that the builder could not load; raise the precise error if there is one.
+
+    Returns the file's row count (for the next file's row indices)."""
+    if file.kind == "jsonl":
+        row = start_row
+        with open(file.path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                if not raw.strip():
+                    continue
+                line = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{file.display}, line {number}, column {err.colno}: malformed JSON ({err.msg})") from None
+                if not isinstance(value, dict):
+                    raise DataError(
+                        f"{file.display}, line {number}: expected one JSON object per line, got {type(value).__name__}"
+                    )
+                tracker.check(value, f"{file.display}, line {number} (row {row})")
+                row += 1
+        return row - start_row
+    text = _read_utf8(file)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{file.display}, line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})") from None
+    rows = _check_json_document(file, value)
+    for index, item in enumerate(rows):
+        tracker.check(item, f"{file.display}, record {index} (row {start_row + index})")
+    return len(rows)
+
+
+def _read_utf8(file: DataFile) -> str:
+    data = file.path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        number = data.count(b"\n", 0, err.start) + 1
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        line_end = data.find(b"\n", err.start)
+        raw = data[line_start : line_end if line_end >= 0 else len(data)]
+        shifted = UnicodeDecodeError(err.encoding, raw, err.start - line_start, err.end - line_start, err.reason)
+        raise _utf8_error(file.display, number, raw, line_start, shifted) from None
+
+
+def _check_json_document(file: DataFile, value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        if "data" not in value:
+            keys = ", ".join(list(value)[:10]) or "none"
+            raise DataError(f"{file.display}: a JSON object file must hold its rows in a 'data' list; keys found: {keys}")
+        value = value["data"]
+    if not isinstance(value, list):
+        raise DataError(f"{file.display}: expected a list of row objects, got {type(value).__name__}")
+    for index, row in enumerate(value):
+        if not isinstance(row, dict):
+            raise DataError(f"{file.display}, record {index}: expected an object with prompt/chosen/rejected, got {type(row).__name__}")
+    return value
+
+
+def prescan(file: DataFile) -> None:
+    if file.kind == "jsonl":
+        _scan_lines(file)
+    elif file.kind in ("csv", "tsv"):
+        _scan_csv(file)
+    elif file.kind == "parquet":
+        _scan_parquet(file)
+    elif file.kind in ("json_list", "json_object"):
+        text = _read_utf8(file)  # UTF-8 with line/offset, before the builder's less precise error
+        if file.kind == "json_object":
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{file.display}, line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})") from None
+            if isinstance(value, dict) and not isinstance(value.get("data"), list):
+                _check_json_document(file, value)
+            if not isinstance(value, dict):
+                raise DataError(f"{file.display}: expected a JSON list of rows or an object with a 'data' list")
+            rows = value["data"]
+            file.rows = len(rows)
+            if not rows:
+                file.kind = "empty"
+    elif file.kind == "empty":
+        file.rows, file.locations = 0, []

@@ -1,0 +1,235 @@
+"""Trying a trained model: load it (full model or LoRA adapter), generate, chat, merge.
+
+Prompts are rendered exactly as in training: the tokenizer's chat template with the
+generation prompt, BOS exactly once (:func:`orpo.data.tokenize.finalize_prompt`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+logger = logging.getLogger(__name__)
+
+#: End-of-turn tokens of common chat templates; generation stops at any of them.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base(path: str | Path) -> str | None:
+    config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    return config.get("base_model_name_or_path")
+
+
+def _has_tokenizer(path: str | Path) -> bool:
+    return any((Path(path) / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json"))
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def load_for_inference(
+    path: str,
+    base: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    chat_template: str | None = None,
+) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a saved model directory, hub id, or LoRA adapter directory."""
+    from .loading import check_model_source, resolve_chat_template
+    from .modeling import load_model, load_tokenizer
+
+    template = resolve_chat_template(chat_template)
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype else {}
+    check_model_source(path)
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        base = base or adapter_base(path)
+        if not base:
+            raise ValueError(f"{path}/adapter_config.json names no base model; pass --base")
+        check_model_source(base)
+        tokenizer = _load_tok(load_tokenizer, path if _has_tokenizer(path) else base, template)
+        model = PeftModel.from_pretrained(_load(load_model, base, kwargs), path)
+    else:
+        tokenizer = _load_tok(load_tokenizer, path, template)
+        model = _load(load_model, path, kwargs)
+    model.to(device or default_device())
+    model.eval()
+    return model, tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _load_tok(load_tokenizer: Any, name: str, template: str | None) -> Any:
+    try:
+        return load_tokenizer(name, chat_template=template)
+    except OSError as err:
+        raise OSError(f"cannot load the tokenizer of {name!r}: {_first_line(err)}") from err
+
+
+def _load(load_model: Any, name: str, kwargs: dict[str, Any]) -> Any:
+    try:
+        return load_model(name, kwargs)
+    except OSError as err:
+        raise OSError(f"cannot load model {name!r}: {_first_line(err)}") from err
+
+
+def render_prompt(
+    tokenizer: Any, prompt: str | list[dict[str, Any]], system: str | None = None, use_chat_template: bool = True
+) -> str:
+    """The text the model continues: the chat template with the generation prompt, or the raw prompt."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    if use_chat_template and getattr(tok, "chat_template", None):
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        if system and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": system}, *messages]
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, list):
+        raise ValueError("the tokenizer has no chat template, so prompts must be plain text (or pass --chat-template)")
+    return prompt
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    vocab = tok.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        if token in vocab and vocab[token] not in ids and token in tok.all_special_tokens:
+            ids.append(vocab[token])
+    return ids
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered prompt, with BOS exactly once (as in training)."""
+    from .data.tokenize import SpecialTokens, finalize_prompt
+
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return finalize_prompt(ids, SpecialTokens.probe(tok))
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str | list[dict[str, Any]]],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    system: str | None = None,
+    use_chat_template: bool = True,
+    seed: int | None = None,
+    skip_special_tokens: bool = True,
+) -> list[str]:
+    """Greedy (temperature 0) or sampled completions of each prompt, cut at the first stop token.
+
+    ``skip_special_tokens=False`` keeps other special tokens visible (e.g. an untrained model's
+    stray ``<pad>``)."""
+    import torch
+
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    stops = stop_token_ids(tok)
+    outputs = []
+    for prompt in prompts:
+        ids = encode_prompt(tok, render_prompt(tok, prompt, system, use_chat_template))
+        input_ids = torch.tensor([ids], device=device)
+        sample = temperature > 0
+        extra: dict[str, Any] = {"temperature": temperature, "top_p": top_p} if sample else {}
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                eos_token_id=stops or None,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (stops[0] if stops else 0),
+                **extra,
+            )
+        new = out[0, input_ids.shape[1] :].tolist()
+        cut = next((i for i, token in enumerate(new) if token in stops), len(new))
+        outputs.append(tok.decode(new[:cut], skip_special_tokens=skip_special_tokens).strip())
+    return outputs
+
+
+def chat(
+    model: Any,
+    tokenizer: Any,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    """An interactive chat on the terminal: /reset clears the history, /exit (or EOF) leaves."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    if not getattr(tok, "chat_template", None):
+        raise ValueError("the model's tokenizer has no chat template: pass --chat-template (e.g. chatml) or use `orpo generate`")
+    history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    interactive = stdin.isatty()
+    if interactive:
+        print("chat with the model: /reset clears the history, /exit leaves", file=stdout)
+    while True:
+        if interactive:
+            print("you> ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            history = history[:1] if system else []
+            print("(history cleared)", file=stdout)
+            continue
+        history.append({"role": "user", "content": text})
+        reply = generate(model, tok, [history], max_new_tokens, temperature, top_p)[0]
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}", file=stdout, flush=True)
+    return 0
+
+
+def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dtype: str | None = None) -> str:
+    """Merge a LoRA adapter into its base model and save the full model (and tokenizer) to ``output_dir``."""
+    from peft import PeftModel
+
+    from .loading import check_model_source
+    from .modeling import load_model, load_tokenizer
+
+    if not Path(adapter_dir).is_dir():
+        raise FileNotFoundError(f"adapter directory not found: {adapter_dir}")
+    if not is_adapter_dir(adapter_dir):
+        raise ValueError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
+    base = base or adapter_base(adapter_dir)
+    if not base:
+        raise ValueError(f"{adapter_dir}/adapter_config.json names no base model; pass --base")
+    check_model_source(base)
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype else {}
+    model = PeftModel.from_pretrained(_load(load_model, base, kwargs), adapter_dir)
+    merged = model.merge_and_unload()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out))
+    _load_tok(load_tokenizer, adapter_dir if _has_tokenizer(adapter_dir) else base, None).save_pretrained(str(out))
+    return str(out)

@@ -1,0 +1,40 @@
+"""Vision-language ORPO: preference pairs whose prompt shows one or more images.
+
+A row holds an ``images`` column (a path, PIL image, encoded bytes, a ``{"bytes", "path"}``
+dict as ``datasets.Image`` stores it, or a list of those) next to the usual prompt / chosen /
+rejected columns (strings or messages).  The model's processor renders the prompt with the
+chat template, one image placeholder per image, and expands each placeholder to the number of
+tokens the vision tower produces for that image.  The completions are tokenized as text, as for
+language models, so the ORPO loss and metrics keep their definitions: the average log-prob of
+the completion tokens only -- the prompt and every image placeholder token carry label -100.
+
+Pixels are not stored in the prepared dataset (they would be megabytes per row): preparation
+reads every image once, to check it and to count its placeholder tokens; the collator reads the
+images of each batch again and runs the processor's image processor on them.
+"""
+
+from .collate import VisionORPODataCollator
+from .images import IMAGE_COLUMN, IMAGE_COLUMN_ALIASES, SOURCE_COLUMN, load_image, load_images
+from .model import VISION_TOWER_NAMES, find_vision_tower, freeze_vision_tower, is_vision_language_model
+from .placeholders import is_vision_processor, placeholder_token_ids, with_image_parts
+from .prepare import prepare_vision_dataset
+from .tokenize import IMAGE_TRUNCATED, VisionTokenizeReport
+
+__all__ = [
+    "IMAGE_COLUMN",
+    "IMAGE_COLUMN_ALIASES",
+    "IMAGE_TRUNCATED",
+    "SOURCE_COLUMN",
+    "VISION_TOWER_NAMES",
+    "VisionORPODataCollator",
+    "VisionTokenizeReport",
+    "find_vision_tower",
+    "freeze_vision_tower",
+    "is_vision_language_model",
+    "is_vision_processor",
+    "load_image",
+    "load_images",
+    "placeholder_token_ids",
+    "prepare_vision_dataset",
+    "with_image_parts",
+]

@@ -1,0 +1,56 @@
+"""Batching rows with images: the text collator plus the processor's pixel inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data.collate import ORPODataCollator
+from .images import IMAGE_COLUMN, load_images
+from .placeholders import placeholder_token_ids
+
+
+@dataclass
+class VisionORPODataCollator:
+    """:class:`orpo.data.ORPODataCollator` plus the pixel inputs of every row's images.
+
+    Rows are laid out as for text (chosen rows 0..B-1, rejected rows B..2B-1), so each pair's
+    images appear twice, in the order their placeholders appear in the batch.  Image placeholder
+    tokens never carry a label, whatever ``nll_scope`` says.
+    """
+
+    processor: Any
+    pad_token_id: int
+    label_pad_token_id: int = -100
+    pad_to_multiple_of: int | None = None
+    nll_scope: str = "completion"
+    _text: ORPODataCollator = field(init=False, repr=False)
+    _placeholders: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._text = ORPODataCollator(self.pad_token_id, self.label_pad_token_id, self.pad_to_multiple_of, self.nll_scope)
+        self._placeholders = torch.tensor(placeholder_token_ids(self.processor), dtype=torch.long)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self._text(features)
+        placeholder = torch.isin(batch["input_ids"], self._placeholders)
+        for key in ("labels", "nll_labels"):
+            if key in batch:
+                batch[key] = batch[key].masked_fill(placeholder, self.label_pad_token_id)
+        per_row = [load_images(f.get(IMAGE_COLUMN), f"batch row {i}, column '{IMAGE_COLUMN}'")[0] for i, f in enumerate(features)]
+        images = [image for row in per_row for image in row] * 2  # chosen rows, then rejected rows
+        if images:
+            pixels = self.processor(images=images, return_tensors="pt")
+            unused = set(getattr(self.processor, "unused_input_names", None) or ())
+            batch.update({key: value for key, value in pixels.items() if key not in unused})
+        if getattr(self.processor, "return_mm_token_type_ids", False) and hasattr(self.processor, "create_mm_token_type_ids"):
+            types = self.processor.create_mm_token_type_ids(batch["input_ids"].tolist())
+            batch["mm_token_type_ids"] = torch.tensor(types, dtype=torch.long)
+        return batch
+
+    @classmethod
+    def from_args(cls, processor: Any, args: Any) -> VisionORPODataCollator:
+        pad = args.padding_value if args.padding_value is not None else processor.tokenizer.pad_token_id
+        return cls(processor, pad, args.label_pad_token_id, args.pad_to_multiple_of, args.nll_scope)

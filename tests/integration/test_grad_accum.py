@@ -1,0 +1,84 @@
+"""Gradient-accumulation invariance: batch 8 x GA 1, 4 x GA 2 and 2 x GA 4 make the same update.
+
+The NLL is token-weighted over the whole accumulation window and the odds-ratio term
+pair-averaged over it, so splitting a batch into micro-batches changes nothing but rounding.
+The completions have very different lengths, so a per-micro-batch average (the usual bug)
+would give a visibly different update.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from _reliability import make_trainer, max_diff, weights
+
+WORDS = ["sky", "grass", "hello", "world", "numbers", "answer", "color", "green"]
+
+
+def uneven_pairs(n: int = 16, seed: int = 3) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = " ".join(rng.sample(WORDS, 2))
+        rows.append({
+            "prompt": f"Question {i} about {topic}?",
+            "chosen": " yes" + f" {topic}" * rng.randint(1, 8),
+            "rejected": " no" + f" {topic}" * rng.randint(1, 8),
+        })
+    return rows
+
+
+def _run(tokenizer, out, batch, accumulation, optim="sgd"):
+    trainer = make_trainer(
+        tokenizer, out, data=uneven_pairs(), max_steps=2, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation, optim=optim, learning_rate=0.5 if optim == "sgd" else 1e-3,
+        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0, save_strategy="no",
+    )
+    initial = weights(trainer.model)
+    seen = []
+    step = trainer.training_step
+
+    def record(model, inputs, num_items_in_batch=None):
+        seen.append(inputs["orpo_row_index"].tolist())
+        return step(model, inputs, num_items_in_batch)
+
+    trainer.training_step = record
+    trainer.train()
+    return trainer, initial, seen
+
+
+def test_micro_batches_have_uneven_token_counts(tokenizer, tmp_path):
+    trainer, _, seen = _run(tokenizer, tmp_path, 2, 4)
+    lengths = [sum(len(trainer.train_dataset[i]["chosen_input_ids"]) for i in rows) for rows in seen[:4]]
+    assert len(set(lengths)) > 1, lengths  # equal weighting of micro-batches would be wrong here
+
+
+@pytest.mark.parametrize("split", [(4, 2), (2, 4)], ids=["4x2", "2x4"])
+def test_same_update_as_one_big_batch(tokenizer, tmp_path, split):
+    big, initial, big_rows = _run(tokenizer, tmp_path / "big", 8, 1)
+    small, initial_small, small_rows = _run(tokenizer, tmp_path / "small", *split)
+    assert max_diff(initial, initial_small) == 0.0
+    # The same 8 pairs make up each step.
+    per_step = [[row for batch in small_rows[i : i + split[1]] for row in batch] for i in range(0, len(small_rows), split[1])]
+    assert [sorted(r) for r in big_rows] == [sorted(r) for r in per_step]
+    # SGD without clipping: the update is -lr * gradient, compared tensor by tensor.
+    big_w, small_w = weights(big.model), weights(small.model)
+    for name in big_w:
+        delta_big = big_w[name] - initial[name]
+        delta_small = small_w[name] - initial[name]
+        scale = delta_big.abs().max().item()
+        assert (delta_big - delta_small).abs().max().item() <= 5e-5 * max(scale, 1e-3), name
+    for a, b in zip(big.recorder.logs, small.recorder.logs, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
+
+
+def test_same_losses_with_adamw(tokenizer, tmp_path):
+    big, _, _ = _run(tokenizer, tmp_path / "big", 8, 1, optim="adamw_torch")
+    small, _, _ = _run(tokenizer, tmp_path / "small", 2, 4, optim="adamw_torch")
+    for a, b in zip(big.recorder.logs, small.recorder.logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["nll_loss"] == pytest.approx(b["nll_loss"], rel=1e-5)
+    assert max_diff(weights(big.model), weights(small.model)) < 1e-4

@@ -1,0 +1,128 @@
+"""NaN/inf guard: a non-finite loss or gradient never reaches the weights.
+
+A forward hook turns the embeddings of one "poisoned" dataset row into NaN (as a bad row or
+an overflow would); a gradient hook makes one parameter's gradient infinite at one step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _reliability import make_trainer, max_diff, weights
+from transformers import TrainerCallback
+
+from orpo.reliability import NonFiniteError
+
+POISON_ROW = 5
+MARK = "<|im_start|>"  # a special token no other row contains
+
+
+def rows() -> list[dict[str, str]]:
+    data = [
+        {"prompt": f"Question {i} about the sky?", "chosen": f" yes sky {i}", "rejected": f" no grass {i}"}
+        for i in range(8)
+    ]
+    data[POISON_ROW]["prompt"] = f"Question {MARK} about the sky?"
+    return data
+
+
+def poison(trainer, tokenizer) -> None:
+    mark = tokenizer.convert_tokens_to_ids(MARK)
+
+    def hook(_module, args, output):
+        bad = (args[0] == mark).any(-1)
+        if bad.any():
+            output = output.clone()
+            output[bad] = float("nan")
+        return output
+
+    trainer.model.get_input_embeddings().register_forward_hook(hook)
+
+
+class Snapshots(TrainerCallback):
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+        self.by_step = {0: (weights(trainer.model), 0)}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.by_step[state.global_step] = (weights(self.trainer.model), self.trainer._skipped_batches)
+
+
+RUN = {"max_steps": 4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "save_strategy": "no"}
+
+
+def test_nonfinite_loss_stops_with_a_report(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, data=rows(), **RUN)
+    poison(trainer, tokenizer)
+    with pytest.raises(NonFiniteError) as info:
+        trainer.train()
+    message = str(info.value)
+    step = trainer.state.global_step + 1
+    assert message.startswith("non-finite loss") and f"at optimizer step {step} " in message
+    assert f"chosen of row {POISON_ROW}" in message and f"rejected of row {POISON_ROW}" in message
+    assert "dataset rows [" in message and MARK in message  # the rows of the micro-batch, and a preview
+    assert "The update was not applied and training stopped" in message and "on_nonfinite='skip'" in message
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_nonfinite_batches_are_skipped_and_counted(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, data=rows(), on_nonfinite="skip", **RUN)
+    poison(trainer, tokenizer)
+    snapshots = Snapshots(trainer)
+    trainer.add_callback(snapshots)
+    trainer.train()
+    assert trainer.state.global_step == 4
+    # 2 steps per epoch, 2 epochs, the poisoned row once per epoch.
+    assert trainer.recorder.logs[-1]["skipped_batches"] == 2
+    assert [log["skipped_batches"] for log in trainer.recorder.logs] == sorted(
+        log["skipped_batches"] for log in trainer.recorder.logs
+    )
+    for step in range(1, 5):
+        before, skipped_before = snapshots.by_step[step - 1]
+        after, skipped_after = snapshots.by_step[step]
+        if skipped_after > skipped_before:
+            assert max_diff(before, after) == 0.0, f"step {step} was skipped but changed the weights"
+        else:
+            assert max_diff(before, after) > 0.0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    for log in trainer.recorder.logs:  # metrics leave out the non-finite micro-batch
+        for key in ("nll_loss", "rewards/chosen", "rewards/margins", "log_odds_ratio"):
+            assert torch.isfinite(torch.tensor(log[key])), (log["step"], key)
+
+
+class InfGradientAt(TrainerCallback):
+    """Make one parameter's gradient infinite while computing optimizer step ``step``."""
+
+    def __init__(self, param: torch.nn.Parameter, step: int) -> None:
+        self.active = False
+        self.step = step
+        param.register_hook(lambda grad: grad * float("inf") if self.active else grad)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.active = state.global_step + 1 == self.step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.active = False
+
+
+def test_nonfinite_gradient_names_step_and_parameter(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, **RUN)
+    name = "model.layers.0.mlp.down_proj.weight"
+    trainer.add_callback(InfGradientAt(dict(trainer.model.named_parameters())[name], step=3))
+    with pytest.raises(NonFiniteError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert trainer.state.global_step == 2
+    assert "non-finite gradient at optimizer step 3" in message
+    assert "gradient norm" in message
+    assert "micro-batch 1/2 (dataset rows [" in message and name in message
+
+
+def test_nonfinite_gradient_skipped(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, on_nonfinite="skip", **RUN)
+    param = dict(trainer.model.named_parameters())["model.layers.0.mlp.down_proj.weight"]
+    trainer.add_callback(InfGradientAt(param, step=2))
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert trainer.recorder.logs[-1]["skipped_batches"] == 1
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

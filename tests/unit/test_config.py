@@ -1,0 +1,115 @@
+"""ORPOConfig: TRL's field names and defaults, validation that names the field, conversions."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from transformers import HfArgumentParser, TrainingArguments
+
+from orpo import ORPOConfig, ORPOTrainer
+from orpo.testing import tiny_causal_lm
+
+#: The defaults TRL documents for its ORPOConfig (trl/trainer/orpo_config.py).
+TRL_DEFAULTS = {
+    "beta": 0.1,
+    "max_length": 1024,
+    "max_prompt_length": 512,
+    "max_completion_length": None,
+    "disable_dropout": True,
+    "label_pad_token_id": -100,
+    "padding_value": None,
+    "truncation_mode": "keep_end",
+    "generate_during_eval": False,
+    "is_encoder_decoder": None,
+    "model_init_kwargs": None,
+    "dataset_num_proc": None,
+    "learning_rate": 1e-6,
+    "logging_steps": 10,
+}
+
+
+def test_trl_defaults(tmp_path):
+    config = ORPOConfig(output_dir=str(tmp_path))
+    for name, value in TRL_DEFAULTS.items():
+        assert getattr(config, name) == value, name
+    # ours
+    assert config.nll_scope == "completion"
+    assert config.fused_lm_head is True
+    assert config.on_too_long == "truncate"
+    assert isinstance(config, TrainingArguments)
+    fields = {f.name for f in dataclasses.fields(ORPOConfig)}
+    assert set(TRL_DEFAULTS) <= fields
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("truncation_mode", "middle"),
+        ("nll_scope", "everything"),
+        ("beta", -0.5),
+        ("max_length", 0),
+        ("max_prompt_length", -3),
+        ("max_completion_length", 0),
+        ("on_too_long", "ignore"),
+        ("on_identical_pair", "nope"),
+        ("on_empty_completion", "nope"),
+        ("on_duplicate", "nope"),
+        ("on_nonfinite", "nope"),
+        ("model_init_kwargs", "{not json"),
+        ("pad_to_multiple_of", 0),
+    ],
+)
+def test_bad_values_raise_naming_the_field(tmp_path, field, value):
+    with pytest.raises(ValueError, match=rf"ORPOConfig\.{field}"):
+        ORPOConfig(output_dir=str(tmp_path), **{field: value})
+
+
+def test_accepted_values(tmp_path):
+    config = ORPOConfig(
+        output_dir=str(tmp_path),
+        beta=0.0,
+        truncation_mode="keep_start",
+        nll_scope="prompt_and_completion",
+        max_length=None,
+        max_prompt_length=None,
+        model_init_kwargs='{"dtype": "float32"}',
+    )
+    assert config.model_init_kwargs == {"dtype": "float32"}
+    # As in TRL, a prompt limit at or above max_length is allowed (ORPOConfig(max_length=512) keeps the
+    # default max_prompt_length=512); pairs left without room are dropped and counted.
+    assert ORPOConfig(output_dir=str(tmp_path), max_length=512).max_prompt_length == 512
+
+
+def test_command_line_parsing(tmp_path):
+    (config,) = HfArgumentParser(ORPOConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--beta", "0.25", "--nll_scope", "prompt_and_completion", "--max_length", "256"]
+    )
+    assert (config.beta, config.nll_scope, config.max_length) == (0.25, "prompt_and_completion", 256)
+    with pytest.raises(SystemExit):  # choices are enforced by the parser too
+        HfArgumentParser(ORPOConfig).parse_args_into_dataclasses(["--output_dir", "x", "--truncation_mode", "bad"])
+
+
+def test_plain_training_arguments_are_converted(tokenizer, tmp_path):
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=3e-4, per_device_train_batch_size=3, seed=7, report_to="none",
+        lr_scheduler_type="cosine", max_steps=2,
+    )
+    trainer = ORPOTrainer(
+        model=tiny_causal_lm(tokenizer, hidden_size=32), args=args, processing_class=tokenizer,
+        train_dataset=[{"prompt": "hello", "chosen": " yes", "rejected": " no"}] * 2,
+    )
+    assert isinstance(trainer.args, ORPOConfig)
+    assert trainer.args.learning_rate == 3e-4
+    assert trainer.args.per_device_train_batch_size == 3
+    assert trainer.args.seed == 7 and trainer.args.max_steps == 2
+    assert trainer.args.output_dir == str(tmp_path)
+    assert trainer.args.lr_scheduler_type == "cosine"
+    assert trainer.args.beta == 0.1 and trainer.args.nll_scope == "completion"  # ORPO fields: their defaults
+
+
+def test_no_args_gives_a_default_config(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trainer = ORPOTrainer(model=tiny_causal_lm(tokenizer, hidden_size=32), processing_class=tokenizer)
+    assert isinstance(trainer.args, ORPOConfig)
+    assert trainer.args.output_dir.endswith("-ORPO")
