@@ -65,6 +65,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
+def _verification_probe(batch: dict[str, Any]) -> dict[str, Any]:
+    """A small batch to compare the fused and plain paths on: one row's first 32 tokens, or the
+    whole batch when some input does not slice by row (image patches, non-tensor inputs)."""
+    inputs = _model_inputs(batch)
+    if "pixel_values" in batch or not all(torch.is_tensor(value) for value in inputs.values()):
+        return batch
+    rows = {key: value[:1, :32] for key, value in inputs.items()}
+    return {**rows, "labels": rows.get("decoder_input_ids", rows["input_ids"]).clone()}
+
+
 class TokenScorer:
     """Chooses the fused path when it is exact for this model, else the plain path."""
 
@@ -76,10 +87,7 @@ class TokenScorer:
         self._shared_ok: bool | None = None
 
     def _verify(self, model: torch.nn.Module, batch: dict[str, Any], head: torch.nn.Linear) -> bool | None:
-        rows = {key: value[:1, :32] for key, value in _model_inputs(batch).items() if torch.is_tensor(value)}
-        if "pixel_values" in batch or len(rows) != len(_model_inputs(batch)):
-            return False
-        probe = {**rows, "labels": rows.get("decoder_input_ids", rows["input_ids"]).clone()}
+        probe = _verification_probe(batch)
         with torch.no_grad():
             was_training = model.training
             model.eval()

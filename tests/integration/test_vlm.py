@@ -152,3 +152,29 @@ def test_remove_unused_columns_keeps_the_images(tmp_path, processors):
     assert "pixel_values" in batch and "image_grid_thw" in batch
     trainer.train()
     assert math.isfinite(train_losses(trainer)[0])
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_fused_head_is_exact_and_used_on_image_batches(tmp_path, processors, style):
+    """Image batches are verified whole (patches do not slice by row), then take the fused LM head."""
+    from orpo.forward import fused_scores, output_head, plain_scores
+
+    processor = processors[style]
+    model = tiny_vlm(processor, style).double()
+    trainer = ORPOTrainer(model=model, args=config(tmp_path), train_dataset=color_pairs(4), processing_class=processor)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    batch["pixel_values"] = batch["pixel_values"].double()
+    results = []
+    for score in (plain_scores, lambda m, b, i: fused_scores(m, b, i, output_head(m))):
+        model.zero_grad()
+        logps = score(model, batch, -100).logps
+        logps.sum().backward()
+        results.append((logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (fused, fused_grads) = results
+    assert (plain != 0).any() and torch.allclose(plain, fused, rtol=1e-10, atol=1e-10)
+    assert plain_grads.keys() == fused_grads.keys()
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, fused_grads[name], rtol=1e-8, atol=1e-10), name
+    model.float()
+    trainer.train()
+    assert trainer.scorer.uses_fused is True
