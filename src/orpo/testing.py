@@ -28,12 +28,20 @@ def build_tokenizer(
     add_bos: bool = True,
     eos_token: str = "<|im_end|>",
     chat_template: str | None = CHATML_TEMPLATE,
+    split_digits: bool = False,
+    model_max_length: int | None = None,
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on ``corpus`` (any text is encodable)."""
+    """A byte-level BPE tokenizer trained on ``corpus`` (any text is encodable).
+
+    ``split_digits`` gives every digit its own token, so numbers are spelled digit by digit.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if split_digits else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -53,6 +61,7 @@ def build_tokenizer(
         eos_token=eos_token,
         pad_token="<pad>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"] if eos_token != "<|im_end|>" else ["<|im_start|>"],
+        **({"model_max_length": model_max_length} if model_max_length is not None else {}),
     )
     if chat_template is not None:
         tokenizer.chat_template = chat_template

@@ -18,6 +18,9 @@ import json
 import random
 from pathlib import Path
 
+from orpo.testing import CHATML_TEMPLATE
+from orpo.testing import build_tokenizer as byte_level_bpe
+
 ASSETS = Path(__file__).with_name("assets")
 MAX_OPERAND = 19
 HELD_OUT_FRACTION = 0.2
@@ -33,13 +36,8 @@ CHATTY = (
 )
 WRONG_OFFSETS = (-10, -2, -1, 1, 2, 10)
 
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 #: ChatML with a leading BOS (like many instruct models).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHAT_TEMPLATE = CHATML_TEMPLATE
 VOCAB_SIZE = 320
 
 
@@ -87,33 +85,9 @@ def corpus(rows: list[dict]) -> list[str]:
 
 def build_tokenizer(texts: list[str]):  # type: ignore[no-untyped-def]
     """A byte-level BPE with one token per digit (so numbers are spelled digit by digit)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    return byte_level_bpe(
+        texts, vocab_size=VOCAB_SIZE, chat_template=CHAT_TEMPLATE, split_digits=True, model_max_length=128
     )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|im_start|>"],
-        model_max_length=128,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
