@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,9 @@ def _utf8_error(display: str, number: int, raw: bytes, offset: int, err: Unicode
     )
 
 
-def _scan_lines(file: DataFile) -> None:
-    """JSON lines: the line number of every row; UTF-8 checked with the byte offset of any error."""
-    locations = []
+def _utf8_lines(file: DataFile) -> Iterator[tuple[int, bytes]]:
+    """The file's raw lines with their 1-based numbers, each checked to be UTF-8 (an error names
+    the line, the column and the byte offset in the file)."""
     offset = 0
     with open(file.path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
@@ -99,23 +100,21 @@ def _scan_lines(file: DataFile) -> None:
                 raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise _utf8_error(file.display, number, raw, offset, err) from None
-            if raw.strip():
-                locations.append(f"{file.display}, line {number}")
             offset += len(raw)
+            yield number, raw
+
+
+def _scan_lines(file: DataFile) -> None:
+    """JSON lines: the line number of every row; UTF-8 checked with the byte offset of any error."""
+    locations = [f"{file.display}, line {number}" for number, raw in _utf8_lines(file) if raw.strip()]
     file.locations = locations
     file.rows = len(locations)
 
 
 def _scan_csv(file: DataFile) -> None:
     """CSV/TSV: UTF-8, the header, the same number of fields in every record, each record's line."""
-    offset = 0
-    with open(file.path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise _utf8_error(file.display, number, raw, offset, err) from None
-            offset += len(raw)
+    for _ in _utf8_lines(file):
+        pass
     delimiter = "\t" if file.kind == "tsv" else ","
     locations = []
     with open(file.path, encoding="utf-8-sig", newline="") as handle:
