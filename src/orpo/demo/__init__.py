@@ -218,36 +218,36 @@ def _run(output_dir: str, fast: bool, steps: int | None, seed: int, start: float
     if len(heldout) != len(kinds):  # pragma: no cover - the shipped data has no dropped rows
         kinds = []
 
-    print("\nbefore training")
-    acc_before = pair_accuracy(trainer, heldout)
-    gen_before = _generations(trainer, tokenizer, prompts)
-    fmt_before, ok_before = _score(prompts, gen_before)
-    print(f"  held-out preference accuracy   {_accuracy_line(acc_before, kinds)}")
-    print(f"  generations on {len(prompts)} unseen sums  strict format {_percent(fmt_before)}, correct {_percent(ok_before)}")
+    def measure(when: str) -> dict[str, Any]:
+        """Print held-out accuracy and generation quality, and return them."""
+        print(f"\n{when} training")
+        accuracy = pair_accuracy(trainer, heldout)
+        generations = _generations(trainer, tokenizer, prompts)
+        strict, correct = _score(prompts, generations)
+        print(f"  held-out preference accuracy   {_accuracy_line(accuracy, kinds)}")
+        print(f"  generations on {len(prompts)} unseen sums  strict format {_percent(strict)}, correct {_percent(correct)}")
+        return {"accuracy": accuracy, "generations": generations, "format": strict, "correct": correct}
+
+    before = measure("before")
     print()
 
     result = finish_training(trainer, console=True)
 
-    print("\nafter training")
-    acc_after = pair_accuracy(trainer, heldout)
-    gen_after = _generations(trainer, tokenizer, prompts)
-    fmt_after, ok_after = _score(prompts, gen_after)
-    print(f"  held-out preference accuracy   {_accuracy_line(acc_after, kinds)}")
-    print(f"  generations on {len(prompts)} unseen sums  strict format {_percent(fmt_after)}, correct {_percent(ok_after)}")
+    after = measure("after")
     print("\n  unseen prompt                before training                     after training")
-    for prompt, before, after, ok in list(zip(prompts, gen_before, gen_after, ok_after, strict=True))[:EXAMPLES]:
+    rows = zip(prompts, before["generations"], after["generations"], after["correct"], strict=True)
+    for prompt, gen_before, gen_after, ok in list(rows)[:EXAMPLES]:
         mark = "ok" if ok else "wrong"
-        print(f"  {prompt:<28} {_show(before):<35} {_show(after)}  ({mark})")
+        print(f"  {prompt:<28} {_show(gen_before):<35} {_show(gen_after)}  ({mark})")
     elapsed = time.time() - start
     print(f"\ndone in {elapsed:.0f} s. curves: {result.plot_path}  model: {result.output_dir}")
     print(f"try it: orpo generate {result.output_dir} 'What is 7 + 15?'")
     return {
-        "accuracy_before": sum(acc_before) / max(len(acc_before), 1),
-        "accuracy_after": sum(acc_after) / max(len(acc_after), 1),
-        "format_before": sum(fmt_before) / len(prompts),
-        "format_after": sum(fmt_after) / len(prompts),
-        "correct_before": sum(ok_before) / len(prompts),
-        "correct_after": sum(ok_after) / len(prompts),
+        **{
+            f"{name}_{when}": sum(values[name]) / max(len(values[name]), 1)
+            for when, values in (("before", before), ("after", after))
+            for name in ("accuracy", "format", "correct")
+        },
         "plot": result.plot_path,
         "output_dir": result.output_dir,
         "seconds": elapsed,
