@@ -23,6 +23,7 @@ from .project import SUPPORTED_TRAINERS, DataArguments, ModelArguments, TrainRes
 
 EXIT_USAGE = 2
 
+
 @dataclass
 class LLMTrainingParams:
     """AutoTrain's ``LLMTrainingParams`` (the LLM trainer's parameters), for ORPO.
@@ -169,7 +170,9 @@ class LLMTrainingParams:
             eval_strategy=self.eval_strategy if has_valid else "no",
             logging_steps=self.logging_steps if self.logging_steps > 0 else 500,
             save_total_limit=self.save_total_limit,
-            save_strategy=(self.eval_strategy if has_valid else "no") if self.save_strategy == "epoch" else self.save_strategy,
+            save_strategy=(self.eval_strategy if has_valid else "no")
+            if self.save_strategy == "epoch"
+            else self.save_strategy,
             save_steps=self.save_steps,
             gradient_accumulation_steps=self.gradient_accumulation,
             report_to=self.log,
@@ -188,7 +191,8 @@ class LLMTrainingParams:
             max_prompt_length=max_prompt_length,
             max_completion_length=self.max_completion_length,
             push_to_hub=self.push_to_hub,
-            hub_model_id=self.repo_id or (f"{self.username}/{self.project_name}" if self.username and self.push_to_hub else None),
+            hub_model_id=self.repo_id
+            or (f"{self.username}/{self.project_name}" if self.username and self.push_to_hub else None),
             hub_token=self.token,
             fp16=self.mixed_precision == "fp16",
             bf16=self.mixed_precision == "bf16",
@@ -222,7 +226,9 @@ class AutoTrainProject:
 
     def create(self, console: bool = True) -> TrainResult:
         model_args, data_args, config = self.params.to_args()
-        result = run_training(model_args, data_args, config, console=console, auto_logging=self.params.logging_steps <= 0)
+        result = run_training(
+            model_args, data_args, config, console=console, auto_logging=self.params.logging_steps <= 0
+        )
         self.params.save(result.output_dir)
         return result
 
@@ -240,7 +246,9 @@ def build_aitraining_parser() -> ArgumentParser:
     for option in _field_options(LLMTrainingParams, "autotrain"):
         kwargs = dict(option.argparse_kwargs)
         kwargs["type"] = _argparse_type(option)
-        parser.add_argument(*option.flags, dest=f"opt:{option.name}", default=argparse.SUPPRESS, help=option.help, **kwargs)
+        parser.add_argument(
+            *option.flags, dest=f"opt:{option.name}", default=argparse.SUPPRESS, help=option.help, **kwargs
+        )
     return parser
 
 

@@ -67,7 +67,11 @@ def _train_line(logs: dict[str, float]) -> str:
 
 def _eval_line(logs: dict[str, float]) -> str:
     parts = [f"eval_loss {_fmt(logs.get('eval_loss'))}"]
-    for key, label in (("eval_nll_loss", "nll"), ("eval_rewards/accuracies", "acc"), ("eval_rewards/margins", "margin")):
+    for key, label in (
+        ("eval_nll_loss", "nll"),
+        ("eval_rewards/accuracies", "acc"),
+        ("eval_rewards/margins", "margin"),
+    ):
         if key in logs:
             parts.append(f"{label} {_fmt(logs[key])}")
     return "  ".join(parts)
@@ -122,7 +126,12 @@ class TqdmProgressCallback(TrainerCallback):
         if self.bar is None or not logs:
             return
         if "loss" in logs:
-            for key, label in (("loss", "loss"), ("nll_loss", "nll"), ("rewards/accuracies", "acc"), ("rewards/margins", "margin")):
+            for key, label in (
+                ("loss", "loss"),
+                ("nll_loss", "nll"),
+                ("rewards/accuracies", "acc"),
+                ("rewards/margins", "margin"),
+            ):
                 if key in logs:
                     self.postfix[label] = _fmt(logs[key], 3)
             self.bar.set_postfix(self.postfix, refresh=True)
@@ -156,7 +165,11 @@ class Finding:
 
 
 def _series(history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
-    return [(int(log.get("step", 0)), float(log[key])) for log in history if key in log and isinstance(log[key], int | float)]
+    return [
+        (int(log.get("step", 0)), float(log[key]))
+        for log in history
+        if key in log and isinstance(log[key], int | float)
+    ]
 
 
 def _mean(values: list[float]) -> float:
@@ -172,7 +185,11 @@ def _smooth(values: list[float], window: int = 3) -> list[float]:
 
 
 def health_check(
-    history: list[dict[str, Any]], beta: float, learning_rate: float | None = None, progress: float = 1.0, final: bool = True
+    history: list[dict[str, Any]],
+    beta: float,
+    learning_rate: float | None = None,
+    progress: float = 1.0,
+    final: bool = True,
 ) -> list[Finding]:
     """Read the logged ORPO signals; return what looks wrong (or that all looks fine)."""
     findings: list[Finding] = []

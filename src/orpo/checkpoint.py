@@ -279,9 +279,7 @@ def remove_stale_staging(output_dir: str) -> list[str]:
     return removed
 
 
-def latest_complete_checkpoint(
-    output_dir: str, hashes: bool = True
-) -> tuple[str | None, list[tuple[str, list[str]]]]:
+def latest_complete_checkpoint(output_dir: str, hashes: bool = True) -> tuple[str | None, list[tuple[str, list[str]]]]:
     """The newest checkpoint that verifies, and the (path, problems) of every newer one skipped."""
     skipped: list[tuple[str, list[str]]] = []
     for _step, path in list_checkpoints(output_dir):

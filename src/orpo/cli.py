@@ -64,13 +64,19 @@ def build_train_parser(prog: str = f"{PROG} train") -> ArgumentParser:
         epilog="Example: orpo train --model Qwen/Qwen2-0.5B-Instruct --data-path prefs.jsonl --output-dir runs/qwen "
         "--peft --beta 0.1 --learning-rate 8e-6",
     )
-    parser.add_argument("--config", metavar="YAML", help="Recipe file: keys are the flag names; flags given here override it.")
-    parser.add_argument("--print-config", action="store_true", help="Print the resolved settings as a YAML recipe and exit.")
+    parser.add_argument(
+        "--config", metavar="YAML", help="Recipe file: keys are the flag names; flags given here override it."
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="Print the resolved settings as a YAML recipe and exit."
+    )
     groups = {
         "model": parser.add_argument_group("model, LoRA and quantization"),
         "data": parser.add_argument_group("data"),
         "orpo": parser.add_argument_group("ORPO (ORPOConfig)"),
-        "config": parser.add_argument_group("training (ORPOConfig fields inherited from transformers.TrainingArguments)"),
+        "config": parser.add_argument_group(
+            "training (ORPOConfig fields inherited from transformers.TrainingArguments)"
+        ),
         "alias": parser.add_argument_group("AutoTrain / TRL / alignment-handbook spellings"),
     }
     from transformers import TrainingArguments
@@ -83,7 +89,9 @@ def build_train_parser(prog: str = f"{PROG} train") -> ArgumentParser:
             group = "alias"
         kwargs = dict(option.argparse_kwargs)
         kwargs["type"] = _argparse_type(option)
-        groups[group].add_argument(*option.flags, dest=f"opt:{option.name}", default=argparse.SUPPRESS, help=option.help, **kwargs)
+        groups[group].add_argument(
+            *option.flags, dest=f"opt:{option.name}", default=argparse.SUPPRESS, help=option.help, **kwargs
+        )
         if option.is_bool and option.kind == "field":
             groups[group].add_argument(
                 f"--no-{option.name.replace('_', '-')}",
@@ -132,7 +140,9 @@ def load_recipe(path: str) -> dict[str, Any]:
             raise UsageError(f"{path}: unknown key {key!r}{table.suggest(str(key))}")
         if option.kind != "special":
             if option.target in set_by:
-                raise UsageError(f"{path}: keys {set_by[option.target]!r} and {key!r} both set {option.target}; keep one")
+                raise UsageError(
+                    f"{path}: keys {set_by[option.target]!r} and {key!r} both set {option.target}; keep one"
+                )
             set_by[option.target] = str(key)
         try:
             converted = option.convert(value)
@@ -221,7 +231,9 @@ def resolve_train_args(explicit: dict[str, Any]) -> tuple[Any, Any, Any, bool]:
 def _recipe_text(explicit: dict[str, Any]) -> str:
     import yaml
 
-    clean = {k: v for k, v in sorted(explicit.items()) if not k.startswith("_") and k != "hub_token" and v != TRACEBACK_FLAG}
+    clean = {
+        k: v for k, v in sorted(explicit.items()) if not k.startswith("_") and k != "hub_token" and v != TRACEBACK_FLAG
+    }
     return yaml.safe_dump(clean, sort_keys=False, default_flow_style=False)
 
 
@@ -265,7 +277,13 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 def _top_help() -> str:
     from . import __version__
 
-    lines = [f"usage: {PROG} [--debug] COMMAND [options]", "", f"orpo {__version__}: ORPO fine-tuning.", "", "commands:"]
+    lines = [
+        f"usage: {PROG} [--debug] COMMAND [options]",
+        "",
+        f"orpo {__version__}: ORPO fine-tuning.",
+        "",
+        "commands:",
+    ]
     lines.extend(f"  {name:<10}{text}" for name, (_, text) in COMMANDS.items())
     lines += ["", f"Run `{PROG} COMMAND --help` for a command's options. --debug shows tracebacks on errors."]
     return "\n".join(lines)
@@ -328,7 +346,9 @@ def setup_logging(verbose: bool = False) -> None:
         pass
 
 
-def run_command(func: Callable[[list[str]], int], argv: list[str], prog: str, debug: bool, verbose: bool = False) -> int:
+def run_command(
+    func: Callable[[list[str]], int], argv: list[str], prog: str, debug: bool, verbose: bool = False
+) -> int:
     import warnings
 
     try:

@@ -59,7 +59,9 @@ def _add_inference_args(parser: argparse.ArgumentParser, temperature: float, max
 def cmd_generate(argv: list[str]) -> int:
     from .generation import generate, load_for_inference
 
-    parser = ArgumentParser(prog=f"{PROG} generate", description="Generate with a trained model on prompts, using its chat template.")
+    parser = ArgumentParser(
+        prog=f"{PROG} generate", description="Generate with a trained model on prompts, using its chat template."
+    )
     _add_inference_args(parser, temperature=0.0, max_new_tokens=128)
     parser.add_argument("prompts", nargs="*", help="Prompts (or use --prompt / --prompts-file / stdin).")
     parser.add_argument("--prompt", action="append", help="A prompt (repeatable).")
@@ -104,12 +106,16 @@ def cmd_chat(argv: list[str]) -> int:
 def cmd_merge(argv: list[str]) -> int:
     from .generation import merge_adapter
 
-    parser = ArgumentParser(prog=f"{PROG} merge", description="Merge a LoRA adapter into its base model and save the full model.")
+    parser = ArgumentParser(
+        prog=f"{PROG} merge", description="Merge a LoRA adapter into its base model and save the full model."
+    )
     parser.add_argument("adapter", help="Directory of the trained LoRA adapter (adapter_config.json).")
     parser.add_argument("output", nargs="?", help="Directory to write the merged model to.")
     parser.add_argument("--output", "-o", dest="output_flag", help="Same as the positional OUTPUT.")
     parser.add_argument("--base", help="Base model (default: the one in adapter_config.json).")
-    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="Dtype to merge and save in.")
+    parser.add_argument(
+        "--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="Dtype to merge and save in."
+    )
     args = parser.parse_args(argv)
     output = args.output_flag or args.output
     if not output:
@@ -122,9 +128,15 @@ def cmd_merge(argv: list[str]) -> int:
 def cmd_demo(argv: list[str]) -> int:
     from .demo import run_demo
 
-    parser = ArgumentParser(prog=f"{PROG} demo", description="Train a small model from scratch with ORPO, offline, in about a minute.")
-    parser.add_argument("--fast", action="store_true", help="A few seconds' version (for tests); also ORPO_DEMO_FAST=1.")
-    parser.add_argument("--output-dir", default="orpo-demo", help="Where the model, curves and summary go (default: orpo-demo).")
+    parser = ArgumentParser(
+        prog=f"{PROG} demo", description="Train a small model from scratch with ORPO, offline, in about a minute."
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="A few seconds' version (for tests); also ORPO_DEMO_FAST=1."
+    )
+    parser.add_argument(
+        "--output-dir", default="orpo-demo", help="Where the model, curves and summary go (default: orpo-demo)."
+    )
     parser.add_argument("--steps", type=int, help="Training steps (default: 2000, or 16 with --fast).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -136,14 +148,18 @@ def cmd_demo(argv: list[str]) -> int:
 def cmd_plot(argv: list[str]) -> int:
     from .report import plot_training_curves
 
-    parser = ArgumentParser(prog=f"{PROG} plot", description="Draw the training curves of a run (its trainer_state.json).")
+    parser = ArgumentParser(
+        prog=f"{PROG} plot", description="Draw the training curves of a run (its trainer_state.json)."
+    )
     parser.add_argument("run", help="Output directory of a run, a checkpoint directory, or a trainer_state.json.")
     parser.add_argument("--output", "-o", help="PNG to write (default: RUN/training_curves.png).")
     args = parser.parse_args(argv)
     run = Path(args.run)
     state = run if run.is_file() else run / "trainer_state.json"
     if not state.is_file() and run.is_dir():
-        checkpoints = sorted(run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1]))
+        checkpoints = sorted(
+            run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
+        )
         state = checkpoints[-1] if checkpoints else state
     if not state.is_file():
         raise FileNotFoundError(f"no trainer_state.json in {args.run}")

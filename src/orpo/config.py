@@ -43,7 +43,9 @@ class ORPOConfig(TrainingArguments):
     )
     truncation_mode: str = field(
         default="keep_end",
-        metadata=_choice("Which part of an over-long prompt to keep: its end (the question) or its start.", TRUNCATION_MODES),
+        metadata=_choice(
+            "Which part of an over-long prompt to keep: its end (the question) or its start.", TRUNCATION_MODES
+        ),
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Set every dropout probability of the model to 0."})
     label_pad_token_id: int = field(default=-100, metadata={"help": "Label value of tokens that carry no loss."})
@@ -52,7 +54,9 @@ class ORPOConfig(TrainingArguments):
     )
     generate_during_eval: bool = field(
         default=False,
-        metadata={"help": "After each evaluation, generate for a few eval prompts and save them as JSONL in output_dir."},
+        metadata={
+            "help": "After each evaluation, generate for a few eval prompts and save them as JSONL in output_dir."
+        },
     )
     is_encoder_decoder: bool | None = field(
         default=None, metadata={"help": "Whether the model is encoder-decoder (detected from the model when None)."}
@@ -159,7 +163,9 @@ class ORPOConfig(TrainingArguments):
         # max_prompt_length=512, and encoder-decoder prompts do not count towards max_length at all.  A prompt that
         # leaves no room for a completion drops its pair, counted in the data report.
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
-            raise ValueError(f"ORPOConfig.pad_to_multiple_of must be a positive integer or None, got {self.pad_to_multiple_of}")
+            raise ValueError(
+                f"ORPOConfig.pad_to_multiple_of must be a positive integer or None, got {self.pad_to_multiple_of}"
+            )
         if isinstance(self.model_init_kwargs, str):
             import json
 

@@ -56,13 +56,15 @@ def generate_samples(trainer: Any, dataset: Any, num_samples: int = 4, suffix: s
                     pad_token_id=pad,
                 )
             new_tokens = output[0] if trainer.model_kind == "seq2seq" else output[0, prompt.shape[1] :]
-            records.append({
-                "step": trainer.state.global_step,
-                "prompt": row.get("prompt"),
-                "chosen": row.get("chosen"),
-                "rejected": row.get("rejected"),
-                "generation": tokenizer.decode(new_tokens, skip_special_tokens=True),
-            })
+            records.append(
+                {
+                    "step": trainer.state.global_step,
+                    "prompt": row.get("prompt"),
+                    "chosen": row.get("chosen"),
+                    "rejected": row.get("rejected"),
+                    "generation": tokenizer.decode(new_tokens, skip_special_tokens=True),
+                }
+            )
     finally:
         model.train(was_training)
     if not trainer.is_world_process_zero():

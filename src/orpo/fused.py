@@ -24,7 +24,9 @@ def _accum_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
 
 
-def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+def _project(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: float | None
+) -> torch.Tensor:
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
     logits = hidden.to(dtype) @ weight.to(dtype).T
     if bias is not None:

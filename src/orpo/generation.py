@@ -183,7 +183,9 @@ def chat(
     stdout = stdout or sys.stdout
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     if not getattr(tok, "chat_template", None):
-        raise ValueError("the model's tokenizer has no chat template: pass --chat-template (e.g. chatml) or use `orpo generate`")
+        raise ValueError(
+            "the model's tokenizer has no chat template: pass --chat-template (e.g. chatml) or use `orpo generate`"
+        )
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     interactive = stdin.isatty()
     if interactive:

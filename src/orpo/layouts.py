@@ -97,7 +97,9 @@ def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: 
     device = ids.device
     packed = {
         "input_ids": torch.cat([first, second])[None],
-        "position_ids": torch.cat([torch.arange(len(first), device=device), torch.arange(len(second), device=device)])[None],
+        "position_ids": torch.cat([torch.arange(len(first), device=device), torch.arange(len(second), device=device)])[
+            None
+        ],
     }
     was_training = model.training
     model.eval()
@@ -224,7 +226,11 @@ def shared_prompt_scores(
 
 def padded_from_shared(batch: dict[str, Any]) -> dict[str, Any]:
     """The ordinary padded batch of the same pairs (for models that cannot take the mask)."""
-    out = {"input_ids": batch["padded_input_ids"], "attention_mask": batch["padded_attention_mask"], "labels": batch["labels"]}
+    out = {
+        "input_ids": batch["padded_input_ids"],
+        "attention_mask": batch["padded_attention_mask"],
+        "labels": batch["labels"],
+    }
     if "nll_labels" in batch:
         out["nll_labels"] = batch["nll_labels"]
     return out

@@ -113,7 +113,9 @@ def quantization_config(kind: str, dtype: Any = None) -> Any:
     if kind not in QUANTIZATIONS:
         raise UsageError(f"quantization {kind!r} is not one of {', '.join(QUANTIZATIONS)}")
     if not torch.cuda.is_available():
-        raise UsageError(f"quantization={kind} (bitsandbytes) needs a CUDA GPU; train without --quantization on this machine")
+        raise UsageError(
+            f"quantization={kind} (bitsandbytes) needs a CUDA GPU; train without --quantization on this machine"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -122,7 +124,13 @@ def quantization_config(kind: str, dtype: Any = None) -> Any:
 
     if kind == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), None) if dtype not in (None, "auto") else None
+    compute = (
+        dtype
+        if isinstance(dtype, torch.dtype)
+        else getattr(torch, str(dtype), None)
+        if dtype not in (None, "auto")
+        else None
+    )
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -183,7 +191,9 @@ def load_data(data_args: DataArguments) -> tuple[Any, Any]:
     if evaluation is None:
         extra = [name for name in splits if name != "train"]
         if extra:
-            logger.info("the data also has split(s) %s; pass --valid-split %s to evaluate on it", ", ".join(extra), extra[0])
+            logger.info(
+                "the data also has split(s) %s; pass --valid-split %s to evaluate on it", ", ".join(extra), extra[0]
+            )
     return train, evaluation
 
 
@@ -192,5 +202,9 @@ def auto_logging_steps(num_pairs: int, config: Any) -> int:
     world = max(int(getattr(config, "world_size", 1) or 1), 1)
     per_step = max(config.per_device_train_batch_size * config.gradient_accumulation_steps * world, 1)
     steps_per_epoch = max(math.ceil(num_pairs / per_step), 1)
-    total = config.max_steps if config.max_steps and config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_train_epochs)
+    total = (
+        config.max_steps
+        if config.max_steps and config.max_steps > 0
+        else math.ceil(steps_per_epoch * config.num_train_epochs)
+    )
     return max(1, min(25, total // 20))

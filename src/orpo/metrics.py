@@ -42,8 +42,48 @@ class MetricWindows:
     def reset(self, mode: str) -> None:
         self.sums[mode] = defaultdict(float)
 
-    def record(self, mode: str, out: Any, scores: Any, completion: torch.Tensor, nll_mask: torch.Tensor,
-               nll_logp_sum: torch.Tensor, pairs: int, logps: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    # ---- the contract the reliability objects rely on (guard, diagnostics, checkpoints) ----
+    def snapshot(self, mode: str) -> dict[str, Any]:
+        """A copy of ``mode``'s sums, to put back with :meth:`restore` or :meth:`keep_if`."""
+        return dict(self.sums[mode])
+
+    def restore(self, mode: str, snapshot: dict[str, Any]) -> None:
+        """Put back the sums of a :meth:`snapshot` (e.g. after a diagnostic re-run)."""
+        self.sums[mode] = defaultdict(float, snapshot)
+
+    def keep_if(self, mode: str, snapshot: dict[str, Any], keep: torch.Tensor) -> None:
+        """Keep what was recorded since ``snapshot`` only where the 0-d bool ``keep`` is True.
+
+        A ``torch.where`` on device, so leaving a non-finite micro-batch out costs no host sync.
+        """
+        store = self.sums[mode]
+        for key in list(store):
+            new = store[key]
+            if torch.is_tensor(new):
+                old = torch.as_tensor(snapshot.get(key, 0.0), dtype=new.dtype, device=new.device)
+                store[key] = torch.where(keep.to(new.device), new, old)
+
+    def export(self, mode: str) -> dict[str, float]:
+        """``mode``'s sums as plain floats (saved in checkpoints for an exact resume)."""
+        return {key: float(value) for key, value in self.sums[mode].items()}
+
+    def load(self, mode: str, values: dict[str, float], device: Any) -> None:
+        """Sums saved by :meth:`export`, as float64 tensors on ``device``."""
+        self.sums[mode] = defaultdict(
+            float, {key: torch.tensor(value, dtype=torch.float64, device=device) for key, value in values.items()}
+        )
+
+    def record(
+        self,
+        mode: str,
+        out: Any,
+        scores: Any,
+        completion: torch.Tensor,
+        nll_mask: torch.Tensor,
+        nll_logp_sum: torch.Tensor,
+        pairs: int,
+        logps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """Accumulate sums so logged metrics are averages over the whole logging window."""
         odds = out.odds
         valid = odds.valid.float()
@@ -53,7 +93,10 @@ class MetricWindows:
                 "pairs": valid.sum(),
                 # average log-probs themselves, not rewards / beta: those are 0/0 when beta == 0
                 **(
-                    {"logps/chosen": (logps[0].detach() * valid).sum(), "logps/rejected": (logps[1].detach() * valid).sum()}
+                    {
+                        "logps/chosen": (logps[0].detach() * valid).sum(),
+                        "logps/rejected": (logps[1].detach() * valid).sum(),
+                    }
                     if logps is not None
                     else {}
                 ),
@@ -94,8 +137,14 @@ class MetricWindows:
         pairs = max(totals["pairs"], 1.0)
         metrics = {
             name: totals[name] / pairs
-            for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                         "log_odds_ratio", "log_odds_chosen")
+            for name in (
+                "rewards/chosen",
+                "rewards/rejected",
+                "rewards/accuracies",
+                "rewards/margins",
+                "log_odds_ratio",
+                "log_odds_chosen",
+            )
         }
         for side in ("chosen", "rejected"):
             key = f"logps/{side}"

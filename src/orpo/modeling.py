@@ -90,7 +90,9 @@ def load_processor(name_or_path: str, chat_template: str | None = None) -> Any:
 
     processor = AutoProcessor.from_pretrained(name_or_path)
     if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
-        raise ValueError(f"{name_or_path} is a vision-language model but its processor has no tokenizer or image processor")
+        raise ValueError(
+            f"{name_or_path} is a vision-language model but its processor has no tokenizer or image processor"
+        )
     if chat_template is not None:
         processor.chat_template = chat_template
         processor.tokenizer.chat_template = chat_template
@@ -118,7 +120,9 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
         if tokenizer.eos_token is None:
             raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
         tokenizer.pad_token = tokenizer.eos_token
-        logger.info("tokenizer has no pad token; padding with eos_token %r (masked out of every loss)", tokenizer.eos_token)
+        logger.info(
+            "tokenizer has no pad token; padding with eos_token %r (masked out of every loss)", tokenizer.eos_token
+        )
     return tokenizer
 
 

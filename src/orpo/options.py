@@ -252,14 +252,18 @@ ALIASES: dict[str, tuple[str, str]] = {
 def _special_options() -> list[Option]:
     """Flags that are not a field but set fields (or only check something)."""
 
-    def opt(name: str, convert: Callable[[Any], Any], kwargs: dict[str, Any], help_text: str, is_bool: bool = False) -> Option:
+    def opt(
+        name: str, convert: Callable[[Any], Any], kwargs: dict[str, Any], help_text: str, is_bool: bool = False
+    ) -> Option:
         return Option(name, name, "special", "special", convert, kwargs, help_text, is_bool)
 
     bool_kwargs = {"nargs": "?", "const": True, "metavar": "BOOL"}
     return [
         opt("trainer", str, {"metavar": "orpo"}, "AutoTrain's trainer; only 'orpo' is supported"),
         opt("backend", str, {"metavar": "local"}, "AutoTrain's backend; only 'local' (this process)"),
-        opt("block_size", lambda v: to_int(v, True), {"metavar": "INT"}, "AutoTrain: max_length (-1: keep the default)"),
+        opt(
+            "block_size", lambda v: to_int(v, True), {"metavar": "INT"}, "AutoTrain: max_length (-1: keep the default)"
+        ),
         opt("use_flash_attention_2", to_bool, bool_kwargs, "attn_implementation=flash_attention_2", True),
         opt("load_in_4bit", to_bool, bool_kwargs, "quantization=int4 (alignment-handbook)", True),
         opt("load_in_8bit", to_bool, bool_kwargs, "quantization=int8 (alignment-handbook)", True),
@@ -268,9 +272,25 @@ def _special_options() -> list[Option]:
         opt("padding", str, {"metavar": "SIDE"}, "AutoTrain; ignored (batches are right-padded)"),
         opt("username", str, {"metavar": "USER"}, "AutoTrain; hub user for --push-to-hub (hub_model_id=USER/PROJECT)"),
         opt("model_ref", str, {"metavar": "MODEL"}, "AutoTrain (DPO); ORPO uses no reference model"),
-        opt("overwrite_output_dir", to_bool, bool_kwargs, "accepted for old recipes; orpo writes into the output dir", True),
-        opt("dataset_mixer", to_json, {"metavar": "JSON"}, "alignment-handbook; one dataset with weight 1.0 is supported"),
-        opt("dataset_splits", to_list, {"nargs": "+", "metavar": "SPLIT"}, "alignment-handbook: [train split, test split]"),
+        opt(
+            "overwrite_output_dir",
+            to_bool,
+            bool_kwargs,
+            "accepted for old recipes; orpo writes into the output dir",
+            True,
+        ),
+        opt(
+            "dataset_mixer",
+            to_json,
+            {"metavar": "JSON"},
+            "alignment-handbook; one dataset with weight 1.0 is supported",
+        ),
+        opt(
+            "dataset_splits",
+            to_list,
+            {"nargs": "+", "metavar": "SPLIT"},
+            "alignment-handbook: [train split, test split]",
+        ),
     ]
 
 
@@ -339,7 +359,11 @@ class OptionTable:
         close = difflib.get_close_matches(key.strip().lstrip("-").replace("-", "_"), names, n=1, cutoff=0.75)
         if not close:
             return ""
-        return f" (did you mean --{close[0].replace('_', '-')}?)" if key.startswith("-") else f" (did you mean {close[0]}?)"
+        return (
+            f" (did you mean --{close[0].replace('_', '-')}?)"
+            if key.startswith("-")
+            else f" (did you mean {close[0]}?)"
+        )
 
 
 _TABLE: OptionTable | None = None
@@ -365,7 +389,16 @@ def option_table() -> OptionTable:
         if alias in options:
             continue
         base = options[target]
-        options[alias] = Option(alias, target, "alias", base.section, base.convert, dict(base.argparse_kwargs), f"{origin}: --{target.replace('_', '-')}", base.is_bool)
+        options[alias] = Option(
+            alias,
+            target,
+            "alias",
+            base.section,
+            base.convert,
+            dict(base.argparse_kwargs),
+            f"{origin}: --{target.replace('_', '-')}",
+            base.is_bool,
+        )
     for special in _special_options():
         options.setdefault(special.name, special)
     _TABLE = OptionTable(

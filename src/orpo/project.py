@@ -67,25 +67,32 @@ class ModelArguments:
         ),
     )
     quantization: str | None = field(
-        default=None, metadata=_help("Load the base model quantized with bitsandbytes (QLoRA; needs a GPU).", QUANTIZATIONS)
+        default=None,
+        metadata=_help("Load the base model quantized with bitsandbytes (QLoRA; needs a GPU).", QUANTIZATIONS),
     )
     mixed_precision: str | None = field(
         default=None, metadata=_help("Mixed precision (AutoTrain's switch; same as --bf16 / --fp16).", MIXED_PRECISIONS)
     )
-    use_peft: bool = field(default=False, metadata=_help("Train a LoRA adapter instead of all weights (AutoTrain: --peft)."))
+    use_peft: bool = field(
+        default=False, metadata=_help("Train a LoRA adapter instead of all weights (AutoTrain: --peft).")
+    )
     lora_r: int = field(default=16, metadata=_help("LoRA rank."))
     lora_alpha: int = field(default=32, metadata=_help("LoRA alpha (scale = alpha / r)."))
     lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))
     lora_target_modules: list[str] | None = field(
         default=None,
-        metadata=_help("Modules that get LoRA: 'all-linear' (default) or names, e.g. q_proj,v_proj (AutoTrain: --target-modules)."),
+        metadata=_help(
+            "Modules that get LoRA: 'all-linear' (default) or names, e.g. q_proj,v_proj (AutoTrain: --target-modules)."
+        ),
     )
     lora_modules_to_save: list[str] | None = field(
         default=None, metadata=_help("Modules trained in full next to the adapter (e.g. lm_head embed_tokens).")
     )
     merge_adapter: bool = field(
         default=False,
-        metadata=_help("After LoRA training, save the merged full model in the output dir (the adapter goes to adapter/)."),
+        metadata=_help(
+            "After LoRA training, save the merged full model in the output dir (the adapter goes to adapter/)."
+        ),
     )
 
 
@@ -95,20 +102,29 @@ class DataArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata=_help("Preference data: a .jsonl/.json/.csv/.parquet file, a folder, a glob or a hub dataset id (AutoTrain: --data-path)."),
+        metadata=_help(
+            "Preference data: a .jsonl/.json/.csv/.parquet file, a folder, a glob or a hub dataset id (AutoTrain: --data-path)."
+        ),
     )
     dataset_config: str | None = field(default=None, metadata=_help("Subset (config name) of a hub dataset."))
     dataset_train_split: str | None = field(
-        default=None, metadata=_help("Training split, slices allowed: train, train[:1000] (default: train or the only split).")
+        default=None,
+        metadata=_help("Training split, slices allowed: train, train[:1000] (default: train or the only split)."),
     )
     dataset_test_split: str | None = field(
         default=None, metadata=_help("Split to evaluate on, e.g. validation or test (AutoTrain: --valid-split).")
     )
     prompt_text_column: str | None = field(default=None, metadata=_help("Column holding the prompt (default: prompt)."))
-    text_column: str | None = field(default=None, metadata=_help("Column holding the chosen completion (default: chosen, else text)."))
-    rejected_text_column: str | None = field(default=None, metadata=_help("Column holding the rejected completion (default: rejected)."))
+    text_column: str | None = field(
+        default=None, metadata=_help("Column holding the chosen completion (default: chosen, else text).")
+    )
+    rejected_text_column: str | None = field(
+        default=None, metadata=_help("Column holding the rejected completion (default: rejected).")
+    )
     image_column: str | None = field(default=None, metadata=_help("Column holding images, for vision-language models."))
-    max_samples: int | None = field(default=None, metadata=_help("Use only the first N training pairs (for quick tries)."))
+    max_samples: int | None = field(
+        default=None, metadata=_help("Use only the first N training pairs (for quick tries).")
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,7 +180,9 @@ def build_trainer(
     if config.dataloader_pin_memory and not _has_accelerator():
         config.dataloader_pin_memory = False  # avoids torch's warning on CPU-only machines
     if eval_dataset is None and config.eval_strategy != "no":
-        logger.warning("eval_strategy=%s but no evaluation data: evaluation is off (pass --valid-split)", config.eval_strategy)
+        logger.warning(
+            "eval_strategy=%s but no evaluation data: evaluation is off (pass --valid-split)", config.eval_strategy
+        )
         config.eval_strategy = "no"
         config.load_best_model_at_end = False
         config.do_eval = False
@@ -234,7 +252,9 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def finish_training(trainer: Any, *, console: bool = True, resume_from_checkpoint: Any = None, train: bool = True) -> TrainResult:
+def finish_training(
+    trainer: Any, *, console: bool = True, resume_from_checkpoint: Any = None, train: bool = True
+) -> TrainResult:
     """Train (unless ``train=False``), save the model (and merged model), write curves, summary and health report."""
     from .callbacks import HealthCallback
     from .report import plot_training_curves, summary_table, write_summary

@@ -101,7 +101,9 @@ def summary_table(result: Any) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["", "ORPO training summary", "-" * (sum(widths) + 6)]
     for index, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        lines.append(
+            "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        )
         if index == 0:
             lines.append("-" * (sum(widths) + 6))
     metrics = result.train_metrics or {}
@@ -133,7 +135,9 @@ def write_summary(path: str | Path, result: Any) -> str:
         "plot": result.plot_path,
         "train_metrics": result.train_metrics,
         "eval_metrics": result.eval_metrics,
-        "first_last": {key: dict(zip(("first", "last"), first_last(history, key), strict=True)) for key in SUMMARY_METRICS},
+        "first_last": {
+            key: dict(zip(("first", "last"), first_last(history, key), strict=True)) for key in SUMMARY_METRICS
+        },
         "health": [asdict(finding) for finding in result.health],
     }
     path = Path(path)

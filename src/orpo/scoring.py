@@ -129,7 +129,9 @@ class _HeadCapture:
         return capture
 
 
-def fused_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear) -> TokenScores:
+def fused_scores(
+    model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear
+) -> TokenScores:
     targets, mask = shifted_targets(batch, ignore_index)
     capture = _HeadCapture.of(head)
     capture.armed = True

@@ -57,7 +57,9 @@ class EncoderSpecials:
         if start is None or not plain:  # pragma: no cover - every tokenizer encodes "a"
             return cls((), (), None)
         special = SpecialTokens.probe(tokenizer)
-        return cls(tuple(full[:start]), tuple(full[start + len(plain) :]), special.bos_token_id if special.adds_bos else None)
+        return cls(
+            tuple(full[:start]), tuple(full[start + len(plain) :]), special.bos_token_id if special.adds_bos else None
+        )
 
     def wrap(self, ids: list[int], limit: int | None, keep_end: bool) -> tuple[list[int], bool]:
         """Prompt ids (as the text path made them) -> encoder input within ``limit``; and whether it was cut."""
@@ -107,8 +109,10 @@ def prepare_seq2seq_dataset(data: Any, tokenizer: Any, args: Any, split: str = "
     with exactly one EOS (truncated completions excepted).
     """
     if getattr(args, "nll_scope", "completion") == "prompt_and_completion":
-        logger.warning("nll_scope='prompt_and_completion' has no prompt to score for an encoder-decoder model "
-                       "(the prompt is the encoder input); the NLL covers the chosen completion")
+        logger.warning(
+            "nll_scope='prompt_and_completion' has no prompt to score for an encoder-decoder model "
+            "(the prompt is the encoder input); the NLL covers the chosen completion"
+        )
     dataset, report = prepare_preference_dataset(data, tokenizer, _Limits(args), split)
     if report.tokenize is None:  # already tokenized by the user: taken as is
         return dataset, report
@@ -145,7 +149,14 @@ def decoder_prefix(model: Any, tokenizer: Any) -> tuple[int, ...]:
     config = getattr(model, "config", None)
     generation = getattr(model, "generation_config", None)
     start = next(
-        (v for v in (getattr(generation, "decoder_start_token_id", None), getattr(config, "decoder_start_token_id", None)) if v is not None),
+        (
+            v
+            for v in (
+                getattr(generation, "decoder_start_token_id", None),
+                getattr(config, "decoder_start_token_id", None),
+            )
+            if v is not None
+        ),
         None,
     )
     if isinstance(start, list):
@@ -154,14 +165,19 @@ def decoder_prefix(model: Any, tokenizer: Any) -> tuple[int, ...]:
         start = tokenizer.pad_token_id
         logger.warning(
             "%s; starting decoder sequences with the pad token %s (as T5 does)",
-            "no model to read decoder_start_token_id from (model_init)" if model is None
+            "no model to read decoder_start_token_id from (model_init)"
+            if model is None
             else "the model has no decoder_start_token_id",
             start,
         )
     if start is None:
         raise ValueError("encoder-decoder training needs config.decoder_start_token_id (or a tokenizer pad token)")
     forced = next(
-        (v for v in (getattr(generation, "forced_bos_token_id", None), getattr(config, "forced_bos_token_id", None)) if v is not None),
+        (
+            v
+            for v in (getattr(generation, "forced_bos_token_id", None), getattr(config, "forced_bos_token_id", None))
+            if v is not None
+        ),
         None,
     )
     if forced is None:
@@ -185,15 +201,23 @@ class Seq2SeqORPODataCollator:
         self.decoder_prefix = tuple(int(t) for t in self.decoder_prefix)
         if not self.decoder_prefix:
             raise ValueError("decoder_prefix needs at least the decoder start token")
-        self._decoder = ORPODataCollator(self.pad_token_id, self.label_pad_token_id, self.pad_to_multiple_of, "completion")
+        self._decoder = ORPODataCollator(
+            self.pad_token_id, self.label_pad_token_id, self.pad_to_multiple_of, "completion"
+        )
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty batch")
         prefix = list(self.decoder_prefix)
         decoder = self._decoder(
-            [{"prompt_input_ids": prefix, "chosen_input_ids": f["chosen_input_ids"], "rejected_input_ids": f["rejected_input_ids"]}
-             for f in features]
+            [
+                {
+                    "prompt_input_ids": prefix,
+                    "chosen_input_ids": f["chosen_input_ids"],
+                    "rejected_input_ids": f["rejected_input_ids"],
+                }
+                for f in features
+            ]
         )
         prompts = [list(f["prompt_input_ids"]) for f in features] * 2
         length = max(max(len(p) for p in prompts), 1)

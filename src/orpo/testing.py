@@ -40,7 +40,9 @@ def build_tokenizer(
     tok = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.pre_tokenizer = (
-        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) if split_digits else byte_level
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -260,7 +262,9 @@ def build_seq2seq_tokenizer(corpus: Iterable[str], style: str = "t5", vocab_size
     backend = tokenizer.backend_tokenizer
     eos, bos = ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>"))
     if style == "t5":
-        backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos])
+        backend.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos]
+        )
     else:
         backend.post_processor = processors.TemplateProcessing(
             single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[bos, eos]
@@ -268,7 +272,9 @@ def build_seq2seq_tokenizer(corpus: Iterable[str], style: str = "t5", vocab_size
     return tokenizer
 
 
-def tiny_seq2seq_lm(tokenizer: PreTrainedTokenizerFast, arch: str = "t5", d_model: int = 32, seed: int = 0) -> PreTrainedModel:
+def tiny_seq2seq_lm(
+    tokenizer: PreTrainedTokenizerFast, arch: str = "t5", d_model: int = 32, seed: int = 0
+) -> PreTrainedModel:
     """A random-init T5 or BART (2 encoder + 2 decoder layers) for ``build_seq2seq_tokenizer``."""
     from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 

@@ -95,7 +95,9 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
                 return self._prepare_model(user_init(), args, peft_config)
 
         # "causal", "vision" (orpo.vision) or "seq2seq" (orpo.seq2seq): picks data preparation and collator.
-        self.model_kind = model_kind(unwrap(model) if model is not None else None, processing_class, args.is_encoder_decoder)
+        self.model_kind = model_kind(
+            unwrap(model) if model is not None else None, processing_class, args.is_encoder_decoder
+        )
         args.is_encoder_decoder = self.model_kind == "seq2seq"
         data_processor = processing_class if self.model_kind == "vision" else tokenizer_
 
@@ -105,7 +107,8 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         if eval_dataset is not None:
             if isinstance(eval_dataset, dict):
                 eval_dataset = {
-                    name: self._prepare_eval(data, data_processor, args, f"eval[{name}]") for name, data in eval_dataset.items()
+                    name: self._prepare_eval(data, data_processor, args, f"eval[{name}]")
+                    for name, data in eval_dataset.items()
                 }
             else:
                 eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
@@ -258,13 +261,17 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
             return loss, {"chosen_rewards": out.odds.chosen_rewards, "rejected_rewards": out.odds.rejected_rewards}
         return loss
 
-    @property
-    def _metric_sums(self) -> dict[str, dict[str, torch.Tensor]]:
-        """The window sums per mode; checkpoints save and restore ``["train"]`` (see :mod:`orpo.reliability`)."""
-        return self.metric_windows.sums
-
-    def _record(self, mode: str, out: Any, scores: Any, completion: torch.Tensor, nll_mask: torch.Tensor,
-                nll_logp_sum: torch.Tensor, pairs: int, logps: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    def _record(
+        self,
+        mode: str,
+        out: Any,
+        scores: Any,
+        completion: torch.Tensor,
+        nll_mask: torch.Tensor,
+        nll_logp_sum: torch.Tensor,
+        pairs: int,
+        logps: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """Accumulate sums so logged metrics are averages over the whole logging window."""
         self.metric_windows.record(mode, out, scores, completion, nll_mask, nll_logp_sum, pairs, logps)
 
@@ -272,7 +279,9 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         def reduce(values: torch.Tensor) -> torch.Tensor:
             return self.accelerator.reduce(values, reduction="sum")
 
-        return self.metric_windows.pop(mode, self.args.beta, self.args.device, reduce if self.args.world_size > 1 else None)
+        return self.metric_windows.pop(
+            mode, self.args.beta, self.args.device, reduce if self.args.world_size > 1 else None
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # evaluate() names its metrics "<metric_key_prefix>_...": "eval_", "eval_<name>_" for a dict of eval

@@ -26,7 +26,11 @@ pytestmark = [
 WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "integration", "_reliability.py")
 FSDP = {
     "fsdp": True,
-    "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "reshard_after_forward": True},
+    "fsdp_config": {
+        "version": 2,
+        "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+        "reshard_after_forward": True,
+    },
     "max_steps": 6,
     "save_steps": 3,
     "per_device_train_batch_size": 2,
@@ -37,8 +41,19 @@ FSDP = {
 def _torchrun(tmp_path, name, **extra):
     processes = min(2, torch.cuda.device_count())
     result = tmp_path / f"{name}.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", WORKER,
-               "fsdp", str(tmp_path / "tokenizer"), str(tmp_path / name), str(result), json.dumps({**FSDP, **extra})]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        WORKER,
+        "fsdp",
+        str(tmp_path / "tokenizer"),
+        str(tmp_path / name),
+        str(result),
+        json.dumps({**FSDP, **extra}),
+    ]
     log = tmp_path / f"{name}.log"
     with open(log, "w") as handle:
         code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, timeout=600)

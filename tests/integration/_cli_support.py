@@ -35,10 +35,17 @@ def aitraining_command(*args: str) -> list[str]:
     script = BIN / "aitraining"
     if script.exists():
         return [str(script), *args]
-    return [sys.executable, "-c", "import sys; from orpo.cli import aitraining_main; sys.exit(aitraining_main())", *args]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from orpo.cli import aitraining_main; sys.exit(aitraining_main())",
+        *args,
+    ]
 
 
-def run(cmd: list[str], cwd: str | Path | None = None, timeout: int = 240, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: str | Path | None = None, timeout: int = 240, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout, input=stdin)
 
 

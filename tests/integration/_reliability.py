@@ -51,8 +51,15 @@ def make_args(output_dir: str, **overrides: Any) -> Any:
     return ORPOConfig(**values)
 
 
-def make_trainer(tokenizer: Any, output_dir: str, data: Any = None, peft: bool = False, callbacks: Any = (),
-                 model_seed: int = 0, **overrides: Any) -> Any:
+def make_trainer(
+    tokenizer: Any,
+    output_dir: str,
+    data: Any = None,
+    peft: bool = False,
+    callbacks: Any = (),
+    model_seed: int = 0,
+    **overrides: Any,
+) -> Any:
     from orpo import ORPOTrainer
     from orpo.testing import tiny_causal_lm
 
@@ -60,8 +67,9 @@ def make_trainer(tokenizer: Any, output_dir: str, data: Any = None, peft: bool =
     if peft:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                                 task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+        )
     recorder = LogRecorder()
     trainer = ORPOTrainer(
         model=tiny_causal_lm(tokenizer, seed=model_seed),
@@ -151,7 +159,10 @@ def _worker(argv: list[str]) -> int:
     trainer = make_trainer(tokenizer, output_dir, data=learnable_pairs(rows), callbacks=callbacks, **overrides)
     trainer.train(resume_from_checkpoint=resume)
     # Sharded (FSDP) parameters are gathered on every process: a collective.
-    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu().contiguous() for k, v in weights(trainer.model).items()}
+    full = {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu().contiguous()
+        for k, v in weights(trainer.model).items()
+    }
     if trainer.args.process_index == 0:
         from safetensors.torch import save_file
 

@@ -70,7 +70,9 @@ def test_missing_column_lists_available_ones(tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("value", "kind"), [(3, "int"), (None, "null|None"), (2.5, "float"), (True, "bool")], ids=["int", "null", "float", "bool"]
+    ("value", "kind"),
+    [(3, "int"), (None, "null|None"), (2.5, "float"), (True, "bool")],
+    ids=["int", "null", "float", "bool"],
 )
 def test_mistyped_column_names_row_and_column(tokenizer, tmp_path, value, kind):
     rows = [*GOOD, {"prompt": "Q?", "chosen": value, "rejected": "b"}]
@@ -90,7 +92,11 @@ def test_mistyped_column_in_a_file_names_line_and_column(tmp_path, value):
 # ---- row policies -----------------------------------------------------------------------------
 @pytest.mark.parametrize("blank", ["", "   ", "\n\t"], ids=["empty", "spaces", "whitespace"])
 def test_empty_or_blank_completion_is_dropped_and_counted(tokenizer, tmp_path, blank, caplog):
-    rows = [*GOOD, {"prompt": "Q?", "chosen": blank, "rejected": " b"}, {"prompt": "Q2?", "chosen": " a", "rejected": blank}]
+    rows = [
+        *GOOD,
+        {"prompt": "Q?", "chosen": blank, "rejected": " b"},
+        {"prompt": "Q2?", "chosen": " a", "rejected": blank},
+    ]
     caplog.set_level(logging.WARNING)
     trainer = _trainer(tokenizer, tmp_path, rows)
     report = trainer.data_reports["train"]
@@ -186,29 +192,35 @@ def _turn(role, content):
 
 
 def test_conversations_whose_prompts_differ(tokenizer, tmp_path):
-    rows = [{
-        "chosen": [_turn("user", "What color is the sky?"), _turn("assistant", "Blue.")],
-        "rejected": [_turn("user", "What color is grass?"), _turn("assistant", "Red.")],
-    }]
+    rows = [
+        {
+            "chosen": [_turn("user", "What color is the sky?"), _turn("assistant", "Blue.")],
+            "rejected": [_turn("user", "What color is grass?"), _turn("assistant", "Red.")],
+        }
+    ]
     with pytest.raises(ValueError, match=r"row 0.*(share|prompt).*differ"):
         _trainer(tokenizer, tmp_path, rows)
 
 
 def test_unknown_role_names_row_column_and_message(tokenizer, tmp_path):
-    rows = [{
-        "prompt": [_turn("user", "hello")],
-        "chosen": [_turn("bot", "yes")],
-        "rejected": [_turn("assistant", "no")],
-    }]
+    rows = [
+        {
+            "prompt": [_turn("user", "hello")],
+            "chosen": [_turn("bot", "yes")],
+            "rejected": [_turn("assistant", "no")],
+        }
+    ]
     with pytest.raises(ValueError, match=r"row 0.*'chosen'.*message 0.*role 'bot'.*not one of"):
         _trainer(tokenizer, tmp_path, rows)
 
 
 def test_conversational_rows_train(tokenizer, tmp_path):
-    rows = [{
-        "chosen": [_turn("user", "What color is the sky?"), _turn("assistant", "Blue.")],
-        "rejected": [_turn("user", "What color is the sky?"), _turn("assistant", "Green.")],
-    }] * 2
+    rows = [
+        {
+            "chosen": [_turn("user", "What color is the sky?"), _turn("assistant", "Blue.")],
+            "rejected": [_turn("user", "What color is the sky?"), _turn("assistant", "Green.")],
+        }
+    ] * 2
     trainer = _trainer(tokenizer, tmp_path, rows, on_duplicate="keep")
     assert trainer.data_reports["train"].formats["implicit_conversational"] == 2
     _trains(trainer)

@@ -44,8 +44,14 @@ def test_checkpoints_are_complete_and_carry_a_manifest(straight):
         path = out / name
         manifest = json.loads((path / MANIFEST_NAME).read_text())
         assert manifest["global_step"] == int(name.split("-")[1])
-        for required in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-                         "orpo_state.json"):
+        for required in (
+            "model.safetensors",
+            "optimizer.pt",
+            "scheduler.pt",
+            "rng_state.pth",
+            "trainer_state.json",
+            "orpo_state.json",
+        ):
             assert required in manifest["files"], required
             assert manifest["files"][required]["size"] == (path / required).stat().st_size
             assert len(manifest["files"][required]["sha256"]) == 64
@@ -115,7 +121,9 @@ def test_failed_save_leaves_previous_checkpoints_and_no_partial_one(tokenizer, t
         return original(output_dir)
 
     monkeypatch.setattr(trainer, "_save_rng_state", disk_full)
-    with pytest.raises(CheckpointError, match=r"checkpoint-4.*No space left on device.*last complete checkpoint is .*checkpoint-2"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint-4.*No space left on device.*last complete checkpoint is .*checkpoint-2"
+    ):
         trainer.train()
     assert sorted(os.listdir(out)) == ["checkpoint-2"]
     assert verify_checkpoint(str(out / "checkpoint-2")) == []

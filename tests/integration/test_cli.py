@@ -67,8 +67,21 @@ def test_every_config_field_is_a_flag_and_every_flag_a_field():
 
 def test_flag_values_are_typed():
     explicit, _ = parse_train_args(
-        ["--beta", "0.25", "--max-length", "none", "--disable-dropout", "false", "--report-to", "tensorboard",
-         "--no-fused-lm-head", "--lr-scheduler-kwargs", '{"power": 2}', "--lora-target-modules", "q_proj,v_proj"]
+        [
+            "--beta",
+            "0.25",
+            "--max-length",
+            "none",
+            "--disable-dropout",
+            "false",
+            "--report-to",
+            "tensorboard",
+            "--no-fused-lm-head",
+            "--lr-scheduler-kwargs",
+            '{"power": 2}',
+            "--lora-target-modules",
+            "q_proj,v_proj",
+        ]
     )
     assert explicit["beta"] == 0.25
     assert explicit["max_length"] is None
@@ -81,21 +94,79 @@ def test_flag_values_are_typed():
 
 def test_autotrain_spellings_map_to_fields():
     explicit, _ = parse_train_args(
-        ["--model", "m", "--data-path", "d.jsonl", "--project-name", "proj", "--trainer", "orpo", "--lr", "2e-5",
-         "--epochs", "2", "--batch-size", "4", "--gradient-accumulation", "8", "--dpo-beta", "0.2",
-         "--max-completion-length", "64", "--prompt-text-column", "q", "--text-column", "good",
-         "--rejected-text-column", "bad", "--image-column", "img", "--peft", "--lora-r", "8", "--lora-alpha", "16",
-         "--lora-dropout", "0.1", "--target-modules", "q_proj,k_proj", "--merge-adapter", "--valid-split", "test",
-         "--log", "tensorboard", "--warmup-ratio", "0.1", "--scheduler", "cosine", "--optimizer", "adamw_torch",
-         "--mixed-precision", "no", "--disable-gradient-checkpointing", "--chat-template", "chatml",
-         "--block-size", "256", "--backend", "local"]
+        [
+            "--model",
+            "m",
+            "--data-path",
+            "d.jsonl",
+            "--project-name",
+            "proj",
+            "--trainer",
+            "orpo",
+            "--lr",
+            "2e-5",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--gradient-accumulation",
+            "8",
+            "--dpo-beta",
+            "0.2",
+            "--max-completion-length",
+            "64",
+            "--prompt-text-column",
+            "q",
+            "--text-column",
+            "good",
+            "--rejected-text-column",
+            "bad",
+            "--image-column",
+            "img",
+            "--peft",
+            "--lora-r",
+            "8",
+            "--lora-alpha",
+            "16",
+            "--lora-dropout",
+            "0.1",
+            "--target-modules",
+            "q_proj,k_proj",
+            "--merge-adapter",
+            "--valid-split",
+            "test",
+            "--log",
+            "tensorboard",
+            "--warmup-ratio",
+            "0.1",
+            "--scheduler",
+            "cosine",
+            "--optimizer",
+            "adamw_torch",
+            "--mixed-precision",
+            "no",
+            "--disable-gradient-checkpointing",
+            "--chat-template",
+            "chatml",
+            "--block-size",
+            "256",
+            "--backend",
+            "local",
+        ]
     )
     model, data, config, auto_logging = resolve_train_args(explicit)
     assert (model.model_name_or_path, data.dataset_name, config.output_dir) == ("m", "d.jsonl", "proj")
     assert (config.learning_rate, config.num_train_epochs, config.per_device_train_batch_size) == (2e-5, 2.0, 4)
     assert (config.gradient_accumulation_steps, config.beta, config.max_completion_length) == (8, 0.2, 64)
-    assert (data.prompt_text_column, data.text_column, data.rejected_text_column, data.image_column) == ("q", "good", "bad", "img")
-    assert model.use_peft and model.merge_adapter and (model.lora_r, model.lora_alpha, model.lora_dropout) == (8, 16, 0.1)
+    assert (data.prompt_text_column, data.text_column, data.rejected_text_column, data.image_column) == (
+        "q",
+        "good",
+        "bad",
+        "img",
+    )
+    assert (
+        model.use_peft and model.merge_adapter and (model.lora_r, model.lora_alpha, model.lora_dropout) == (8, 16, 0.1)
+    )
     assert model.lora_target_modules == ["q_proj", "k_proj"]
     assert data.dataset_test_split == "test" and config.report_to == ["tensorboard"]
     assert config.warmup_steps == 0.1 and config.lr_scheduler_type == "cosine" and config.optim == "adamw_torch"
@@ -162,7 +233,12 @@ def test_print_config_round_trips(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text, encoding="utf-8")
     model, data, config, _ = resolve_train_args(load_recipe(str(recipe)))
-    assert (model.model_name_or_path, data.dataset_name, config.learning_rate, model.use_peft) == ("m", "d.jsonl", 1e-4, True)
+    assert (model.model_name_or_path, data.dataset_name, config.learning_rate, model.use_peft) == (
+        "m",
+        "d.jsonl",
+        1e-4,
+        True,
+    )
     assert config.output_dir == "runs/m-orpo"
 
 
@@ -173,9 +249,30 @@ def test_train_with_flags_lora_tensorboard(workspace):
     out = workspace / "run-flags"
     result = run(
         orpo_command(
-            "train", "--model", "model", "--data-path", "prefs.jsonl", "--output-dir", str(out), "--peft",
-            "--lora-r", "4", "--max-steps", "6", "--batch-size", "4", "--learning-rate", "1e-3",
-            "--max-length", "64", "--max-prompt-length", "32", "--report-to", "tensorboard", "--save-strategy", "no",
+            "train",
+            "--model",
+            "model",
+            "--data-path",
+            "prefs.jsonl",
+            "--output-dir",
+            str(out),
+            "--peft",
+            "--lora-r",
+            "4",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "4",
+            "--learning-rate",
+            "1e-3",
+            "--max-length",
+            "64",
+            "--max-prompt-length",
+            "32",
+            "--report-to",
+            "tensorboard",
+            "--save-strategy",
+            "no",
         ),
         cwd=workspace,
     )
@@ -256,7 +353,10 @@ def test_error_bad_data_subprocess(workspace):
 def test_error_paths_one_line(workspace, capsys, monkeypatch, argv, status, needle):
     monkeypatch.chdir(workspace)
     monkeypatch.delenv("ORPO_DEBUG", raising=False)
-    argv = [str(workspace / "prefs.jsonl") if a == "PREFS" else str(workspace / "model") if a == "MODEL" else a for a in argv]
+    argv = [
+        str(workspace / "prefs.jsonl") if a == "PREFS" else str(workspace / "model") if a == "MODEL" else a
+        for a in argv
+    ]
     assert main(argv) == status
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if ": error: " in line]

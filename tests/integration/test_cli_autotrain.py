@@ -20,14 +20,22 @@ def test_quick_start_runs_unchanged(workspace):
     # AutoTrain's ORPO Quick Start, word for word but for a local model and file.
     result = run(
         aitraining_command(
-            "llm", "--train",
-            "--model", "./model",
-            "--data-path", "./preferences.jsonl",
-            "--project-name", "gemma-orpo",
-            "--trainer", "orpo",
-            "--prompt-text-column", "prompt",
-            "--text-column", "chosen",
-            "--rejected-text-column", "rejected",
+            "llm",
+            "--train",
+            "--model",
+            "./model",
+            "--data-path",
+            "./preferences.jsonl",
+            "--project-name",
+            "gemma-orpo",
+            "--trainer",
+            "orpo",
+            "--prompt-text-column",
+            "prompt",
+            "--text-column",
+            "chosen",
+            "--rejected-text-column",
+            "rejected",
             "--peft",
         ),
         cwd=workspace,
@@ -47,7 +55,10 @@ def test_quick_start_runs_unchanged(workspace):
 
 
 def test_other_trainers_get_a_clear_message(workspace):
-    result = run(aitraining_command("llm", "--train", "--model", "./model", "--data-path", "x", "--trainer", "dpo"), cwd=workspace)
+    result = run(
+        aitraining_command("llm", "--train", "--model", "./model", "--data-path", "x", "--trainer", "dpo"),
+        cwd=workspace,
+    )
     assert_one_line_error(result, 2, "trainer 'dpo' is not supported")
 
 

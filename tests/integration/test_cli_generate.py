@@ -75,5 +75,8 @@ def test_chat_reads_turns_from_stdin(adapter):
 
     model, tokenizer = load_for_inference(str(adapter / "base"), device="cpu")
     out = io.StringIO()
-    assert chat(model, tokenizer, max_new_tokens=3, temperature=0.0, stdin=io.StringIO("hi\n/reset\nagain\n"), stdout=out) == 0
+    assert (
+        chat(model, tokenizer, max_new_tokens=3, temperature=0.0, stdin=io.StringIO("hi\n/reset\nagain\n"), stdout=out)
+        == 0
+    )
     assert out.getvalue().count("model> ") == 2 and "(history cleared)" in out.getvalue()

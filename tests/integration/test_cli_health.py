@@ -31,7 +31,9 @@ def logs(chosen, rejected, accuracies=None, nll=None, evals=()):
             }
         )
     for step, eval_nll in evals:
-        history.append({"step": step, "eval_loss": eval_nll + 0.5, "eval_nll_loss": eval_nll, "eval_rewards/accuracies": 0.8})
+        history.append(
+            {"step": step, "eval_loss": eval_nll + 0.5, "eval_nll_loss": eval_nll, "eval_rewards/accuracies": 0.8}
+        )
     return history
 
 
@@ -46,10 +48,14 @@ def test_healthy_run():
 
 
 def test_both_logps_collapsing_means_beta_too_high():
-    history = logs([-1.0, -1.3, -1.8, -2.4, -2.9, -3.4], [-1.1, -1.8, -2.7, -3.6, -4.4, -5.2], nll=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
+    history = logs(
+        [-1.0, -1.3, -1.8, -2.4, -2.9, -3.4], [-1.1, -1.8, -2.7, -3.6, -4.4, -5.2], nll=[1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    )
     findings = health_check(history, beta=1.0)
     collapse = next(f for f in findings if f.code == "collapse")
-    assert collapse.level == "warning" and "beta=1 is likely too high" in collapse.advice and "beta=0.5" in collapse.advice
+    assert (
+        collapse.level == "warning" and "beta=1 is likely too high" in collapse.advice and "beta=0.5" in collapse.advice
+    )
 
 
 def test_accuracy_stuck_near_half_means_beta_too_low_or_bad_data():
@@ -95,7 +101,9 @@ def test_warning_during_training_is_emitted_once(capsys):
         is_world_process_zero = True
         global_step = 80
         max_steps = 100
-        log_history = logs([-1.0, -1.3, -1.8, -2.4, -2.9, -3.4, -3.9, -4.4], [-1.0, -1.9, -2.8, -3.7, -4.6, -5.5, -6.4, -7.3])
+        log_history = logs(
+            [-1.0, -1.3, -1.8, -2.4, -2.9, -3.4, -3.9, -4.4], [-1.0, -1.9, -2.8, -3.7, -4.6, -5.5, -6.4, -7.3]
+        )
 
     class Args:
         learning_rate = 1e-4
@@ -113,7 +121,9 @@ def test_curves_png_and_summary(tmp_path, with_eval):
     path = plot_training_curves(history, tmp_path / "curves.png")
     assert path and (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_training_curves([], tmp_path / "none.png") is None
-    result = TrainResult(output_dir="out", log_history=history, eval_metrics={"eval_nll_loss": 1.0} if with_eval else {})
+    result = TrainResult(
+        output_dir="out", log_history=history, eval_metrics={"eval_nll_loss": 1.0} if with_eval else {}
+    )
     table = summary_table(result)
     assert "rewards/accuracies" in table and "0.500" in table and "0.900" in table
 
@@ -144,7 +154,12 @@ def test_progress_bar_shows_loss_and_accuracy(capsys):
     for step in range(1, 5):
         state.global_step = step
         bar.on_step_end(None, state, None)
-        bar.on_log(None, state, None, logs={"loss": 1.0 / step, "nll_loss": 0.5, "rewards/accuracies": 0.75, "rewards/margins": 0.2})
+        bar.on_log(
+            None,
+            state,
+            None,
+            logs={"loss": 1.0 / step, "nll_loss": 0.5, "rewards/accuracies": 0.75, "rewards/margins": 0.2},
+        )
     bar.on_train_end(None, state, None)
     err = capsys.readouterr().err
     assert "4/4" in err and "acc=0.75" in err and "loss=0.25" in err

@@ -98,8 +98,21 @@ def test_report_numbers_on_the_known_fixture(word_tokenizer_dir):
 
 
 def test_cli_prints_the_report_and_the_tokenized_example(word_tokenizer_dir, capsys):
-    code = main([str(REPORT), "--model", word_tokenizer_dir, "--max-length", "10", "--max-prompt-length", "6",
-                 "--max-completion-length", "3", "--example", "1"])
+    code = main(
+        [
+            str(REPORT),
+            "--model",
+            word_tokenizer_dir,
+            "--max-length",
+            "10",
+            "--max-prompt-length",
+            "6",
+            "--max-completion-length",
+            "3",
+            "--example",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "rows:     10" in out and "formats:  standard 10" in out
@@ -171,10 +184,18 @@ def test_bad_flag_exits_2(capsys):
 
 def test_python_dash_m_entry_point(tmp_path):
     (tmp_path / "conv.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": 1}\n')
-    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "HF_DATASETS_CACHE": str(tmp_path / "cache"),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "orpo.data.inspect", str(tmp_path / "conv.jsonl")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (

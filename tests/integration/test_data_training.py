@@ -26,8 +26,15 @@ def test_mixed_sources_train_and_evaluate(tmp_path, tokenizer):
     implicit = load_preference_data(FIXTURES / "implicit.jsonl")["train"]
     split_layout = load_preference_data(FIXTURES / "split_layout")
     args = ORPOConfig(
-        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3,
-        report_to=[], disable_tqdm=True, max_length=64, max_prompt_length=48, save_strategy="no",
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        report_to=[],
+        disable_tqdm=True,
+        max_length=64,
+        max_prompt_length=48,
+        save_strategy="no",
         dataloader_num_workers=0,
     )
     trainer = ORPOTrainer(

@@ -16,7 +16,13 @@ def test_fast_demo_runs_offline(tmp_path):
     result = run(orpo_command("demo", "--fast", "--output-dir", str(out)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout
-    for needle in ("before training", "after training", "held-out preference accuracy", "ORPO training summary", "curves:"):
+    for needle in (
+        "before training",
+        "after training",
+        "held-out preference accuracy",
+        "ORPO training summary",
+        "curves:",
+    ):
         assert needle in text, needle
     accuracies = [float(x) for x in re.findall(r"held-out preference accuracy\s+([\d.]+)%", text)]
     assert len(accuracies) == 2

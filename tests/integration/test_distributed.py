@@ -26,8 +26,15 @@ def _run(tokenizer_dir, out, result, processes, batch, log):
     worker = os.path.join(HERE, "_reliability.py")
     overrides = json.dumps({**COMMON, "per_device_train_batch_size": batch})
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = [*(launcher if processes > 1 else [sys.executable]), worker, "ddp", str(tokenizer_dir), str(out),
-               str(result), overrides]
+    command = [
+        *(launcher if processes > 1 else [sys.executable]),
+        worker,
+        "ddp",
+        str(tokenizer_dir),
+        str(out),
+        str(result),
+        overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as handle:
         code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=300)
@@ -38,9 +45,13 @@ def _run(tokenizer_dir, out, result, processes, batch, log):
 
 def test_two_processes_match_one(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "tokenizer")
-    multi, multi_weights = _run(tmp_path / "tokenizer", tmp_path / "two", tmp_path / "two.json", 2, 2, tmp_path / "two.log")
+    multi, multi_weights = _run(
+        tmp_path / "tokenizer", tmp_path / "two", tmp_path / "two.json", 2, 2, tmp_path / "two.log"
+    )
     assert multi["world_size"] == 2
-    trainer = make_trainer(tokenizer, tmp_path / "one", data=learnable_pairs(24), per_device_train_batch_size=4, **COMMON)
+    trainer = make_trainer(
+        tokenizer, tmp_path / "one", data=learnable_pairs(24), per_device_train_batch_size=4, **COMMON
+    )
     trainer.train()
     single, single_weights = {"logs": trainer.recorder.logs}, weights(trainer.model)
 

@@ -21,19 +21,30 @@ def uneven_pairs(n: int = 16, seed: int = 3) -> list[dict[str, str]]:
     rows = []
     for i in range(n):
         topic = " ".join(rng.sample(WORDS, 2))
-        rows.append({
-            "prompt": f"Question {i} about {topic}?",
-            "chosen": " yes" + f" {topic}" * rng.randint(1, 8),
-            "rejected": " no" + f" {topic}" * rng.randint(1, 8),
-        })
+        rows.append(
+            {
+                "prompt": f"Question {i} about {topic}?",
+                "chosen": " yes" + f" {topic}" * rng.randint(1, 8),
+                "rejected": " no" + f" {topic}" * rng.randint(1, 8),
+            }
+        )
     return rows
 
 
 def _run(tokenizer, out, batch, accumulation, optim="sgd"):
     trainer = make_trainer(
-        tokenizer, out, data=uneven_pairs(), max_steps=2, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accumulation, optim=optim, learning_rate=0.5 if optim == "sgd" else 1e-3,
-        lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0, save_strategy="no",
+        tokenizer,
+        out,
+        data=uneven_pairs(),
+        max_steps=2,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        optim=optim,
+        learning_rate=0.5 if optim == "sgd" else 1e-3,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=0.0,
+        save_strategy="no",
     )
     initial = weights(trainer.model)
     seen = []
@@ -60,7 +71,9 @@ def test_same_update_as_one_big_batch(tokenizer, tmp_path, split):
     small, initial_small, small_rows = _run(tokenizer, tmp_path / "small", *split)
     assert max_diff(initial, initial_small) == 0.0
     # The same 8 pairs make up each step.
-    per_step = [[row for batch in small_rows[i : i + split[1]] for row in batch] for i in range(0, len(small_rows), split[1])]
+    per_step = [
+        [row for batch in small_rows[i : i + split[1]] for row in batch] for i in range(0, len(small_rows), split[1])
+    ]
     assert [sorted(r) for r in big_rows] == [sorted(r) for r in per_step]
     # SGD without clipping: the update is -lr * gradient, compared tensor by tensor.
     big_w, small_w = weights(big.model), weights(small.model)

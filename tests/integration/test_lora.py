@@ -27,7 +27,9 @@ def trained(tokenizer, tmp_path_factory):
     recorder = Recorder()
     trainer = ORPOTrainer(
         model=tiny_causal_lm(tokenizer, hidden_size=32, seed=0),
-        args=ORPOConfig(output_dir=str(out), **{**BASE, "learning_rate": 1e-2, "num_train_epochs": 6, "logging_steps": 4}),
+        args=ORPOConfig(
+            output_dir=str(out), **{**BASE, "learning_rate": 1e-2, "num_train_epochs": 6, "logging_steps": 4}
+        ),
         train_dataset=learnable_pairs(32),
         processing_class=tokenizer,
         peft_config=lora(),
@@ -87,13 +89,26 @@ def test_lora_with_gradient_checkpointing(tokenizer, tmp_path):
     runs = {}
     for checkpointing in (False, True):
         recorder = Recorder()
-        args = ORPOConfig(output_dir=str(tmp_path / str(checkpointing)), **{
-            **BASE, "learning_rate": 1e-2, "max_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 4,
-            "gradient_checkpointing": checkpointing, "train_sampling_strategy": "sequential",
-        })
-        trainer = ORPOTrainer(model=tiny_causal_lm(tokenizer, hidden_size=32, seed=0), args=args,
-                              train_dataset=uneven_pairs(8), processing_class=tokenizer, peft_config=lora(),
-                              callbacks=[recorder])
+        args = ORPOConfig(
+            output_dir=str(tmp_path / str(checkpointing)),
+            **{
+                **BASE,
+                "learning_rate": 1e-2,
+                "max_steps": 2,
+                "logging_steps": 1,
+                "per_device_train_batch_size": 4,
+                "gradient_checkpointing": checkpointing,
+                "train_sampling_strategy": "sequential",
+            },
+        )
+        trainer = ORPOTrainer(
+            model=tiny_causal_lm(tokenizer, hidden_size=32, seed=0),
+            args=args,
+            train_dataset=uneven_pairs(8),
+            processing_class=tokenizer,
+            peft_config=lora(),
+            callbacks=[recorder],
+        )
         before = params(trainer.model)
         trainer.train()
         runs[checkpointing] = (trainer, before, [log for log in recorder.logs if "loss" in log])

@@ -26,14 +26,31 @@ def tokenizers():
 
 def pairs(n: int = 12) -> list[dict[str, str]]:
     words = ["sky", "grass", "hello", "world", "answer", "color", "green", "numbers"]
-    return [{"prompt": f"Question about {words[i % 8]} {words[(i + 3) % 8]}?", "chosen": f" yes {words[i % 8]}",
-             "rejected": f" no {words[(i + 3) % 8]}"} for i in range(n)]
+    return [
+        {
+            "prompt": f"Question about {words[i % 8]} {words[(i + 3) % 8]}?",
+            "chosen": f" yes {words[i % 8]}",
+            "rejected": f" no {words[(i + 3) % 8]}",
+        }
+        for i in range(n)
+    ]
 
 
 def config(tmp_path, **overrides) -> ORPOConfig:
-    values = {"output_dir": str(tmp_path), "per_device_train_batch_size": 4, "max_steps": 5, "learning_rate": 1e-2,
-              "logging_steps": 1, "report_to": [], "save_strategy": "no", "use_cpu": True, "disable_tqdm": True,
-              "seed": 0, "max_length": 64, "max_prompt_length": 32}
+    values = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 4,
+        "max_steps": 5,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "report_to": [],
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        "max_length": 64,
+        "max_prompt_length": 32,
+    }
     values.update(overrides)
     return ORPOConfig(**values)
 
@@ -80,22 +97,30 @@ def test_encoder_input_labels_and_decoder_prefix(tmp_path, tokenizers, arch):
 def test_truncation_of_encoder_and_decoder_sides(tmp_path, tokenizers):
     tokenizer = tokenizers["bart"]
     long = [{"prompt": "hello world " * 20 + "the end", "chosen": " yes" * 30, "rejected": " no"}]
-    dataset, report = prepare_seq2seq_dataset(long, tokenizer, config(tmp_path, max_prompt_length=10, max_completion_length=8))
+    dataset, report = prepare_seq2seq_dataset(
+        long, tokenizer, config(tmp_path, max_prompt_length=10, max_completion_length=8)
+    )
     row = dataset[0]
     specials = EncoderSpecials.probe(tokenizer)
     assert specials.prefix == (tokenizer.bos_token_id,) and specials.suffix == (tokenizer.eos_token_id,)
     assert len(row["prompt_input_ids"]) == 10
-    assert row["prompt_input_ids"][0] == tokenizer.bos_token_id and row["prompt_input_ids"][-1] == tokenizer.eos_token_id
+    assert (
+        row["prompt_input_ids"][0] == tokenizer.bos_token_id and row["prompt_input_ids"][-1] == tokenizer.eos_token_id
+    )
     assert tokenizer.decode(row["prompt_input_ids"][1:-1]).endswith("the end")  # keep_end keeps the question
     assert len(row["chosen_input_ids"]) == 8 and row["rejected_input_ids"][-1] == tokenizer.eos_token_id
     assert report.tokenize.prompt_truncated == 1 and report.tokenize.chosen_truncated == 1
-    start, _ = prepare_seq2seq_dataset(long, tokenizer, config(tmp_path, max_prompt_length=10, truncation_mode="keep_start"))
+    start, _ = prepare_seq2seq_dataset(
+        long, tokenizer, config(tmp_path, max_prompt_length=10, truncation_mode="keep_start")
+    )
     assert tokenizer.decode(start[0]["prompt_input_ids"][1:-1]).startswith("hello world")
     # max_length bounds each decoder sequence when max_completion_length is unset.
     capped, _ = prepare_seq2seq_dataset(long, tokenizer, config(tmp_path, max_length=12, max_prompt_length=10))
     assert len(capped[0]["chosen_input_ids"]) == 12
     dropped_ok = [*long, *pairs(1)]
-    kept, report = prepare_seq2seq_dataset(dropped_ok, tokenizer, config(tmp_path, max_prompt_length=10, on_too_long="drop"))
+    kept, report = prepare_seq2seq_dataset(
+        dropped_ok, tokenizer, config(tmp_path, max_prompt_length=10, on_too_long="drop")
+    )
     assert len(kept) == 1 and report.rows_out == 1
     with pytest.raises(ValueError, match=r"row 0: .*longer than"):
         prepare_seq2seq_dataset(long, tokenizer, config(tmp_path, max_prompt_length=10, on_too_long="error"))
@@ -146,8 +171,11 @@ def test_seq2seq_trains(tmp_path, tokenizers, arch):
         if "loss" in entry:
             assert all(math.isfinite(entry[name]) for name in METRIC_NAMES)
     assert trainer.scorer.uses_fused is True  # the fused LM head is exact for T5 and BART
-    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n.startswith("model.decoder")
-               or n.startswith("decoder"))
+    assert any(
+        not torch.equal(before[n], p)
+        for n, p in model.named_parameters()
+        if n.startswith("model.decoder") or n.startswith("decoder")
+    )
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if "encoder" in n)
 
 
@@ -155,8 +183,12 @@ def test_fused_and_plain_paths_agree(tmp_path, tokenizers):
     tokenizer = tokenizers["t5"]
     first = []
     for fused in (True, False):
-        trainer = ORPOTrainer(model=tiny_seq2seq_lm(tokenizer, "t5"), args=config(tmp_path, max_steps=2, fused_lm_head=fused),
-                              train_dataset=pairs(8), processing_class=tokenizer)
+        trainer = ORPOTrainer(
+            model=tiny_seq2seq_lm(tokenizer, "t5"),
+            args=config(tmp_path, max_steps=2, fused_lm_head=fused),
+            train_dataset=pairs(8),
+            processing_class=tokenizer,
+        )
         trainer.train()
         first.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
     assert first[0] == pytest.approx(first[1], rel=1e-4)
@@ -172,7 +204,9 @@ def test_lora_eval_and_trainer_from_a_local_path(tmp_path, tokenizers, caplog):
     lora = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     args = config(tmp_path / "out", max_steps=3, is_encoder_decoder=True, nll_scope="prompt_and_completion")
     with caplog.at_level(logging.WARNING, logger="orpo.seq2seq"):
-        trainer = ORPOTrainer(model=str(source), args=args, train_dataset=pairs(8), eval_dataset=pairs(4), peft_config=lora)
+        trainer = ORPOTrainer(
+            model=str(source), args=args, train_dataset=pairs(8), eval_dataset=pairs(4), peft_config=lora
+        )
     assert "no prompt to score" in caplog.text
     assert type(trainer.model.get_base_model()).__name__ == "BartForConditionalGeneration"
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}

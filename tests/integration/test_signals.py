@@ -25,9 +25,19 @@ def _start(tokenizer, tmp_path, name):
     stderr = open(tmp_path / f"{name}.stderr", "w+")  # noqa: SIM115 - closed by the caller
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "_reliability.py"), "signal", str(tokenizer_dir), str(out), str(result),
-         json.dumps({**RUN, "step_delay": 0.25})],
-        stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+        [
+            sys.executable,
+            os.path.join(HERE, "_reliability.py"),
+            "signal",
+            str(tokenizer_dir),
+            str(out),
+            str(result),
+            json.dumps({**RUN, "step_delay": 0.25}),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
     )
     return proc, out, stderr
 

@@ -123,7 +123,9 @@ def reference(model, batch, beta: float, nll_scope: str) -> dict[str, torch.Tens
 
 def window_metrics(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     total = {key: sum(step[key] for step in steps).item() for key in steps[0]}
-    metrics = {name: total[name] / total["pairs"] for name in METRIC_NAMES if name in total and not name.startswith("logits")}
+    metrics = {
+        name: total[name] / total["pairs"] for name in METRIC_NAMES if name in total and not name.startswith("logits")
+    }
     metrics["logits/chosen"] = total["logits/chosen"] / total["tokens/chosen"]
     metrics["logits/rejected"] = total["logits/rejected"] / total["tokens/rejected"]
     metrics["nll_loss"] = total["nll/sum"] / total["nll/tokens"]
@@ -137,8 +139,13 @@ def window_metrics(steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
 def trained(tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     trainer = make_trainer(
-        tokenizer, out, eval_data=learnable_pairs(8, seed=1), num_train_epochs=6, logging_steps=4,
-        eval_strategy="epoch", generate_during_eval=True,
+        tokenizer,
+        out,
+        eval_data=learnable_pairs(8, seed=1),
+        num_train_epochs=6,
+        logging_steps=4,
+        eval_strategy="epoch",
+        generate_during_eval=True,
     )
     before = params(trainer.model)
     trainer.train()
@@ -214,8 +221,9 @@ def test_save_model_loads_with_identical_weights(trained, tmp_path):
 
 @pytest.mark.parametrize("nll_scope", ["completion", "prompt_and_completion"])
 def test_loss_equals_float64_recomputation(tokenizer, tmp_path, nll_scope):
-    trainer = make_trainer(tokenizer, tmp_path, train=uneven_pairs(), nll_scope=nll_scope, beta=0.25,
-                           per_device_train_batch_size=4)
+    trainer = make_trainer(
+        tokenizer, tmp_path, train=uneven_pairs(), nll_scope=nll_scope, beta=0.25, per_device_train_batch_size=4
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     assert ("nll_labels" in batch) == (nll_scope == "prompt_and_completion")
     model = trainer.model
@@ -233,8 +241,16 @@ def test_loss_equals_float64_recomputation(tokenizer, tmp_path, nll_scope):
 
 
 def test_metrics_are_averaged_over_the_logging_window(tokenizer, tmp_path):
-    trainer = make_trainer(tokenizer, tmp_path, train=uneven_pairs(8), per_device_train_batch_size=2, max_steps=4,
-                           logging_steps=2, learning_rate=1e-2, train_sampling_strategy="sequential")
+    trainer = make_trainer(
+        tokenizer,
+        tmp_path,
+        train=uneven_pairs(8),
+        per_device_train_batch_size=2,
+        max_steps=4,
+        logging_steps=2,
+        learning_rate=1e-2,
+        train_sampling_strategy="sequential",
+    )
     seen: list[dict[str, torch.Tensor]] = []
     compute_loss = trainer.compute_loss
 
@@ -280,12 +296,19 @@ def test_model_path_string_and_tokenizer_alias(tokenizer, tmp_path):
     assert aliased.processing_class is tokenizer
     aliased.train()
     with pytest.raises(ValueError, match="processing_class or tokenizer"):
-        ORPOTrainer(model=str(path), args=args, train_dataset=learnable_pairs(8), tokenizer=tokenizer,
-                    processing_class=copy.deepcopy(tokenizer))
+        ORPOTrainer(
+            model=str(path),
+            args=args,
+            train_dataset=learnable_pairs(8),
+            tokenizer=tokenizer,
+            processing_class=copy.deepcopy(tokenizer),
+        )
 
 
 def test_evaluate_accepts_raw_data_and_names_metrics_by_prefix(tokenizer, tmp_path):
-    trainer = make_trainer(tokenizer, tmp_path, eval_data={"a": learnable_pairs(4, seed=2), "b": learnable_pairs(6, seed=3)})
+    trainer = make_trainer(
+        tokenizer, tmp_path, eval_data={"a": learnable_pairs(4, seed=2), "b": learnable_pairs(6, seed=3)}
+    )
     metrics = trainer.evaluate()
     for name in METRIC_NAMES:
         assert math.isfinite(metrics[f"eval_a_{name}"]) and math.isfinite(metrics[f"eval_b_{name}"])
@@ -298,16 +321,18 @@ def test_evaluate_accepts_raw_data_and_names_metrics_by_prefix(tokenizer, tmp_pa
 
 
 def _run(tokenizer, tmp_path, **overrides):
-    trainer = make_trainer(tokenizer, tmp_path, train=uneven_pairs(8), train_sampling_strategy="sequential",
-                           logging_steps=1, **overrides)
+    trainer = make_trainer(
+        tokenizer, tmp_path, train=uneven_pairs(8), train_sampling_strategy="sequential", logging_steps=1, **overrides
+    )
     trainer.train()
     return trainer, [log for log in trainer.recorder.logs if "loss" in log]
 
 
 def test_gradient_checkpointing_gives_the_same_training(tokenizer, tmp_path):
     plain, plain_logs = _run(tokenizer, tmp_path / "plain", per_device_train_batch_size=4, max_steps=2)
-    ckpt, ckpt_logs = _run(tokenizer, tmp_path / "ckpt", per_device_train_batch_size=4, max_steps=2,
-                           gradient_checkpointing=True)
+    ckpt, ckpt_logs = _run(
+        tokenizer, tmp_path / "ckpt", per_device_train_batch_size=4, max_steps=2, gradient_checkpointing=True
+    )
     assert ckpt.model.is_gradient_checkpointing
     for a, b in zip(plain_logs, ckpt_logs, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
@@ -320,9 +345,12 @@ def test_gradient_checkpointing_gives_the_same_training(tokenizer, tmp_path):
 @pytest.mark.parametrize("optim", ["sgd", "adamw_torch"])
 def test_gradient_accumulation_matches_one_big_batch(tokenizer, tmp_path, optim):
     common = {"max_steps": 1, "optim": optim, "learning_rate": 0.1 if optim == "sgd" else 1e-3, "max_grad_norm": 0.0}
-    big, big_logs = _run(tokenizer, tmp_path / "big", per_device_train_batch_size=4, gradient_accumulation_steps=1, **common)
-    small, small_logs = _run(tokenizer, tmp_path / "small", per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                             **common)
+    big, big_logs = _run(
+        tokenizer, tmp_path / "big", per_device_train_batch_size=4, gradient_accumulation_steps=1, **common
+    )
+    small, small_logs = _run(
+        tokenizer, tmp_path / "small", per_device_train_batch_size=2, gradient_accumulation_steps=2, **common
+    )
     initial = params(tiny_causal_lm(tokenizer, hidden_size=32))
     assert big_logs[0]["loss"] == pytest.approx(small_logs[0]["loss"], rel=1e-6)
     for name in METRIC_NAMES:
@@ -337,8 +365,15 @@ def test_gradient_accumulation_matches_one_big_batch(tokenizer, tmp_path, optim)
 
 def test_label_pad_and_padding_value_do_not_change_the_loss(tokenizer, tmp_path):
     _, default = _run(tokenizer, tmp_path / "default", per_device_train_batch_size=4, max_steps=2)
-    _, custom = _run(tokenizer, tmp_path / "custom", per_device_train_batch_size=4, max_steps=2,
-                     label_pad_token_id=-7, padding_value=7, pad_to_multiple_of=8)
+    _, custom = _run(
+        tokenizer,
+        tmp_path / "custom",
+        per_device_train_batch_size=4,
+        max_steps=2,
+        label_pad_token_id=-7,
+        padding_value=7,
+        pad_to_multiple_of=8,
+    )
     for a, b in zip(default, custom, strict=True):
         for name in ("loss", "grad_norm", *METRIC_NAMES):
             assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-6), name

@@ -28,15 +28,32 @@ def color_pairs(n: int = 12) -> list[dict]:
     for i in range(n):
         name, other = names[i % 3], names[(i + 1) % 3]
         size = (20 + 4 * (i % 3), 24 - 4 * (i % 2))
-        rows.append({"prompt": "What color is it?", "chosen": f" {name}", "rejected": f" {other}",
-                     "images": [make_image(size, COLORS[name])]})
+        rows.append(
+            {
+                "prompt": "What color is it?",
+                "chosen": f" {name}",
+                "rejected": f" {other}",
+                "images": [make_image(size, COLORS[name])],
+            }
+        )
     return rows
 
 
 def config(tmp_path, **overrides) -> ORPOConfig:
-    values = {"output_dir": str(tmp_path), "per_device_train_batch_size": 4, "max_steps": 5, "learning_rate": 5e-3,
-              "logging_steps": 1, "report_to": [], "save_strategy": "no", "use_cpu": True, "disable_tqdm": True,
-              "seed": 0, "max_length": 128, "max_prompt_length": 64}
+    values = {
+        "output_dir": str(tmp_path),
+        "per_device_train_batch_size": 4,
+        "max_steps": 5,
+        "learning_rate": 5e-3,
+        "logging_steps": 1,
+        "report_to": [],
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        "max_length": 128,
+        "max_prompt_length": 64,
+    }
     values.update(overrides)
     return ORPOConfig(**values)
 
@@ -84,8 +101,12 @@ def test_freeze_vision_tower_leaves_it_unchanged(tmp_path, processors, style):
     model = tiny_vlm(processor, style)
     tower, _ = find_vision_tower(model)
     before = snapshot(model)
-    trainer = ORPOTrainer(model=model, args=config(tmp_path, max_steps=3, freeze_vision_tower=True),
-                          train_dataset=color_pairs(8), processing_class=processor)
+    trainer = ORPOTrainer(
+        model=model,
+        args=config(tmp_path, max_steps=3, freeze_vision_tower=True),
+        train_dataset=color_pairs(8),
+        processing_class=processor,
+    )
     trainer.train()
     moved = changed(before, model)
     assert moved and not any(name.startswith(tower + ".") for name in moved)
@@ -107,8 +128,9 @@ def test_lora_on_the_language_part_changes_only_adapters(tmp_path, processors, s
     else:
         lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", lora_dropout=0.0)
         args = config(tmp_path, max_steps=3, learning_rate=2e-2)
-    trainer = ORPOTrainer(model=model, args=args, train_dataset=color_pairs(8), processing_class=processor,
-                          peft_config=lora)
+    trainer = ORPOTrainer(
+        model=model, args=args, train_dataset=color_pairs(8), processing_class=processor, peft_config=lora
+    )
     peft_model = trainer.model
     before = snapshot(peft_model)
     trainer.train()
@@ -146,8 +168,12 @@ def test_eval_save_and_trainer_from_a_local_path(tmp_path, processors):
 
 def test_remove_unused_columns_keeps_the_images(tmp_path, processors):
     processor = processors["qwen2_vl"]
-    trainer = ORPOTrainer(model=tiny_vlm(processor), args=config(tmp_path, max_steps=1, remove_unused_columns=True),
-                          train_dataset=color_pairs(4), processing_class=processor)
+    trainer = ORPOTrainer(
+        model=tiny_vlm(processor),
+        args=config(tmp_path, max_steps=1, remove_unused_columns=True),
+        train_dataset=color_pairs(4),
+        processing_class=processor,
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     assert "pixel_values" in batch and "image_grid_thw" in batch
     trainer.train()

@@ -92,11 +92,18 @@ def test_command_line_parsing(tmp_path):
 
 def test_plain_training_arguments_are_converted(tokenizer, tmp_path):
     args = TrainingArguments(
-        output_dir=str(tmp_path), learning_rate=3e-4, per_device_train_batch_size=3, seed=7, report_to="none",
-        lr_scheduler_type="cosine", max_steps=2,
+        output_dir=str(tmp_path),
+        learning_rate=3e-4,
+        per_device_train_batch_size=3,
+        seed=7,
+        report_to="none",
+        lr_scheduler_type="cosine",
+        max_steps=2,
     )
     trainer = ORPOTrainer(
-        model=tiny_causal_lm(tokenizer, hidden_size=32), args=args, processing_class=tokenizer,
+        model=tiny_causal_lm(tokenizer, hidden_size=32),
+        args=args,
+        processing_class=tokenizer,
         train_dataset=[{"prompt": "hello", "chosen": " yes", "rejected": " no"}] * 2,
     )
     assert isinstance(trainer.args, ORPOConfig)

@@ -57,7 +57,10 @@ def test_malformed_json_line_names_line_and_column(tmp_path):
 def test_json_line_cut_short_points_at_its_end_not_the_next_line(tmp_path):
     # The newline is not part of the JSON text: the error is just past the last character of line 2.
     path = write(tmp_path / "pairs.jsonl", jsonl(GOOD, '{"prompt": "a",', GOOD))
-    assert error_of(path) == f"{path}, line 2, column 16: malformed JSON (Expecting property name enclosed in double quotes)"
+    assert (
+        error_of(path)
+        == f"{path}, line 2, column 16: malformed JSON (Expecting property name enclosed in double quotes)"
+    )
 
 
 def test_a_json_line_that_is_not_an_object(tmp_path):
@@ -66,7 +69,10 @@ def test_a_json_line_that_is_not_an_object(tmp_path):
 
 
 def test_malformed_json_document(tmp_path):
-    path = write(tmp_path / "pairs.json", '[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n  {"prompt": "a" "chosen": "b"}\n]')
+    path = write(
+        tmp_path / "pairs.json",
+        '[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n  {"prompt": "a" "chosen": "b"}\n]',
+    )
     assert error_of(path) == f"{path}, line 3, column 18: malformed JSON (Expecting ',' delimiter)"
 
 
@@ -142,7 +148,9 @@ def test_number_where_text_is_expected(tmp_path):
         f"{path}, line 2 (row 1), column 'chosen': expected text or a list of messages, got int 42"
     )
     path = write(tmp_path / "all_numbers.jsonl", jsonl({"prompt": 1, "chosen": "b", "rejected": "c"}))
-    assert error_of(path).startswith(f"{path}, line 1 (row 0), column 'prompt': expected text or a list of messages, got int64")
+    assert error_of(path).startswith(
+        f"{path}, line 1 (row 0), column 'prompt': expected text or a list of messages, got int64"
+    )
 
 
 def test_one_mistyped_row_among_text_that_looks_like_numbers(tmp_path):
@@ -165,7 +173,9 @@ def test_in_memory_rows_name_the_row(tmp_path):
     assert error_of([GOOD, {"prompt": "a", "chosen": 3.5, "rejected": "c"}]) == (
         "train row 1, column 'chosen': expected text or a list of messages, got float 3.5"
     )
-    assert error_of([GOOD, "not a row"]) == "train row 1: expected a dict with prompt/chosen/rejected, got str 'not a row'"
+    assert (
+        error_of([GOOD, "not a row"]) == "train row 1: expected a dict with prompt/chosen/rejected, got str 'not a row'"
+    )
     assert error_of({"prompt": ["a"], "chosen": ["b", "c"], "rejected": ["d"]}) == (
         "train data: columns have different lengths (prompt: 1, chosen: 2, rejected: 1)"
     )
@@ -220,8 +230,12 @@ def test_invalid_roles_name_the_message(tmp_path, tokenizer):
 
 
 def test_no_prompt_to_extract(tmp_path, tokenizer):
-    message = prepare_error([{"question": "Sky?", "chosen": "Blue sky", "rejected": "Green grass"}], tokenizer, tmp_path)
-    assert message.startswith("train row 0: there is no prompt: no 'prompt' column, and chosen/rejected share no text prefix")
+    message = prepare_error(
+        [{"question": "Sky?", "chosen": "Blue sky", "rejected": "Green grass"}], tokenizer, tmp_path
+    )
+    assert message.startswith(
+        "train row 0: there is no prompt: no 'prompt' column, and chosen/rejected share no text prefix"
+    )
     assert "available columns: question, chosen, rejected (map your prompt column with prompt_text_column" in message
 
 
@@ -248,7 +262,9 @@ def test_too_long_error_names_the_original_line_after_drops(tmp_path, tokenizer)
     train = load_preference_data(path)["train"]
     # row 0 is dropped first (identical), yet the error still names line 3
     message = prepare_error(train, tokenizer, tmp_path, on_too_long="error", max_length=20, max_prompt_length=10)
-    assert message.startswith(f"{path}, line 3 (row 2): chosen does not fit (max_length=20, max_completion_length=None)")
+    assert message.startswith(
+        f"{path}, line 3 (row 2): chosen does not fit (max_length=20, max_completion_length=None)"
+    )
     assert "set on_too_long='truncate' or 'drop'" in message
 
 

@@ -35,7 +35,12 @@ def triples(dataset) -> list[tuple[str, str, str]]:
 def test_standard_strings_are_used_verbatim(tokenizer):
     row = {"prompt": "Q: sky?", "chosen": " A: blue", "rejected": " A: green"}
     out = normalize_row(row, tokenizer, "row 0")
-    assert (out["prompt"], out["chosen"], out["rejected"], out["format"]) == ("Q: sky?", " A: blue", " A: green", "standard")
+    assert (out["prompt"], out["chosen"], out["rejected"], out["format"]) == (
+        "Q: sky?",
+        " A: blue",
+        " A: green",
+        "standard",
+    )
 
 
 def test_conversational_with_system_prompt_and_repeated_prompts(tmp_path, tokenizer):
@@ -49,8 +54,11 @@ def test_conversational_with_system_prompt_and_repeated_prompts(tmp_path, tokeni
     ]
     # the prompt ends with the generation prompt; prompt + completion is the full rendered chat
     full = tokenizer.apply_chat_template(
-        [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "What color is the sky?"},
-         {"role": "assistant", "content": "Blue."}],
+        [
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "What color is the sky?"},
+            {"role": "assistant", "content": "Blue."},
+        ],
         tokenize=False,
     )
     assert dataset[0]["prompt"] + dataset[0]["chosen"] == full
@@ -81,9 +89,14 @@ def test_conversations_repeating_the_prompt_column(tmp_path, tokenizer):
 
 def test_string_prompt_with_message_completions_and_vice_versa(tokenizer):
     answer = [{"role": "assistant", "content": "Blue."}]
-    out = normalize_row({"prompt": "What color is the sky?", "chosen": answer, "rejected": "Green."}, tokenizer, "row 0")
+    out = normalize_row(
+        {"prompt": "What color is the sky?", "chosen": answer, "rejected": "Green."}, tokenizer, "row 0"
+    )
     assert (out["prompt"], out["chosen"], out["rejected"]) == ("<s>" + SKY, "Blue.<|im_end|>\n", "Green.<|im_end|>\n")
-    assert detect_format({"prompt": [{"role": "user", "content": "x"}], "chosen": "a", "rejected": "b"}) == "conversational"
+    assert (
+        detect_format({"prompt": [{"role": "user", "content": "x"}], "chosen": "a", "rejected": "b"})
+        == "conversational"
+    )
 
 
 def test_implicit_prompt_from_strings(tokenizer):
@@ -102,8 +115,13 @@ def test_json_encoded_messages_in_csv_cells(tmp_path, tokenizer):
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["prompt", "chosen", "rejected"])
-        writer.writerow([json.dumps(user), json.dumps([{"role": "assistant", "content": "Blue."}]),
-                         json.dumps([{"role": "assistant", "content": "Green."}])])
+        writer.writerow(
+            [
+                json.dumps(user),
+                json.dumps([{"role": "assistant", "content": "Blue."}]),
+                json.dumps([{"role": "assistant", "content": "Green."}]),
+            ]
+        )
     dataset, report = prepare(load_preference_data(path)["train"], tokenizer, tmp_path)
     assert report.formats == {"conversational": 1}
     assert triples(dataset) == [("<s>" + SKY, "Blue.<|im_end|>\n", "Green.<|im_end|>\n")]
@@ -112,8 +130,14 @@ def test_json_encoded_messages_in_csv_cells(tmp_path, tokenizer):
 def test_empty_completion_is_judged_on_content_not_rendered_text(tmp_path, tokenizer):
     user = {"role": "user", "content": "Sky?"}
     rows = [
-        {"chosen": [user, {"role": "assistant", "content": "Blue."}], "rejected": [user, {"role": "assistant", "content": " "}]},
-        {"chosen": [user, {"role": "assistant", "content": "Blue."}], "rejected": [user, {"role": "assistant", "content": "Red."}]},
+        {
+            "chosen": [user, {"role": "assistant", "content": "Blue."}],
+            "rejected": [user, {"role": "assistant", "content": " "}],
+        },
+        {
+            "chosen": [user, {"role": "assistant", "content": "Blue."}],
+            "rejected": [user, {"role": "assistant", "content": "Red."}],
+        },
     ]
     dataset, report = prepare(rows, tokenizer, tmp_path)
     assert report.empty_completions == 1 and report.dropped == {"empty chosen or rejected": 1} and len(dataset) == 1
@@ -130,6 +154,8 @@ def test_row_policies_drop_keep_and_counts(tmp_path, tokenizer):
     dataset, report = prepare(rows, tokenizer, tmp_path)  # defaults: drop identical, drop empty, keep duplicates
     assert (report.identical_pairs, report.empty_completions, report.duplicates) == (1, 1, 1)
     assert len(dataset) == 3 and report.rows_out == 3
-    dataset, report = prepare(rows, tokenizer, tmp_path, on_duplicate="drop", on_identical_pair="keep", on_empty_completion="keep")
+    dataset, report = prepare(
+        rows, tokenizer, tmp_path, on_duplicate="drop", on_identical_pair="keep", on_empty_completion="keep"
+    )
     assert len(dataset) == 4 and report.dropped == {"duplicate row": 1}
     assert [row[SOURCE_COLUMN] for row in dataset] == ["train row 0", "train row 2", "train row 3", "train row 4"]

@@ -58,7 +58,9 @@ def test_json_list_and_data_object(tmp_path):
     for name in ("list.json", "object.json", "lines.json"):
         train = load_preference_data(tmp_path / name)["train"]
         assert texts(train) == EXPECTED, name
-    assert load_preference_data(tmp_path / "object.json")["train"][1][SOURCE_COLUMN].endswith("object.json, record 1 (row 1)")
+    assert load_preference_data(tmp_path / "object.json")["train"][1][SOURCE_COLUMN].endswith(
+        "object.json, record 1 (row 1)"
+    )
 
 
 def test_mixed_types_in_other_columns_leave_text_intact(tmp_path):
@@ -180,7 +182,9 @@ def test_dataset_repository_folder_with_subsets(tmp_path):
     repo = make_dataset_repo(tmp_path / "repo")
     first = load_preference_data(repo, subset="first")
     assert list(first) == ["train", "test"] and texts(first["train"]) == EXPECTED
-    second = load_preference_data(repo, subset="second", columns=ColumnMapping(prompt="question", chosen="good", rejected="bad"))
+    second = load_preference_data(
+        repo, subset="second", columns=ColumnMapping(prompt="question", chosen="good", rejected="bad")
+    )
     assert texts(second["train"]) == [("q?", " a", " b")]
     with pytest.raises(DataError, match="first"):
         load_preference_data(repo, subset="third")
@@ -257,9 +261,13 @@ def test_column_mapping_defaults_and_clashes():
 
 def test_missing_column_lists_the_available_ones(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", [{"question": "q", "good": "a", "bad": "b"}])
-    with pytest.raises(DataError, match=rf"{path}: no chosen column \('chosen' or 'text'\); available columns: question, good, bad"):
+    with pytest.raises(
+        DataError, match=rf"{path}: no chosen column \('chosen' or 'text'\); available columns: question, good, bad"
+    ):
         load_preference_data(path)
-    with pytest.raises(DataError, match=r"no column 'answer' \(given as the rejected column.*available columns: question, good, bad"):
+    with pytest.raises(
+        DataError, match=r"no column 'answer' \(given as the rejected column.*available columns: question, good, bad"
+    ):
         load_preference_data(path, columns=ColumnMapping(chosen="good", rejected="answer"))
     with pytest.raises(DataError, match=r"column 'good' is mapped to both chosen and rejected"):
         load_preference_data(path, columns=ColumnMapping(chosen="good", rejected="good"))

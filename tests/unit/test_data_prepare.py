@@ -73,7 +73,9 @@ def test_second_run_is_served_from_the_cache(tmp_path, tokenizer, monkeypatch):
     prepare_preference_dataset(load_preference_data(path)["train"], other, config(tmp_path))
     assert tokenize_calls["n"] > 0
     tokenize_calls["n"] = 0
-    prepare_preference_dataset(load_preference_data(path)["train"], tokenizer, config(tmp_path, max_length=8, max_prompt_length=4))
+    prepare_preference_dataset(
+        load_preference_data(path)["train"], tokenizer, config(tmp_path, max_length=8, max_prompt_length=4)
+    )
     assert tokenize_calls["n"] > 0
 
 
@@ -101,4 +103,6 @@ def test_text_column_default_and_length_column(tmp_path, tokenizer):
     rows = [{"prompt": "Question?", "text": " yes", "rejected": " no"}]
     dataset, _ = prepare_preference_dataset(rows, tokenizer, config(tmp_path))
     row = dataset[0]
-    assert row["length"] == len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))
+    assert row["length"] == len(row["prompt_input_ids"]) + max(
+        len(row["chosen_input_ids"]), len(row["rejected_input_ids"])
+    )

@@ -86,14 +86,25 @@ def test_sign_convention_lower_loss_when_chosen_more_likely():
     worse = odds_ratio_loss(torch.tensor([-3.0]), torch.tensor([-0.5]), 0.1).losses
     assert (better >= 0).all() and (worse >= 0).all()
     assert better.item() < worse.item()
-    assert math.isclose(odds_ratio_loss(torch.tensor([-1.0]), torch.tensor([-1.0]), 0.1).losses.item(), 0.1 * math.log(2), rel_tol=1e-6)
+    assert math.isclose(
+        odds_ratio_loss(torch.tensor([-1.0]), torch.tensor([-1.0]), 0.1).losses.item(), 0.1 * math.log(2), rel_tol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     ("c", "r"),
-    [(0.0, 0.0), (0.0, -1.0), (-1.0, 0.0), (-1e-9, -1e-9), (float("-inf"), -1.0), (-1.0, float("-inf")),
-     (float("-inf"), float("-inf")), (-1e4, -1e-3), (-30.0, -0.0)],
+    [
+        (0.0, 0.0),
+        (0.0, -1.0),
+        (-1.0, 0.0),
+        (-1e-9, -1e-9),
+        (float("-inf"), -1.0),
+        (-1.0, float("-inf")),
+        (float("-inf"), float("-inf")),
+        (-1e4, -1e-3),
+        (-30.0, -0.0),
+    ],
 )
 def test_odds_ratio_finite_values_and_gradients_at_edges(dtype, c, r):
     lp_c = torch.tensor([c], dtype=dtype, requires_grad=True)

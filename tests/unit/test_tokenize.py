@@ -182,7 +182,9 @@ def test_pair_with_no_room_for_a_completion_is_dropped_and_counted(tokenizer):
     assert report.chosen_truncated == 1 and report.dropped_too_long == 0
     assert list(tokenized["prompt"]) == ["hello", "hello"]  # text columns kept
     assert "tokenize_flags" not in tokenized.column_names
-    prompts, chosens, rejecteds = (list(tokenized[k]) for k in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"))
+    prompts, chosens, rejecteds = (
+        list(tokenized[k]) for k in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+    )
     assert all(len(p) + max(len(c), len(r)) <= 12 for p, c, r in zip(prompts, chosens, rejecteds, strict=True))
     assert all(len(c) > 0 for c in chosens + rejecteds)
     assert "1 dropped" in report.summary()
@@ -205,7 +207,10 @@ def test_on_too_long_drop_and_error(tokenizer):
 
 def test_tokenize_dataset_matches_pair_tokenizer(tokenizer):
     limits = LengthLimits(max_length=20, max_prompt_length=8, truncation_mode="keep_end")
-    rows = [("What is the color of the sky? The grass is green.", " yes sky", " no grass"), ("hi", " a", " b<|im_end|>\n")]
+    rows = [
+        ("What is the color of the sky? The grass is green.", " yes sky", " no grass"),
+        ("hi", " a", " b<|im_end|>\n"),
+    ]
     tokenized, _ = tokenize_dataset(_dataset(rows), tokenizer, limits)
     for index, row in enumerate(rows):
         expected = one(tokenizer, *row, max_length=20, max_prompt_length=8)

@@ -44,8 +44,15 @@ def rows(n=2, **extra):
     for i in range(n):
         color = RED if i % 2 == 0 else BLUE
         name = "red" if i % 2 == 0 else "blue"
-        out.append({"prompt": "What color is it?", "chosen": f" {name}", "rejected": " no idea",
-                    "images": [make_image((20, 24), color)], **extra})
+        out.append(
+            {
+                "prompt": "What color is it?",
+                "chosen": f" {name}",
+                "rejected": " no idea",
+                "images": [make_image((20, 24), color)],
+                **extra,
+            }
+        )
     return out
 
 
@@ -63,8 +70,17 @@ def test_load_image_accepts_paths_pil_bytes_dicts_arrays(tmp_path):
     path = tmp_path / "a.png"
     image = make_image((10, 12), RED, path=str(path))
     data = path.read_bytes()
-    for value in (str(path), path, image, data, {"bytes": data, "path": None}, {"bytes": None, "path": str(path)},
-                  np.asarray(image), image.convert("L"), image.convert("RGBA")):
+    for value in (
+        str(path),
+        path,
+        image,
+        data,
+        {"bytes": data, "path": None},
+        {"bytes": None, "path": str(path)},
+        np.asarray(image),
+        image.convert("L"),
+        image.convert("RGBA"),
+    ):
         loaded, key = load_image(value, "train row 0, column 'images'")
         assert loaded.mode == "RGB" and loaded.size == (10, 12) and key
     images, keys = load_images([str(path), image], "where")
@@ -77,7 +93,9 @@ def test_missing_and_unreadable_images_name_the_row_and_path(tmp_path):
         load_image(str(tmp_path / "nope.png"), "train row 3, column 'images'")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"this is not a png")
-    with pytest.raises(ValueError, match=r"train row 1, column 'images', image 1: image '.*bad\.png' is not a readable image"):
+    with pytest.raises(
+        ValueError, match=r"train row 1, column 'images', image 1: image '.*bad\.png' is not a readable image"
+    ):
         load_images([make_image(), str(bad)], "train row 1, column 'images'")
     with pytest.raises(ValueError, match="not a readable image"):
         load_image(b"\x89PNG garbage", "train row 0")
@@ -149,7 +167,7 @@ def test_pixels_follow_the_row_layout(tmp_path, qwen):
     batch = VisionORPODataCollator.from_args(qwen, args(tmp_path))([dataset[0], dataset[1]])
     grids = batch["image_grid_thw"].tolist()
     assert len(grids) == 6 and grids[:3] == grids[3:]
-    merge = qwen.image_processor.merge_size ** 2
+    merge = qwen.image_processor.merge_size**2
     per_row = (batch["input_ids"] == qwen.image_token_id).sum(-1).tolist()
     assert per_row[0] == grids[0][0] * grids[0][1] * grids[0][2] // merge
     assert per_row[1] == sum(g[0] * g[1] * g[2] for g in grids[1:3]) // merge
@@ -171,13 +189,23 @@ def test_formats_strings_messages_raw_placeholder_and_implicit(tmp_path, qwen):
     user = [{"role": "user", "content": "What color is it?"}]
     data = [
         {"prompt": "What color is it?", "chosen": " red", "rejected": " blue", "images": [image]},
-        {"prompt": user, "chosen": [{"role": "assistant", "content": "red"}],
-         "rejected": [{"role": "assistant", "content": "blue"}], "images": [image]},
-        {"prompt": [{"role": "user", "content": [{"type": "text", "text": "What color?"}, {"type": "image"}]}],
-         "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
-         "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "blue"}]}], "images": [image]},
-        {"chosen": [*user, {"role": "assistant", "content": "red"}],
-         "rejected": [*user, {"role": "assistant", "content": "blue"}], "images": [image]},
+        {
+            "prompt": user,
+            "chosen": [{"role": "assistant", "content": "red"}],
+            "rejected": [{"role": "assistant", "content": "blue"}],
+            "images": [image],
+        },
+        {
+            "prompt": [{"role": "user", "content": [{"type": "text", "text": "What color?"}, {"type": "image"}]}],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "blue"}]}],
+            "images": [image],
+        },
+        {
+            "chosen": [*user, {"role": "assistant", "content": "red"}],
+            "rejected": [*user, {"role": "assistant", "content": "blue"}],
+            "images": [image],
+        },
     ]
     prepared = [prepare_vision_dataset([row], qwen, args(tmp_path))[0][0] for row in data]
     for row in prepared:
@@ -186,8 +214,17 @@ def test_formats_strings_messages_raw_placeholder_and_implicit(tmp_path, qwen):
     assert prepared[2]["prompt"].index("What color?") < prepared[2]["prompt"].index("<|vision_start|>")
     assert prepared[3]["prompt"] == prepared[1]["prompt"] and prepared[3]["chosen"] == prepared[1]["chosen"]
     raw, _ = prepare_vision_dataset(
-        [{"prompt": "<|vision_start|><|image_pad|><|vision_end|>Color?", "chosen": " red", "rejected": " blue",
-          "images": image}], qwen, args(tmp_path))
+        [
+            {
+                "prompt": "<|vision_start|><|image_pad|><|vision_end|>Color?",
+                "chosen": " red",
+                "rejected": " blue",
+                "images": image,
+            }
+        ],
+        qwen,
+        args(tmp_path),
+    )
     assert raw[0]["prompt"].startswith("<|vision_start|>") and raw[0]["chosen"] == " red"
 
 
@@ -216,10 +253,23 @@ def test_image_column_alias_datasets_image_feature_and_no_images(tmp_path, qwen)
         path = tmp_path / f"{i}.png"
         make_image((20, 24), color, path=str(path))
         paths.append(str(path))
-    features = datasets.Features({"prompt": datasets.Value("string"), "chosen": datasets.Value("string"),
-                                  "rejected": datasets.Value("string"), "images": datasets.Sequence(datasets.Image())})
-    hf = datasets.Dataset.from_dict({"prompt": ["Color?"] * 2, "chosen": [" red", " blue"], "rejected": [" no", " no"],
-                                     "images": [[p] for p in paths]}, features=features)
+    features = datasets.Features(
+        {
+            "prompt": datasets.Value("string"),
+            "chosen": datasets.Value("string"),
+            "rejected": datasets.Value("string"),
+            "images": datasets.Sequence(datasets.Image()),
+        }
+    )
+    hf = datasets.Dataset.from_dict(
+        {
+            "prompt": ["Color?"] * 2,
+            "chosen": [" red", " blue"],
+            "rejected": [" no", " no"],
+            "images": [[p] for p in paths],
+        },
+        features=features,
+    )
     dataset, _ = prepare_vision_dataset(hf, qwen, args(tmp_path))
     batch = VisionORPODataCollator.from_args(qwen, args(tmp_path))([dataset[0], dataset[1]])
     assert batch["image_grid_thw"].shape[0] == 4
@@ -245,10 +295,13 @@ def test_prompt_truncation_never_cuts_image_tokens(tmp_path, qwen):
     assert report.rows_out == 1 and report.tokenize.dropped_image_truncated == 1
     assert "cut image tokens" in report.summary()
     with pytest.raises(ValueError, match=r"train row 1: the prompt .* without cutting an image"):
-        prepare_vision_dataset(data, qwen, args(tmp_path, max_prompt_length=fits, max_length=fits + 20, on_too_long="error"))
+        prepare_vision_dataset(
+            data, qwen, args(tmp_path, max_prompt_length=fits, max_length=fits + 20, on_too_long="error")
+        )
     # truncation that keeps every image token is allowed (keep_start cuts the prompt's end)
-    kept, report = prepare_vision_dataset(data, qwen, args(tmp_path, max_prompt_length=fits, max_length=fits + 20,
-                                                           truncation_mode="keep_start"))
+    kept, report = prepare_vision_dataset(
+        data, qwen, args(tmp_path, max_prompt_length=fits, max_length=fits + 20, truncation_mode="keep_start")
+    )
     assert report.rows_out == 2 and report.tokenize.prompt_truncated == 1
     assert len(kept[1]["prompt_input_ids"]) == fits
 

@@ -173,9 +173,15 @@ def _load_segment(files: list[DataFile], cache_dir: str | None, tracker: TypeTra
                 for file in files:
                     row += diagnose_json(file, tracker, row)
                 dataset = load()  # mixed types only in columns orpo does not read
-            mixed = [name for name in tracker.columns if name in dataset.column_names and _is_json_feature(dataset.features[name])]
+            mixed = [
+                name
+                for name in tracker.columns
+                if name in dataset.column_names and _is_json_feature(dataset.features[name])
+            ]
             if mixed:  # pragma: no cover - the scan above reports these first
-                raise DataError(f"{files[0].display}: column {mixed[0]!r} mixes types across rows; use text or messages")
+                raise DataError(
+                    f"{files[0].display}: column {mixed[0]!r} mixes types across rows; use text or messages"
+                )
     except DataError:
         raise
     except Exception as err:
@@ -192,8 +198,12 @@ def _load_segment(files: list[DataFile], cache_dir: str | None, tracker: TypeTra
             file.locations = [f"{file.display}, {label} {i}" for i in range(count)]
         locations.extend(file.locations)
     if len(locations) != len(dataset):
-        logger.debug("row locations unavailable for %s: %d rows loaded, %d counted", paths, len(dataset), len(locations))
-        locations = [f"{files[0].display}" + (" ..." if len(files) > 1 else "") + f", record {i}" for i in range(len(dataset))]
+        logger.debug(
+            "row locations unavailable for %s: %d rows loaded, %d counted", paths, len(dataset), len(locations)
+        )
+        locations = [
+            f"{files[0].display}" + (" ..." if len(files) > 1 else "") + f", record {i}" for i in range(len(dataset))
+        ]
     return dataset, locations
 
 

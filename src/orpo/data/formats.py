@@ -74,7 +74,9 @@ def check_text(value: Any, where: str) -> None:
         return
     if isinstance(value, list):
         bad = next(item for item in value if not isinstance(item, dict))
-        raise DataError(f"{where}: expected text or a list of {{'role', 'content'}} messages, got a list holding {short(bad)}")
+        raise DataError(
+            f"{where}: expected text or a list of {{'role', 'content'}} messages, got a list holding {short(bad)}"
+        )
     raise DataError(f"{where}: expected text or a list of messages, got {type(value).__name__} {short(value)}")
 
 
@@ -99,7 +101,9 @@ def clean_messages(messages: Messages, where: str) -> Messages:
         if content is None and not message.get("tool_calls"):
             raise DataError(f"{here}: 'content' is missing or null")
         if content is not None and not isinstance(content, str | list):
-            raise DataError(f"{here}: 'content' must be text (or a list of content parts), got {type(content).__name__} {short(content)}")
+            raise DataError(
+                f"{here}: 'content' must be text (or a list of content parts), got {type(content).__name__} {short(content)}"
+            )
         out.append({key: value for key, value in message.items() if value is not None})
     return out
 
@@ -148,7 +152,9 @@ def _check_completions(chosen: Messages, rejected: Messages, n: int, where: str)
         )
 
 
-def split_implicit_conversation(chosen: Messages, rejected: Messages, where: str) -> tuple[Messages, Messages, Messages]:
+def split_implicit_conversation(
+    chosen: Messages, rejected: Messages, where: str
+) -> tuple[Messages, Messages, Messages]:
     """Prompt = longest shared message prefix ending at a user/system turn."""
     n = _shared_prompt_length(chosen, rejected)
     if n == 0:
@@ -182,9 +188,8 @@ def split_conversation(prompt: Any, chosen: Any, rejected: Any, where: str) -> t
     # Chosen/rejected repeat the prompt (UltraFeedback-style): it must agree with the prompt column.
     shared = chosen_msgs[:n]
     last_user = next((m.get("content") for m in reversed(shared) if m.get("role") == "user"), None)
-    consistent = (
-        shared[-len(prompt_msgs) :] == prompt_msgs
-        or (isinstance(prompt, str) and isinstance(last_user, str) and last_user.strip() == prompt.strip())
+    consistent = shared[-len(prompt_msgs) :] == prompt_msgs or (
+        isinstance(prompt, str) and isinstance(last_user, str) and last_user.strip() == prompt.strip()
     )
     if not consistent:
         raise DataError(
@@ -199,7 +204,9 @@ def _apply_template(tokenizer: Any, messages: Messages, where: str, **kwargs: An
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
     except Exception as err:  # jinja errors ("System role not supported", ...)
-        raise DataError(f"{where}: the chat template failed on this conversation: {type(err).__name__}: {err}") from None
+        raise DataError(
+            f"{where}: the chat template failed on this conversation: {type(err).__name__}: {err}"
+        ) from None
 
 
 def render_conversation(tokenizer: Any, prompt: Messages, completion: Messages, where: str) -> tuple[str, str]:

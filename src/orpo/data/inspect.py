@@ -33,10 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("path", help="a file (.jsonl/.json/.csv/.tsv/.parquet), folder, glob, saved dataset or hub id")
     parser.add_argument("--prompt-text-column", default=None, help="column holding the prompt (default: prompt)")
-    parser.add_argument("--text-column", default=None, help="column holding the chosen completion (default: chosen, else text)")
-    parser.add_argument("--rejected-text-column", default=None, help="column holding the rejected completion (default: rejected)")
+    parser.add_argument(
+        "--text-column", default=None, help="column holding the chosen completion (default: chosen, else text)"
+    )
+    parser.add_argument(
+        "--rejected-text-column", default=None, help="column holding the rejected completion (default: rejected)"
+    )
     parser.add_argument("--image-column", default=None, help="column holding images (default: images / image)")
-    parser.add_argument("--split", default=None, help="split to inspect (default: train); slices like train[:1000] work")
+    parser.add_argument(
+        "--split", default=None, help="split to inspect (default: train); slices like train[:1000] work"
+    )
     parser.add_argument("--subset", default=None, help="the dataset's subset (config) name")
     parser.add_argument("--model", default=None, help="model id or path whose tokenizer counts the tokens")
     parser.add_argument("--chat-template", default=None, help="a Jinja chat template replacing the tokenizer's")
@@ -105,7 +111,13 @@ def run(args: argparse.Namespace) -> InspectReport:
             raise DataError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
     limits = LengthLimits(args.max_length, args.max_prompt_length, args.max_completion_length, args.truncation_mode)
     report = inspect_dataset(
-        dataset, tokenizer, limits, source=str(args.path), split=split_name, example_row=args.example, num_proc=args.num_proc
+        dataset,
+        tokenizer,
+        limits,
+        source=str(args.path),
+        split=split_name,
+        example_row=args.example,
+        num_proc=args.num_proc,
     )
     report.tokenizer, report.tokenizer_note = name, note
     report.other_splits = {key: len(value) for key, value in splits.items() if key != "train"}

@@ -74,7 +74,12 @@ class ColumnMapping:
             "rejected": "rejected_text_column / --rejected-text-column",
             "images": "image_column / --image-column",
         }
-        defaults = {"prompt": ("prompt",), "chosen": ("chosen", "text"), "rejected": ("rejected",), "images": ("images", "image")}
+        defaults = {
+            "prompt": ("prompt",),
+            "chosen": ("chosen", "text"),
+            "rejected": ("rejected",),
+            "images": ("images", "image"),
+        }
         resolved: dict[str, str] = {}
         for target in ("prompt", "chosen", "rejected", "images"):
             explicit = getattr(self, target)
@@ -112,9 +117,7 @@ def apply_column_mapping(dataset: Any, mapping: ColumnMapping | None, location: 
     """
     resolved = (mapping or ColumnMapping()).resolve(dataset.column_names, location)
     renames = {source: target for target, source in resolved.items() if source != target}
-    clashes = [
-        target for target in renames.values() if target in dataset.column_names and target not in renames
-    ]
+    clashes = [target for target in renames.values() if target in dataset.column_names and target not in renames]
     if clashes:
         logger.info("%s: replacing column(s) %s by the mapped ones", location, ", ".join(clashes))
         dataset = dataset.remove_columns(clashes)
@@ -287,7 +290,9 @@ def dataset_from_rows(rows: list[Any], split: str = "train") -> Any:
     try:
         return datasets.Dataset.from_list(rows)
     except Exception as err:  # pyarrow type clashes inside nested values
-        raise DataError(f"{split} data: the rows could not be stored as a table ({type(err).__name__}: {err})") from None
+        raise DataError(
+            f"{split} data: the rows could not be stored as a table ({type(err).__name__}: {err})"
+        ) from None
 
 
 def dataset_from_columns(columns: dict[str, Any], split: str = "train") -> Any:
@@ -298,7 +303,9 @@ def dataset_from_columns(columns: dict[str, Any], split: str = "train") -> Any:
     try:
         return datasets.Dataset.from_dict(columns)
     except Exception as err:
-        raise DataError(f"{split} data: the columns could not be stored as a table ({type(err).__name__}: {err})") from None
+        raise DataError(
+            f"{split} data: the columns could not be stored as a table ({type(err).__name__}: {err})"
+        ) from None
 
 
 def _load_from_disk(path: Path) -> dict[str, Any]:

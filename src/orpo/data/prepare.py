@@ -155,7 +155,9 @@ def _apply_policy(
         )
     if policy == "drop":
         report.dropped[label] += len(rows)
-        logger.warning("%s: dropping %d row(s): %s (first: %s)", split, len(rows), label, _location(dataset, rows[0], split))
+        logger.warning(
+            "%s: dropping %d row(s): %s (first: %s)", split, len(rows), label, _location(dataset, rows[0], split)
+        )
         return True
     logger.warning("%s: keeping %d row(s): %s (first: %s)", split, len(rows), label, _location(dataset, rows[0], split))
     return False

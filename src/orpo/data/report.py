@@ -186,7 +186,9 @@ def inspect_dataset(
     check_dataset(dataset, split)
     normalised = normalise_dataset(dataset, tokenizer, split, num_proc)
     report.formats = Counter(column_values(normalised, FORMAT_COLUMN))
-    issues = find_row_issues(*(column_values(normalised, name) for name in ("prompt", "chosen", "rejected", EMPTY_COLUMN)))
+    issues = find_row_issues(
+        *(column_values(normalised, name) for name in ("prompt", "chosen", "rejected", EMPTY_COLUMN))
+    )
     report.identical, report.empty, report.duplicates = len(issues.identical), len(issues.empty), len(issues.duplicates)
     report.distinct_prompts, report.max_prompt_repeats = issues.distinct_prompts, issues.max_prompt_repeats
 
@@ -273,9 +275,13 @@ def render_example(row: dict[str, Any], tokenizer: Any, limits: Any, formats: Co
         labels = batch["labels"][index, :length].tolist()
         trained = sum(label != -100 for label in labels)
         lines.append("")
-        lines.append(f"  {name}: {length} tokens = prompt {boundary} + completion {length - boundary}, {trained} trained")
-        text = tokenizer.decode(ids[:boundary], skip_special_tokens=False) + "▌" + tokenizer.decode(
-            ids[boundary:], skip_special_tokens=False
+        lines.append(
+            f"  {name}: {length} tokens = prompt {boundary} + completion {length - boundary}, {trained} trained"
+        )
+        text = (
+            tokenizer.decode(ids[:boundary], skip_special_tokens=False)
+            + "▌"
+            + tokenizer.decode(ids[boundary:], skip_special_tokens=False)
         )
         lines.append("    text:")
         lines.extend("      " + line for line in text.split("\n"))
@@ -324,7 +330,9 @@ def _checks(name: str, ids: list[int], boundary: int, labels: list[int], tokeniz
     return out
 
 
-def _summary_checks(prompt_ids: list[int], batch: Any, tokenizer: Any, row: dict[str, Any], formats: Counter) -> list[str]:
+def _summary_checks(
+    prompt_ids: list[int], batch: Any, tokenizer: Any, row: dict[str, Any], formats: Counter
+) -> list[str]:
     from .tokenize import SpecialTokens
 
     out = []

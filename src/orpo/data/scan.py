@@ -45,7 +45,9 @@ class DataFile:
     def of(cls, path: Path, display: str) -> DataFile:
         ext = extension(path)
         if ext not in DATA_EXTENSIONS:
-            raise DataError(f"{display}: unsupported file type {ext or '(no extension)'!r}; use one of {', '.join(DATA_EXTENSIONS)}")
+            raise DataError(
+                f"{display}: unsupported file type {ext or '(no extension)'!r}; use one of {', '.join(DATA_EXTENSIONS)}"
+            )
         kind = DATA_EXTENSIONS[ext]
         if kind in ("jsonl", "json"):
             kind = _json_kind(path, kind)
@@ -191,7 +193,9 @@ def diagnose_json(file: DataFile, tracker: TypeTracker, start_row: int) -> int:
                 try:
                     value = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise DataError(f"{file.display}, line {number}, column {err.colno}: malformed JSON ({err.msg})") from None
+                    raise DataError(
+                        f"{file.display}, line {number}, column {err.colno}: malformed JSON ({err.msg})"
+                    ) from None
                 if not isinstance(value, dict):
                     raise DataError(
                         f"{file.display}, line {number}: expected one JSON object per line, got {type(value).__name__}"
@@ -227,13 +231,17 @@ def _check_json_document(file: DataFile, value: Any) -> list[Any]:
     if isinstance(value, dict):
         if "data" not in value:
             keys = ", ".join(list(value)[:10]) or "none"
-            raise DataError(f"{file.display}: a JSON object file must hold its rows in a 'data' list; keys found: {keys}")
+            raise DataError(
+                f"{file.display}: a JSON object file must hold its rows in a 'data' list; keys found: {keys}"
+            )
         value = value["data"]
     if not isinstance(value, list):
         raise DataError(f"{file.display}: expected a list of row objects, got {type(value).__name__}")
     for index, row in enumerate(value):
         if not isinstance(row, dict):
-            raise DataError(f"{file.display}, record {index}: expected an object with prompt/chosen/rejected, got {type(row).__name__}")
+            raise DataError(
+                f"{file.display}, record {index}: expected an object with prompt/chosen/rejected, got {type(row).__name__}"
+            )
     return value
 
 
@@ -250,7 +258,9 @@ def prescan(file: DataFile) -> None:
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as err:
-                raise DataError(f"{file.display}, line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})") from None
+                raise DataError(
+                    f"{file.display}, line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})"
+                ) from None
             if isinstance(value, dict) and not isinstance(value.get("data"), list):
                 _check_json_document(file, value)
             if not isinstance(value, dict):

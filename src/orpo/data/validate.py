@@ -36,7 +36,9 @@ def check_python_rows(rows: Sequence[Any], split: str = "train") -> None:
     for index, row in enumerate(rows):
         location = f"{split} row {index}"
         if not isinstance(row, dict):
-            raise DataError(f"{location}: expected a dict with prompt/chosen/rejected, got {type(row).__name__} {short(row)}")
+            raise DataError(
+                f"{location}: expected a dict with prompt/chosen/rejected, got {type(row).__name__} {short(row)}"
+            )
         for column in TEXT_COLUMNS:
             if column not in row:
                 continue
@@ -63,7 +65,9 @@ def _kind_name(kind: str) -> str:
 def check_python_columns(columns: dict[str, Any], split: str = "train") -> None:
     """A dict of lists: equal lengths, then the same checks as rows."""
     lengths = {name: len(values) for name, values in columns.items() if isinstance(values, Sequence)}
-    not_lists = [name for name, values in columns.items() if not isinstance(values, Sequence) or isinstance(values, str)]
+    not_lists = [
+        name for name, values in columns.items() if not isinstance(values, Sequence) or isinstance(values, str)
+    ]
     if not_lists:
         raise DataError(f"{split} data: column {not_lists[0]!r} is not a list of values (a dict of lists is expected)")
     if len(set(lengths.values())) > 1:
@@ -116,7 +120,9 @@ def check_dataset(dataset: Any, split: str = "train") -> None:
         if kind == "null":
             if column == "prompt":
                 continue  # null in every row: an implicit prompt (the column is dropped when mapping)
-            raise DataError(f"{where(row_location(dataset, 0, split), column)}: value is missing or null, expected text")
+            raise DataError(
+                f"{where(row_location(dataset, 0, split), column)}: value is missing or null, expected text"
+            )
         if kind not in ("text", "messages", "json"):
             value = dataset[0][column]
             raise DataError(
@@ -131,7 +137,9 @@ def check_dataset(dataset: Any, split: str = "train") -> None:
         array = dataset.with_format("arrow")[column]
         if array.null_count:
             first = pc.index(pc.is_null(array), True).as_py()
-            raise DataError(f"{where(row_location(dataset, first, split), column)}: value is missing or null, expected text")
+            raise DataError(
+                f"{where(row_location(dataset, first, split), column)}: value is missing or null, expected text"
+            )
 
 
 @dataclass

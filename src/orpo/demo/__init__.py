@@ -132,7 +132,9 @@ def _show(text: str, width: int = 34) -> str:
     return text if len(text) <= width else text[: width - 4] + "...'"
 
 
-def run_demo(output_dir: str = "orpo-demo", fast: bool = False, steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+def run_demo(
+    output_dir: str = "orpo-demo", fast: bool = False, steps: int | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Train the demo model; print what happened; return the numbers (for tests)."""
     import torch
 
@@ -178,7 +180,9 @@ def _run(output_dir: str, fast: bool, steps: int | None, seed: int, start: float
     same = [row for row in heldout_rows if row["chosen"] == example["chosen"]]
     rejected = {row["kind"]: row["rejected"][0]["content"] for row in same}
     print(f"  pairs  prompt {example['prompt'][0]['content']!r}: chosen {example['chosen'][0]['content']!r}")
-    print(f"         rejected: a wrong sum ({rejected.get('wrong', '?')!r}) or a chatty answer ({rejected.get('chatty', '?')!r})")
+    print(
+        f"         rejected: a wrong sum ({rejected.get('wrong', '?')!r}) or a chatty answer ({rejected.get('chatty', '?')!r})"
+    )
     print(
         f"  model  Llama, 2 layers, hidden 64, {parameters / 1e6:.2f}M parameters, random init; "
         f"shipped byte-level BPE tokenizer ({len(tokenizer)} tokens, ChatML template)"
@@ -225,7 +229,9 @@ def _run(output_dir: str, fast: bool, steps: int | None, seed: int, start: float
         generations = _generations(trainer, tokenizer, prompts)
         strict, correct = _score(prompts, generations)
         print(f"  held-out preference accuracy   {_accuracy_line(accuracy, kinds)}")
-        print(f"  generations on {len(prompts)} unseen sums  strict format {_percent(strict)}, correct {_percent(correct)}")
+        print(
+            f"  generations on {len(prompts)} unseen sums  strict format {_percent(strict)}, correct {_percent(correct)}"
+        )
         return {"accuracy": accuracy, "generations": generations, "format": strict, "correct": correct}
 
     before = measure("before")

@@ -103,7 +103,9 @@ def build(out: Path = ASSETS) -> None:
     write_jsonl(out / "heldout.jsonl", heldout)
     tokenizer = build_tokenizer(corpus(train))
     tokenizer.save_pretrained(str(out))
-    print(f"wrote {len(train)} training and {len(heldout)} held-out pairs and a {len(tokenizer)}-token tokenizer to {out}")
+    print(
+        f"wrote {len(train)} training and {len(heldout)} held-out pairs and a {len(tokenizer)}-token tokenizer to {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ class RowDiagnosticsMixin:
             if is_bad:
                 pair = r % pairs
                 row = rows[pair] if pair < len(rows) else None
-                found.append(f"{'chosen' if r < pairs else 'rejected'} of row {row if row is not None else f'pair {pair}'}")
+                found.append(
+                    f"{'chosen' if r < pairs else 'rejected'} of row {row if row is not None else f'pair {pair}'}"
+                )
         if not found:
             return "every row's log-probs are finite: the loss itself overflowed"
         bad_rows = sorted({rows[r % pairs] for r, b in enumerate(bad) if b and r % pairs < len(rows)})
@@ -64,8 +66,7 @@ class RowDiagnosticsMixin:
     def _diagnose_gradients(self, inputs: list[dict[str, Any]]) -> list[str]:
         """Re-run each micro-batch's backward alone to find which one, and which parameters, go non-finite."""
         model = self.model
-        store = getattr(self, "_metric_sums", {}).get("train")
-        snapshot = dict(store) if store is not None else None
+        snapshot = self.metric_windows.snapshot("train")
         lines = []
         try:
             for i, batch in enumerate(inputs):
@@ -74,7 +75,9 @@ class RowDiagnosticsMixin:
                 with self.compute_loss_context_manager():
                     loss = self.compute_loss(model, prepared)
                 loss.backward()
-                names = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+                names = [
+                    n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+                ]
                 if names:
                     rows = self._rows_of(batch)
                     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -84,9 +87,7 @@ class RowDiagnosticsMixin:
                     )
         finally:
             model.zero_grad(set_to_none=True)
-            if snapshot is not None:
-                store.clear()
-                store.update(snapshot)
+            self.metric_windows.restore("train", snapshot)
         return lines or ["  no single micro-batch reproduces it: the accumulated gradient overflowed"]
 
 

@@ -21,21 +21,17 @@ class NonFiniteError(RuntimeError):
 class NonFiniteGuardMixin:
     """``ORPOConfig.on_nonfinite``: raise :class:`NonFiniteError` or skip the update, agreed across processes."""
 
-    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        store = getattr(self, "_metric_sums", {}).get("train")
-        snapshot = dict(store) if store is not None and self.args.on_nonfinite == "skip" else None
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        windows = self.metric_windows
+        snapshot = windows.snapshot("train") if self.args.on_nonfinite == "skip" else None
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._window_losses.append(loss.detach())
         self._window_inputs.append(inputs)
         if snapshot is not None:
             # Leave a non-finite micro-batch out of the logged metrics, without a host sync.
-            finite = torch.isfinite(loss.detach())
-            for key in list(store):
-                old = snapshot.get(key, 0.0)
-                new = store[key]
-                if torch.is_tensor(new):
-                    old = torch.as_tensor(old, dtype=new.dtype, device=new.device)
-                    store[key] = torch.where(finite.to(new.device), new, old)
+            windows.keep_if("train", snapshot, torch.isfinite(loss.detach()))
         return loss
 
     def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
@@ -94,7 +90,9 @@ class NonFiniteGuardMixin:
             )
         if self.args.on_nonfinite == "skip":
             self._skipped_batches += 1
-            logger.warning("%s\nSkipped this update (on_nonfinite='skip'; %d skipped so far).", report, self._skipped_batches)
+            logger.warning(
+                "%s\nSkipped this update (on_nonfinite='skip'; %d skipped so far).", report, self._skipped_batches
+            )
             return False
         raise NonFiniteError(
             f"{report}\nThe update was not applied and training stopped. Check the rows named above or lower "
@@ -103,12 +101,19 @@ class NonFiniteGuardMixin:
 
     # ---- the report -----------------------------------------------------------------------
     def _nonfinite_report(
-        self, losses: list[torch.Tensor], loss_ok: list[bool], inputs: list[dict[str, Any]], grad_norm: Any, grad_ok: bool
+        self,
+        losses: list[torch.Tensor],
+        loss_ok: list[bool],
+        inputs: list[dict[str, Any]],
+        grad_norm: Any,
+        grad_ok: bool,
     ) -> str:
         step = self.state.global_step + 1
         what = " and ".join(w for w, bad in (("loss", not all(loss_ok)), ("gradient", not grad_ok)) if bad)
         where = f" on process {self.args.process_index}" if self.args.world_size > 1 else ""
-        lines = [f"non-finite {what or 'value on another process'} at optimizer step {step}{where} (epoch {self.state.epoch or 0:.3f})"]
+        lines = [
+            f"non-finite {what or 'value on another process'} at optimizer step {step}{where} (epoch {self.state.epoch or 0:.3f})"
+        ]
         diagnose = self.args.world_size <= 1 and not (
             getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
         )

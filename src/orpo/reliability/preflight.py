@@ -38,7 +38,9 @@ class PreflightMixin:
         trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() * p.element_size() for p in model.parameters())
         weights = trainable if hasattr(model, "peft_config") else total
-        optimizer = 0 if self.args.save_only_model else 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+        optimizer = (
+            0 if self.args.save_only_model else 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+        )
         return weights + optimizer
 
     def _check_batch_size(self) -> None:

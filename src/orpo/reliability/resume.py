@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-from collections import defaultdict
 from typing import Any
 
 import torch
@@ -104,7 +103,10 @@ class CheckpointMixin:
         self.accelerator.wait_for_everyone()
         try:
             self.save_model(staging, _internal_call=True)
-            if args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST) and self.state.best_global_step:
+            if (
+                args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
+                and self.state.best_global_step
+            ):
                 self.accelerator.wait_for_everyone()
                 best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
                 if self.state.best_global_step == step or os.path.exists(best):
@@ -115,7 +117,9 @@ class CheckpointMixin:
                 self._save_rng_state(staging)
             self._save_loop_state(staging)
             if args.should_save:
-                for cb in [c for c in [*self.callback_handler.callbacks, self.control] if isinstance(c, ExportableState)]:
+                for cb in [
+                    c for c in [*self.callback_handler.callbacks, self.control] if isinstance(c, ExportableState)
+                ]:
                     name = cb.__class__.__name__
                     if isinstance(self.state.stateful_callbacks.get(name), list):
                         self.state.stateful_callbacks[name].append(cb.state())
@@ -151,13 +155,12 @@ class CheckpointMixin:
 
     def _save_loop_state(self, output_dir: str) -> None:
         """What ``Trainer`` keeps only in memory between logging steps, per process."""
-        sums = getattr(self, "_metric_sums", {}).get("train", {})
         tr_loss = getattr(self, "_tr_loss", None)
         state = {
             "global_step": self.state.global_step,
             "tr_loss": float(tr_loss) if tr_loss is not None else 0.0,
             "globalstep_last_logged": getattr(self, "_globalstep_last_logged", self.state.global_step),
-            "metric_sums": {key: float(value) for key, value in sums.items()},
+            "metric_sums": self.metric_windows.export("train"),
             "skipped_batches": self._skipped_batches,
         }
         os.makedirs(output_dir, exist_ok=True)
@@ -180,10 +183,5 @@ class CheckpointMixin:
         if getattr(self, "_tr_loss", None) is not None:
             self._tr_loss += state["tr_loss"]
         self._globalstep_last_logged = state["globalstep_last_logged"]
-        if hasattr(self, "_metric_sums"):
-            device = self.args.device
-            self._metric_sums["train"] = defaultdict(
-                float,
-                {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in state["metric_sums"].items()},
-            )
+        self.metric_windows.load("train", state["metric_sums"], self.args.device)
         self._skipped_batches = state.get("skipped_batches", 0)

@@ -30,7 +30,9 @@ class VisionORPODataCollator:
     _placeholders: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._text = ORPODataCollator(self.pad_token_id, self.label_pad_token_id, self.pad_to_multiple_of, self.nll_scope)
+        self._text = ORPODataCollator(
+            self.pad_token_id, self.label_pad_token_id, self.pad_to_multiple_of, self.nll_scope
+        )
         self._placeholders = torch.tensor(placeholder_token_ids(self.processor), dtype=torch.long)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -39,13 +41,18 @@ class VisionORPODataCollator:
         for key in ("labels", "nll_labels"):
             if key in batch:
                 batch[key] = batch[key].masked_fill(placeholder, self.label_pad_token_id)
-        per_row = [load_images(f.get(IMAGE_COLUMN), f"batch row {i}, column '{IMAGE_COLUMN}'")[0] for i, f in enumerate(features)]
+        per_row = [
+            load_images(f.get(IMAGE_COLUMN), f"batch row {i}, column '{IMAGE_COLUMN}'")[0]
+            for i, f in enumerate(features)
+        ]
         images = [image for row in per_row for image in row] * 2  # chosen rows, then rejected rows
         if images:
             pixels = self.processor(images=images, return_tensors="pt")
             unused = set(getattr(self.processor, "unused_input_names", None) or ())
             batch.update({key: value for key, value in pixels.items() if key not in unused})
-        if getattr(self.processor, "return_mm_token_type_ids", False) and hasattr(self.processor, "create_mm_token_type_ids"):
+        if getattr(self.processor, "return_mm_token_type_ids", False) and hasattr(
+            self.processor, "create_mm_token_type_ids"
+        ):
             types = self.processor.create_mm_token_type_ids(batch["input_ids"].tolist())
             batch["mm_token_type_ids"] = torch.tensor(types, dtype=torch.long)
         return batch

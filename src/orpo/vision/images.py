@@ -65,7 +65,9 @@ def load_image(item: Any, where: str) -> tuple[Any, str]:
                 "encoded image bytes, or a list of them"
             )
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{where}: image {_describe(item)} is not a readable image ({type(err).__name__}: {err})") from None
+        raise ValueError(
+            f"{where}: image {_describe(item)} is not a readable image ({type(err).__name__}: {err})"
+        ) from None
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image, key

@@ -24,7 +24,9 @@ def _apply_policy(policy: str, rows: list[int], label: str, split: str, report: 
     if not rows:
         return False
     if policy == "error":
-        raise ValueError(f"{split} row {rows[0]}: {label} ({len(rows)} such rows); fix the data or set the policy to drop/keep")
+        raise ValueError(
+            f"{split} row {rows[0]}: {label} ({len(rows)} such rows); fix the data or set the policy to drop/keep"
+        )
     if policy == "drop":
         report.dropped[label] += len(rows)
         logger.warning("%s: dropping %d rows: %s", split, len(rows), label)
@@ -87,7 +89,9 @@ def prepare_vision_dataset(data: Any, processor: Any, args: Any, split: str = "t
         if repr(undecoded) != repr(feature):
             dataset = dataset.cast_column(image_column, undecoded)
     if image_column is None:
-        logger.warning("%s data has no '%s' column: training the vision-language model on text only", split, IMAGE_COLUMN)
+        logger.warning(
+            "%s data has no '%s' column: training the vision-language model on text only", split, IMAGE_COLUMN
+        )
     limits = LengthLimits.from_args(args)
     row_tokenizer = _VisionRowTokenizer(processor, limits, split, "prompt" in dataset.column_names, image_column)
     num_proc = args.dataset_num_proc if args.dataset_num_proc and len(dataset) >= 2 * args.dataset_num_proc else None
@@ -107,7 +111,9 @@ def prepare_vision_dataset(data: Any, processor: Any, args: Any, split: str = "t
     empty = [i for i, (c, r) in enumerate(zip(chosens, rejecteds, strict=True)) if not c.strip() or not r.strip()]
     seen: set[tuple[str, ...]] = set()
     duplicates = []
-    for index, key in enumerate(zip(_column(dataset, "prompt"), chosens, rejecteds, _column(dataset, "image_key"), strict=True)):
+    for index, key in enumerate(
+        zip(_column(dataset, "prompt"), chosens, rejecteds, _column(dataset, "image_key"), strict=True)
+    ):
         if key in seen:
             duplicates.append(index)
         seen.add(key)
@@ -130,7 +136,10 @@ def prepare_vision_dataset(data: Any, processor: Any, args: Any, split: str = "t
         args.on_too_long,
         split,
         skip=drop,
-        fatal=((IMAGE_TRUNCATED, "dropped_image_truncated"), (NO_ROOM_FOR_COMPLETION, "dropped_no_room_for_completion")),
+        fatal=(
+            (IMAGE_TRUNCATED, "dropped_image_truncated"),
+            (NO_ROOM_FOR_COMPLETION, "dropped_no_room_for_completion"),
+        ),
         fatal_message=(
             f"the prompt (with its image tokens) does not fit max_prompt_length={limits.max_prompt_length} / "
             f"max_length={limits.max_length} without cutting an image or the whole completion; "
@@ -144,7 +153,9 @@ def prepare_vision_dataset(data: Any, processor: Any, args: Any, split: str = "t
     if len(dataset) == 0:
         raise ValueError(f"{split} data: no pair survived preparation ({report.summary()})")
     dataset = dataset.map(
-        lambda row: {"length": len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))},
+        lambda row: {
+            "length": len(row["prompt_input_ids"]) + max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))
+        },
         remove_columns=[],
         desc=f"Measuring {split} pairs",
     )

@@ -82,7 +82,9 @@ class _VisionRowTokenizer:
                 )
             for name, text in (("chosen", chosen_text), ("rejected", rejected_text)):
                 if self.image_token in text:
-                    raise ValueError(f"{where}, column '{name}': a completion cannot contain the image placeholder {self.image_token!r}")
+                    raise ValueError(
+                        f"{where}, column '{name}': a completion cannot contain the image placeholder {self.image_token!r}"
+                    )
         return prompt_text, chosen_text, rejected_text
 
     def __call__(self, row: dict[str, Any], index: int) -> dict[str, Any]:
