@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 
-from .forward import unwrap
+from .scoring import unwrap
 
-# Kept under the trainer's name, which these messages always logged as, so log filters still match.
-logger = logging.getLogger("orpo.trainer")
+logger = logging.getLogger(__name__)
 
 
 def generate_samples(trainer: Any, dataset: Any, num_samples: int = 4, suffix: str = "") -> str | None:

@@ -15,8 +15,10 @@ CHUNK_ELEMENTS = 1 << 26
 CPU_CHUNK_ELEMENTS = 1 << 21
 
 
-def chunk_elements(device: torch.device) -> int:
-    return CHUNK_ELEMENTS if device.type != "cpu" else CPU_CHUNK_ELEMENTS
+def rows_per_chunk(columns: int, device: torch.device) -> int:
+    """Rows of ``columns`` values processed at once: the chunk size of every chunked loop in orpo."""
+    budget = CHUNK_ELEMENTS if device.type != "cpu" else CPU_CHUNK_ELEMENTS
+    return max(1, budget // max(columns, 1))
 
 
 def _accum_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -37,7 +39,7 @@ def _project(
 
 class _LinearSelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, index, softcap, scale, chunk_rows):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, index, softcap, scale, chunk_rows):
         n = hidden.shape[0]
         dtype = _accum_dtype(hidden, weight)
         lse = torch.empty(n, dtype=dtype, device=hidden.device)
@@ -61,7 +63,7 @@ class _LinearSelectiveLogSoftmax(torch.autograd.Function):
         return picked - lse, means
 
     @staticmethod
-    def backward(ctx, grad_logps, _grad_means):  # type: ignore[override]
+    def backward(ctx, grad_logps, _grad_means):
         hidden, weight, bias, index, lse = ctx.saved_tensors
         device_type, autocast_on, autocast_dtype = ctx.autocast
         softcap, scale, chunk_rows = ctx.softcap, ctx.scale, ctx.chunk_rows
@@ -86,16 +88,16 @@ class _LinearSelectiveLogSoftmax(torch.autograd.Function):
                 dz = dz * (1 - capped * capped)
             if scale is not None:
                 dz = dz * scale
-            if need_b:
+            if grad_b is not None:
                 grad_b += dz.sum(0)
-            if need_h:
+            if grad_h is not None:
                 grad_h[start:stop] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
-            if need_w:
+            if grad_w is not None:
                 grad_w += dz.T @ h.to(accum)
         return (
             grad_h,
-            grad_w.to(weight.dtype) if need_w else None,
-            grad_b.to(bias.dtype) if need_b else None,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
             None,
             None,
             None,
@@ -120,5 +122,5 @@ def linear_selective_log_softmax(
     backward recomputation alike, in the autocast dtype.
     """
     if chunk_rows is None:
-        chunk_rows = max(1, chunk_elements(hidden.device) // weight.shape[0])
+        chunk_rows = rows_per_chunk(weight.shape[0], hidden.device)
     return _LinearSelectiveLogSoftmax.apply(hidden, weight, bias, index.long(), softcap, scale, chunk_rows)

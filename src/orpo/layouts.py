@@ -1,39 +1,47 @@
-"""Padding-free (packed) and shared-prompt batch layouts, scored and laid out like padded batches.
+"""Batch layouts: the marker every collator puts in its batches, and conversions between layouts.
 
-Both layouts are verified against the padded one on their first batch (see
-:class:`orpo.forward.TokenScorer`) and run padded, with a warning, for models that break them.
+The loss and the metrics read one layout only, the *padded* one: rows are sequences, chosen
+0..B-1 then rejected B..2B-1.  A *packed* batch (:class:`orpo.data.packing.ORPOPackingCollator`)
+holds all 2B sequences in one row; a *shared-prompt* batch
+(:class:`orpo.data.packing.ORPOSharedPromptCollator`) holds each pair as prompt | chosen |
+rejected.  This module moves ids, labels and scores between those layouts and builds the
+shared-prompt attention mask; it runs no model (:mod:`orpo.scoring` does).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from enum import Enum
 from typing import Any
 
 import torch
 
-from .fused import linear_selective_log_softmax
-from .loss import selective_log_softmax
-from .scoring import (
-    TokenScores,
-    _chunked_mean,
-    _head_transform,
-    _HeadCapture,
-    _scatter,
-    shifted_targets,
-    unwrap,
-)
-
-# Kept under the name these checks always logged as, so log filters and handlers still match.
-logger = logging.getLogger("orpo.forward")
-
-# ---- padding-free (packed) batches -------------------------------------------------------
-# A packed batch (see orpo.data.packing) holds all sequences in one row with position ids
-# restarting per sequence; the functions below score it and lay the result out like the
-# padded batch, so the loss and the metrics do not know which layout produced them.
+logger = logging.getLogger(__name__)
 
 
-def is_packed(batch: dict[str, Any]) -> bool:
-    return "sequence_index" in batch
+class Layout(Enum):
+    """How a collated batch lays out its sequences; carried as ``batch[LAYOUT_KEY]``."""
+
+    PADDED = "padded"
+    PACKED = "packed"
+    SHARED_PROMPT = "shared_prompt"
+
+
+#: The batch key of the layout marker.  A plain Python value: ``Trainer._prepare_inputs`` and
+#: accelerate's ``send_to_device`` pass it through unchanged, and reading it costs no host sync.
+LAYOUT_KEY = "orpo_layout"
+
+
+def layout_of(batch: dict[str, Any]) -> Layout:
+    """The layout a batch is marked with; a batch without a marker (a user's collator) is padded."""
+    marker = batch.get(LAYOUT_KEY, Layout.PADDED)
+    if not isinstance(marker, Layout):
+        raise TypeError(f"batch[{LAYOUT_KEY!r}] must be an orpo.layouts.Layout, not {type(marker).__name__}")
+    return marker
+
+
+# ---- packed batches: all sequences in one row, position ids restarting per sequence ----------
 
 
 def packed_view(batch: dict[str, Any]) -> dict[str, Any]:
@@ -42,26 +50,27 @@ def packed_view(batch: dict[str, Any]) -> dict[str, Any]:
     view["labels"] = batch["packed_labels"]
     if "packed_nll_labels" in batch:
         view["nll_labels"] = batch["packed_nll_labels"]
+    view[LAYOUT_KEY] = Layout.PADDED  # one row; its position ids keep the sequences apart
     return view
 
 
-def rows_from_packed(scores: TokenScores, batch: dict[str, Any], ignore_index: int) -> TokenScores:
-    """Move token scores of the packed row ``[1, T-1]`` to the padded layout ``[2B, L-1]``.
+def packed_to_padded(batch: dict[str, Any], scored: torch.Tensor, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Move per-position values of the packed row ``[1, T-1]`` to the padded layout ``[2B, L-1]``.
 
-    The target at packed position t+1 is token ``p = position_ids[t+1]`` (p >= 1: first tokens
-    carry no label) of row ``sequence_index[t+1]``; in the padded layout the same prediction
-    sits at shifted column p-1.  The move is an index_put, so gradients flow back unchanged.
+    ``scored`` marks the packed positions that carry a value.  The target at packed position t+1
+    is token ``p = position_ids[t+1]`` (p >= 1: first tokens carry no label) of row
+    ``sequence_index[t+1]``; in the padded layout the same prediction sits at shifted column p-1.
+    The move is an index_put, so gradients flow back unchanged.
     """
-    targets, mask = shifted_targets(batch, ignore_index)
-    scored = scores.mask[0]
-    rows = batch["sequence_index"][0, 1:][scored]
-    cols = batch["position_ids"][0, 1:][scored] - 1
-
-    def place(values: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
-        return out.index_put((rows, cols), values[0][scored])
-
-    return TokenScores(place(scores.logps), place(scores.logit_means), mask, targets)
+    where = scored[0]
+    rows = batch["sequence_index"][0, 1:][where]
+    cols = batch["position_ids"][0, 1:][where] - 1
+    shape = batch["labels"][:, 1:].shape
+    out = []
+    for value in values:
+        zeros = torch.zeros(shape, dtype=value.dtype, device=value.device)
+        out.append(zeros.index_put((rows, cols), value[0][where]))
+    return out
 
 
 def unpack_batch(batch: dict[str, Any], pad_token_id: int = 0) -> dict[str, Any]:
@@ -73,102 +82,37 @@ def unpack_batch(batch: dict[str, Any], pad_token_id: int = 0) -> dict[str, Any]
     input_ids = torch.full(labels.shape, pad_token_id, dtype=torch.long, device=labels.device)
     input_ids = input_ids.index_put(where, batch["input_ids"][0][real])
     attention_mask = torch.zeros_like(input_ids).index_put(where, torch.ones_like(positions[real]))
-    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     if "nll_labels" in batch:
         out["nll_labels"] = batch["nll_labels"]
+    out[LAYOUT_KEY] = Layout.PADDED
     return out
 
 
-def _packing_tolerance(dtype: torch.dtype) -> float:
-    return 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
-
-
-def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: int = 24) -> bool:
-    """Whether the model keeps packed sequences apart (attention and positions).
-
-    Packs the first ``probe_tokens`` of two sequences of ``batch`` and compares the second
-    one's logits with those of the same tokens run alone.  Attention implementations that
-    ignore position-id resets let the second sequence see the first and fail this check; the
-    batch is then unpacked and run padded, with a warning.
-    """
+def packing_probe(batch: dict[str, Any], probe_tokens: int = 24) -> tuple[dict[str, Any], int, torch.Tensor]:
+    """The first ``probe_tokens`` of the batch's first two sequences packed in one row, where the
+    second one starts in that row, and the second one's ids alone (to run unpacked)."""
     index, positions, ids = batch["sequence_index"][0], batch["position_ids"][0], batch["input_ids"][0]
     first = ids[(index == 0) & (positions < probe_tokens)]
     second = ids[(index == 1) & (positions < probe_tokens)]
     device = ids.device
-    packed = {
-        "input_ids": torch.cat([first, second])[None],
-        "position_ids": torch.cat([torch.arange(len(first), device=device), torch.arange(len(second), device=device)])[
-            None
-        ],
-    }
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            together = model(**packed, use_cache=False).logits[0, len(first) :].float()
-            alone = model(input_ids=second[None], use_cache=False).logits[0].float()
-    finally:
-        model.train(was_training)
-    diff = (together - alone).abs().max().item()
-    tolerance = _packing_tolerance(_compute_dtype(model, device))
-    ok = diff <= tolerance * (1 + alone.abs().max().item())
-    if not ok:
-        config = getattr(unwrap(model), "config", None)
-        logger.warning(
-            "padding_free: %s with attn_implementation=%r does not keep packed sequences apart (max logit diff "
-            "%.3g); running these batches padded instead (use sdpa, flex_attention or flash_attention_2)",
-            type(unwrap(model)).__name__,
-            getattr(config, "_attn_implementation", None),
-            diff,
-        )
-    return ok
+    restart = torch.cat([torch.arange(len(first), device=device), torch.arange(len(second), device=device)])
+    packed = {"input_ids": torch.cat([first, second])[None], "position_ids": restart[None]}
+    return packed, len(first), second[None]
 
 
-def _compute_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
-    """The dtype the model's matmuls run in: autocast's if on, else the parameters'."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+# ---- shared-prompt batches: prompt | chosen | rejected, the prompt run once ----------------------
 
 
-# ---- shared-prompt batches ---------------------------------------------------------------
-# Each pair packed as prompt | chosen | rejected (orpo.data.packing.ORPOSharedPromptCollator):
-# the prompt runs once, and a mask keeps rejected from seeing chosen.
-
-
-def is_shared_prompt(batch: dict[str, Any]) -> bool:
-    return "shared_kind" in batch
-
-
-def _attn_implementation(model: torch.nn.Module) -> str | None:
-    config = getattr(unwrap(model), "config", None)
-    return getattr(config, "_attn_implementation", None)
-
-
-def _beyond_sliding_window(model: torch.nn.Module, batch: dict[str, Any]) -> bool:
-    """Whether a sequence of the batch is longer than the model's sliding window.
-
-    The shared-prompt mask replaces the model's own masks, its sliding-window ones included, so
-    such a batch runs padded (exact); shorter sequences never reach the window.
-    """
-    window = getattr(getattr(unwrap(model), "config", None), "sliding_window", None)
-    if not window:
-        return False
-    beyond = int(batch["position_ids"].max()) >= int(window)
-    if beyond:
-        logger.info("shared_prompt: a sequence is longer than the sliding window (%d); this batch runs padded", window)
-    return beyond
-
-
-def shared_prompt_mask(model: torch.nn.Module, batch: dict[str, Any]) -> Any:
+def shared_prompt_mask(batch: dict[str, Any], implementation: str | None, dtype: torch.dtype) -> Any:
     """The attention mask of a shared-prompt row, in the form the model's attention takes.
 
     Query q may see key k iff both belong to the same pair, k is not later (by position) and k
     is in the prompt or in q's own completion.  flex_attention gets a BlockMask (blocks with
-    nothing to see are skipped), sdpa a boolean ``[1, 1, T, T]`` mask, eager an additive one.
+    nothing to see are skipped), sdpa a boolean ``[1, 1, T, T]`` mask, eager an additive one in
+    ``dtype`` (the dtype the model computes in).
     """
     pair, kind, position = batch["shared_pair"][0], batch["shared_kind"][0], batch["position_ids"][0]
-    implementation = _attn_implementation(model)
     if implementation == "flex_attention":
         from torch.nn.attention.flex_attention import create_block_mask
 
@@ -184,96 +128,56 @@ def shared_prompt_mask(model: torch.nn.Module, batch: dict[str, Any]) -> Any:
     )[None, None]
     if implementation == "sdpa":
         return allowed
-    dtype = _compute_dtype(model, pair.device)
     return torch.zeros(allowed.shape, dtype=dtype, device=pair.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-def _shared_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+def shared_inputs(batch: dict[str, Any], implementation: str | None, dtype: torch.dtype) -> dict[str, Any]:
+    """Model inputs of a shared-prompt row: ids, positions and the shared-prompt mask."""
     return {
         "input_ids": batch["input_ids"],
         "position_ids": batch["position_ids"],
-        "attention_mask": shared_prompt_mask(model, batch),
+        "attention_mask": shared_prompt_mask(batch, implementation, dtype),
     }
 
 
-def shared_prompt_scores(
-    model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear | None
-) -> TokenScores:
-    """Token scores of a shared-prompt batch in the padded layout; fused through ``head`` if given."""
-    targets, mask = shifted_targets(batch, ignore_index)
-    source = batch["score_source"]
-    if head is None:
-        logits = model(**_shared_inputs(model, batch), use_cache=False).logits[0, source]
-        logps = selective_log_softmax(logits, targets[mask])
-        with torch.no_grad():
-            means = _chunked_mean(logits.detach())
-    else:
-        capture = _HeadCapture.of(head)
-        capture.armed = True
-        try:
-            model(**_shared_inputs(model, batch), use_cache=False)
-            hidden = capture.hidden
-        finally:
-            capture.armed, capture.hidden = False, None
-        if hidden is None:
-            raise RuntimeError(f"the LM head of {type(unwrap(model)).__name__} was not called during the forward pass")
-        softcap, scale = _head_transform(model)
-        logps, means = linear_selective_log_softmax(
-            hidden[0, source], head.weight, targets[mask], head.bias, softcap=softcap, scale=scale
-        )
-    return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
+def beyond_sliding_window(batch: dict[str, Any], window: int | None) -> bool:
+    """Whether a sequence of the shared-prompt batch is longer than the model's sliding window.
+
+    The shared-prompt mask replaces the model's own masks, its sliding-window ones included, so
+    such a batch runs padded (exact); shorter sequences never reach the window.
+    """
+    if not window:
+        return False
+    beyond = int(batch["position_ids"].max()) >= int(window)
+    if beyond:
+        logger.info("shared_prompt: a sequence is longer than the sliding window (%d); this batch runs padded", window)
+    return beyond
 
 
 def padded_from_shared(batch: dict[str, Any]) -> dict[str, Any]:
     """The ordinary padded batch of the same pairs (for models that cannot take the mask)."""
-    out = {
+    out: dict[str, Any] = {
         "input_ids": batch["padded_input_ids"],
         "attention_mask": batch["padded_attention_mask"],
         "labels": batch["labels"],
     }
     if "nll_labels" in batch:
         out["nll_labels"] = batch["nll_labels"]
+    out[LAYOUT_KEY] = Layout.PADDED
     return out
 
 
-def verify_shared_prompt(model: torch.nn.Module, batch: dict[str, Any]) -> bool:
-    """Whether the model honours the shared-prompt mask and positions.
+def shared_prompt_probe(batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor] | None:
+    """The batch's first pair as its own shared-prompt row, and the ids of prompt + rejected alone.
 
-    Runs the first pair as prompt | chosen | rejected and compares the rejected tokens' logits
-    with those of prompt + rejected run alone; a model whose attention ignores the mask (or the
-    position ids) lets rejected see chosen and fails.  The batch then runs padded, with a warning.
+    Returns ``(row, alone_ids, rejected)`` with ``rejected`` marking the rejected tokens within
+    ``alone_ids``, or None when the pair has no rejected token to compare.
     """
-    if _attn_implementation(model) not in ("sdpa", "eager", "flex_attention"):
-        logger.warning(
-            "shared_prompt needs attn_implementation sdpa, eager or flex_attention, not %r; running these batches "
-            "padded instead",
-            _attn_implementation(model),
-        )
-        return False
-    pair = batch["shared_pair"][0]
-    first = (pair == 0).nonzero().flatten()
-    probe = {key: batch[key][:, first] for key in ("input_ids", "position_ids", "shared_pair", "shared_kind")}
-    kind = probe["shared_kind"][0]
-    alone = probe["input_ids"][:, kind != 1]
+    first = (batch["shared_pair"][0] == 0).nonzero().flatten()
+    row = {key: batch[key][:, first] for key in ("input_ids", "position_ids", "shared_pair", "shared_kind")}
+    kind = row["shared_kind"][0]
+    alone = row["input_ids"][:, kind != 1]
     rejected = kind[kind != 1] == 2
     if not bool(rejected.any()):
-        return True  # nothing to compare; the padded fallback would not be safer
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            shared = model(**_shared_inputs(model, probe), use_cache=False).logits[0, kind == 2].float()
-            reference = model(input_ids=alone, use_cache=False).logits[0, rejected].float()
-    finally:
-        model.train(was_training)
-    diff = (shared - reference).abs().max().item()
-    ok = diff <= _packing_tolerance(_compute_dtype(model, alone.device)) * (1 + reference.abs().max().item())
-    if not ok:
-        logger.warning(
-            "shared_prompt: %s with attn_implementation=%r does not honour the shared-prompt mask (max logit diff "
-            "%.3g); running these batches padded instead (use sdpa, eager or flex_attention)",
-            type(unwrap(model)).__name__,
-            _attn_implementation(model),
-            diff,
-        )
-    return ok
+        return None
+    return row, alone, rejected

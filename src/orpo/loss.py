@@ -16,15 +16,21 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .fused import rows_per_chunk
+
 __all__ = [
     "MAX_AVG_LOGP",
     "MIN_AVG_LOGP",
     "ORPOLossOutput",
     "OddsRatioOutput",
+    "PairCounts",
+    "PairLogps",
     "SequenceLogps",
     "log1mexp",
     "odds_ratio_loss",
     "orpo_loss",
+    "pair_counts",
+    "pair_logps",
     "selective_log_softmax",
     "sequence_logps",
     "token_logps",
@@ -37,15 +43,6 @@ __all__ = [
 MAX_AVG_LOGP = -1e-6
 MIN_AVG_LOGP = -1e4
 _LN2 = math.log(2.0)
-# Rows of logits processed at once: bounds the float32 scratch to ~256 MiB (GPU) / 8 MiB (CPU,
-# where fresh large buffers cost more in page faults than they save) at any vocab size.
-_CHUNK_ELEMENTS = 1 << 26
-_CPU_CHUNK_ELEMENTS = 1 << 21
-
-
-def _chunk_rows(logits: torch.Tensor) -> int:
-    budget = _CHUNK_ELEMENTS if logits.device.type != "cpu" else _CPU_CHUNK_ELEMENTS
-    return max(1, budget // max(logits.shape[-1], 1))
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -71,9 +68,9 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         n = logits.shape[0]
-        step = _chunk_rows(logits)
+        step = rows_per_chunk(logits.shape[-1], logits.device)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         lse = torch.empty(n, dtype=dtype, device=logits.device)
         picked = torch.empty(n, dtype=dtype, device=logits.device)
@@ -85,10 +82,10 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         return picked - lse
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: torch.Tensor):
         logits, index, lse = ctx.saved_tensors
         n = logits.shape[0]
-        step = _chunk_rows(logits)
+        step = rows_per_chunk(logits.shape[-1], logits.device)
         grad = torch.empty_like(logits)
         grad_out = grad_out.to(lse.dtype)
         for start in range(0, n, step):
@@ -133,7 +130,7 @@ class SequenceLogps(NamedTuple):
     """Per-sequence log-probability of the scored tokens."""
 
     sum: torch.Tensor  # float32 [batch]
-    count: torch.Tensor  # int64 [batch]: scored tokens
+    count: torch.Tensor  # type: ignore[assignment]  # int64 [batch]: scored tokens (shadows tuple.count)
     mean: torch.Tensor  # float32 [batch]: sum / count, 0 where count == 0 (see ``valid``)
 
     @property
@@ -155,6 +152,91 @@ def sequence_logps(
     An empty completion (count 0) gets mean 0 instead of 0/0; callers exclude it via ``valid``.
     """
     return _reduce(*token_logps(logits, labels, ignore_index, shift))
+
+
+class PairCounts(NamedTuple):
+    """The normalisers of one batch: what the loss divides by, summed over a whole accumulation window."""
+
+    nll_tokens: torch.Tensor  # int64 0-d: NLL tokens of the valid pairs
+    pairs: torch.Tensor  # int64 0-d: valid pairs
+
+
+class PairLogps(NamedTuple):
+    """A batch's token scores reduced to the quantities of the ORPO loss and its metrics.
+
+    Rows of the batch are chosen 0..B-1, then rejected B..2B-1.  A pair is valid when both
+    completions have a token; an invalid pair takes part in nothing (loss, NLL, counts).
+    """
+
+    chosen: SequenceLogps  # [B]
+    rejected: SequenceLogps  # [B]
+    completion_mask: torch.Tensor  # bool [2B, L-1]: completion tokens (the odds-ratio term's)
+    nll_mask: torch.Tensor  # bool [B, L-1]: the NLL tokens of the valid pairs
+    nll_logp_sum: torch.Tensor  # 0-d: summed log-prob of those tokens
+    valid: torch.Tensor  # bool [B]
+
+    @property
+    def counts(self) -> PairCounts:
+        return PairCounts(self.nll_mask.sum(), self.valid.sum())
+
+
+class _PairMasks(NamedTuple):
+    completion: torch.Tensor
+    valid: torch.Tensor
+    nll: torch.Tensor
+
+
+def _pair_masks(labels: torch.Tensor, nll_labels: torch.Tensor | None, ignore_index: int) -> _PairMasks:
+    """The masks behind both :func:`pair_logps` and :func:`pair_counts`, so the two never disagree."""
+    if labels.dim() != 2 or labels.shape[0] % 2:
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)}: a batch holds 2B rows, chosen 0..B-1 then rejected B..2B-1"
+        )
+    pairs = labels.shape[0] // 2
+    completion = labels[:, 1:] != ignore_index
+    per_row = completion.sum(-1)
+    valid = (per_row[:pairs] > 0) & (per_row[pairs:] > 0)
+    nll = completion[:pairs] if nll_labels is None else nll_labels[:pairs, 1:] != ignore_index
+    return _PairMasks(completion, valid, nll & valid[:, None])
+
+
+def pair_counts(labels: torch.Tensor, nll_labels: torch.Tensor | None = None, ignore_index: int = -100) -> PairCounts:
+    """NLL tokens and valid pairs of a batch, from its labels alone (no model run)."""
+    masks = _pair_masks(labels, nll_labels, ignore_index)
+    return PairCounts(masks.nll.sum(), masks.valid.sum())
+
+
+def pair_logps(
+    token_logps: torch.Tensor,
+    labels: torch.Tensor,
+    nll_labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+) -> PairLogps:
+    """Per-token log-probs of a batch -> chosen and rejected sequence log-probs, the NLL sum and
+    mask, and the valid pairs.
+
+    ``token_logps`` is ``[2B, L-1]`` in the shifted convention of :func:`token_logps` (position t
+    scores ``labels[:, t+1]``) and covers every position that ``labels`` or ``nll_labels``
+    label (as :class:`orpo.scoring.TokenScores` does).  Sequence log-probs use the ``labels``
+    tokens (the completions); the NLL uses the chosen rows' ``nll_labels`` tokens when given
+    (``nll_scope="prompt_and_completion"``), else their completion tokens.
+    """
+    masks = _pair_masks(labels, nll_labels, ignore_index)
+    if token_logps.shape != masks.completion.shape:
+        raise ValueError(
+            f"token log-probs of shape {tuple(token_logps.shape)} do not match labels of shape "
+            f"{tuple(labels.shape)} (expected {tuple(masks.completion.shape)}: one per shifted position)"
+        )
+    pairs = labels.shape[0] // 2
+    per_seq = _reduce(token_logps * masks.completion, masks.completion)
+    return PairLogps(
+        chosen=SequenceLogps(*(t[:pairs] for t in per_seq)),
+        rejected=SequenceLogps(*(t[pairs:] for t in per_seq)),
+        completion_mask=masks.completion,
+        nll_mask=masks.nll,
+        nll_logp_sum=(token_logps[:pairs] * masks.nll).sum(),
+        valid=masks.valid,
+    )
 
 
 class OddsRatioOutput(NamedTuple):

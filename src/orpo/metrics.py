@@ -6,12 +6,15 @@ token of the window, whatever the batch sizes, and so processes can be reduced e
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .loss import ORPOLossOutput, PairLogps
+    from .scoring import TokenScores
 
 #: The metrics logged at every logging step (``eval_``-prefixed during evaluation).
 METRIC_NAMES = (
@@ -37,7 +40,7 @@ class MetricWindows:
     """
 
     def __init__(self) -> None:
-        self.sums: dict[str, dict[str, torch.Tensor]] = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.sums: dict[str, defaultdict[str, Any]] = {"train": defaultdict(float), "eval": defaultdict(float)}
 
     def reset(self, mode: str) -> None:
         self.sums[mode] = defaultdict(float)
@@ -73,56 +76,38 @@ class MetricWindows:
             float, {key: torch.tensor(value, dtype=torch.float64, device=device) for key, value in values.items()}
         )
 
-    def record(
-        self,
-        mode: str,
-        out: Any,
-        scores: Any,
-        completion: torch.Tensor,
-        nll_mask: torch.Tensor,
-        nll_logp_sum: torch.Tensor,
-        pairs: int,
-        logps: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        """Accumulate sums so logged metrics are averages over the whole logging window."""
-        odds = out.odds
-        valid = odds.valid.float()
+    def record(self, mode: str, loss: ORPOLossOutput, pairs: PairLogps, scores: TokenScores) -> None:
+        """Add one micro-batch's sums, so logged metrics are averages over the whole logging window."""
+        odds = loss.odds
+        valid = pairs.valid.float()
+        completion = pairs.completion_mask
+        rows = pairs.valid.shape[0]  # chosen rows 0..B-1, rejected rows B..2B-1
         with torch.no_grad():
             lm = scores.logit_means * completion
             sums = {
                 "pairs": valid.sum(),
                 # average log-probs themselves, not rewards / beta: those are 0/0 when beta == 0
-                **(
-                    {
-                        "logps/chosen": (logps[0].detach() * valid).sum(),
-                        "logps/rejected": (logps[1].detach() * valid).sum(),
-                    }
-                    if logps is not None
-                    else {}
-                ),
+                "logps/chosen": (pairs.chosen.mean.detach() * valid).sum(),
+                "logps/rejected": (pairs.rejected.mean.detach() * valid).sum(),
                 "rewards/chosen": odds.chosen_rewards.sum(),
                 "rewards/rejected": odds.rejected_rewards.sum(),
                 "rewards/accuracies": ((odds.chosen_rewards > odds.rejected_rewards).float() * valid).sum(),
                 "rewards/margins": (odds.chosen_rewards - odds.rejected_rewards).sum(),
                 "log_odds_ratio": odds.log_sigmoid_odds.detach().sum(),
                 "log_odds_chosen": odds.log_odds.detach().sum(),
-                "logits/chosen": lm[:pairs].sum(),
-                "logits/rejected": lm[pairs:].sum(),
-                "tokens/chosen": completion[:pairs].sum(),
-                "tokens/rejected": completion[pairs:].sum(),
-                "nll/sum": -nll_logp_sum.detach(),
-                "nll/tokens": nll_mask.sum(),
+                "logits/chosen": lm[:rows].sum(),
+                "logits/rejected": lm[rows:].sum(),
+                "tokens/chosen": completion[:rows].sum(),
+                "tokens/rejected": completion[rows:].sum(),
+                "nll/sum": -pairs.nll_logp_sum.detach(),
+                "nll/tokens": pairs.nll_mask.sum(),
             }
             store = self.sums[mode]
             for key, value in sums.items():
                 store[key] = store[key] + value.detach().double()
 
     def pop(
-        self,
-        mode: str,
-        beta: float,
-        device: Any,
-        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        self, mode: str, device: Any, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> dict[str, float]:
         """The window's averages (``METRIC_NAMES``), summed over processes with ``reduce``; starts a new window."""
         store = self.sums[mode]
@@ -138,6 +123,8 @@ class MetricWindows:
         metrics = {
             name: totals[name] / pairs
             for name in (
+                "logps/chosen",
+                "logps/rejected",
                 "rewards/chosen",
                 "rewards/rejected",
                 "rewards/accuracies",
@@ -146,12 +133,6 @@ class MetricWindows:
                 "log_odds_chosen",
             )
         }
-        for side in ("chosen", "rejected"):
-            key = f"logps/{side}"
-            if key in totals:
-                metrics[key] = totals[key] / pairs
-            else:  # sums restored from a checkpoint written before logps were recorded
-                metrics[key] = metrics[f"rewards/{side}"] / beta if beta else math.nan
         metrics["logits/chosen"] = totals["logits/chosen"] / max(totals["tokens/chosen"], 1.0)
         metrics["logits/rejected"] = totals["logits/rejected"] / max(totals["tokens/rejected"], 1.0)
         metrics["nll_loss"] = totals["nll/sum"] / max(totals["nll/tokens"], 1.0)

@@ -1,22 +1,37 @@
-"""Per-token log-probs of one forward pass over a concatenated chosen+rejected batch.
+"""Per-token log-probs of a chosen+rejected batch, in one forward pass, whatever its layout.
 
-Two paths with the same result: ``plain`` reads the model's logits; ``fused`` captures the
-final hidden states at the LM head and computes log-probs chunked through the head, only on
-scored tokens (see :mod:`orpo.fused`).  :class:`orpo.forward.TokenScorer` picks between them.
+Two ways to the same numbers: *plain* reads the model's logits; *fused* captures the final
+hidden states at the LM head and computes log-probs chunked through the head, only on scored
+tokens (see :mod:`orpo.fused`).  Packed and shared-prompt batches (see :mod:`orpo.layouts`)
+run in their own layout and come back in the padded one.  Each faster way is checked once,
+by :func:`verify`, against the plain padded way and replaced by it, with a warning, for a
+model where the two differ.  :class:`TokenScorer` makes these choices.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
-from .fused import chunk_elements, linear_selective_log_softmax
+from .fused import linear_selective_log_softmax, rows_per_chunk
+from .layouts import (
+    Layout,
+    beyond_sliding_window,
+    layout_of,
+    packed_to_padded,
+    packed_view,
+    packing_probe,
+    padded_from_shared,
+    shared_inputs,
+    shared_prompt_probe,
+    unpack_batch,
+)
 from .loss import selective_log_softmax
 
-# Kept under the name these paths always logged as, so log filters and handlers still match.
-logger = logging.getLogger("orpo.forward")
+logger = logging.getLogger(__name__)
 
 MODEL_INPUT_KEYS = (
     "input_ids",
@@ -34,7 +49,7 @@ MODEL_INPUT_KEYS = (
 
 
 class TokenScores(NamedTuple):
-    """Per (shifted) position: log-prob of the target, mean logit, and whether it is scored."""
+    """Per (shifted) position of the padded layout: log-prob of the target, mean logit, and whether it is scored."""
 
     logps: torch.Tensor  # float32 [rows, L-1], 0 where not scored
     logit_means: torch.Tensor  # float32 [rows, L-1], detached, 0 where not scored
@@ -42,7 +57,7 @@ class TokenScores(NamedTuple):
     targets: torch.Tensor  # long [rows, L-1]
 
 
-def shifted_targets(batch: dict[str, torch.Tensor], ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def shifted_targets(batch: dict[str, Any], ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets for positions 0..L-2: completion labels, plus prompt labels when the NLL needs them."""
     targets = batch["labels"][:, 1:]
     if "nll_labels" in batch:
@@ -58,44 +73,43 @@ def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
 
-def _chunked_mean(logits: torch.Tensor) -> torch.Tensor:
-    step = max(1, chunk_elements(logits.device) // max(logits.shape[-1], 1))
-    return torch.cat([logits[i : i + step].float().mean(-1) for i in range(0, logits.shape[0], step)])
-
-
-def plain_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int) -> TokenScores:
-    targets, mask = shifted_targets(batch, ignore_index)
-    logits = model(**_model_inputs(batch), use_cache=False).logits[:, :-1]
-    selected = logits[mask]
-    logps = selective_log_softmax(selected, targets[mask])
-    with torch.no_grad():
-        means = _chunked_mean(selected.detach())
-    return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
+# ---- what the scoring reads from the model -----------------------------------------------------
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP/accelerate wrappers (``.module``)."""
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     return model
 
 
-def _head_transform(model: torch.nn.Module) -> tuple[float | None, float | None]:
-    """(softcap, scale) that the model applies to its logits, read from the config."""
-    config = getattr(unwrap(model), "config", None)
-    softcap = getattr(config, "final_logit_softcapping", None)
-    scale = getattr(config, "logit_scale", None)
-    return softcap, scale
+def _config(model: torch.nn.Module) -> Any:
+    return getattr(unwrap(model), "config", None)
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     """The model's LM head if it is a plain Linear we can replicate (not LoRA-wrapped or quantized)."""
+    get_head: Callable[[], Any] | None = getattr(unwrap(model), "get_output_embeddings", None)
+    if get_head is None:  # not a transformers model
+        return None
     try:
-        head = unwrap(model).get_output_embeddings()
+        head = get_head()
     except (AttributeError, NotImplementedError):
         return None
     if type(head) is not torch.nn.Linear:
         return None
     return head
+
+
+def _attn_implementation(model: torch.nn.Module) -> str | None:
+    return getattr(_config(model), "_attn_implementation", None)
+
+
+def _compute_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
+    """The dtype the model's matmuls run in: autocast's if on, else the parameters'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 class _HeadCapture:
@@ -129,22 +143,268 @@ class _HeadCapture:
         return capture
 
 
-def fused_scores(
-    model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear
-) -> TokenScores:
-    targets, mask = shifted_targets(batch, ignore_index)
+def run_capturing_head(model: torch.nn.Module, inputs: dict[str, Any], head: torch.nn.Linear) -> torch.Tensor:
+    """Run ``model`` on ``inputs`` and return the final hidden states its LM head ``head`` received."""
     capture = _HeadCapture.of(head)
     capture.armed = True
     try:
-        model(**_model_inputs(batch), use_cache=False)
+        model(**inputs, use_cache=False)
         hidden = capture.hidden
     finally:
         capture.armed, capture.hidden = False, None
     if hidden is None:
         raise RuntimeError(f"the LM head of {type(unwrap(model)).__name__} was not called during the forward pass")
-    hidden = hidden[:, :-1]
-    softcap, scale = _head_transform(model)
-    logps, means = linear_selective_log_softmax(
-        hidden[mask], head.weight, targets[mask], head.bias, softcap=softcap, scale=scale
-    )
+    return hidden
+
+
+def _from_hidden(
+    model: torch.nn.Module, head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and mean logits of scored rows of hidden states, through the head and the model's logit transform."""
+    config = _config(model)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+    return linear_selective_log_softmax(hidden, head.weight, targets, head.bias, softcap=softcap, scale=scale)
+
+
+def _from_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and mean logits (float32, in chunks) of scored rows of logits."""
+    logps = selective_log_softmax(logits, targets)
+    with torch.no_grad():
+        detached = logits.detach()
+        step = rows_per_chunk(logits.shape[-1], logits.device)
+        means = torch.cat([detached[i : i + step].float().mean(-1) for i in range(0, detached.shape[0], step)])
+    return logps, means
+
+
+# ---- the ways to score -------------------------------------------------------------------------
+
+
+def plain_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int) -> TokenScores:
+    """Scores of a padded batch from the model's logits."""
+    targets, mask = shifted_targets(batch, ignore_index)
+    logits = model(**_model_inputs(batch), use_cache=False).logits[:, :-1]
+    logps, means = _from_logits(logits[mask], targets[mask])
     return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
+
+
+def fused_scores(
+    model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear
+) -> TokenScores:
+    """Scores of a padded batch through the LM head ``head``, on scored positions only."""
+    targets, mask = shifted_targets(batch, ignore_index)
+    hidden = run_capturing_head(model, _model_inputs(batch), head)[:, :-1]
+    logps, means = _from_hidden(model, head, hidden[mask], targets[mask])
+    return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
+
+
+def rows_from_packed(scores: TokenScores, batch: dict[str, Any], ignore_index: int) -> TokenScores:
+    """Scores of the packed row ``[1, T-1]`` moved to the padded layout ``[2B, L-1]``."""
+    targets, mask = shifted_targets(batch, ignore_index)
+    logps, means = packed_to_padded(batch, scores.mask, (scores.logps, scores.logit_means))
+    return TokenScores(logps, means, mask, targets)
+
+
+def shared_prompt_scores(
+    model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear | None
+) -> TokenScores:
+    """Scores of a shared-prompt batch in the padded layout; fused through ``head`` if given."""
+    targets, mask = shifted_targets(batch, ignore_index)
+    source = batch["score_source"]
+    inputs = shared_inputs(batch, _attn_implementation(model), _compute_dtype(model, source.device))
+    if head is None:
+        logps, means = _from_logits(model(**inputs, use_cache=False).logits[0, source], targets[mask])
+    else:
+        logps, means = _from_hidden(model, head, run_capturing_head(model, inputs, head)[0, source], targets[mask])
+    return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
+
+
+# ---- the one check: does a faster way compute what the reference way does? --------------------
+
+
+def verify(
+    model: torch.nn.Module,
+    reference: Callable[[], torch.Tensor],
+    candidate: Callable[[], torch.Tensor],
+    tolerance: float,
+    problem: str,
+    fallback: str,
+    rtol: float = 0.0,
+) -> bool | None:
+    """Whether ``candidate()`` equals ``reference()`` on a probe, to ``tolerance * (1 + max|ref|)``
+    (plus ``rtol * |ref|`` per element), both run in eval mode without gradients.
+
+    On a difference, warns ``"<problem> (max abs diff d); <fallback>"`` and returns False: the
+    caller then takes the reference way.  None when either result is non-finite: such a probe
+    proves nothing, so the caller takes the reference way for this batch and asks again later.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected, got = reference(), candidate()
+    finally:
+        model.train(was_training)
+    dtype = torch.promote_types(torch.promote_types(expected.dtype, got.dtype), torch.float32)
+    expected, got = expected.to(dtype), got.to(dtype)
+    if not (torch.isfinite(expected).all() and torch.isfinite(got).all()):
+        return None
+    diff = (got - expected).abs()
+    ok = bool((diff <= tolerance * (1 + expected.abs().max()) + rtol * expected.abs()).all())
+    if not ok:
+        logger.warning("%s (max abs diff %.3g); %s", problem, diff.max().item(), fallback)
+    return ok
+
+
+def _layout_tolerance(model: torch.nn.Module, device: torch.device) -> float:
+    """How far a layout's logits may be from the padded ones: float32 rounding, or bf16/fp16's."""
+    return 1e-3 if _compute_dtype(model, device) in (torch.float32, torch.float64) else 5e-2
+
+
+def _fused_probe(batch: dict[str, Any]) -> dict[str, Any]:
+    """A small batch to compare the fused and plain ways on: one row's first 32 tokens, or the
+    whole batch when some input does not slice by row (image patches, non-tensor inputs)."""
+    inputs = _model_inputs(batch)
+    if "pixel_values" in batch or not all(torch.is_tensor(value) for value in inputs.values()):
+        return batch
+    rows = {key: value[:1, :32] for key, value in inputs.items()}
+    return {**rows, "labels": rows.get("decoder_input_ids", rows["input_ids"]).clone()}
+
+
+def verify_fused(
+    model: torch.nn.Module, batch: dict[str, Any], head: torch.nn.Linear, ignore_index: int
+) -> bool | None:
+    """Whether the fused LM head gives the model's own log-probs (a model may transform its logits)."""
+    probe = _fused_probe(batch)
+    return verify(
+        model,
+        lambda: plain_scores(model, probe, ignore_index).logps,
+        lambda: fused_scores(model, probe, ignore_index, head).logps,
+        1e-3,
+        f"fused LM-head log-probs differ from the model's own logits for {type(unwrap(model)).__name__}",
+        "using the plain path",
+        rtol=1e-3,
+    )
+
+
+def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: int = 24) -> bool | None:
+    """Whether the model keeps packed sequences apart (attention and positions).
+
+    Attention implementations that ignore position-id resets let the second sequence of a packed
+    probe see the first one and fail; such batches are then unpacked and run padded.
+    """
+    packed, offset, alone = packing_probe(batch, probe_tokens)
+    return verify(
+        model,
+        lambda: model(input_ids=alone, use_cache=False).logits[0],
+        lambda: model(**packed, use_cache=False).logits[0, offset:],
+        _layout_tolerance(model, alone.device),
+        f"padding_free: {type(unwrap(model)).__name__} with attn_implementation={_attn_implementation(model)!r} "
+        "does not keep packed sequences apart",
+        "running these batches padded instead (use sdpa, flex_attention or flash_attention_2)",
+    )
+
+
+def verify_shared_prompt(model: torch.nn.Module, batch: dict[str, Any]) -> bool | None:
+    """Whether the model honours the shared-prompt mask and positions: the first pair's rejected
+    tokens, run as prompt | chosen | rejected, against prompt + rejected run alone."""
+    implementation = _attn_implementation(model)
+    if implementation not in ("sdpa", "eager", "flex_attention"):
+        logger.warning(
+            "shared_prompt needs attn_implementation sdpa, eager or flex_attention, not %r; running these batches "
+            "padded instead",
+            implementation,
+        )
+        return False
+    probe = shared_prompt_probe(batch)
+    if probe is None:
+        return True  # nothing to compare; the padded fallback would not be safer
+    row, alone, rejected = probe
+    dtype = _compute_dtype(model, alone.device)
+    return verify(
+        model,
+        lambda: model(input_ids=alone, use_cache=False).logits[0, rejected],
+        lambda: model(**shared_inputs(row, implementation, dtype), use_cache=False).logits[
+            0, row["shared_kind"][0] == 2
+        ],
+        _layout_tolerance(model, alone.device),
+        f"shared_prompt: {type(unwrap(model)).__name__} with attn_implementation={implementation!r} does not honour "
+        "the shared-prompt mask",
+        "running these batches padded instead (use sdpa, eager or flex_attention)",
+    )
+
+
+class TokenScorer:
+    """Scores a batch of any layout the fastest way verified exact for this model.
+
+    ``__call__`` returns :class:`TokenScores` laid out as the padded batch: rows = 2B sequences,
+    chosen 0..B-1 then rejected.  Each choice (fused head, packed rows, shared prompt) is made
+    on the first batch that needs it and kept.
+    """
+
+    def __init__(self, fused: bool, ignore_index: int = -100, allow_fused: bool = True) -> None:
+        self.want_fused = fused and allow_fused
+        self.ignore_index = ignore_index
+        self._verified: bool | None = None
+        self._packing_ok: bool | None = None
+        self._shared_ok: bool | None = None
+
+    def __call__(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
+        if self.want_fused and self._verified is None and (head := output_head(model)) is not None:
+            _HeadCapture.of(head)  # before the model's first forward, so a compiled model traces the hook
+        layout = layout_of(batch)
+        if layout is Layout.SHARED_PROMPT:
+            return self._score_shared(model, batch)
+        if layout is Layout.PACKED:
+            return self._score_packed(model, batch)
+        return self._score(model, batch)
+
+    def _score_shared(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
+        if self._shared_ok is None:
+            self._shared_ok = verify_shared_prompt(model, batch)
+        if not self._shared_ok or beyond_sliding_window(batch, getattr(_config(model), "sliding_window", None)):
+            return self._score(model, padded_from_shared(batch))
+        view = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+        return shared_prompt_scores(model, batch, self.ignore_index, self._usable_head(model, view))
+
+    def _score_packed(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
+        if self._packing_ok is None:
+            self._packing_ok = verify_packing(model, batch)
+        if not self._packing_ok:
+            return self._score(model, unpack_batch(batch))
+        return rows_from_packed(self._score(model, packed_view(batch)), batch, self.ignore_index)
+
+    def _usable_head(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.nn.Linear | None:
+        """The LM head to fuse through, or None for the plain way (verified on the first batch)."""
+        head = output_head(model) if self.want_fused else None
+        if head is None and self.want_fused and self._verified is None:
+            self._verified = False
+            logger.warning(
+                "fused_lm_head: the LM head of %s is not a plain torch.nn.Linear (LoRA-wrapped, quantized or "
+                "missing); using the plain path",
+                type(unwrap(model)).__name__,
+            )
+        if head is not None and self._verified is None:
+            self._verified = verify_fused(model, batch, head, self.ignore_index)
+        return head if head is not None and self._verified else None
+
+    def _score(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
+        head = self._usable_head(model, batch)
+        if head is not None:
+            return fused_scores(model, batch, self.ignore_index, head)
+        return plain_scores(model, batch, self.ignore_index)
+
+    @property
+    def uses_fused(self) -> bool | None:
+        """None before the first batch, then whether the fused LM head is used."""
+        return self._verified if self.want_fused else False
+
+    @property
+    def uses_packing(self) -> bool | None:
+        """None before the first padding-free batch, then whether packed batches run packed."""
+        return self._packing_ok
+
+    @property
+    def uses_shared_prompt(self) -> bool | None:
+        """None before the first shared-prompt batch, then whether such batches run shared."""
+        return self._shared_ok

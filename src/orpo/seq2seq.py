@@ -30,6 +30,7 @@ import torch
 from .data.collate import ORPODataCollator
 from .data.prepare import DataReport, prepare_preference_dataset
 from .data.tokenize import SpecialTokens
+from .layouts import LAYOUT_KEY, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class Seq2SeqORPODataCollator:
             self.pad_token_id, self.label_pad_token_id, self.pad_to_multiple_of, "completion"
         )
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features:
             raise ValueError("cannot collate an empty batch")
         prefix = list(self.decoder_prefix)
@@ -228,7 +229,7 @@ class Seq2SeqORPODataCollator:
         for row, ids in enumerate(prompts):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
-        batch = {
+        batch: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "decoder_input_ids": decoder["input_ids"],
@@ -237,6 +238,7 @@ class Seq2SeqORPODataCollator:
         }
         if "orpo_row_index" in features[0]:  # dataset rows, for reports on bad batches (orpo.reliability)
             batch["orpo_row_index"] = torch.tensor([int(f["orpo_row_index"]) for f in features], dtype=torch.long)
+        batch[LAYOUT_KEY] = Layout.PADDED
         return batch
 
     @classmethod

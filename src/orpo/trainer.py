@@ -12,11 +12,10 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .config import ORPOConfig
-from .data import ORPODataCollator, prepare_preference_dataset
-from .data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
+from .data import prepare_preference_dataset
+from .data.collate import choose_collator
 from .eval_generation import generate_samples
-from .forward import TokenScorer, unwrap
-from .loss import SequenceLogps, orpo_loss
+from .loss import orpo_loss, pair_counts, pair_logps
 from .metrics import METRIC_NAMES as METRIC_NAMES  # re-exported: `from orpo.trainer import METRIC_NAMES`
 from .metrics import MetricWindows
 from .modeling import (
@@ -29,6 +28,7 @@ from .modeling import (
     prepare_tokenizer,
 )
 from .reliability import ReliabilityMixin
+from .scoring import TokenScorer, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
     """
 
     _tag_names: ClassVar[list[str]] = ["orpo"]
+    args: ORPOConfig  # always: __init__ turns any TrainingArguments into an ORPOConfig
 
     def __init__(
         self,
@@ -113,22 +114,9 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
             else:
                 eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
 
-        if data_collator is None and self.model_kind != "causal":
-            data_collator = self._model_kind_collator(model, processing_class, tokenizer_, args)
         if data_collator is None:
-            pad = args.padding_value if args.padding_value is not None else tokenizer_.pad_token_id
-            collator_class = (
-                ORPOSharedPromptCollator
-                if args.shared_prompt
-                else ORPOPackingCollator
-                if args.padding_free
-                else ORPODataCollator
-            )
-            data_collator = collator_class(
-                pad_token_id=pad,
-                label_pad_token_id=args.label_pad_token_id,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-                nll_scope=args.nll_scope,
+            data_collator = choose_collator(
+                self.model_kind, args, processing_class, tokenizer_, unwrap(model) if model is not None else None
             )
         if args.gradient_checkpointing and args.gradient_checkpointing_kwargs is None:
             args.gradient_checkpointing_kwargs = {"use_reentrant": False}
@@ -185,39 +173,21 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
     def _prepare_eval(self, data: Any, tokenizer: Any, args: ORPOConfig, split: str) -> Any:
         return self._prepare_data(data, tokenizer, args, split)[0]
 
-    def _model_kind_collator(self, model: Any, processing_class: Any, tokenizer: Any, args: ORPOConfig) -> Callable:
-        """The default collator of a vision-language or encoder-decoder model (padded batches)."""
-        if getattr(args, "padding_free", False):
-            logger.warning("padding_free is not supported for %s models; using padded batches", self.model_kind)
-        if self.model_kind == "vision":
-            from .vision import VisionORPODataCollator
-
-            return VisionORPODataCollator.from_args(processing_class, args)
-        from .seq2seq import Seq2SeqORPODataCollator
-
-        return Seq2SeqORPODataCollator.from_args(unwrap(model) if model is not None else None, tokenizer, args)
-
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
             self._signature_columns = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "length", "images"]
 
     # ---- loss -------------------------------------------------------------------------
-    def _counts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[NLL tokens, valid pairs] of one collated batch."""
-        ignore = self.args.label_pad_token_id
-        labels = batch["labels"][:, 1:]
-        per_row = (labels != ignore).sum(-1)
-        pairs = labels.shape[0] // 2
-        valid = (per_row[:pairs] > 0) & (per_row[pairs:] > 0)
-        nll_rows = batch["nll_labels"][:pairs, 1:] if "nll_labels" in batch else labels[:pairs]
-        tokens = ((nll_rows != ignore).sum(-1) * valid).sum()
-        return torch.stack([tokens, valid.sum()]).to(torch.float64)
+    def _counts(self, batch: dict[str, Any]) -> torch.Tensor:
+        """[NLL tokens, valid pairs] of one collated batch (float64, to sum across processes)."""
+        counts = pair_counts(batch["labels"], batch.get("nll_labels"), self.args.label_pad_token_id)
+        return torch.stack(counts).to(torch.float64)
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
         """Also count NLL tokens and pairs of the whole accumulation window, across processes."""
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if batch_samples:
-            counts = sum(self._counts(batch) for batch in batch_samples).to(device)
+            counts = torch.stack([self._counts(batch) for batch in batch_samples]).sum(0).to(device)
             if self.args.world_size > 1:
                 counts = self.accelerator.reduce(counts, reduction="sum")
             self._window = counts
@@ -232,56 +202,28 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
     ) -> Any:
         mode = "train" if model.training else "eval"
         scores = self.scorer(model, inputs)
-        pairs = scores.mask.shape[0] // 2
-        completion = inputs["labels"][:, 1:] != self.args.label_pad_token_id
-        logps = scores.logps * completion
-        per_seq = SequenceLogps(logps.sum(-1), completion.sum(-1), logps.sum(-1) / completion.sum(-1).clamp(min=1))
-        chosen = SequenceLogps(*(t[:pairs] for t in per_seq))
-        rejected = SequenceLogps(*(t[pairs:] for t in per_seq))
-        valid = chosen.valid & rejected.valid
-        if "nll_labels" in inputs:
-            nll_mask = inputs["nll_labels"][:pairs, 1:] != self.args.label_pad_token_id
-        else:
-            nll_mask = completion[:pairs]
-        nll_mask = nll_mask & valid[:, None]
-        nll_logp_sum = (scores.logps[:pairs] * nll_mask).sum()
-
+        pairs = pair_logps(scores.logps, inputs["labels"], inputs.get("nll_labels"), self.args.label_pad_token_id)
         scale = 1.0
         if mode == "train" and self._window is not None:
             nll_tokens, pair_count = self._window[0], self._window[1]
             scale = float(self.args.world_size)  # DDP averages gradients over processes
         else:
-            nll_tokens, pair_count = nll_mask.sum(), valid.sum()
-        out = orpo_loss(chosen, rejected, self.args.beta, nll_logp_sum, nll_tokens, pair_count)
-        if not bool(valid.all()):
-            logger.warning("%d pair(s) in this batch have an empty completion and are excluded", int((~valid).sum()))
-        self._record(mode, out, scores, completion, nll_mask, nll_logp_sum, pairs, (chosen.mean, rejected.mean))
+            nll_tokens, pair_count = pairs.counts
+        out = orpo_loss(pairs.chosen, pairs.rejected, self.args.beta, pairs.nll_logp_sum, nll_tokens, pair_count)
+        if not bool(pairs.valid.all()):
+            excluded = int((~pairs.valid).sum())
+            logger.warning("%d pair(s) in this batch have an empty completion and are excluded", excluded)
+        self.metric_windows.record(mode, out, pairs, scores)
         loss = out.loss * scale
         if return_outputs:
             return loss, {"chosen_rewards": out.odds.chosen_rewards, "rejected_rewards": out.odds.rejected_rewards}
         return loss
 
-    def _record(
-        self,
-        mode: str,
-        out: Any,
-        scores: Any,
-        completion: torch.Tensor,
-        nll_mask: torch.Tensor,
-        nll_logp_sum: torch.Tensor,
-        pairs: int,
-        logps: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        """Accumulate sums so logged metrics are averages over the whole logging window."""
-        self.metric_windows.record(mode, out, scores, completion, nll_mask, nll_logp_sum, pairs, logps)
-
     def _pop_metrics(self, mode: str) -> dict[str, float]:
         def reduce(values: torch.Tensor) -> torch.Tensor:
             return self.accelerator.reduce(values, reduction="sum")
 
-        return self.metric_windows.pop(
-            mode, self.args.beta, self.args.device, reduce if self.args.world_size > 1 else None
-        )
+        return self.metric_windows.pop(mode, self.args.device, reduce if self.args.world_size > 1 else None)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # evaluate() names its metrics "<metric_key_prefix>_...": "eval_", "eval_<name>_" for a dict of eval

@@ -15,7 +15,7 @@ import torch
 from orpo import ORPOConfig, ORPOTrainer
 from orpo.data.collate import ORPODataCollator
 from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
-from orpo.forward import TokenScorer
+from orpo.scoring import TokenScorer
 from orpo.testing import build_tokenizer
 
 pytestmark = [
@@ -97,7 +97,7 @@ def _batch(tok, layout: str = "padded", n: int = 4, nll_scope: str = "completion
     ]
     collator = collator_class(pad_token_id=tok.pad_token_id, nll_scope=nll_scope)
     batch = collator([dataset[i] for i in range(n)])
-    return {k: v.cuda() for k, v in batch.items()}
+    return {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}  # the layout marker stays
 
 
 def _grads(model) -> dict[str, torch.Tensor]:

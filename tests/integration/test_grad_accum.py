@@ -8,10 +8,15 @@ would give a visibly different update.
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
+import torch
 from _reliability import make_trainer, max_diff, weights
+
+from orpo.loss import orpo_loss, pair_logps
+from orpo.scoring import TokenScorer
 
 WORDS = ["sky", "grass", "hello", "world", "numbers", "answer", "color", "green"]
 
@@ -95,3 +100,52 @@ def test_same_losses_with_adamw(tokenizer, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["nll_loss"] == pytest.approx(b["nll_loss"], rel=1e-5)
     assert max_diff(weights(big.model), weights(small.model)) < 1e-4
+
+
+# ---- the loss and the window counts come from one reduction (orpo.loss.pair_logps) ------------------
+
+
+def _with_empty_completion(trainer, rows, empty_row, side):
+    features = [trainer.train_dataset[i] for i in range(rows)]
+    features[empty_row] = {**features[empty_row], f"{side}_input_ids": []}  # this pair is excluded, and counted
+    return features
+
+
+@pytest.mark.parametrize("nll_scope", ["completion", "prompt_and_completion"])
+def test_compute_loss_is_orpo_loss_of_pair_logps(tokenizer, tmp_path, caplog, nll_scope):
+    trainer = make_trainer(tokenizer, tmp_path, data=uneven_pairs(), nll_scope=nll_scope, beta=0.3, fused_lm_head=False)
+    model = trainer.model.train()
+    batch = trainer.data_collator(_with_empty_completion(trainer, 4, 1, "rejected"))
+    scores = TokenScorer(fused=False)(model, batch)
+    pairs = pair_logps(scores.logps, batch["labels"], batch.get("nll_labels"))
+    assert pairs.valid.tolist() == [True, False, True, True]
+    with caplog.at_level(logging.WARNING, logger="orpo.trainer"):
+        loss = trainer.compute_loss(model, batch)
+    assert "1 pair(s) in this batch have an empty completion and are excluded" in caplog.text
+    expected = orpo_loss(pairs.chosen, pairs.rejected, 0.3, pairs.nll_logp_sum, *pairs.counts)
+    assert torch.equal(loss, expected.loss)
+    metrics = trainer._pop_metrics("train")
+    assert metrics["nll_loss"] == pytest.approx(expected.nll_loss.item(), rel=1e-6)
+    assert metrics["logps/chosen"] == pytest.approx((pairs.chosen.mean * pairs.valid).sum().item() / 3, rel=1e-6)
+    # Inside an accumulation window the window's totals normalise both terms.
+    window = torch.tensor([50.0, 7.0], dtype=torch.float64)  # what get_batch_samples sets
+    trainer._window = window
+    windowed = orpo_loss(pairs.chosen, pairs.rejected, 0.3, pairs.nll_logp_sum, window[0], window[1])
+    assert torch.equal(trainer.compute_loss(model, batch), windowed.loss)
+
+
+@pytest.mark.parametrize("nll_scope", ["completion", "prompt_and_completion"])
+def test_window_counts_are_the_reductions_counts(tokenizer, tmp_path, nll_scope):
+    trainer = make_trainer(tokenizer, tmp_path, data=uneven_pairs(), nll_scope=nll_scope)
+    features = _with_empty_completion(trainer, 6, 3, "chosen")
+    batches = [trainer.data_collator(features[i : i + 2]) for i in (0, 2, 4)]
+    samples, _ = trainer.get_batch_samples(iter(batches), 3, torch.device("cpu"))
+    assert len(samples) == 3
+    totals = torch.zeros(2, dtype=torch.long)
+    for batch in batches:
+        with torch.no_grad():
+            scores = trainer.scorer(trainer.model, batch)
+        totals += torch.stack(pair_logps(scores.logps, batch["labels"], batch.get("nll_labels")).counts)
+    assert totals[1].item() == 5  # 6 pairs, one with an empty completion
+    assert trainer._window.dtype == torch.float64
+    assert trainer._window.tolist() == [float(totals[0]), float(totals[1])]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from orpo import METRIC_NAMES, ORPOConfig, ORPOTrainer
+from orpo.layouts import LAYOUT_KEY, Layout
 from orpo.loss import selective_log_softmax
 from orpo.seq2seq import EncoderSpecials, Seq2SeqORPODataCollator, decoder_prefix, prepare_seq2seq_dataset
 from orpo.testing import build_seq2seq_tokenizer, tiny_seq2seq_lm
@@ -77,7 +78,15 @@ def test_encoder_input_labels_and_decoder_prefix(tmp_path, tokenizers, arch):
     collator = Seq2SeqORPODataCollator.from_args(model, tokenizer, config(tmp_path))
     features = [dataset[0], dataset[1]]
     batch = collator(features)
-    assert set(batch) == {"input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels"}
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "decoder_input_ids",
+        "decoder_attention_mask",
+        "labels",
+        LAYOUT_KEY,
+    }
+    assert batch[LAYOUT_KEY] is Layout.PADDED
     assert batch["input_ids"].shape[0] == batch["decoder_input_ids"].shape[0] == 4
     assert torch.equal(batch["input_ids"][:2], batch["input_ids"][2:])  # chosen and rejected share the encoder input
     width = batch["labels"].shape[1]

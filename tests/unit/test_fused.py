@@ -11,8 +11,8 @@ import torch
 
 from conftest import learnable_pairs
 from orpo.data import LengthLimits, ORPODataCollator, PairTokenizer
-from orpo.forward import TokenScorer, fused_scores, output_head, plain_scores
 from orpo.fused import linear_selective_log_softmax
+from orpo.scoring import TokenScorer, fused_scores, output_head, plain_scores
 from orpo.testing import tiny_causal_lm
 
 
@@ -178,7 +178,7 @@ def test_scorer_falls_back_for_a_lora_wrapped_head(tokenizer, batches, caplog):
         tiny_causal_lm(tokenizer, hidden_size=32), LoraConfig(r=4, target_modules=["q_proj", "lm_head"])
     )
     scorer = TokenScorer(fused=True)
-    with caplog.at_level(logging.WARNING, logger="orpo.forward"):
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
         scores = scorer(model, batches["completion"])
     assert scorer.uses_fused is False
     assert "not a plain torch.nn.Linear" in caplog.text
@@ -197,7 +197,7 @@ def test_scorer_falls_back_when_verification_fails(tokenizer, batches, caplog):
 
     model.forward = doubled
     scorer = TokenScorer(fused=True)
-    with caplog.at_level(logging.WARNING, logger="orpo.forward"):
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
         scores = scorer(model, batches["completion"])
     assert scorer.uses_fused is False
     assert "using the plain path" in caplog.text

@@ -14,6 +14,8 @@ from orpo.loss import (
     log1mexp,
     odds_ratio_loss,
     orpo_loss,
+    pair_counts,
+    pair_logps,
     selective_log_softmax,
     sequence_logps,
     token_logps,
@@ -200,3 +202,114 @@ def test_token_logps_zero_where_unscored():
     logps, mask = token_logps(logits, labels)
     assert mask.tolist() == [[False, True, False]]
     assert logps[0, 0].item() == 0.0 and logps[0, 2].item() == 0.0 and logps[0, 1].item() < 0
+
+
+# ---- pair_logps: the reduction compute_loss and the accumulation-window counts both use ---------------------
+
+
+def _hand_batch():
+    """3 pairs, L=6: pair 1's rejected completion is empty; nll_labels score prompt and completion."""
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 6, 7, generator=gen, dtype=torch.float64)
+    ids = torch.randint(0, 7, (6, 6), generator=gen)
+    lengths = [6, 5, 6, 4, 3, 6]  # real tokens per row (chosen 0..2, rejected 0..2)
+    prompts = [2, 3, 1, 2, 3, 4]  # rejected of pair 1 (row 4): prompt 3 of 3 tokens, nothing left
+    labels = torch.full((6, 6), -100)
+    nll_labels = torch.full((6, 6), -100)
+    for row, (length, prompt) in enumerate(zip(lengths, prompts, strict=True)):
+        labels[row, prompt:length] = ids[row, prompt:length]
+        nll_labels[row, 1:length] = ids[row, 1:length]
+    return logits, labels, nll_labels
+
+
+def _scored(logits, labels, nll_labels):
+    """Token log-probs as orpo.scoring lays them out: completion labels, plus the NLL's prompt labels."""
+    targets = torch.where(labels != -100, labels, nll_labels) if nll_labels is not None else labels
+    return token_logps(logits, targets)[0]
+
+
+def test_pair_logps_equals_a_float64_hand_computation():
+    logits, labels, nll_labels = _hand_batch()
+    pairs = pair_logps(_scored(logits, labels, nll_labels), labels, nll_labels)
+    logp = torch.log_softmax(logits, -1)
+
+    def token(row, t):  # log-prob of the token at t, predicted from position t - 1
+        return logp[row, t - 1, (labels[row, t] if labels[row, t] != -100 else nll_labels[row, t])].item()
+
+    sums, counts = [], []
+    for row in range(6):
+        scored = [t for t in range(1, 6) if labels[row, t] != -100]
+        sums.append(sum(token(row, t) for t in scored))
+        counts.append(len(scored))
+    assert counts == [4, 2, 5, 2, 0, 2]
+    assert pairs.chosen.count.tolist() == counts[:3] and pairs.rejected.count.tolist() == counts[3:]
+    for got, want in ((pairs.chosen, sums[:3]), (pairs.rejected, sums[3:])):
+        torch.testing.assert_close(got.sum, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    means = [s / c if c else 0.0 for s, c in zip(sums, counts, strict=True)]
+    torch.testing.assert_close(pairs.chosen.mean, torch.tensor(means[:3], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(pairs.rejected.mean, torch.tensor(means[3:], dtype=torch.float64), rtol=1e-12, atol=0)
+    assert pairs.valid.tolist() == [True, False, True]
+    # The NLL: every labelled token of the chosen rows of valid pairs, prompt included.
+    nll_tokens = [(row, t) for row in (0, 2) for t in range(1, 6) if nll_labels[row, t] != -100]
+    assert len(nll_tokens) == 5 + 5
+    expected_mask = torch.zeros(3, 5, dtype=torch.bool)
+    for row, t in nll_tokens:
+        expected_mask[row, t - 1] = True
+    assert torch.equal(pairs.nll_mask, expected_mask)
+    assert pairs.nll_logp_sum.item() == pytest.approx(sum(token(r, t) for r, t in nll_tokens), rel=1e-12)
+    assert [c.item() for c in pairs.counts] == [10, 2]
+    assert [c.item() for c in pair_counts(labels, nll_labels)] == [10, 2]
+    assert torch.equal(pairs.completion_mask, labels[:, 1:] != -100)
+    # The loss: token-weighted NLL, odds-ratio term averaged over the 2 valid pairs.
+    out = orpo_loss(pairs.chosen, pairs.rejected, 0.2, pairs.nll_logp_sum, *pairs.counts)
+    nll = -sum(token(r, t) for r, t in nll_tokens) / 10
+    chosen, rejected = (torch.tensor(m, dtype=torch.float64) for m in ([means[0], means[2]], [means[3], means[5]]))
+    odds = reference_or_loss(chosen, rejected, 0.2)
+    assert out.nll_loss.item() == pytest.approx(nll, rel=1e-12)
+    assert out.or_loss.item() == pytest.approx(odds.mean().item(), rel=1e-12)
+    assert out.odds.losses[1].item() == 0.0
+
+
+def test_pair_logps_nll_defaults_to_the_chosen_completions():
+    logits, labels, _ = _hand_batch()
+    pairs = pair_logps(_scored(logits, labels, None), labels)
+    assert torch.equal(pairs.nll_mask, (labels[:3, 1:] != -100) & torch.tensor([True, False, True])[:, None])
+    assert pairs.nll_logp_sum.item() == pytest.approx((pairs.chosen.sum * pairs.valid).sum().item(), rel=1e-12)
+    # the same NLL as orpo_loss's own default
+    default = orpo_loss(pairs.chosen, pairs.rejected, 0.1)
+    explicit = orpo_loss(pairs.chosen, pairs.rejected, 0.1, pairs.nll_logp_sum, *pairs.counts)
+    assert explicit.loss.item() == pytest.approx(default.loss.item(), rel=1e-12)
+
+
+def test_pair_logps_agrees_with_sequence_logps():
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(4, 7, 9, generator=gen)
+    labels = torch.randint(0, 9, (4, 7), generator=gen)
+    labels[:, :3] = -100
+    labels[3, 5:] = -100
+    per_seq = sequence_logps(logits, labels)
+    pairs = pair_logps(token_logps(logits, labels)[0], labels)
+    for got, rows in ((pairs.chosen, slice(0, 2)), (pairs.rejected, slice(2, 4))):
+        for ours, theirs in zip(got, per_seq, strict=True):
+            assert torch.equal(ours, theirs[rows])
+
+
+def test_pair_counts_equal_the_reduction_counts_on_random_batches():
+    gen = torch.Generator().manual_seed(7)
+    for trial in range(20):
+        labels = torch.randint(0, 5, (6, 8), generator=gen)
+        labels[torch.rand(6, 8, generator=gen) < 0.6] = -100
+        nll_labels = None
+        if trial % 2:
+            nll_labels = torch.randint(0, 5, (6, 8), generator=gen)
+            nll_labels[torch.rand(6, 8, generator=gen) < 0.3] = -100
+        scores = torch.randn(6, 7, generator=gen) * (labels[:, 1:] != -100)
+        counts = pair_logps(scores, labels, nll_labels).counts
+        assert [c.item() for c in pair_counts(labels, nll_labels)] == [c.item() for c in counts]
+
+
+def test_pair_logps_names_a_malformed_batch():
+    with pytest.raises(ValueError, match=r"labels of shape \(3, 4\): a batch holds 2B rows"):
+        pair_counts(torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"token log-probs of shape \(4, 4\) do not match labels of shape \(4, 4\)"):
+        pair_logps(torch.zeros(4, 4), torch.zeros(4, 4, dtype=torch.long))

@@ -10,15 +10,8 @@ import torch
 
 from orpo.data.collate import ORPODataCollator
 from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
-from orpo.forward import (
-    TokenScorer,
-    is_packed,
-    packed_view,
-    plain_scores,
-    rows_from_packed,
-    unpack_batch,
-    verify_packing,
-)
+from orpo.layouts import LAYOUT_KEY, Layout, beyond_sliding_window, layout_of, packed_view, unpack_batch
+from orpo.scoring import TokenScorer, plain_scores, rows_from_packed, verify_packing
 from orpo.testing import tiny_causal_lm
 
 
@@ -48,7 +41,7 @@ def _collate(tokenizer, features, nll_scope="completion", multiple=None):
 def test_packed_row_layout(tokenizer, nll_scope):
     features = _features(tokenizer)
     padded, packed = _collate(tokenizer, features, nll_scope)
-    assert is_packed(packed) and not is_packed(padded)
+    assert layout_of(packed) is Layout.PACKED and layout_of(padded) is Layout.PADDED
     assert "attention_mask" not in packed
     ids, pos, idx, lab = (packed[k][0] for k in ("input_ids", "position_ids", "sequence_index", "packed_labels"))
     lengths = padded["attention_mask"].sum(-1).tolist()
@@ -89,8 +82,10 @@ def test_unpack_restores_the_padded_batch(tokenizer, nll_scope):
     padded, packed = _collate(tokenizer, _features(tokenizer, seed=2), nll_scope, multiple=8)
     unpacked = unpack_batch(packed, pad_token_id=tokenizer.pad_token_id)
     assert set(unpacked) == set(padded)
+    assert unpacked[LAYOUT_KEY] is padded[LAYOUT_KEY] is Layout.PADDED
     for key, value in padded.items():
-        assert torch.equal(unpacked[key], value), key
+        if key != LAYOUT_KEY:
+            assert torch.equal(unpacked[key], value), key
 
 
 def _scores_and_grads(model, batch, fused, weights):
@@ -163,7 +158,7 @@ def test_unsupported_model_falls_back_to_padded_with_a_warning(tokenizer, caplog
     padded, packed = _collate(tokenizer, _features(tokenizer, seed=6))
     weights = torch.ones(padded["labels"][:, 1:].shape)
     _, ref, ref_grads = _scores_and_grads(model, padded, False, weights)
-    with caplog.at_level(logging.WARNING, logger="orpo.forward"):
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
         scorer, got, grads = _scores_and_grads(model, packed, False, weights)
     assert scorer.uses_packing is False
     assert any("padding_free" in record.getMessage() for record in caplog.records)
@@ -203,6 +198,7 @@ def test_shared_prompt_row_layout(tokenizer):
     features = _features(tokenizer, seed=8)
     padded = ORPODataCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8)(features)
     shared = _shared(tokenizer, features, multiple=8)
+    assert layout_of(shared) is Layout.SHARED_PROMPT
     ids, pos, pair, kind = (shared[k][0] for k in ("input_ids", "position_ids", "shared_pair", "shared_kind"))
     real = sum(len(f["prompt_input_ids"]) + len(f["chosen_input_ids"]) + len(f["rejected_input_ids"]) for f in features)
     assert ids.shape[0] % 8 == 0 and (pair[real:] == -1).all() and (pair[:real] >= 0).all()
@@ -254,7 +250,7 @@ def test_shared_prompt_falls_back_to_padded_for_a_model_that_ignores_it(tokenize
     padded = ORPODataCollator(pad_token_id=tokenizer.pad_token_id)(features)
     weights = torch.ones(padded["labels"][:, 1:].shape)
     _, ref, _ = _scores_and_grads(model, padded, False, weights)
-    with caplog.at_level(logging.WARNING, logger="orpo.forward"):
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
         scorer, got, _ = _scores_and_grads(model, _shared(tokenizer, features), False, weights)
     assert scorer.uses_shared_prompt is False
     assert any("shared_prompt" in record.getMessage() for record in caplog.records)
@@ -295,7 +291,4 @@ def test_shared_prompt_runs_padded_beyond_a_sliding_window(tokenizer):
         got = scorer(model, _shared(tokenizer, features))
         assert scorer.uses_shared_prompt is True
         torch.testing.assert_close(got.logps, ref.logps, rtol=1e-5, atol=1e-5)
-        if not shared_used:
-            import orpo.forward as forward
-
-            assert forward._beyond_sliding_window(model, _shared(tokenizer, features))
+        assert beyond_sliding_window(_shared(tokenizer, features), model.config.sliding_window) is not shared_used

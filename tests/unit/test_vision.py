@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from orpo import ORPOConfig
+from orpo.layouts import LAYOUT_KEY, Layout
 from orpo.testing import build_vlm_processor, make_image, tiny_causal_lm, tiny_vlm
 from orpo.vision import (
     VisionORPODataCollator,
@@ -141,6 +142,7 @@ def test_labels_score_the_completion_only(tmp_path, processor):
     features = [dataset[0], dataset[1]]
     batch = collator(features)
     assert batch["input_ids"].shape[0] == 4 and "pixel_values" in batch
+    assert batch[LAYOUT_KEY] is Layout.PADDED
     for row in range(4):
         feature = features[row % 2]
         completion = feature["chosen_input_ids"] if row < 2 else feature["rejected_input_ids"]

@@ -16,8 +16,9 @@ Besides the packed model inputs the batch carries, for the loss and the logged m
 * ``sequence_index``, ``[1, T]``: for each token, the row the sequence would have in the padded
   batch (chosen of pair i: row i, rejected of pair i: row B + i; ``-1`` on trailing padding);
 * ``labels`` (and ``nll_labels``), ``[2B, L]``: exactly the padded collator's labels.  They
-  hold no activations, only ids; per-sequence sums are read back into that layout (see
-  :func:`orpo.forward.rows_from_packed`), so the loss code is the same for both layouts.
+  hold no activations, only ids; token scores are read back into that layout (see
+  :func:`orpo.layouts.packed_to_padded`), so the loss code is the same for every layout;
+* ``orpo_layout``: :attr:`orpo.layouts.Layout.PACKED` (or ``SHARED_PROMPT``), what scoring dispatches on.
 """
 
 from __future__ import annotations
@@ -27,12 +28,8 @@ from typing import Any
 
 import torch
 
+from ..layouts import LAYOUT_KEY, Layout
 from .collate import ORPODataCollator
-
-#: Keys that mark a batch as packed (see :func:`orpo.forward.is_packed`).
-PACKED_KEYS = ("sequence_index", "packed_labels")
-#: Keys that mark a batch as a shared-prompt batch (see :func:`orpo.forward.is_shared_prompt`).
-SHARED_PROMPT_KEYS = ("shared_pair", "shared_kind", "score_source")
 
 
 @dataclass
@@ -44,7 +41,7 @@ class ORPOPackingCollator(ORPODataCollator):
     real attends to it.
     """
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         padded = super().__call__(features)  # the padded layout's labels (and nll_labels)
         ignore = self.label_pad_token_id
         ids: list[torch.Tensor] = []
@@ -73,7 +70,7 @@ class ORPOPackingCollator(ORPODataCollator):
             if nll_labels:
                 nll_labels.append(torch.full((extra,), ignore, dtype=torch.long))
             index.append(torch.full((extra,), -1, dtype=torch.long))
-        batch = {
+        batch: dict[str, Any] = {
             "input_ids": torch.cat(ids)[None],
             "position_ids": torch.cat(positions)[None],
             "packed_labels": torch.cat(labels)[None],
@@ -85,6 +82,7 @@ class ORPOPackingCollator(ORPODataCollator):
             batch["nll_labels"] = padded["nll_labels"]
         if "orpo_row_index" in padded:
             batch["orpo_row_index"] = padded["orpo_row_index"]
+        batch[LAYOUT_KEY] = Layout.PACKED
         return batch
 
 
@@ -93,7 +91,7 @@ class ORPOSharedPromptCollator(ORPODataCollator):
     """Packs each pair as ``prompt | chosen | rejected`` in one row: the prompt runs once.
 
     Positions: the prompt 0..P-1, chosen and rejected both P..; the attention mask (built in
-    :func:`orpo.forward.shared_prompt_mask`) lets a token see the earlier tokens of its own pair
+    :func:`orpo.layouts.shared_prompt_mask`) lets a token see the earlier tokens of its own pair
     that are in the prompt or in its own completion, so rejected never sees chosen.  Every
     completion token is then computed exactly as in its own padded row.
 
@@ -106,7 +104,7 @@ class ORPOSharedPromptCollator(ORPODataCollator):
     take the mask.
     """
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         padded = super().__call__(features)
         pairs = len(features)
         ids: list[int] = []
@@ -148,7 +146,7 @@ class ORPOSharedPromptCollator(ORPODataCollator):
         source = torch.where(
             in_prompt, prompt_start[pair] + cols, completion_start[completion, pair] + cols - prompt_len[pair]
         )
-        batch = {
+        batch: dict[str, Any] = {
             "input_ids": torch.tensor(ids, dtype=torch.long)[None],
             "position_ids": torch.tensor(positions, dtype=torch.long)[None],
             "shared_pair": torch.tensor(pair_of, dtype=torch.long)[None],
@@ -161,4 +159,5 @@ class ORPOSharedPromptCollator(ORPODataCollator):
         for key in ("nll_labels", "orpo_row_index"):
             if key in padded:
                 batch[key] = padded[key]
+        batch[LAYOUT_KEY] = Layout.SHARED_PROMPT
         return batch

@@ -35,8 +35,8 @@ class VisionORPODataCollator:
         )
         self._placeholders = torch.tensor(placeholder_token_ids(self.processor), dtype=torch.long)
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self._text(features)
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self._text(features)  # marked Layout.PADDED: images do not change the row layout
         placeholder = torch.isin(batch["input_ids"], self._placeholders)
         for key in ("labels", "nll_labels"):
             if key in batch:
