@@ -3,9 +3,12 @@
 Full-vocabulary logits are never held: each chunk of rows is projected, reduced to its
 logsumexp and target logit, and dropped; backward recomputes the chunk.  Gradients are exact
 (same math as ``log_softmax(h @ W.T + b)``), in float32 accumulation (float64 for float64 inputs).
+:class:`HeadCapture` takes those hidden states from a model's forward pass.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -124,3 +127,34 @@ def linear_selective_log_softmax(
     if chunk_rows is None:
         chunk_rows = rows_per_chunk(weight.shape[0], hidden.device)
     return _LinearSelectiveLogSoftmax.apply(hidden, weight, bias, index.long(), softcap, scale, chunk_rows)
+
+
+class HeadCapture:
+    """A forward pre-hook installed once on an LM head: while armed, it keeps the head's input
+    (the final hidden states) and lets the head run on one position only.
+
+    One persistent hook, installed before the model's first forward: torch.compile
+    (``torch_compile``) does not guard on a module's hooks, so a hook added or removed per call
+    would be missed by an already compiled model.  It does guard on ``armed``, so a compiled
+    model keeps one graph for scoring and one for ordinary calls, with no graph break.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.hidden: torch.Tensor | None = None
+
+    def __call__(self, _module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not self.armed:
+            return None
+        self.hidden = args[0]
+        # The head still runs, on one position only; its output is unused.
+        return (args[0][..., :1, :], *args[1:])
+
+    @classmethod
+    def of(cls, head: torch.nn.Module) -> HeadCapture:
+        capture = head.__dict__.get("_orpo_head_capture")
+        if capture is None:
+            capture = cls()
+            head.register_forward_pre_hook(capture)
+            head.__dict__["_orpo_head_capture"] = capture
+        return capture

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .fused import linear_selective_log_softmax, rows_per_chunk
+from .fused import HeadCapture, linear_selective_log_softmax, rows_per_chunk
 from .layouts import (
     Layout,
     beyond_sliding_window,
@@ -112,40 +112,9 @@ def _compute_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
-class _HeadCapture:
-    """A forward pre-hook installed once on an LM head: while armed, it keeps the head's input
-    (the final hidden states) and lets the head run on one position only.
-
-    One persistent hook, installed before the model's first forward: torch.compile
-    (``torch_compile``) does not guard on a module's hooks, so a hook added or removed per call
-    would be missed by an already compiled model.  It does guard on ``armed``, so a compiled
-    model keeps one graph for scoring and one for ordinary calls, with no graph break.
-    """
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.hidden: torch.Tensor | None = None
-
-    def __call__(self, _module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if not self.armed:
-            return None
-        self.hidden = args[0]
-        # The head still runs, on one position only; its output is unused.
-        return (args[0][..., :1, :], *args[1:])
-
-    @classmethod
-    def of(cls, head: torch.nn.Module) -> _HeadCapture:
-        capture = head.__dict__.get("_orpo_head_capture")
-        if capture is None:
-            capture = cls()
-            head.register_forward_pre_hook(capture)
-            head.__dict__["_orpo_head_capture"] = capture
-        return capture
-
-
 def run_capturing_head(model: torch.nn.Module, inputs: dict[str, Any], head: torch.nn.Linear) -> torch.Tensor:
     """Run ``model`` on ``inputs`` and return the final hidden states its LM head ``head`` received."""
-    capture = _HeadCapture.of(head)
+    capture = HeadCapture.of(head)
     capture.armed = True
     try:
         model(**inputs, use_cache=False)
@@ -351,7 +320,7 @@ class TokenScorer:
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
         if self.want_fused and self._verified is None and (head := output_head(model)) is not None:
-            _HeadCapture.of(head)  # before the model's first forward, so a compiled model traces the hook
+            HeadCapture.of(head)  # before the model's first forward, so a compiled model traces the hook
         layout = layout_of(batch)
         if layout is Layout.SHARED_PROMPT:
             return self._score_shared(model, batch)

@@ -292,3 +292,89 @@ def test_shared_prompt_runs_padded_beyond_a_sliding_window(tokenizer):
         assert scorer.uses_shared_prompt is True
         torch.testing.assert_close(got.logps, ref.logps, rtol=1e-5, atol=1e-5)
         assert beyond_sliding_window(_shared(tokenizer, features), model.config.sliding_window) is not shared_used
+
+
+# ---- the one verifier behind the fused head, packing and the shared prompt ------------------------------
+
+
+def test_verify_compares_warns_and_restores_the_mode(tokenizer, caplog):
+    from orpo.scoring import verify
+
+    model = tiny_causal_lm(tokenizer).train()
+    reference = torch.tensor([1.0, -2.0, 3.0])
+    seen = []
+
+    def run(values):
+        def call():
+            seen.append((model.training, torch.is_grad_enabled()))
+            return values
+
+        return call
+
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
+        assert verify(model, run(reference), run(reference + 3e-3), 1e-3, "problem", "fallback") is True
+        assert not caplog.records  # 3e-3 <= 1e-3 * (1 + 3)
+        assert verify(model, run(reference), run(reference + 5e-3), 1e-3, "what differs", "what runs instead") is False
+        assert [r.getMessage() for r in caplog.records] == ["what differs (max abs diff 0.005); what runs instead"]
+        caplog.clear()
+        # rtol adds rtol * |reference| per element: 5e-3 <= 1e-3 * 4 + 1e-3 * |3|
+        assert verify(model, run(reference), run(reference + torch.tensor([0, 0, 5e-3])), 1e-3, "p", "f", 1e-3)
+        nan = torch.tensor([float("nan"), 0.0, 0.0])
+        assert verify(model, run(reference), run(nan), 1e-3, "p", "f") is None  # proves nothing: asked again later
+        assert verify(model, run(reference * float("inf")), run(reference), 1e-3, "p", "f") is None
+        assert not caplog.records
+    assert set(seen) == {(False, False)}  # eval mode, no gradients
+    assert model.training
+
+
+def test_every_path_check_goes_through_the_one_verifier(tokenizer, monkeypatch):
+    import orpo.scoring as scoring
+
+    model = tiny_causal_lm(tokenizer)
+    features = _features(tokenizer, seed=12)
+    padded, packed = _collate(tokenizer, features)
+    checked: list[str] = []
+
+    def disagree(model, reference, candidate, tolerance, problem, fallback, rtol=0.0):
+        checked.append(problem.split(":")[0].split(" ")[0])
+        return False
+
+    monkeypatch.setattr(scoring, "verify", disagree)
+    expected = plain_scores(model, padded, -100).logps
+    for batch, layout in ((packed, "padding_free"), (_shared(tokenizer, features), "shared_prompt")):
+        checked.clear()
+        scorer = TokenScorer(fused=True)
+        got = scorer(model, batch)
+        assert checked == [layout, "fused"]  # the layout's check, then the fused head's on the padded batch
+        assert scorer.uses_fused is False
+        assert (scorer.uses_packing, scorer.uses_shared_prompt) == (
+            (False, None) if layout == "padding_free" else (None, False)
+        )
+        torch.testing.assert_close(got.logps, expected, rtol=1e-6, atol=1e-6)
+
+
+class _NonFiniteFirst(torch.nn.Module):
+    """Returns NaN logits on its first ``calls`` forwards (e.g. a bad first batch), then the real ones."""
+
+    def __init__(self, inner: torch.nn.Module, calls: int) -> None:
+        super().__init__()
+        self.inner, self.config, self.calls = inner, inner.config, calls
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        if self.calls > 0:
+            self.calls -= 1
+            out.logits = out.logits * float("nan")
+        return out
+
+
+def test_a_non_finite_probe_runs_padded_and_is_asked_again(tokenizer):
+    model = _NonFiniteFirst(tiny_causal_lm(tokenizer), calls=2)  # both runs of the packing probe
+    padded, packed = _collate(tokenizer, _features(tokenizer, seed=13))
+    scorer = TokenScorer(fused=False)
+    first = scorer(model, packed)
+    assert scorer.uses_packing is None  # undecided: this batch ran padded
+    torch.testing.assert_close(first.logps, plain_scores(model, padded, -100).logps, rtol=1e-6, atol=1e-6)
+    second = scorer(model, packed)
+    assert scorer.uses_packing is True
+    torch.testing.assert_close(second.logps, first.logps, rtol=1e-5, atol=1e-5)
