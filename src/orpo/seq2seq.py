@@ -34,10 +34,6 @@ from .data.tokenize import SpecialTokens
 logger = logging.getLogger(__name__)
 
 
-def is_encoder_decoder_model(model: Any) -> bool:
-    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-
-
 # ---- encoder inputs ----------------------------------------------------------------------------
 
 

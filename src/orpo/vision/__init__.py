@@ -15,8 +15,8 @@ images of each batch again and runs the processor's image processor on them.
 
 from .collate import VisionORPODataCollator
 from .images import IMAGE_COLUMN, IMAGE_COLUMN_ALIASES, SOURCE_COLUMN, load_image, load_images
-from .model import VISION_TOWER_NAMES, find_vision_tower, freeze_vision_tower, is_vision_language_model
-from .placeholders import is_vision_processor, placeholder_token_ids, with_image_parts
+from .model import VISION_TOWER_NAMES, find_vision_tower, freeze_vision_tower
+from .placeholders import placeholder_token_ids, with_image_parts
 from .prepare import prepare_vision_dataset
 from .tokenize import IMAGE_TRUNCATED, VisionTokenizeReport
 
@@ -30,8 +30,6 @@ __all__ = [
     "VisionTokenizeReport",
     "find_vision_tower",
     "freeze_vision_tower",
-    "is_vision_language_model",
-    "is_vision_processor",
     "load_image",
     "load_images",
     "placeholder_token_ids",

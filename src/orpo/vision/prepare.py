@@ -7,8 +7,8 @@ from typing import Any
 
 from ..data.prepare import DataReport, to_dataset
 from ..data.tokenize import NO_ROOM_FOR_COMPLETION, TOKENIZED_COLUMNS, LengthLimits, apply_length_policy
+from ..modeling import is_vision_processor
 from .images import IMAGE_COLUMN, IMAGE_COLUMN_ALIASES
-from .placeholders import is_vision_processor
 from .tokenize import IMAGE_TRUNCATED, VisionTokenizeReport, _VisionRowTokenizer
 
 logger = logging.getLogger(__package__)  # "orpo.vision", as before the split
