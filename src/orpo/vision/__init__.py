@@ -14,20 +14,18 @@ images of each batch again and runs the processor's image processor on them.
 """
 
 from .collate import VisionORPODataCollator
-from .images import IMAGE_COLUMN, IMAGE_COLUMN_ALIASES, SOURCE_COLUMN, load_image, load_images
+from .images import IMAGE_COLUMN, IMAGE_COLUMN_ALIASES, load_image, load_images
 from .model import VISION_TOWER_NAMES, find_vision_tower, freeze_vision_tower
 from .placeholders import placeholder_token_ids, with_image_parts
 from .prepare import prepare_vision_dataset
-from .tokenize import IMAGE_TRUNCATED, VisionTokenizeReport
+from .tokenize import VisionRowTokenizer
 
 __all__ = [
     "IMAGE_COLUMN",
     "IMAGE_COLUMN_ALIASES",
-    "IMAGE_TRUNCATED",
-    "SOURCE_COLUMN",
     "VISION_TOWER_NAMES",
     "VisionORPODataCollator",
-    "VisionTokenizeReport",
+    "VisionRowTokenizer",
     "find_vision_tower",
     "freeze_vision_tower",
     "load_image",
