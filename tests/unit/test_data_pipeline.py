@@ -121,6 +121,37 @@ def test_too_long_error_names_file_line_limit_and_option(kind, processors, tmp_p
     )
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_second_run_is_served_from_the_cache(kind, processors, tmp_path, monkeypatch):
+    """Every row tokenizer and normaliser pickles to the same fingerprint: nothing is recomputed."""
+    from orpo.data.normalise import Normaliser
+    from orpo.data.tokenize import PairTokenizer
+    from orpo.seq2seq import Seq2SeqRowTokenizer
+    from orpo.vision.tokenize import VisionNormaliser, VisionRowTokenizer
+
+    classes = {
+        "text": (Normaliser, PairTokenizer),
+        "vision": (VisionNormaliser, VisionRowTokenizer),
+        "seq2seq": (Normaliser, Seq2SeqRowTokenizer),
+    }
+    calls = {"n": 0}
+    for cls in classes[kind]:
+        original = cls.__call__
+
+        def counted(self, batch, original=original):
+            calls["n"] += 1
+            return original(self, batch)
+
+        monkeypatch.setattr(cls, "__call__", counted)  # on the class: the instances' fingerprints stay the same
+    path = write_rows(tmp_path)
+    first, _ = prepare(kind, processors, path, tmp_path)
+    assert calls["n"] >= 2
+    calls["n"] = 0
+    again, report = prepare(kind, processors, path, tmp_path)
+    assert calls["n"] == 0 and report.rows_out == len(first)
+    assert again["chosen_input_ids"] == first["chosen_input_ids"]
+
+
 # ---- image errors -------------------------------------------------------------------------------
 
 
@@ -157,3 +188,41 @@ def test_a_null_image_in_a_list_names_its_position(processors, tmp_path):
     with pytest.raises(DataError) as info:
         prepare_vision_dataset(rows, processors["vision"], args)
     assert str(info.value) == "train row 0, column 'images': image 1 is null"
+
+
+# ---- the length policy itself --------------------------------------------------------------------
+
+
+def test_length_policy_counts_every_cut_and_always_drops_unusable_rows():
+    from orpo.data.errors import SOURCE_COLUMN
+    from orpo.data.policy import apply_length_policy
+    from orpo.data.tokenize import (
+        CHOSEN_TRUNCATED,
+        IMAGE_TRUNCATED,
+        NO_ROOM_FOR_COMPLETION,
+        PROMPT_TRUNCATED,
+        REJECTED_TRUNCATED,
+    )
+
+    flags = [
+        0,
+        PROMPT_TRUNCATED,
+        CHOSEN_TRUNCATED | REJECTED_TRUNCATED,
+        NO_ROOM_FOR_COMPLETION,
+        PROMPT_TRUNCATED | IMAGE_TRUNCATED | NO_ROOM_FOR_COMPLETION,
+    ]
+    rows = datasets.Dataset.from_dict({SOURCE_COLUMN: [f"data.jsonl, line {i + 1} (row {i})" for i in range(5)]})
+    for policy, kept, too_long in (("truncate", [0, 1, 2], 0), ("drop", [0], 2)):
+        keep, report = apply_length_policy(flags, policy, str, rows, "train")
+        assert keep == kept and report.rows_out == len(kept) and report.rows_in == 5
+        assert (report.prompt_truncated, report.chosen_truncated, report.rejected_truncated) == (2, 1, 1)
+        # an image cut is counted as such even when the prompt also leaves no room
+        assert (report.dropped_image_truncated, report.dropped_no_room_for_completion) == (1, 1)
+        assert report.dropped_too_long == too_long and report.dropped_rows == [i for i in range(5) if i not in kept]
+    with pytest.raises(DataError) as info:
+        apply_length_policy(flags, "error", lambda bits: f"flags {bits}", rows, "train")
+    assert str(info.value) == (
+        "data.jsonl, line 2 (row 1): flags 1 (4 such row(s) in the train data); raise the limits, or set "
+        "on_too_long='truncate' or 'drop'"
+    )
+    assert apply_length_policy([0, 0], "error", str, rows, "train")[0] == [0, 1]

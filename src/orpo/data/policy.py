@@ -23,12 +23,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RowPolicies:
-    """What to do with each kind of questionable row ("error", "drop" or "keep"; on_too_long: "truncate")."""
+    """What to do with each kind of questionable row: ORPOConfig's options of the same names (no
+    defaults here, so they are defined once, there)."""
 
-    on_identical_pair: str = "drop"
-    on_empty_completion: str = "drop"
-    on_duplicate: str = "keep"
-    on_too_long: str = "truncate"
+    on_identical_pair: str
+    on_empty_completion: str
+    on_duplicate: str
+    on_too_long: str
 
     @classmethod
     def from_args(cls, args: Any) -> RowPolicies:
