@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .config import ORPOConfig
-from .data import DataReport, ORPODataCollator, prepare_preference_dataset
+from .data import ORPODataCollator, prepare_preference_dataset
 from .data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
 from .eval_generation import generate_samples
 from .forward import TokenScorer, unwrap
@@ -172,7 +172,7 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
             freeze_vision_tower(model)
         return model
 
-    def _prepare_data(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> tuple[Any, DataReport]:
+    def _prepare_data(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> tuple[Any, Any]:
         """Preference data -> tokenized pairs: the one pipeline, with this kind of model's row tokenizer."""
         if self.model_kind == "vision":
             from .vision import prepare_vision_dataset
