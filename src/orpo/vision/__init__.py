@@ -8,9 +8,10 @@ tokens the vision tower produces for that image.  The completions are tokenized 
 language models, so the ORPO loss and metrics keep their definitions: the average log-prob of
 the completion tokens only -- the prompt and every image placeholder token carry label -100.
 
+Preparation is the one pipeline of :mod:`orpo.data.prepare` with :class:`VisionRowTokenizer`.
 Pixels are not stored in the prepared dataset (they would be megabytes per row): preparation
-reads every image once, to check it and to count its placeholder tokens; the collator reads the
-images of each batch again and runs the processor's image processor on them.
+reads the image of every row it keeps once, to check it and to count its placeholder tokens;
+the collator reads the images of each batch again and runs the processor's image processor.
 """
 
 from .collate import VisionORPODataCollator
