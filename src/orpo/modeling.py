@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 logger = logging.getLogger(__name__)
+
+#: "causal" (orpo.data), "vision" (orpo.vision) or "seq2seq" (orpo.seq2seq).
+ModelKind = Literal["causal", "vision", "seq2seq"]
 
 _DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -26,35 +36,37 @@ def _resolve_dtype(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _config_of(model_or_path: Any, required: bool = True) -> Any:
-    config = getattr(model_or_path, "config", None)
-    if config is None and isinstance(model_or_path, str):
-        try:
-            config = AutoConfig.from_pretrained(model_or_path)
-        except (OSError, ValueError):
-            if required:
-                raise
-            return None
-    return config
+def _config_of(name_or_path: str, required: bool = True) -> Any:
+    """The model config saved at ``name_or_path`` (None when it has none and it is not ``required``)."""
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError):
+        if required:
+            raise
+        return None
 
 
-def is_encoder_decoder(model_or_path: Any) -> bool:
-    return bool(getattr(_config_of(model_or_path), "is_encoder_decoder", False))
+def is_vision_processor(processing_class: Any) -> bool:
+    """Whether ``processing_class`` is a multimodal processor: an image processor and a tokenizer."""
+    return (
+        getattr(processing_class, "image_processor", None) is not None
+        and getattr(processing_class, "tokenizer", None) is not None
+    )
 
 
-def is_vision_language(model_or_path: Any) -> bool:
-    """True for image-text-to-text models (their config has a ``vision_config``)."""
-    return getattr(_config_of(model_or_path, required=False), "vision_config", None) is not None
+def model_kind(
+    model_or_config: Any, processing_class: Any = None, is_encoder_decoder_flag: bool | None = None
+) -> ModelKind:
+    """Which data path and collator a model needs: the one answer to "what kind of model is this".
 
-
-def model_kind(model: Any, processing_class: Any = None, is_encoder_decoder_flag: bool | None = None) -> str:
-    """``"seq2seq"``, ``"vision"`` or ``"causal"``: which data path and collator a model needs.
-
-    Encoder-decoder when ``is_encoder_decoder_flag`` says so (None: read the model config);
-    vision-language when the model config has a vision_config or, without a model, when the
-    processing class is a processor with an image processor.
+    ``model_or_config``: a model (or a PEFT wrapper of one), its ``PretrainedConfig``, or None
+    (``model_init``).  Encoder-decoder when ``is_encoder_decoder_flag`` says so (None: the config
+    decides); vision-language when the config has a ``vision_config`` or, without a model, when
+    ``processing_class`` is a vision processor.
     """
-    config = getattr(model, "config", None)
+    config = model_or_config if isinstance(model_or_config, PretrainedConfig) else None
+    if config is None and model_or_config is not None:
+        config = getattr(model_or_config, "config", None)
     flag = is_encoder_decoder_flag
     if flag is None:
         flag = bool(getattr(config, "is_encoder_decoder", False))
@@ -62,7 +74,7 @@ def model_kind(model: Any, processing_class: Any = None, is_encoder_decoder_flag
         return "seq2seq"
     if getattr(config, "vision_config", None) is not None:
         return "vision"
-    if config is None and getattr(processing_class, "image_processor", None) is not None:
+    if config is None and is_vision_processor(processing_class):
         return "vision"
     return "causal"
 
@@ -70,11 +82,12 @@ def model_kind(model: Any, processing_class: Any = None, is_encoder_decoder_flag
 def load_model(name_or_path: str, model_init_kwargs: dict[str, Any] | None = None) -> PreTrainedModel:
     """Load a causal LM, an encoder-decoder (seq2seq) LM or an image-text-to-text model (by its config)."""
     kwargs = _resolve_dtype(model_init_kwargs or {})
-    if is_encoder_decoder(name_or_path):
+    kind = model_kind(_config_of(name_or_path))
+    if kind == "seq2seq":
         from transformers import AutoModelForSeq2SeqLM
 
         return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
-    if is_vision_language(name_or_path):
+    if kind == "vision":
         from transformers import AutoModelForImageTextToText
 
         return AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
@@ -84,12 +97,12 @@ def load_model(name_or_path: str, model_init_kwargs: dict[str, Any] | None = Non
 def load_processor(name_or_path: str, chat_template: str | None = None) -> Any:
     """The model's processing class: an ``AutoProcessor`` (tokenizer + image processor) for a
     vision-language model, else its tokenizer (as :func:`load_tokenizer`)."""
-    if not is_vision_language(name_or_path):
+    if _saved_kind(name_or_path) != "vision":
         return _load_tokenizer(name_or_path, chat_template)
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(name_or_path)
-    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+    if not is_vision_processor(processor):
         raise ValueError(
             f"{name_or_path} is a vision-language model but its processor has no tokenizer or image processor"
         )
@@ -100,9 +113,14 @@ def load_processor(name_or_path: str, chat_template: str | None = None) -> Any:
     return processor
 
 
+def _saved_kind(name_or_path: str) -> ModelKind:
+    """The kind of model saved at ``name_or_path``; "causal" where there is no model config (a tokenizer only)."""
+    return model_kind(_config_of(name_or_path, required=False))
+
+
 def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer; for a vision-language model the whole processor (see :func:`load_processor`)."""
-    if is_vision_language(name_or_path):
+    if _saved_kind(name_or_path) == "vision":
         return load_processor(name_or_path, chat_template)
     return _load_tokenizer(name_or_path, chat_template)
 

@@ -13,10 +13,9 @@ Logits at decoder position t score ``labels[t + 1]``: the same shifted conventio
 models, so the loss, the metrics and the fused LM head serve both unchanged.  The last decoder
 position is run but never scored.
 
-Length limits: the encoder input (with its special tokens) is cut to ``max_prompt_length``
-(``truncation_mode`` decides which end is kept); each completion, EOS included, to
-``max_completion_length``, or to ``max_length`` when that is None (prompt and completion are
-separate sequences here, so ``max_length`` does not bound their sum).
+Length limits (:class:`Seq2SeqRowTokenizer`): the encoder input (with its special tokens) is cut
+to ``max_prompt_length`` (``truncation_mode`` decides which end is kept); each completion, EOS
+included, to ``max_completion_length``, or to ``max_length`` when that is None.
 """
 
 from __future__ import annotations
@@ -28,15 +27,25 @@ from typing import Any
 import torch
 
 from .data.collate import ORPODataCollator
-from .data.prepare import DataReport, prepare_preference_dataset
-from .data.tokenize import SpecialTokens
+from .data.load import ColumnMapping
+from .data.normalise import Batch, Normaliser
+from .data.policy import RowPolicies
+from .data.prepare import DataReport, prepare_dataset
+from .data.tokenize import (
+    CHOSEN_TRUNCATED,
+    FLAGS_COLUMN,
+    PROMPT_TRUNCATED,
+    REJECTED_TRUNCATED,
+    TOKENIZED_COLUMNS,
+    LengthLimits,
+    SpecialTokens,
+    finalize_completion,
+    truncate_pair,
+    whitespace_token_ids,
+)
 from .layouts import LAYOUT_KEY, Layout
 
 logger = logging.getLogger(__name__)
-
-
-def is_encoder_decoder_model(model: Any) -> bool:
-    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
 # ---- encoder inputs ----------------------------------------------------------------------------
@@ -48,7 +57,7 @@ class EncoderSpecials:
 
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
-    strip_bos: int | None  # the BOS the text-side tokenization put in front of the prompt, if any
+    strip_bos: int | None  # a BOS this tokenizer adds itself: one written in the prompt text is dropped
 
     @classmethod
     def probe(cls, tokenizer: Any) -> EncoderSpecials:
@@ -63,7 +72,7 @@ class EncoderSpecials:
         )
 
     def wrap(self, ids: list[int], limit: int | None, keep_end: bool) -> tuple[list[int], bool]:
-        """Prompt ids (as the text path made them) -> encoder input within ``limit``; and whether it was cut."""
+        """Prompt ids (no special tokens) -> encoder input within ``limit``; and whether it was cut."""
         if self.strip_bos is not None:
             start = 0
             while start < len(ids) and ids[start] == self.strip_bos:
@@ -77,69 +86,73 @@ class EncoderSpecials:
         return [*self.prefix, *ids, *self.suffix], cut
 
 
-class _EncoderPrompt:
-    """Picklable row function: text-path prompt ids -> encoder input ids (+ whether cut)."""
+class Seq2SeqRowTokenizer:
+    """Encoder-decoder rows: the prompt is the encoder input, with the tokenizer's own special
+    tokens, cut to ``max_prompt_length``; each completion ends with one EOS and is cut to
+    ``max_completion_length``, or to ``max_length`` when that is None (prompt and completion are
+    separate sequences, so ``max_length`` does not bound their sum).
 
-    def __init__(self, specials: EncoderSpecials, limit: int | None, keep_end: bool) -> None:
-        self.specials, self.limit, self.keep_end = specials, limit, keep_end
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        ids, cut = self.specials.wrap(list(row["prompt_input_ids"]), self.limit, self.keep_end)
-        chosen, rejected = row["chosen_input_ids"], row["rejected_input_ids"]
-        return {"prompt_input_ids": ids, "prompt_cut": cut, "length": len(ids) + max(len(chosen), len(rejected))}
-
-
-class _Limits:
-    """``args`` with the text path's length limits replaced (the encoder side is cut afterwards)."""
-
-    def __init__(self, args: Any) -> None:
-        self._args = args
-        self.max_length = None
-        self.max_prompt_length = None
-        self.max_completion_length = args.max_completion_length or args.max_length
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._args, name)
-
-
-def prepare_seq2seq_dataset(data: Any, tokenizer: Any, args: Any, split: str = "train") -> tuple[Any, DataReport]:
-    """Validate, normalise and tokenize preference data for an encoder-decoder model.
-
-    The same formats, checks and policies as :func:`orpo.data.prepare_preference_dataset`; the
-    prompt ids are the encoder input with the tokenizer's own special tokens, each completion ends
-    with exactly one EOS (truncated completions excepted).
+    A :class:`orpo.data.tokenize.RowTokenizer`; picklable for ``datasets.map``.
     """
-    if getattr(args, "nll_scope", "completion") == "prompt_and_completion":
+
+    def __init__(self, tokenizer: Any, limits: LengthLimits) -> None:
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.normaliser = Normaliser(tokenizer)
+        self.encoder = EncoderSpecials.probe(tokenizer)
+        self.special = SpecialTokens.probe(tokenizer)
+        self.whitespace_ids = whitespace_token_ids(tokenizer)
+        self.completion_limit = limits.max_completion_length or limits.max_length
+
+    def __call__(self, batch: Batch) -> Batch:
+        prompts, chosens, rejecteds = (
+            self.tokenizer(list(batch[name]), add_special_tokens=False)["input_ids"]
+            for name in ("prompt", "chosen", "rejected")
+        )
+        completions = LengthLimits(max_completion_length=self.completion_limit)
+        keep_end = self.limits.truncation_mode == "keep_end"
+        out: Batch = {name: [] for name in (*TOKENIZED_COLUMNS, FLAGS_COLUMN)}
+        for prompt, chosen, rejected in zip(prompts, chosens, rejecteds, strict=True):
+            encoder, cut = self.encoder.wrap(prompt, self.limits.max_prompt_length, keep_end)
+            chosen = finalize_completion(chosen, self.special, self.whitespace_ids)
+            rejected = finalize_completion(rejected, self.special, self.whitespace_ids)
+            _, chosen, rejected, flags = truncate_pair([], chosen, rejected, completions)
+            out["prompt_input_ids"].append(encoder)
+            out["chosen_input_ids"].append(chosen)
+            out["rejected_input_ids"].append(rejected)
+            out[FLAGS_COLUMN].append(flags | (PROMPT_TRUNCATED if cut else 0))
+        return out
+
+    def describe(self, flags: int) -> str:
+        parts = []
+        if flags & PROMPT_TRUNCATED:
+            parts.append(f"the prompt is longer than max_prompt_length={self.limits.max_prompt_length} encoder tokens")
+        which = [name for name, bit in (("chosen", CHOSEN_TRUNCATED), ("rejected", REJECTED_TRUNCATED)) if flags & bit]
+        if which:
+            limit = (
+                f"max_completion_length={self.limits.max_completion_length}"
+                if self.limits.max_completion_length
+                else f"max_length={self.limits.max_length} (the decoder's limit without max_completion_length)"
+            )
+            parts.append(f"{' and '.join(which)} is longer than {limit}")
+        return "; ".join(parts) or "over a length limit"
+
+
+def prepare_seq2seq_dataset(
+    data: Any, tokenizer: Any, args: Any, split: str = "train", columns: ColumnMapping | None = None
+) -> tuple[Any, DataReport]:
+    """Validate, normalise and tokenize preference data for an encoder-decoder model, by ``args``.
+
+    The same formats, checks, policies, errors and report as
+    :func:`orpo.data.prepare_preference_dataset`, with :class:`Seq2SeqRowTokenizer`.
+    """
+    if args.nll_scope == "prompt_and_completion":
         logger.warning(
             "nll_scope='prompt_and_completion' has no prompt to score for an encoder-decoder model "
             "(the prompt is the encoder input); the NLL covers the chosen completion"
         )
-    dataset, report = prepare_preference_dataset(data, tokenizer, _Limits(args), split)
-    if report.tokenize is None:  # already tokenized by the user: taken as is
-        return dataset, report
-    specials = EncoderSpecials.probe(tokenizer)
-    dataset = dataset.map(
-        _EncoderPrompt(specials, args.max_prompt_length, args.truncation_mode == "keep_end"),
-        desc=f"Building {split} encoder inputs",
-    )
-    cut = [i for i, flag in enumerate(dataset.with_format("arrow")["prompt_cut"].to_pylist()) if flag]
-    if cut and report.tokenize is not None:
-        report.tokenize.prompt_truncated += len(cut)
-        if args.on_too_long == "error":
-            raise ValueError(
-                f"{split} row {cut[0]}: the prompt is longer than max_prompt_length={args.max_prompt_length} "
-                "encoder tokens; use on_too_long='truncate' or 'drop', or raise the limit"
-            )
-        if args.on_too_long == "drop":
-            report.tokenize.dropped_too_long += len(cut)
-            report.tokenize.rows_out -= len(cut)
-            dropped = set(cut)
-            dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
-            if len(dataset) == 0:
-                raise ValueError(f"{split} data: no pair survived tokenization ({report.summary()})")
-    dataset = dataset.remove_columns("prompt_cut")
-    logger.info("prepared %s (encoder-decoder)", report.summary())
-    return dataset, report
+    row_tokenizer = Seq2SeqRowTokenizer(tokenizer, LengthLimits.from_args(args))
+    return prepare_dataset(data, row_tokenizer, RowPolicies.from_args(args), split, columns, args.dataset_num_proc)
 
 
 # ---- batching ----------------------------------------------------------------------------------

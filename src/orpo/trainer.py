@@ -100,7 +100,9 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
             unwrap(model) if model is not None else None, processing_class, args.is_encoder_decoder
         )
         args.is_encoder_decoder = self.model_kind == "seq2seq"
-        data_processor = processing_class if self.model_kind == "vision" else tokenizer_
+        # What preparation tokenizes with: the processor itself for images, else its tokenizer.
+        self.data_processor = processing_class if self.model_kind == "vision" else tokenizer_
+        data_processor = self.data_processor
 
         self.data_reports: dict[str, Any] = {}
         if train_dataset is not None:
@@ -159,7 +161,7 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         return model
 
     def _prepare_data(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> tuple[Any, Any]:
-        """Preference data -> tokenized pairs, for this trainer's kind of model."""
+        """Preference data -> tokenized pairs: the one pipeline, with this kind of model's row tokenizer."""
         if self.model_kind == "vision":
             from .vision import prepare_vision_dataset
 
@@ -170,8 +172,8 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
             return prepare_seq2seq_dataset(data, processor, args, split)
         return prepare_preference_dataset(data, processor, args, split)
 
-    def _prepare_eval(self, data: Any, tokenizer: Any, args: ORPOConfig, split: str) -> Any:
-        return self._prepare_data(data, tokenizer, args, split)[0]
+    def _prepare_eval(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> Any:
+        return self._prepare_data(data, processor, args, split)[0]
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
@@ -264,18 +266,10 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         return metrics
 
     def _tokenized_eval(self, data: Any) -> Any:
-        """Eval data handed to ``evaluate()`` as raw preference rows is prepared like ``eval_dataset``."""
+        """Eval data handed to ``evaluate()`` is prepared like ``eval_dataset`` (tokenized data passes through)."""
         if isinstance(data, dict):  # as in Trainer.evaluate: named eval datasets
             return {name: self._tokenized_eval(value) for name, value in data.items()}
-        columns = getattr(data, "column_names", None)
-        if columns is None and isinstance(data, list) and data and isinstance(data[0], dict):
-            columns = list(data[0])
-        if columns is not None and "prompt_input_ids" in columns:
-            return data
-        processor = self.processing_class
-        if self.model_kind != "vision":
-            processor = getattr(processor, "tokenizer", processor)
-        return self._prepare_eval(data, processor, self.args, "eval")
+        return self._prepare_eval(data, self.data_processor, self.args, "eval")
 
     def generate_samples(self, dataset: Any, num_samples: int = 4, suffix: str = "") -> str | None:
         """Greedy generations for the first ``num_samples`` prompts of a tokenized eval dataset, written as

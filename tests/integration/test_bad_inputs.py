@@ -14,6 +14,7 @@ import os
 import pytest
 from _reliability import make_trainer
 
+from orpo.data import DataError
 from orpo.data.load import load_preference_data
 
 GOOD = [
@@ -108,8 +109,12 @@ def test_empty_or_blank_completion_is_dropped_and_counted(tokenizer, tmp_path, b
 
 def test_empty_completion_error_policy_names_row(tokenizer, tmp_path):
     rows = [*GOOD, {"prompt": "Q?", "chosen": "  ", "rejected": " b"}]
-    with pytest.raises(ValueError, match=r"row 3.*empty"):
+    with pytest.raises(DataError) as info:
         _trainer(tokenizer, tmp_path, rows, on_empty_completion="error")
+    assert str(info.value) == (
+        "train row 3: empty chosen or rejected (1 such row(s) in the train data); fix the data or set "
+        "on_empty_completion='drop' or 'keep'"
+    )
 
 
 def test_chosen_equal_rejected_is_dropped_and_counted(tokenizer, tmp_path):
@@ -119,8 +124,12 @@ def test_chosen_equal_rejected_is_dropped_and_counted(tokenizer, tmp_path):
     assert report.identical_pairs == 1 and report.dropped["chosen == rejected"] == 1
     assert "chosen == rejected" in report.summary()
     _trains(trainer)
-    with pytest.raises(ValueError, match=r"row 3.*chosen == rejected"):
+    with pytest.raises(DataError) as info:
         _trainer(tokenizer, tmp_path, rows, on_identical_pair="error")
+    assert str(info.value) == (
+        "train row 3: chosen == rejected (1 such row(s) in the train data); fix the data or set "
+        "on_identical_pair='drop' or 'keep'"
+    )
 
 
 # ---- lengths -----------------------------------------------------------------------------------
@@ -147,8 +156,12 @@ def test_prompt_leaving_no_room_is_dropped_and_counted(tokenizer, tmp_path):
 @pytest.mark.parametrize("policy", ["error", "drop"])
 def test_too_long_policies(tokenizer, tmp_path, policy):
     if policy == "error":
-        with pytest.raises(ValueError, match=r"row 3.*(longer than|max_length)"):
+        with pytest.raises(DataError) as info:
             _trainer(tokenizer, tmp_path, [*GOOD, LONG], max_length=64, max_prompt_length=32, on_too_long="error")
+        assert str(info.value) == (
+            "train row 3: the prompt is longer than max_prompt_length=32 (1 such row(s) in the train data); raise "
+            "the limits, or set on_too_long='truncate' or 'drop'"
+        )
     else:
         trainer = _trainer(tokenizer, tmp_path, [*GOOD, LONG], max_length=64, max_prompt_length=32, on_too_long="drop")
         assert trainer.data_reports["train"].tokenize.dropped_too_long == 1

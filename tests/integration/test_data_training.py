@@ -48,3 +48,9 @@ def test_mixed_sources_train_and_evaluate(tmp_path, tokenizer):
     trainer.train()
     metrics = trainer.evaluate()
     assert math.isfinite(metrics["eval_implicit_loss"]) and math.isfinite(metrics["eval_validation_loss"])
+    # evaluate() prepares raw rows as eval_dataset was prepared, and takes tokenized rows as they are
+    prepared = trainer.eval_dataset["implicit"]
+    assert trainer._tokenized_eval(prepared) is prepared
+    raw = trainer.evaluate(eval_dataset=implicit, metric_key_prefix="raw")
+    again = trainer.evaluate(eval_dataset=prepared, metric_key_prefix="again")
+    assert raw["raw_loss"] == again["again_loss"] == metrics["eval_implicit_loss"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from orpo import METRIC_NAMES, ORPOConfig, ORPOTrainer
+from orpo.data import DataError
 from orpo.layouts import LAYOUT_KEY, Layout
 from orpo.loss import selective_log_softmax
 from orpo.seq2seq import EncoderSpecials, Seq2SeqORPODataCollator, decoder_prefix, prepare_seq2seq_dataset
@@ -131,8 +132,19 @@ def test_truncation_of_encoder_and_decoder_sides(tmp_path, tokenizers):
         dropped_ok, tokenizer, config(tmp_path, max_prompt_length=10, on_too_long="drop")
     )
     assert len(kept) == 1 and report.rows_out == 1
-    with pytest.raises(ValueError, match=r"row 0: .*longer than"):
+    with pytest.raises(DataError) as info:
         prepare_seq2seq_dataset(long, tokenizer, config(tmp_path, max_prompt_length=10, on_too_long="error"))
+    assert str(info.value) == (
+        "train row 0: the prompt is longer than max_prompt_length=10 encoder tokens (1 such row(s) in the train "
+        "data); raise the limits, or set on_too_long='truncate' or 'drop'"
+    )
+    with pytest.raises(DataError) as info:
+        prepare_seq2seq_dataset(
+            long, tokenizer, config(tmp_path, max_length=12, max_prompt_length=None, on_too_long="error")
+        )
+    assert str(info.value).startswith(
+        "train row 0: chosen is longer than max_length=12 (the decoder's limit without max_completion_length) (1 such"
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)

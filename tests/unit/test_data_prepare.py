@@ -10,7 +10,7 @@ import pytest
 
 from orpo import ORPOConfig
 from orpo.data import load_preference_data, prepare_preference_dataset
-from orpo.data.prepare import _Normaliser
+from orpo.data.normalise import Normaliser
 from orpo.data.tokenize import PairTokenizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
@@ -53,7 +53,7 @@ def cache_files(dataset) -> set[str]:
 def test_second_run_is_served_from_the_cache(tmp_path, tokenizer, monkeypatch):
     path = write_pairs(tmp_path / "pairs.jsonl")
     tokenize_calls = counting(monkeypatch, PairTokenizer)
-    normalise_calls = counting(monkeypatch, _Normaliser)
+    normalise_calls = counting(monkeypatch, Normaliser)
 
     first, report = prepare_preference_dataset(load_preference_data(path)["train"], tokenizer, config(tmp_path))
     assert tokenize_calls["n"] > 0 and normalise_calls["n"] > 0 and report.rows_out == 24

@@ -11,7 +11,7 @@ import datasets
 import pytest
 
 from conftest import CORPUS
-from orpo.data import LengthLimits, PairTokenizer, TokenizeReport, tokenize_dataset
+from orpo.data import DataError, LengthLimits, PairTokenizer, TokenizeReport, tokenize_dataset
 from orpo.data.tokenize import truncate_pair
 from orpo.testing import build_tokenizer
 
@@ -175,7 +175,7 @@ ROWS = [
 def test_pair_with_no_room_for_a_completion_is_dropped_and_counted(tokenizer):
     limits = LengthLimits(max_length=12, max_prompt_length=None)
     assert len([BOS, *enc(tokenizer, LONG_PROMPT)]) >= 12
-    tokenized, report = tokenize_dataset(_dataset(ROWS), tokenizer, limits, on_too_long="truncate")
+    tokenized, report = tokenize_dataset(_dataset(ROWS), PairTokenizer(tokenizer, limits), on_too_long="truncate")
     assert isinstance(report, TokenizeReport)
     assert (report.rows_in, report.rows_out) == (3, 2)
     assert report.dropped_no_room_for_completion == 1 and report.dropped_rows == [1]
@@ -192,16 +192,25 @@ def test_pair_with_no_room_for_a_completion_is_dropped_and_counted(tokenizer):
 
 def test_on_too_long_drop_and_error(tokenizer):
     limits = LengthLimits(max_length=12, max_prompt_length=None)
-    tokenized, report = tokenize_dataset(_dataset(ROWS), tokenizer, limits, on_too_long="drop")
+    pairs = PairTokenizer(tokenizer, limits)
+    tokenized, report = tokenize_dataset(_dataset(ROWS), pairs, on_too_long="drop")
     assert report.rows_out == 1 and list(tokenized["chosen"]) == [" yes"]
     assert report.dropped_too_long == 1 and report.dropped_no_room_for_completion == 1
     assert sorted(report.dropped_rows) == [1, 2]
-    with pytest.raises(ValueError, match=r"row 1.*no room"):
-        tokenize_dataset(_dataset(ROWS), tokenizer, limits, on_too_long="error")
-    with pytest.raises(ValueError, match="row 0: longer than the length limits"):
-        tokenize_dataset(_dataset(ROWS[2:]), tokenizer, limits, on_too_long="error")
+    with pytest.raises(DataError) as error:
+        tokenize_dataset(_dataset(ROWS), pairs, on_too_long="error")
+    assert str(error.value) == (
+        "train row 1: the prompt fills max_length=12 and leaves no room for a completion (2 such row(s) in the train "
+        "data); raise the limits, or set on_too_long='truncate' or 'drop'"
+    )
+    with pytest.raises(DataError) as error:
+        tokenize_dataset(_dataset(ROWS[2:]), pairs, on_too_long="error")
+    assert str(error.value) == (
+        "train row 0: chosen does not fit (max_length=12, max_completion_length=None) (1 such row(s) in the train "
+        "data); raise the limits, or set on_too_long='truncate' or 'drop'"
+    )
     # Within the limits nothing is dropped whatever the policy.
-    fine, report = tokenize_dataset(_dataset(ROWS[:1]), tokenizer, limits, on_too_long="error")
+    fine, report = tokenize_dataset(_dataset(ROWS[:1]), pairs, on_too_long="error")
     assert report.rows_out == 1 and list(fine["chosen_input_ids"]) == [[*enc(tokenizer, " yes"), IM_END]]
 
 
@@ -211,7 +220,7 @@ def test_tokenize_dataset_matches_pair_tokenizer(tokenizer):
         ("What is the color of the sky? The grass is green.", " yes sky", " no grass"),
         ("hi", " a", " b<|im_end|>\n"),
     ]
-    tokenized, _ = tokenize_dataset(_dataset(rows), tokenizer, limits)
+    tokenized, _ = tokenize_dataset(_dataset(rows), PairTokenizer(tokenizer, limits))
     for index, row in enumerate(rows):
         expected = one(tokenizer, *row, max_length=20, max_prompt_length=8)
         for key in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"):

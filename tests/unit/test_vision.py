@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from orpo import ORPOConfig
+from orpo.data import DataError
 from orpo.layouts import LAYOUT_KEY, Layout
 from orpo.testing import build_vlm_processor, make_image, tiny_causal_lm, tiny_vlm
 from orpo.vision import (
@@ -90,31 +91,31 @@ def test_load_image_accepts_paths_pil_bytes_dicts_arrays(tmp_path):
 
 
 def test_missing_and_unreadable_images_name_the_row_and_path(tmp_path):
-    with pytest.raises(ValueError, match=r"train row 3, column 'images': image file '.*nope\.png' not found"):
+    with pytest.raises(DataError, match=r"train row 3, column 'images': image file '.*nope\.png' not found"):
         load_image(str(tmp_path / "nope.png"), "train row 3, column 'images'")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"this is not a png")
     with pytest.raises(
-        ValueError, match=r"train row 1, column 'images', image 1: image '.*bad\.png' is not a readable image"
+        DataError, match=r"train row 1, column 'images', image 1: image '.*bad\.png' is not a readable image"
     ):
         load_images([make_image(), str(bad)], "train row 1, column 'images'")
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(DataError, match=r"^train row 0: image <bytes> is not a readable image"):
         load_image(b"\x89PNG garbage", "train row 0")
-    with pytest.raises(ValueError, match="URL"):
+    with pytest.raises(DataError, match=r"^train row 0: image 'https://example.com/cat.png' is a URL"):
         load_image("https://example.com/cat.png", "train row 0")
-    with pytest.raises(ValueError, match="unsupported image value int"):
+    with pytest.raises(DataError, match=r"^train row 0: unsupported image value int"):
         load_image(5, "train row 0")
 
 
 def test_dataset_errors_name_the_row_and_file(tmp_path, qwen):
     data = rows(3)
     data[2]["images"] = [str(tmp_path / "missing.png")]
-    with pytest.raises(ValueError, match=r"train row 2, column 'images': image file '.*missing\.png' not found"):
+    with pytest.raises(DataError, match=r"^train row 2, column 'images': image file '.*missing\.png' not found"):
         prepare_vision_dataset(data, qwen, args(tmp_path))
     truncated = io.BytesIO()
     make_image((32, 32)).save(truncated, format="PNG")
     data[2]["images"] = [truncated.getvalue()[:40]]  # a cut-off PNG
-    with pytest.raises(ValueError, match=r"train row 2, column 'images': image <bytes> is not a readable image"):
+    with pytest.raises(DataError, match=r"^train row 2, column 'images': image <bytes> is not a readable image"):
         prepare_vision_dataset(data, qwen, args(tmp_path))
 
 
@@ -233,11 +234,18 @@ def test_formats_strings_messages_raw_placeholder_and_implicit(tmp_path, qwen):
 def test_image_count_must_match_the_placeholders(tmp_path, qwen):
     two = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which?"}]}]
     data = [{"prompt": two, "chosen": "red", "rejected": "blue", "images": [make_image()]}]
-    with pytest.raises(ValueError, match=r"train row 0: the prompt has 2 image placeholder\(s\).* but the row has 1"):
+    with pytest.raises(DataError) as info:
         prepare_vision_dataset(data, qwen, args(tmp_path))
+    assert str(info.value) == (
+        "train row 0: the prompt has 2 image placeholder(s) ('<|image_pad|>') but the row has 1 image(s) in column "
+        "'images'"
+    )
     data = [{"prompt": "Which?", "chosen": "<|image_pad|> red", "rejected": "blue", "images": [make_image()]}]
-    with pytest.raises(ValueError, match="completion cannot contain the image placeholder"):
+    with pytest.raises(DataError) as info:
         prepare_vision_dataset(data, qwen, args(tmp_path))
+    assert str(info.value) == (
+        "train row 0, column 'chosen': a completion cannot contain the image placeholder '<|image_pad|>'"
+    )
 
 
 def test_image_column_alias_datasets_image_feature_and_no_images(tmp_path, qwen):
@@ -296,10 +304,15 @@ def test_prompt_truncation_never_cuts_image_tokens(tmp_path, qwen):
     _, report = prepare_vision_dataset(data, qwen, config)
     assert report.rows_out == 1 and report.tokenize.dropped_image_truncated == 1
     assert "cut image tokens" in report.summary()
-    with pytest.raises(ValueError, match=r"train row 1: the prompt .* without cutting an image"):
+    with pytest.raises(DataError) as info:
         prepare_vision_dataset(
             data, qwen, args(tmp_path, max_prompt_length=fits, max_length=fits + 20, on_too_long="error")
         )
+    assert str(info.value) == (
+        f"train row 1: the prompt (with its image tokens) does not fit max_prompt_length={fits} / "
+        f"max_length={fits + 20} without cutting an image or the whole completion (1 such row(s) in the train data); "
+        "raise the limits, or set on_too_long='truncate' or 'drop'"
+    )
     # truncation that keeps every image token is allowed (keep_start cuts the prompt's end)
     kept, report = prepare_vision_dataset(
         data, qwen, args(tmp_path, max_prompt_length=fits, max_length=fits + 20, truncation_mode="keep_start")
@@ -330,14 +343,18 @@ def test_freeze_vision_tower(processor, tokenizer):
 
 
 def test_model_kind(processor, tokenizer):
-    from orpo.modeling import model_kind
+    from orpo.modeling import is_vision_processor, model_kind
     from orpo.testing import build_seq2seq_tokenizer, tiny_seq2seq_lm
 
     style = "qwen2_vl" if "Qwen2VL" in type(processor).__name__ else "llava"
-    assert model_kind(tiny_vlm(processor, style), processor) == "vision"
+    vlm = tiny_vlm(processor, style)
+    assert model_kind(vlm, processor) == "vision" and model_kind(vlm.config) == "vision"
     assert model_kind(None, processor) == "vision"  # model_init: told by the processor
+    assert model_kind(None, tokenizer) == "causal"
+    assert model_kind(tiny_causal_lm(tokenizer), processor) == "causal"  # a model's config outranks the processor
     assert model_kind(tiny_causal_lm(tokenizer), tokenizer) == "causal"
+    assert is_vision_processor(processor) and not is_vision_processor(tokenizer)
     t5 = tiny_seq2seq_lm(build_seq2seq_tokenizer(CORPUS, "t5"), "t5")
-    assert model_kind(t5, tokenizer) == "seq2seq"
+    assert model_kind(t5, tokenizer) == "seq2seq" and model_kind(t5.config) == "seq2seq"
     assert model_kind(t5, tokenizer, is_encoder_decoder_flag=False) == "causal"  # the config field wins
     assert model_kind(None, tokenizer, is_encoder_decoder_flag=True) == "seq2seq"

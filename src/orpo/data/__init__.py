@@ -3,8 +3,9 @@
 from .collate import ORPODataCollator
 from .errors import DataError
 from .load import ColumnMapping, load_preference_data
-from .prepare import DataReport, prepare_preference_dataset
-from .tokenize import LengthLimits, PairTokenizer, TokenizeReport, tokenize_dataset
+from .policy import RowPolicies
+from .prepare import DataReport, prepare_dataset, prepare_preference_dataset, tokenize_dataset
+from .tokenize import LengthLimits, PairTokenizer, RowTokenizer, TokenizeReport
 
 __all__ = [
     "ColumnMapping",
@@ -13,8 +14,11 @@ __all__ = [
     "LengthLimits",
     "ORPODataCollator",
     "PairTokenizer",
+    "RowPolicies",
+    "RowTokenizer",
     "TokenizeReport",
     "load_preference_data",
+    "prepare_dataset",
     "prepare_preference_dataset",
     "tokenize_dataset",
 ]

@@ -1,4 +1,6 @@
-"""Data errors that say where: file, line, row and column.
+"""Data errors that say where: file, line, row and column (and the option to change, where one decides).
+
+:class:`DataError` is the one error type of data preparation, for every kind of model.
 
 Every row carries a location string in the ``_orpo_source`` column from the moment it is
 loaded ("data/train.jsonl, line 7 (row 6)" for files, "train row 6" otherwise), so an error

@@ -1,11 +1,15 @@
 """From a user's preference dataset to tokenized pairs, with a report of everything done.
 
-Steps: accept the data (Dataset, list of dicts, dict of lists), map columns, check the schema,
-normalise every row to (prompt, chosen, rejected) texts (:mod:`.formats`), count questionable
-rows and apply the ``on_*`` policies of ``ORPOConfig``, tokenize (:mod:`.tokenize`).  Every
-``datasets.map`` here is deterministic, so for file-backed data a second run with the same
-data and tokenizer is served from the ``datasets`` cache instead of re-tokenizing.  Errors name
-the row's file/line (kept in the ``_orpo_source`` column) or its index.
+One pipeline for every kind of model; only the row tokenizer differs (:class:`.RowTokenizer`:
+text, vision, encoder-decoder).  Steps: accept the data (Dataset, list of dicts, dict of lists,
+DataFrame), map columns, check the schema, normalise every row to (prompt, chosen, rejected)
+texts, find the questionable rows and apply the ``on_*`` policies (:mod:`.policy`), tokenize
+the rows kept and apply ``on_too_long``, measure each pair's ``length``.
+
+Every ``datasets.map`` here is deterministic, so for file-backed data a second run with the
+same data and settings is served from the ``datasets`` cache instead of re-tokenizing.  Errors
+are :class:`.DataError` naming the row's file/line (kept in the ``_orpo_source`` column) or
+its index, the column where there is one, and the option to change.
 """
 
 from __future__ import annotations
@@ -15,26 +19,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SOURCE_COLUMN, DataError
-from .formats import FORMAT_REVISION, normalize_row
+from .errors import DataError
 from .load import ColumnMapping, apply_column_mapping, dataset_from_columns, dataset_from_rows
-from .tokenize import (
-    CHOSEN_TRUNCATED,
-    NO_ROOM_FOR_COMPLETION,
-    PROMPT_TRUNCATED,
-    REJECTED_TRUNCATED,
-    TOKENIZED_COLUMNS,
-    LengthLimits,
-    PairTokenizer,
-    TokenizeReport,
-    tokenize_dataset,
-)
+from .normalise import EMPTY_COLUMN, FORMAT_COLUMN, KEY_COLUMN, Batch, map_workers, normalise_dataset
+from .policy import RowPolicies, apply_length_policy, apply_row_policies
+from .tokenize import FLAGS_COLUMN, TOKENIZED_COLUMNS, LengthLimits, PairTokenizer, RowTokenizer, TokenizeReport
 from .validate import TEXT_COLUMNS, check_dataset, column_values, find_row_issues
 
 logger = logging.getLogger(__name__)
-
-FORMAT_COLUMN = "_orpo_format"
-EMPTY_COLUMN = "_orpo_empty"
 
 
 @dataclass
@@ -93,94 +85,7 @@ def to_dataset(data: Any, split: str = "train") -> Any:
     )
 
 
-def with_source_column(dataset: Any, split: str) -> Any:
-    """Give every row a location ('train row 7') unless loading already recorded its file/line."""
-    if SOURCE_COLUMN in dataset.column_names:
-        return dataset
-    return dataset.add_column(SOURCE_COLUMN, [f"{split} row {index}" for index in range(len(dataset))])
-
-
-class _Normaliser:
-    """Picklable batch function for datasets.map: any supported row shape -> text triple."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.revision = FORMAT_REVISION  # in the cache fingerprint: new normalisation code, new cache entry
-
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {name: [] for name in (*TEXT_COLUMNS, FORMAT_COLUMN, EMPTY_COLUMN)}
-        present = [name for name in TEXT_COLUMNS if name in batch]
-        columns = [name for name in batch if not name.startswith("_orpo_")]
-        for index, location in enumerate(batch[SOURCE_COLUMN]):
-            row = {name: batch[name][index] for name in present}
-            result = normalize_row(row, self.tokenizer, location, columns)
-            for name in TEXT_COLUMNS:
-                out[name].append(result[name])
-            out[FORMAT_COLUMN].append(result["format"])
-            out[EMPTY_COLUMN].append(result["empty"])
-        return out
-
-
-def _num_proc(num_proc: int | None, rows: int) -> int | None:
-    return num_proc if num_proc and num_proc > 1 and rows >= 2 * num_proc else None
-
-
-def normalise_dataset(dataset: Any, tokenizer: Any, split: str = "train", num_proc: int | None = None) -> Any:
-    """Canonical columns -> prompt/chosen/rejected texts plus ``_orpo_format`` and ``_orpo_empty``."""
-    dataset = with_source_column(dataset, split)
-    return dataset.map(
-        _Normaliser(tokenizer),
-        batched=True,
-        remove_columns=[name for name in TEXT_COLUMNS if name in dataset.column_names],
-        num_proc=_num_proc(num_proc, len(dataset)),
-        desc=f"Normalising {split} pairs",
-    )
-
-
-def _location(dataset: Any, index: int, split: str) -> str:
-    value = dataset[int(index)].get(SOURCE_COLUMN) if SOURCE_COLUMN in dataset.column_names else None
-    return value or f"{split} row {index}"
-
-
-def _apply_policy(
-    policy: str, rows: list[int], label: str, option: str, dataset: Any, split: str, report: DataReport
-) -> bool:
-    """True if the rows must be dropped."""
-    if not rows:
-        return False
-    if policy == "error":
-        raise DataError(
-            f"{_location(dataset, rows[0], split)}: {label} ({len(rows)} such row(s) in the {split} data); fix the "
-            f"data or set {option}='drop' or 'keep'"
-        )
-    if policy == "drop":
-        report.dropped[label] += len(rows)
-        logger.warning(
-            "%s: dropping %d row(s): %s (first: %s)", split, len(rows), label, _location(dataset, rows[0], split)
-        )
-        return True
-    logger.warning("%s: keeping %d row(s): %s (first: %s)", split, len(rows), label, _location(dataset, rows[0], split))
-    return False
-
-
-def describe_flags(flags: int, limits: LengthLimits) -> str:
-    """What a length limit does to a row, from its tokenize flags."""
-    if flags & NO_ROOM_FOR_COMPLETION:
-        return f"the prompt fills max_length={limits.max_length} and leaves no room for a completion"
-    parts = []
-    if flags & PROMPT_TRUNCATED:
-        parts.append(f"the prompt is longer than max_prompt_length={limits.max_prompt_length}")
-    if flags & (CHOSEN_TRUNCATED | REJECTED_TRUNCATED):
-        which = " and ".join(
-            name for name, bit in (("chosen", CHOSEN_TRUNCATED), ("rejected", REJECTED_TRUNCATED)) if flags & bit
-        )
-        parts.append(
-            f"{which} does not fit (max_length={limits.max_length}, max_completion_length={limits.max_completion_length})"
-        )
-    return "; ".join(parts) or "over a length limit"
-
-
-def _pair_length(batch: dict[str, list[Any]]) -> dict[str, list[int]]:
+def _pair_length(batch: Batch) -> dict[str, list[int]]:
     return {
         "length": [
             len(prompt) + max(len(chosen), len(rejected))
@@ -191,61 +96,80 @@ def _pair_length(batch: dict[str, list[Any]]) -> dict[str, list[int]]:
     }
 
 
-def tokenize_with_policy(
-    dataset: Any, tokenizer: Any, limits: LengthLimits, on_too_long: str, num_proc: int | None, split: str
-) -> tuple[Any, TokenizeReport]:
-    """``tokenize_dataset`` whose on_too_long='error' names the row's file/line."""
-    tokenized, report = tokenize_dataset(
-        dataset, tokenizer, limits, "drop" if on_too_long == "error" else on_too_long, num_proc, split
+def drop_questionable_rows(dataset: Any, policies: RowPolicies, split: str, report: DataReport) -> Any:
+    """Count the normalised rows' formats and issues into ``report``, apply the row policies, and
+    remove the normaliser's bookkeeping columns."""
+    report.formats.update(column_values(dataset, FORMAT_COLUMN))
+    keys = column_values(dataset, KEY_COLUMN) if KEY_COLUMN in dataset.column_names else None
+    prompts, chosens, rejecteds, empty = (column_values(dataset, name) for name in (*TEXT_COLUMNS, EMPTY_COLUMN))
+    issues = find_row_issues(prompts, chosens, rejecteds, empty, keys)
+    report.identical_pairs, report.empty_completions = len(issues.identical), len(issues.empty)
+    report.duplicates, report.distinct_prompts = len(issues.duplicates), issues.distinct_prompts
+    dataset = dataset.remove_columns(
+        [c for c in (FORMAT_COLUMN, EMPTY_COLUMN, KEY_COLUMN) if c in dataset.column_names]
     )
-    if on_too_long == "error" and report.dropped_rows:
-        index = report.dropped_rows[0]
-        row = dataset[int(index)]
-        flags = PairTokenizer(tokenizer, limits).one(row["prompt"], row["chosen"], row["rejected"])["tokenize_flags"]
-        raise DataError(
-            f"{_location(dataset, index, split)}: {describe_flags(flags, limits)} ({len(report.dropped_rows)} such "
-            f"row(s) in the {split} data); raise the limits, or set on_too_long='truncate' or 'drop'"
-        )
-    return tokenized, report
+    drop = apply_row_policies(issues, policies, dataset, split, report.dropped)
+    if drop:
+        dataset = dataset.select([index for index in range(len(dataset)) if index not in drop])
+    if len(dataset) == 0:
+        raise DataError(f"{split} data: every row was dropped ({report.summary()})")
+    return dataset
 
 
-def prepare_preference_dataset(
-    data: Any, tokenizer: Any, args: Any, split: str = "train", columns: ColumnMapping | None = None
+def tokenize_dataset(
+    dataset: Any,
+    row_tokenizer: RowTokenizer,
+    on_too_long: str = "truncate",
+    num_proc: int | None = None,
+    split: str = "train",
+) -> tuple[Any, TokenizeReport]:
+    """Tokenize normalised rows (prompt/chosen/rejected texts) and apply ``on_too_long``.
+
+    Returns the rows kept (text columns kept too, for generation and inspection) and the report
+    of what the limits cut and dropped.
+    """
+    tokenized = dataset.map(
+        row_tokenizer,
+        batched=True,
+        num_proc=map_workers(num_proc, len(dataset)),
+        desc=f"Tokenizing {split} pairs",
+    )
+    flags = column_values(tokenized, FLAGS_COLUMN)
+    keep, report = apply_length_policy(flags, on_too_long, row_tokenizer.describe, tokenized, split)
+    if len(keep) < len(tokenized):
+        tokenized = tokenized.select(keep)
+    return tokenized.remove_columns(FLAGS_COLUMN), report
+
+
+def prepare_dataset(
+    data: Any,
+    row_tokenizer: RowTokenizer,
+    policies: RowPolicies,
+    split: str = "train",
+    columns: ColumnMapping | None = None,
+    num_proc: int | None = None,
 ) -> tuple[Any, DataReport]:
-    """Validate, normalise and tokenize ``data`` according to ``args`` (an ORPOConfig)."""
+    """Validate, normalise, filter and tokenize ``data`` with ``row_tokenizer`` (data already holding
+    the three ``*_input_ids`` columns is taken as is)."""
     dataset = to_dataset(data, split)
     report = DataReport(split=split, rows_in=len(dataset))
     if all(name in dataset.column_names for name in TOKENIZED_COLUMNS):
         return dataset, report
     dataset = apply_column_mapping(dataset, columns, f"{split} data")
     check_dataset(dataset, split)
-    dataset = normalise_dataset(dataset, tokenizer, split, args.dataset_num_proc)
-    report.formats.update(column_values(dataset, FORMAT_COLUMN))
-
-    issues = find_row_issues(*(column_values(dataset, name) for name in (*TEXT_COLUMNS, EMPTY_COLUMN)))
-    report.identical_pairs, report.empty_completions = len(issues.identical), len(issues.empty)
-    report.duplicates, report.distinct_prompts = len(issues.duplicates), issues.distinct_prompts
-    dataset = dataset.remove_columns([FORMAT_COLUMN, EMPTY_COLUMN])
-
-    drop: set[int] = set()
-    for rows, policy, label, option in (
-        (issues.empty, args.on_empty_completion, "empty chosen or rejected", "on_empty_completion"),
-        (issues.identical, args.on_identical_pair, "chosen == rejected", "on_identical_pair"),
-        (issues.duplicates, args.on_duplicate, "duplicate row", "on_duplicate"),
-    ):
-        fresh = [i for i in rows if i not in drop]
-        if _apply_policy(policy, fresh, label, option, dataset, split, report):
-            drop.update(fresh)
-    if drop:
-        dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
-    if len(dataset) == 0:
-        raise DataError(f"{split} data: every row was dropped ({report.summary()})")
-
-    dataset, report.tokenize = tokenize_with_policy(
-        dataset, tokenizer, LengthLimits.from_args(args), args.on_too_long, args.dataset_num_proc, split
-    )
+    dataset = normalise_dataset(dataset, row_tokenizer.normaliser, split, num_proc)
+    dataset = drop_questionable_rows(dataset, policies, split, report)
+    dataset, report.tokenize = tokenize_dataset(dataset, row_tokenizer, policies.on_too_long, num_proc, split)
     if len(dataset) == 0:
         raise DataError(f"{split} data: no pair survived tokenization ({report.summary()})")
     dataset = dataset.map(_pair_length, batched=True, desc=f"Measuring {split} pairs")
     logger.info("prepared %s", report.summary())
     return dataset, report
+
+
+def prepare_preference_dataset(
+    data: Any, tokenizer: Any, args: Any, split: str = "train", columns: ColumnMapping | None = None
+) -> tuple[Any, DataReport]:
+    """Preference data for a causal LM, by ``args`` (an ORPOConfig: limits, ``on_*`` policies)."""
+    row_tokenizer = PairTokenizer(tokenizer, LengthLimits.from_args(args))
+    return prepare_dataset(data, row_tokenizer, RowPolicies.from_args(args), split, columns, args.dataset_num_proc)

@@ -168,14 +168,15 @@ def inspect_dataset(
     num_proc: int | None = None,
 ) -> InspectReport:
     """The report for ``dataset`` (canonical columns, e.g. from :func:`load_preference_data`)."""
-    from .prepare import EMPTY_COLUMN, FORMAT_COLUMN, normalise_dataset
+    from .normalise import EMPTY_COLUMN, FORMAT_COLUMN, Normaliser, normalise_dataset
+    from .prepare import tokenize_dataset
     from .tokenize import (
         CHOSEN_TRUNCATED,
         NO_ROOM_FOR_COMPLETION,
         PROMPT_TRUNCATED,
         REJECTED_TRUNCATED,
         LengthLimits,
-        tokenize_dataset,
+        PairTokenizer,
         truncate_pair,
     )
     from .validate import check_dataset, column_values, find_row_issues
@@ -184,7 +185,7 @@ def inspect_dataset(
     report = InspectReport(source=source, split=split, rows=len(dataset), limits=limits)
     report.policies = {name: defaults[name] for name in ("on_identical_pair", "on_empty_completion", "on_duplicate")}
     check_dataset(dataset, split)
-    normalised = normalise_dataset(dataset, tokenizer, split, num_proc)
+    normalised = normalise_dataset(dataset, Normaliser(tokenizer), split, num_proc)
     report.formats = Counter(column_values(normalised, FORMAT_COLUMN))
     issues = find_row_issues(
         *(column_values(normalised, name) for name in ("prompt", "chosen", "rejected", EMPTY_COLUMN))
@@ -194,7 +195,9 @@ def inspect_dataset(
 
     texts = normalised.remove_columns([FORMAT_COLUMN, EMPTY_COLUMN])
     unlimited = LengthLimits(None, None, None, limits.truncation_mode)
-    full, _ = tokenize_dataset(texts, tokenizer, unlimited, "truncate", num_proc, f"{split} (full length)")
+    full, _ = tokenize_dataset(
+        texts, PairTokenizer(tokenizer, unlimited), "truncate", num_proc, f"{split} (full length)"
+    )
     prompt_len = _list_lengths(full, "prompt_input_ids")
     chosen_len = _list_lengths(full, "chosen_input_ids")
     rejected_len = _list_lengths(full, "rejected_input_ids")

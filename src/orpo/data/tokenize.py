@@ -1,4 +1,9 @@
-"""Tokenization of (prompt, chosen, rejected) text triples.
+"""Tokenization of (prompt, chosen, rejected) text triples, and the row-tokenizer protocol.
+
+:class:`RowTokenizer` is what each kind of model plugs into the one preparation pipeline
+(:mod:`orpo.data.prepare`): :class:`PairTokenizer` here for causal LMs, the processor-based
+one in :mod:`orpo.vision.tokenize`, the encoder-decoder one in :mod:`orpo.seq2seq`.  Each
+returns token ids plus flags of what the length limits cut; the pipeline decides with them.
 
 The prompt and each completion are tokenized separately so the prompt/completion boundary is
 exact in token space.  Invariants: BOS at most once and only where the tokenizer uses one;
@@ -8,19 +13,26 @@ drops its pair (counted, never a NaN later).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-# Bit flags recorded per row, counted into the TokenizeReport.
+from .normalise import Batch, Normaliser
+
+# Bit flags of what the length limits do to a row, counted into the TokenizeReport.
 PROMPT_TRUNCATED = 1
 CHOSEN_TRUNCATED = 2
 REJECTED_TRUNCATED = 4
 NO_ROOM_FOR_COMPLETION = 8
+#: A prompt limit would cut into image placeholder tokens (vision-language rows).
+IMAGE_TRUNCATED = 16
+#: Flags of rows that no truncation turns into a usable pair: dropped whatever on_too_long says (or an error).
+UNUSABLE = NO_ROOM_FOR_COMPLETION | IMAGE_TRUNCATED
 
 TOKENIZED_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+FLAGS_COLUMN = "tokenize_flags"
 
 
 @dataclass(frozen=True)
@@ -66,8 +78,14 @@ class TokenizeReport:
     chosen_truncated: int = 0
     rejected_truncated: int = 0
     dropped_no_room_for_completion: int = 0
+    dropped_image_truncated: int = 0
     dropped_too_long: int = 0
     dropped_rows: list[int] = field(default_factory=list)
+
+    def count_truncations(self, flags: int) -> None:
+        self.prompt_truncated += bool(flags & PROMPT_TRUNCATED)
+        self.chosen_truncated += bool(flags & CHOSEN_TRUNCATED)
+        self.rejected_truncated += bool(flags & REJECTED_TRUNCATED)
 
     def summary(self) -> str:
         parts = [f"{self.rows_out}/{self.rows_in} pairs kept"]
@@ -76,12 +94,14 @@ class TokenizeReport:
                 parts.append(f"{getattr(self, name)} {name.replace('_', ' ')}")
         if self.dropped_no_room_for_completion:
             parts.append(f"{self.dropped_no_room_for_completion} dropped: prompt leaves no room for a completion")
+        if self.dropped_image_truncated:
+            parts.append(f"{self.dropped_image_truncated} dropped: the prompt limit would cut image tokens")
         if self.dropped_too_long:
             parts.append(f"{self.dropped_too_long} dropped: over a length limit (on_too_long='drop')")
         return "; ".join(parts)
 
 
-def _cut(ids: list[int], limit: int | None, keep_end: bool) -> list[int]:
+def _cut(ids: Sequence[int], limit: int | None, keep_end: bool) -> Sequence[int]:
     if limit is None or len(ids) <= limit:
         return ids
     return ids[-limit:] if keep_end else ids[:limit]
@@ -123,7 +143,7 @@ def whitespace_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _cut_prompt(ids: list[int], limit: int | None, keep_end: bool, bos_token_id: int | None) -> list[int]:
+def _cut_prompt(ids: Sequence[int], limit: int | None, keep_end: bool, bos_token_id: int | None) -> Sequence[int]:
     """Cut the prompt; ``keep_end`` keeps a leading BOS (the model always saw one at position 0)."""
     if keep_end and bos_token_id is not None and limit is not None and len(ids) > limit > 1 and ids[0] == bos_token_id:
         return [ids[0], *ids[len(ids) - limit + 1 :]]
@@ -131,13 +151,15 @@ def _cut_prompt(ids: list[int], limit: int | None, keep_end: bool, bos_token_id:
 
 
 def truncate_pair(
-    prompt: list[int],
-    chosen: list[int],
-    rejected: list[int],
+    prompt: Sequence[int],
+    chosen: Sequence[int],
+    rejected: Sequence[int],
     limits: LengthLimits,
     bos_token_id: int | None = None,
-) -> tuple[list[int], list[int], list[int], int]:
+) -> tuple[Sequence[int], Sequence[int], Sequence[int], int]:
     """Apply the length limits; returns the cut ids and the flags of what was cut.
+
+    Lists in, lists out; :mod:`orpo.data.report` passes ``range`` objects to measure lengths only.
 
     Order: prompt to ``max_prompt_length`` (by ``truncation_mode``; with ``keep_end`` a leading
     ``bos_token_id`` stays first), each completion to ``max_completion_length`` (keeping its
@@ -164,13 +186,55 @@ def truncate_pair(
     return cut_prompt, cut_chosen, cut_rejected, flags
 
 
+def describe_flags(flags: int, limits: LengthLimits) -> str:
+    """What ``limits`` do to a row with these flags, for a causal model (prompt + completion <= max_length)."""
+    if flags & NO_ROOM_FOR_COMPLETION:
+        return f"the prompt fills max_length={limits.max_length} and leaves no room for a completion"
+    parts = []
+    if flags & PROMPT_TRUNCATED:
+        parts.append(f"the prompt is longer than max_prompt_length={limits.max_prompt_length}")
+    if flags & (CHOSEN_TRUNCATED | REJECTED_TRUNCATED):
+        which = " and ".join(
+            name for name, bit in (("chosen", CHOSEN_TRUNCATED), ("rejected", REJECTED_TRUNCATED)) if flags & bit
+        )
+        parts.append(
+            f"{which} does not fit (max_length={limits.max_length}, max_completion_length={limits.max_completion_length})"
+        )
+    return "; ".join(parts) or "over a length limit"
+
+
+class RowTokenizer(Protocol):
+    """One kind of model's tokenization, plugged into :func:`orpo.data.prepare.prepare_dataset`.
+
+    The normaliser and the tokenizer itself run under ``datasets.map``: both must pickle and hold
+    only what decides their output, so that a second run on the same data with the same settings
+    is served from the ``datasets`` cache.
+    """
+
+    @property
+    def normaliser(self) -> Callable[[Batch], Batch]:
+        """Canonical columns -> texts and the format/empty (/key) columns of :mod:`orpo.data.normalise`."""
+        ...
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Normalised rows -> :data:`TOKENIZED_COLUMNS` and :data:`FLAGS_COLUMN`."""
+        ...
+
+    def describe(self, flags: int) -> str:
+        """What the length limits do to a row with these flags, naming the limits (for errors)."""
+        ...
+
+
 class PairTokenizer:
-    """Tokenizes batches of text triples; picklable so ``datasets.map`` can run it in workers
-    and fingerprint it for its cache."""
+    """Causal-LM rows: prompt and completions tokenized separately, so the boundary is exact.
+
+    A :class:`RowTokenizer`; picklable so ``datasets.map`` can run it in workers and fingerprint it.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, limits: LengthLimits) -> None:
         self.tokenizer = tokenizer
         self.limits = limits
+        self.normaliser = Normaliser(tokenizer)
         self.special = SpecialTokens.probe(tokenizer)
         self.whitespace_ids = whitespace_token_ids(tokenizer)
         # The BOS that finalize_prompt puts first, kept there when keep_end truncation cuts the prompt.
@@ -179,106 +243,25 @@ class PairTokenizer:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def __call__(self, batch: Batch) -> Batch:
         prompts = self.encode(batch["prompt"])
         chosens = self.encode(batch["chosen"])
         rejecteds = self.encode(batch["rejected"])
-        out: dict[str, list[Any]] = {name: [] for name in (*TOKENIZED_COLUMNS, "tokenize_flags")}
+        out: Batch = {name: [] for name in (*TOKENIZED_COLUMNS, FLAGS_COLUMN)}
         for prompt, chosen, rejected in zip(prompts, chosens, rejecteds, strict=True):
             prompt = finalize_prompt(prompt, self.special)
             chosen = finalize_completion(chosen, self.special, self.whitespace_ids)
             rejected = finalize_completion(rejected, self.special, self.whitespace_ids)
-            prompt, chosen, rejected, flags = truncate_pair(prompt, chosen, rejected, self.limits, self.bos_to_keep)
-            out["prompt_input_ids"].append(prompt)
-            out["chosen_input_ids"].append(chosen)
-            out["rejected_input_ids"].append(rejected)
-            out["tokenize_flags"].append(flags)
+            cut = truncate_pair(prompt, chosen, rejected, self.limits, self.bos_to_keep)
+            for name, ids in zip(TOKENIZED_COLUMNS, cut[:3], strict=True):
+                out[name].append(ids)
+            out[FLAGS_COLUMN].append(cut[3])
         return out
+
+    def describe(self, flags: int) -> str:
+        return describe_flags(flags, self.limits)
 
     def one(self, prompt: str, chosen: str, rejected: str) -> dict[str, Any]:
         """Tokenize a single triple (for inspection and tests)."""
         result = self({"prompt": [prompt], "chosen": [chosen], "rejected": [rejected]})
         return {key: values[0] for key, values in result.items()}
-
-
-def tokenize_dataset(
-    dataset: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    limits: LengthLimits,
-    on_too_long: str = "truncate",
-    num_proc: int | None = None,
-    description: str = "train",
-) -> tuple[Any, TokenizeReport]:
-    """Tokenize a ``datasets.Dataset`` with prompt/chosen/rejected text columns.
-
-    Returns the tokenized dataset (text columns kept, for generation and inspection) and a
-    report.  ``on_too_long``: "truncate" keeps truncated rows, "drop" removes every row that a
-    limit would cut, "error" raises naming the first such row.
-    """
-    pair_tokenizer = PairTokenizer(tokenizer, limits)
-    tokenized = dataset.map(
-        pair_tokenizer,
-        batched=True,
-        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None,
-        desc=f"Tokenizing {description} pairs",
-    )
-    flags = tokenized.with_format("arrow")["tokenize_flags"].to_pylist()
-    report = TokenizeReport(rows_in=len(dataset))
-    keep = apply_length_policy(flags, report, limits, on_too_long, description)
-    if len(keep) < len(tokenized):
-        tokenized = tokenized.select(keep)
-    return tokenized.remove_columns("tokenize_flags"), report
-
-
-def apply_length_policy(
-    flags: Sequence[int],
-    report: TokenizeReport,
-    limits: LengthLimits,
-    on_too_long: str,
-    description: str,
-    skip: Collection[int] = (),
-    fatal: Sequence[tuple[int, str]] = ((NO_ROOM_FOR_COMPLETION, "dropped_no_room_for_completion"),),
-    fatal_message: str | None = None,
-) -> list[int]:
-    """Count each row's truncation ``flags`` into ``report`` and return the indices of the rows to keep.
-
-    Shared by the text and vision paths so both apply ``on_too_long`` the same way.  A row with a
-    ``fatal`` flag cannot be truncated into a usable pair: it is dropped (counted in the report field
-    paired with its first fatal flag) unless ``on_too_long="error"``, which raises with
-    ``fatal_message``.  Rows in ``skip`` (already dropped by other policies) are not counted.
-    """
-    if fatal_message is None:
-        fatal_message = (
-            f"the prompt fills max_length={limits.max_length} and leaves no room for a completion "
-            "(raise max_length, set max_prompt_length, or use on_too_long='drop')"
-        )
-    fatal_mask = 0
-    for bit, _ in fatal:
-        fatal_mask |= bit
-    keep: list[int] = []
-    for index, flag in enumerate(flags):
-        if index in skip:
-            continue
-        report.prompt_truncated += bool(flag & PROMPT_TRUNCATED)
-        report.chosen_truncated += bool(flag & CHOSEN_TRUNCATED)
-        report.rejected_truncated += bool(flag & REJECTED_TRUNCATED)
-        if flag & fatal_mask:
-            if on_too_long == "error":
-                raise ValueError(f"{description} row {index}: {fatal_message}")
-            counter = next(name for bit, name in fatal if flag & bit)
-            setattr(report, counter, getattr(report, counter) + 1)
-            report.dropped_rows.append(index)
-        elif flag and on_too_long != "truncate":
-            if on_too_long == "error":
-                raise ValueError(
-                    f"{description} row {index}: longer than the length limits (max_length={limits.max_length}, "
-                    f"max_prompt_length={limits.max_prompt_length}, "
-                    f"max_completion_length={limits.max_completion_length}); "
-                    "use on_too_long='truncate' or 'drop', or raise the limits"
-                )
-            report.dropped_too_long += 1
-            report.dropped_rows.append(index)
-        else:
-            keep.append(index)
-    report.rows_out = len(keep)
-    return keep

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SOURCE_COLUMN, DataError, row_location, short, where
+from .errors import DataError, row_location, short, where
 from .formats import check_text
 
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
@@ -154,12 +154,17 @@ class RowIssues:
 
 
 def find_row_issues(
-    prompts: Sequence[str], chosens: Sequence[str], rejecteds: Sequence[str], empty: Sequence[bool] | None = None
+    prompts: Sequence[str],
+    chosens: Sequence[str],
+    rejecteds: Sequence[str],
+    empty: Sequence[bool] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> RowIssues:
     """chosen == rejected (ignoring surrounding whitespace), an empty completion, or a row equal to
-    an earlier one (same prompt, chosen and rejected).  A prompt repeating with other answers is fine."""
+    an earlier one (same prompt, chosen and rejected, and the same ``keys`` entry: e.g. the same
+    images).  A prompt repeating with other answers is fine."""
     issues = RowIssues()
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     prompt_counts: dict[str, int] = {}
     for index, (prompt, chosen, rejected) in enumerate(zip(prompts, chosens, rejecteds, strict=True)):
         blank = bool(empty[index]) if empty is not None else (not chosen.strip() or not rejected.strip())
@@ -167,10 +172,10 @@ def find_row_issues(
             issues.empty.append(index)
         if chosen.strip() == rejected.strip():
             issues.identical.append(index)
-        triple = (prompt, chosen, rejected)
-        if triple in seen:
+        row = (prompt, chosen, rejected) if keys is None else (prompt, chosen, rejected, keys[index])
+        if row in seen:
             issues.duplicates.append(index)
-        seen.add(triple)
+        seen.add(row)
         prompt_counts[prompt] = prompt_counts.get(prompt, 0) + 1
     issues.distinct_prompts = len(prompt_counts)
     issues.max_prompt_repeats = max(prompt_counts.values(), default=0)
@@ -178,7 +183,6 @@ def find_row_issues(
 
 
 __all__ = [
-    "SOURCE_COLUMN",
     "RowIssues",
     "check_dataset",
     "check_python_columns",

@@ -8,30 +8,27 @@ tokens the vision tower produces for that image.  The completions are tokenized 
 language models, so the ORPO loss and metrics keep their definitions: the average log-prob of
 the completion tokens only -- the prompt and every image placeholder token carry label -100.
 
+Preparation is the one pipeline of :mod:`orpo.data.prepare` with :class:`VisionRowTokenizer`.
 Pixels are not stored in the prepared dataset (they would be megabytes per row): preparation
-reads every image once, to check it and to count its placeholder tokens; the collator reads the
-images of each batch again and runs the processor's image processor on them.
+reads the image of every row it keeps once, to check it and to count its placeholder tokens;
+the collator reads the images of each batch again and runs the processor's image processor.
 """
 
 from .collate import VisionORPODataCollator
-from .images import IMAGE_COLUMN, IMAGE_COLUMN_ALIASES, SOURCE_COLUMN, load_image, load_images
-from .model import VISION_TOWER_NAMES, find_vision_tower, freeze_vision_tower, is_vision_language_model
-from .placeholders import is_vision_processor, placeholder_token_ids, with_image_parts
+from .images import IMAGE_COLUMN, IMAGE_COLUMN_ALIASES, load_image, load_images
+from .model import VISION_TOWER_NAMES, find_vision_tower, freeze_vision_tower
+from .placeholders import placeholder_token_ids, with_image_parts
 from .prepare import prepare_vision_dataset
-from .tokenize import IMAGE_TRUNCATED, VisionTokenizeReport
+from .tokenize import VisionRowTokenizer
 
 __all__ = [
     "IMAGE_COLUMN",
     "IMAGE_COLUMN_ALIASES",
-    "IMAGE_TRUNCATED",
-    "SOURCE_COLUMN",
     "VISION_TOWER_NAMES",
     "VisionORPODataCollator",
-    "VisionTokenizeReport",
+    "VisionRowTokenizer",
     "find_vision_tower",
     "freeze_vision_tower",
-    "is_vision_language_model",
-    "is_vision_processor",
     "load_image",
     "load_images",
     "placeholder_token_ids",

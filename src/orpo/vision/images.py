@@ -7,12 +7,12 @@ import io
 import os
 from typing import Any
 
+from ..data.errors import DataError
+
 #: The column that holds each row's images (the data mapping renames the user's column to it).
 IMAGE_COLUMN = "images"
 #: Also accepted as the image column when there is no ``images`` column.
 IMAGE_COLUMN_ALIASES = ("image",)
-#: Column in which orpo's data loader records where each row came from (file, line).
-SOURCE_COLUMN = "_orpo_source"
 
 
 def _describe(item: Any) -> str:
@@ -23,51 +23,89 @@ def _describe(item: Any) -> str:
     return f"<{type(item).__name__}>"
 
 
+def _digest(data: bytes, extra: Any = "") -> str:
+    return hashlib.sha1(data + repr(extra).encode()).hexdigest()
+
+
+def image_key(item: Any) -> str:
+    """What identifies one image for duplicate detection, without decoding it: a file's absolute
+    path, else a hash of the encoded bytes or of the pixels."""
+    from PIL import Image
+
+    if isinstance(item, dict):
+        if item.get("bytes"):
+            return image_key(bytes(item["bytes"]))
+        return image_key(str(item.get("path")))
+    if isinstance(item, bytes | bytearray | memoryview):
+        return _digest(bytes(item))
+    if isinstance(item, str | os.PathLike):
+        return os.path.abspath(os.fspath(item))
+    if isinstance(item, Image.Image):
+        return _digest(item.tobytes(), (item.size, item.mode))
+    if hasattr(item, "__array__"):
+        import numpy as np
+
+        array = np.asarray(item)
+        return _digest(array.tobytes(), array.shape)
+    return f"<{type(item).__name__}>"
+
+
+def image_items(value: Any, where: str) -> list[Any]:
+    """The image values of one row (None or [] -> none); a null entry is an error naming ``where``."""
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    for number, item in enumerate(items):
+        if item is None:
+            raise DataError(f"{where}: image {number} is null")
+    return items
+
+
+def _open(item: Any, where: str) -> Any:
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, bytes | bytearray | memoryview):
+        image = Image.open(io.BytesIO(bytes(item)))
+        image.load()
+        return image
+    if isinstance(item, str | os.PathLike):
+        path = os.fspath(item)
+        if path.startswith(("http://", "https://")):
+            raise DataError(f"{where}: image {path!r} is a URL; orpo reads local files only, download it first")
+        if not os.path.exists(path):
+            raise DataError(f"{where}: image file {path!r} not found (working directory {os.getcwd()!r})")
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    if hasattr(item, "__array__"):
+        import numpy as np
+
+        return Image.fromarray(np.asarray(item))
+    raise DataError(
+        f"{where}: unsupported image value {type(item).__name__}; use a file path, a PIL image, encoded image bytes, "
+        "or a list of them"
+    )
+
+
 def load_image(item: Any, where: str) -> tuple[Any, str]:
-    """One image as an RGB PIL image, and a key identifying it (for duplicate detection).
+    """One image as an RGB PIL image, and its :func:`image_key`.
 
-    ``where`` names the row and column for the error raised when the image is missing or unreadable.
+    ``where`` names the row's file/line and column for the error raised when the image is missing
+    or unreadable.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
+    if isinstance(item, dict) and (item.get("bytes") or item.get("path")):  # as datasets.Image stores it
+        return load_image(bytes(item["bytes"]) if item.get("bytes") else str(item["path"]), where)
     try:
-        if isinstance(item, Image.Image):
-            key = hashlib.sha1(item.tobytes() + repr((item.size, item.mode)).encode()).hexdigest()
-            image = item
-        elif isinstance(item, dict) and (item.get("bytes") or item.get("path")):
-            if item.get("bytes"):
-                return load_image(bytes(item["bytes"]), where)
-            return load_image(str(item["path"]), where)
-        elif isinstance(item, bytes | bytearray | memoryview):
-            data = bytes(item)
-            key = hashlib.sha1(data).hexdigest()
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        elif isinstance(item, str | os.PathLike):
-            path = os.fspath(item)
-            if path.startswith(("http://", "https://")):
-                raise ValueError(f"{where}: image {path!r} is a URL; orpo reads local files only, download it first")
-            if not os.path.exists(path):
-                raise ValueError(f"{where}: image file {path!r} not found (working directory {os.getcwd()!r})")
-            key = os.path.abspath(path)
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.copy()
-        elif hasattr(item, "__array__"):
-            import numpy as np
-
-            array = np.asarray(item)
-            key = hashlib.sha1(array.tobytes() + repr(array.shape).encode()).hexdigest()
-            image = Image.fromarray(array)
-        else:
-            raise ValueError(
-                f"{where}: unsupported image value {type(item).__name__}; use a file path, a PIL image, "
-                "encoded image bytes, or a list of them"
-            )
+        image = _open(item, where)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(
+        raise DataError(
             f"{where}: image {_describe(item)} is not a readable image ({type(err).__name__}: {err})"
         ) from None
+    key = image_key(item)
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image, key
@@ -75,13 +113,9 @@ def load_image(item: Any, where: str) -> tuple[Any, str]:
 
 def load_images(value: Any, where: str) -> tuple[list[Any], list[str]]:
     """All images of one row (None or [] -> none), with their keys."""
-    if value is None:
-        return [], []
-    items = list(value) if isinstance(value, list | tuple) else [value]
+    items = image_items(value, where)
     images, keys = [], []
     for number, item in enumerate(items):
-        if item is None:
-            raise ValueError(f"{where}: image {number} is null")
         image, key = load_image(item, f"{where}, image {number}" if len(items) > 1 else where)
         images.append(image)
         keys.append(key)

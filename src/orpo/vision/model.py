@@ -1,22 +1,18 @@
-"""The vision-language model itself: recognising it, finding and freezing its vision tower."""
+"""The vision-language model itself: finding and freezing its vision tower.
+
+Whether a model is one is :func:`orpo.modeling.model_kind`'s answer.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 
-logger = logging.getLogger(__package__)  # "orpo.vision", as before the split
+logger = logging.getLogger(__name__)
 
 #: Names under which image-text-to-text models keep their vision encoder (outermost match wins).
 VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "vision_encoder", "image_encoder", "vpm")
-
-
-def is_vision_language_model(model: Any) -> bool:
-    """Whether ``model`` (or a PEFT/DDP wrapper of it) has a vision config."""
-    config = getattr(model, "config", None)
-    return getattr(config, "vision_config", None) is not None
 
 
 def find_vision_tower(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:

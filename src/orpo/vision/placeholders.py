@@ -5,11 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 
-def is_vision_processor(processing_class: Any) -> bool:
-    """Whether ``processing_class`` is a multimodal processor with an image processor and a tokenizer."""
-    return getattr(processing_class, "image_processor", None) is not None and hasattr(processing_class, "tokenizer")
-
-
 def placeholder_token_ids(processor: Any) -> list[int]:
     """Ids of the tokens that stand for image (and video/audio) features: never scored."""
     ids: set[int] = set()

@@ -1,0 +1,70 @@
+"""Normalisation: any supported row shape -> a (prompt, chosen, rejected) text triple.
+
+The first ``datasets.map`` of preparation.  A normaliser writes the three texts plus the row's
+format (:data:`FORMAT_COLUMN`), whether a completion is empty (:data:`EMPTY_COLUMN`) and, where
+the text alone does not identify a row (images), a duplicate key (:data:`KEY_COLUMN`).  Those
+columns are what :func:`orpo.data.validate.find_row_issues` reads; preparation removes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .errors import SOURCE_COLUMN
+from .formats import FORMAT_REVISION, normalize_row
+from .validate import TEXT_COLUMNS
+
+FORMAT_COLUMN = "_orpo_format"
+EMPTY_COLUMN = "_orpo_empty"
+#: What besides the texts makes a row distinct (e.g. its images); absent when the texts suffice.
+KEY_COLUMN = "_orpo_key"
+
+Batch = dict[str, list[Any]]
+
+
+class Normaliser:
+    """Picklable batch function for ``datasets.map``: text rows (plain or chat) -> text triple."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.revision = FORMAT_REVISION  # in the cache fingerprint: new normalisation code, new cache entry
+
+    def __call__(self, batch: Batch) -> Batch:
+        out: Batch = {name: [] for name in (*TEXT_COLUMNS, FORMAT_COLUMN, EMPTY_COLUMN)}
+        present = [name for name in TEXT_COLUMNS if name in batch]
+        columns = [name for name in batch if not name.startswith("_orpo_")]
+        for index, location in enumerate(batch[SOURCE_COLUMN]):
+            row = {name: batch[name][index] for name in present}
+            result = normalize_row(row, self.tokenizer, location, columns)
+            for name in TEXT_COLUMNS:
+                out[name].append(result[name])
+            out[FORMAT_COLUMN].append(result["format"])
+            out[EMPTY_COLUMN].append(result["empty"])
+        return out
+
+
+def map_workers(num_proc: int | None, rows: int) -> int | None:
+    """``num_proc`` for ``datasets.map``: worker processes only when each gets at least two rows."""
+    return num_proc if num_proc and num_proc > 1 and rows >= 2 * num_proc else None
+
+
+def with_source_column(dataset: Any, split: str) -> Any:
+    """Give every row a location ('train row 7') unless loading already recorded its file/line."""
+    if SOURCE_COLUMN in dataset.column_names:
+        return dataset
+    return dataset.add_column(SOURCE_COLUMN, [f"{split} row {index}" for index in range(len(dataset))])
+
+
+def normalise_dataset(
+    dataset: Any, normaliser: Callable[[Batch], Batch], split: str = "train", num_proc: int | None = None
+) -> Any:
+    """Canonical columns -> prompt/chosen/rejected texts plus the format/empty (/key) columns."""
+    dataset = with_source_column(dataset, split)
+    return dataset.map(
+        normaliser,
+        batched=True,
+        remove_columns=[name for name in TEXT_COLUMNS if name in dataset.column_names],
+        num_proc=map_workers(num_proc, len(dataset)),
+        desc=f"Normalising {split} pairs",
+    )
