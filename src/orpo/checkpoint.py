@@ -291,7 +291,7 @@ def latest_complete_checkpoint(output_dir: str, hashes: bool = True) -> tuple[st
     for _step, path in list_checkpoints(output_dir):
         problems = verify_checkpoint(path, hashes=hashes)
         if not problems:
-            if os.path.isfile(os.path.join(path, MANIFEST_NAME)) is False:
+            if not os.path.isfile(os.path.join(path, MANIFEST_NAME)):
                 logger.warning(
                     "%s has no %s (not written by orpo): it passed the structural checks but its files "
                     "cannot be verified against recorded sizes and hashes",

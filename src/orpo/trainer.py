@@ -36,12 +36,11 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_config(args: TrainingArguments | None, model: Any) -> ORPOConfig:
-    """The trainer's own copy of the caller's config: it may fill in what it resolves, the caller's stays as given.
+    """The trainer's own copy of the caller's config, which stays as given.
 
-    An ``ORPOConfig`` is copied without re-running ``__post_init__`` (its values are already resolved),
-    with its container values (dicts, lists) copied too; a plain ``TrainingArguments`` becomes an
-    ``ORPOConfig`` of the same values.  ``remove_unused_columns`` is always off: the collators pick
-    their columns, and the row index the reliability reports need is not a model input.
+    An ``ORPOConfig`` is copied (its dicts and lists too) without re-running ``__post_init__``; a
+    ``TrainingArguments`` becomes an ``ORPOConfig`` of its values.  ``remove_unused_columns`` is off:
+    the collators pick their columns, and the reports need the row index, which is no model input.
     """
     if args is None:
         name = model if isinstance(model, str) else type(model).__name__ if model is not None else "model"
@@ -190,8 +189,7 @@ class ORPOTrainer(Trainer):
         ignore_keys_for_eval: list[str] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """``Trainer.train`` that checks the run can save, resumes only from a verified checkpoint, and
-        stops cleanly on SIGINT/SIGTERM (raising :class:`~orpo.reliability.TrainingInterrupted`)."""
+        """Checks first, resumes only from a verified checkpoint, stops cleanly on SIGINT/SIGTERM."""
         resume = self.reliability.before_train(resume_from_checkpoint)
         with self.reliability.signals.installed(self.handle_signals):
             output = super().train(resume, trial, ignore_keys_for_eval, **kwargs)
