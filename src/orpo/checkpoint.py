@@ -29,6 +29,8 @@ MANIFEST_NAME = "orpo_manifest.json"
 #: What ``Trainer`` saves its state as in every checkpoint.
 TRAINER_STATE_NAME = "trainer_state.json"
 MANIFEST_FORMAT = 1
+#: ``Trainer``'s checkpoint folders are ``checkpoint-<global step>`` (``transformers.trainer_utils.PREFIX_CHECKPOINT_DIR``).
+CHECKPOINT_PREFIX = "checkpoint-"
 STAGING_PREFIX = "tmp-checkpoint-"
 REPLACED_PREFIX = "tmp-replaced-checkpoint-"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -44,6 +46,10 @@ _CHUNK = 1 << 22
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or is not complete."""
+
+
+def checkpoint_dir(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, f"{CHECKPOINT_PREFIX}{step}")
 
 
 def staging_dir(run_dir: str, step: int) -> str:
@@ -285,7 +291,7 @@ def latest_complete_checkpoint(output_dir: str, hashes: bool = True) -> tuple[st
     for _step, path in list_checkpoints(output_dir):
         problems = verify_checkpoint(path, hashes=hashes)
         if not problems:
-            if os.path.isfile(os.path.join(path, MANIFEST_NAME)) is False:
+            if not os.path.isfile(os.path.join(path, MANIFEST_NAME)):
                 logger.warning(
                     "%s has no %s (not written by orpo): it passed the structural checks but its files "
                     "cannot be verified against recorded sizes and hashes",

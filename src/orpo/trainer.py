@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import warnings
@@ -27,33 +28,49 @@ from .modeling import (
     model_kind,
     prepare_tokenizer,
 )
-from .reliability import ReliabilityMixin
+from .reliability import preflight, trainer_internals
+from .reliability.wiring import Reliability
 from .scoring import TokenScorer, unwrap
 
 logger = logging.getLogger(__name__)
 
 
-def _to_orpo_config(args: TrainingArguments | None, model: Any) -> ORPOConfig:
-    if isinstance(args, ORPOConfig):
-        return args
+def resolve_config(args: TrainingArguments | None, model: Any) -> ORPOConfig:
+    """The trainer's own copy of the caller's config, which stays as given.
+
+    An ``ORPOConfig`` is copied (its dicts and lists too) without re-running ``__post_init__``; a
+    ``TrainingArguments`` becomes an ``ORPOConfig`` of its values.  ``remove_unused_columns`` is off:
+    the collators pick their columns, and the reports need the row index, which is no model input.
+    """
     if args is None:
         name = model if isinstance(model, str) else type(model).__name__ if model is not None else "model"
-        return ORPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-ORPO")
-    names = {f.name for f in dataclasses.fields(ORPOConfig) if f.init}
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in names}
-    return ORPOConfig(**values)
+        resolved = ORPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-ORPO")
+    elif isinstance(args, ORPOConfig):
+        resolved = copy.copy(args)
+        for field in dataclasses.fields(args):
+            setattr(resolved, field.name, copy.deepcopy(getattr(args, field.name)))
+    else:
+        names = {f.name for f in dataclasses.fields(ORPOConfig) if f.init}
+        resolved = ORPOConfig(
+            **{f.name: copy.deepcopy(getattr(args, f.name)) for f in dataclasses.fields(args) if f.name in names}
+        )
+    resolved.remove_unused_columns = False
+    return resolved
 
 
-class ORPOTrainer(ReliabilityMixin, Trainer):
+class ORPOTrainer(Trainer):
     """Trainer for ORPO with TRL's constructor signature.
 
     One forward pass per step over chosen and rejected rows; the loss is
     ``NLL(chosen) + beta * mean(-logsigmoid(log_odds))`` (see :mod:`orpo.loss`), normalised over
     the whole gradient-accumulation window so micro-batching does not change the update.
+    Checkpoints, resume, signals and the non-finite guard are objects it owns (:mod:`orpo.reliability`).
     """
 
+    args: ORPOConfig  # always a resolved copy (resolve_config), never the caller's object
     _tag_names: ClassVar[list[str]] = ["orpo"]
-    args: ORPOConfig  # always: __init__ turns any TrainingArguments into an ORPOConfig
+    #: Set to False before ``train()`` to leave SIGINT/SIGTERM to their usual handlers.
+    handle_signals: bool = True
 
     def __init__(
         self,
@@ -71,7 +88,7 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         compute_metrics: Callable | None = None,
         tokenizer: Any = None,
     ) -> None:
-        args = _to_orpo_config(args, model)
+        args = resolve_config(args, model)
         if tokenizer is not None:
             if processing_class is not None and processing_class is not tokenizer:
                 raise ValueError("pass either processing_class or tokenizer, not both")
@@ -79,7 +96,9 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         if isinstance(model, str):
             if processing_class is None:
                 processing_class = load_tokenizer(model)
-            model = load_model(model, args.model_init_kwargs)
+            init_kwargs = args.model_init_kwargs
+            assert not isinstance(init_kwargs, str), "ORPOConfig.__post_init__ parses it"
+            model = load_model(model, init_kwargs)
         elif args.model_init_kwargs:
             warnings.warn("model_init_kwargs is ignored because the model is already instantiated", stacklevel=2)
         if processing_class is None:
@@ -92,8 +111,10 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         elif model_init is not None and (peft_config is not None or args.freeze_vision_tower):
             user_init = model_init
 
-            def model_init() -> torch.nn.Module:  # wraps the user's initializer
+            def prepared_init() -> torch.nn.Module:  # wraps the user's initializer
                 return self._prepare_model(user_init(), args, peft_config)
+
+            model_init = prepared_init  # type: ignore[assignment]  # Trainer only calls it
 
         # "causal", "vision" (orpo.vision) or "seq2seq" (orpo.seq2seq): picks data preparation and collator.
         self.model_kind = model_kind(
@@ -120,8 +141,9 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
             data_collator = choose_collator(
                 self.model_kind, args, processing_class, tokenizer_, unwrap(model) if model is not None else None
             )
-        if args.gradient_checkpointing and args.gradient_checkpointing_kwargs is None:
-            args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        if args.should_save and args.output_dir is not None:  # Trainer creates output_dir right away
+            preflight.check_output_dir(args.output_dir)
+        train_dataset = preflight.with_row_index(train_dataset, data_collator)
 
         super().__init__(
             model=model,
@@ -142,8 +164,43 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         self.scorer = TokenScorer(args.fused_lm_head, args.label_pad_token_id, allow_fused=not sharded)
         self.metric_windows = MetricWindows()
         self._window: torch.Tensor | None = None
-        if hasattr(self.model, "add_model_tags"):
-            self.model.add_model_tags(self._tag_names)
+        add_model_tags = getattr(self.model, "add_model_tags", None)  # PreTrainedModel's; PEFT forwards it
+        if callable(add_model_tags):
+            add_model_tags(self._tag_names)
+        self._eval_prefix: str | None = None
+        self.reliability = Reliability(self)
+
+    # ---- reliability: Trainer's loop reaches orpo.reliability through these ---------------------
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Checks first, resumes only from a verified checkpoint, stops cleanly on SIGINT/SIGTERM."""
+        resume = self.reliability.before_train(resume_from_checkpoint)
+        with self.reliability.signals.installed(self.handle_signals):
+            output = super().train(resume, trial, ignore_keys_for_eval, **kwargs)
+        self.reliability.after_train()
+        return output
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's optimizer, behind the gate the non-finite guard closes to hold an update back."""
+        self.optimizer = self.reliability.gate(super().create_optimizer(model))
+        return self.optimizer
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        self.reliability.guard.begin_micro_batch()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.reliability.end_micro_batch(loss, inputs, model)
+        return loss
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Where Trainer saves (``trainer_internals.OVERRIDDEN``): the same files, committed atomically."""
+        self.reliability.save_checkpoint(trial)
 
     # ---- setup ------------------------------------------------------------------------
     @staticmethod
@@ -151,7 +208,7 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         if peft_config is not None:
             if is_peft_model(model):
                 raise ValueError("the model already has a PEFT adapter; pass peft_config=None to train it as is")
-            model = apply_peft(model, peft_config, gradient_checkpointing=args.gradient_checkpointing)
+            model = apply_peft(model, peft_config, gradient_checkpointing=bool(args.activation_checkpointing))
         if args.disable_dropout:
             disable_dropout(model)
         if args.freeze_vision_tower:
@@ -174,10 +231,6 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
 
     def _prepare_eval(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> Any:
         return self._prepare_data(data, processor, args, split)[0]
-
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "length", "images"]
 
     # ---- loss -------------------------------------------------------------------------
     def _counts(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -230,11 +283,12 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # evaluate() names its metrics "<metric_key_prefix>_...": "eval_", "eval_<name>_" for a dict of eval
         # datasets, or any prefix the caller chose.
-        eval_prefix = getattr(self, "_eval_prefix", None) or "eval"
+        eval_prefix = self._eval_prefix or "eval"
         mode = "eval" if any(key.startswith(f"{eval_prefix}_") for key in logs) else "train"
         metrics = self._pop_metrics(mode)
         prefix = f"{eval_prefix}_" if mode == "eval" else ""
         logs.update({f"{prefix}{name}": value for name, value in metrics.items()})
+        logs.update(self.reliability.guard.log_fields(logs))
         super().log(logs, start_time)
 
     # ---- evaluation ---------------------------------------------------------------------
@@ -250,7 +304,7 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
             eval_dataset = self._tokenized_eval(eval_dataset)
         if isinstance(eval_dataset, dict) or (eval_dataset is None and isinstance(self.eval_dataset, dict)):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # calls back here per dataset
-        previous = getattr(self, "_eval_prefix", None)
+        previous = self._eval_prefix
         self._eval_prefix = metric_key_prefix
         self.metric_windows.reset("eval")  # nothing left over from predict() or an aborted run
         try:
@@ -259,7 +313,7 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
             self._eval_prefix = previous
         if self.args.generate_during_eval:
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-            if isinstance(dataset, str):
+            if isinstance(dataset, str) and isinstance(self.eval_dataset, dict):
                 dataset = self.eval_dataset[dataset]
             suffix = "" if metric_key_prefix == "eval" else f"-{metric_key_prefix.removeprefix('eval_')}"
             self.generate_samples(dataset, suffix=suffix)
@@ -283,7 +337,7 @@ class ORPOTrainer(ReliabilityMixin, Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        inputs = self._prepare_inputs(inputs)
+        inputs = trainer_internals.prepare_inputs(self, inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, extra = self.compute_loss(model, inputs, return_outputs=True)
         loss = loss.detach()

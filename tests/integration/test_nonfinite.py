@@ -45,7 +45,7 @@ class Snapshots(TrainerCallback):
         self.by_step = {0: (weights(trainer.model), 0)}
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.by_step[state.global_step] = (weights(self.trainer.model), self.trainer._skipped_batches)
+        self.by_step[state.global_step] = (weights(self.trainer.model), self.trainer.reliability.guard.skipped)
 
 
 RUN = {"max_steps": 4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "save_strategy": "no"}

@@ -1,152 +1,188 @@
-"""The non-finite guard: check every optimizer update's losses and gradient norm before applying it."""
+"""The non-finite guard: check every optimizer update's losses and gradients before it is applied.
+
+The trainer feeds it each micro-batch (:meth:`NonFiniteGuard.begin_micro_batch` /
+:meth:`~NonFiniteGuard.end_micro_batch`, from ``training_step``); before the optimizer step the
+callback agrees its flags across processes and calls :meth:`~NonFiniteGuard.judge`, which lets the
+update through, holds it back (the :class:`~orpo.reliability.optimizer.GatedOptimizer` asks
+:meth:`~NonFiniteGuard.allow_step`) or raises :class:`NonFiniteError` with a report.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-import types
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import torch
 
-from .diagnose import _fmt
+from ..metrics import MetricWindows
+from .diagnose import Diagnosis, format_rows, rows_of
+from .errors import NonFiniteError
 
-logger = logging.getLogger(__package__)  # "orpo.reliability", as before the split
+logger = logging.getLogger(__name__)
+
+Verdict = Literal["apply", "skip", "stop"]
 
 
-class NonFiniteError(RuntimeError):
-    """A loss or gradient was NaN/inf; the optimizer update was not applied."""
+def decide(loss_bad: bool, grad_bad: bool, policy: str) -> Verdict:
+    """The decision table, on flags already agreed across processes."""
+    if not (loss_bad or grad_bad):
+        return "apply"
+    return "skip" if policy == "skip" else "stop"
 
 
-class NonFiniteGuardMixin:
-    """``ORPOConfig.on_nonfinite``: raise :class:`NonFiniteError` or skip the update, agreed across processes."""
+def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor | None:
+    """The 2-norm of this process's gradients (its shards under FSDP), on device: no host sync."""
+    grads = [_local(p.grad) for p in parameters if p.grad is not None]
+    if not grads:
+        return None
+    return torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False)
 
-    def training_step(
-        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
-    ) -> torch.Tensor:
-        windows = self.metric_windows
-        snapshot = windows.snapshot("train") if self.args.on_nonfinite == "skip" else None
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        self._window_losses.append(loss.detach())
-        self._window_inputs.append(inputs)
-        if snapshot is not None:
-            # Leave a non-finite micro-batch out of the logged metrics, without a host sync.
-            windows.keep_if("train", snapshot, torch.isfinite(loss.detach()))
-        return loss
 
-    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self._last_grad_norm = grad_norm
-        return grad_norm
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
 
-    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
-        # Installed here, before the scheduler wraps ``optimizer.step``, on the optimizer Trainer steps.
-        self._install_step_guard(optimizer if optimizer is not None else self.optimizer)
-        return super().create_scheduler(num_training_steps, optimizer)
+        if isinstance(tensor, DTensor):
+            return tensor.to_local()
+    return tensor
 
-    def _install_step_guard(self, optimizer: Any) -> None:
-        if optimizer is None:
+
+class NonFiniteGuard:
+    """``ORPOConfig.on_nonfinite``: raise :class:`NonFiniteError` or skip the update.
+
+    ``check_gradients`` is False where a loss scaler owns overflow handling (fp16) or the gradients
+    are not ours to read (DeepSpeed); ``deepspeed`` means the update already happened inside backward,
+    so a bad step can only be reported. ``diagnose`` re-runs micro-batches to name rows and parameters
+    (one process, unsharded model only).
+    """
+
+    def __init__(
+        self,
+        policy: str,
+        windows: MetricWindows,
+        diagnosis: Diagnosis,
+        *,
+        check_gradients: bool = True,
+        deepspeed: bool = False,
+        diagnose: bool = True,
+        world_size: int = 1,
+        process_index: int = 0,
+        last_checkpoint: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self.policy = policy
+        self.windows = windows
+        self.diagnosis = diagnosis
+        self.check_gradients = check_gradients
+        self.deepspeed = deepspeed
+        self.diagnose = diagnose
+        self.world_size = world_size
+        self.process_index = process_index
+        self.last_checkpoint = last_checkpoint
+        self.reset()
+        if policy == "skip" and deepspeed:
+            logger.warning(
+                "on_nonfinite='skip' cannot undo a DeepSpeed update (the engine steps inside backward); "
+                "DeepSpeed's own fp16 loss scaler skips overflowing steps, other non-finite steps raise"
+            )
+
+    def reset(self) -> None:
+        """Forget the current window (at the start of ``train()``); ``skipped`` counts per run."""
+        self.skipped = 0
+        self._clear_window()
+
+    def _clear_window(self) -> None:
+        self._losses: list[torch.Tensor] = []
+        self._inputs: list[dict[str, Any]] = []
+        self._grad_norm: torch.Tensor | None = None
+        self._snapshot: dict[str, Any] | None = None
+        self._hold = False
+
+    # ---- fed by training_step ---------------------------------------------------------------
+    def begin_micro_batch(self) -> None:
+        if self.policy == "skip":  # to leave a non-finite micro-batch out of the logged metrics
+            self._snapshot = self.windows.snapshot("train")
+
+    def end_micro_batch(
+        self, loss: torch.Tensor, inputs: dict[str, Any], gradients: Iterable[torch.nn.Parameter] | None = None
+    ) -> None:
+        """Record a micro-batch's loss; ``gradients`` after the accumulation window's last backward."""
+        loss = loss.detach()
+        self._losses.append(loss)
+        self._inputs.append(inputs)
+        if self._snapshot is not None:
+            self.windows.keep_if("train", self._snapshot, torch.isfinite(loss))  # on device, no host sync
+            self._snapshot = None
+        if gradients is not None and self.check_gradients:
+            self._grad_norm = gradient_norm(gradients)
+
+    # ---- before and at the optimizer step ---------------------------------------------------
+    def local_flags(self, device: Any) -> torch.Tensor:
+        """[non-finite loss, non-finite gradient] on this process, as floats on ``device``."""
+        zero = torch.zeros((), device=device)
+        loss_bad = (~torch.isfinite(torch.stack(self._losses))).any().float().to(device) if self._losses else zero
+        norm = self._grad_norm
+        grad_bad = (~torch.isfinite(norm)).float().to(device) if norm is not None else zero
+        return torch.stack([loss_bad, grad_bad])
+
+    def judge(self, loss_bad: bool, grad_bad: bool, step: int, epoch: float) -> None:
+        """Apply, hold back or stop the coming update; flags agreed across processes. Clears the window."""
+        verdict = decide(loss_bad, grad_bad, self.policy)
+        report = self.report(step, epoch) if verdict != "apply" else ""
+        self._clear_window()
+        if verdict == "apply":
             return
-        inner = getattr(optimizer, "optimizer", None)
-        for candidate in (optimizer, inner):
-            if candidate is not None and getattr(candidate.step, "_orpo_guarded", False):
-                return
-        original = optimizer.step
-
-        def step(_optimizer: Any, *step_args: Any, **step_kwargs: Any) -> Any:
-            if self._before_optimizer_step():
-                return original(*step_args, **step_kwargs)
-            return None
-
-        step._orpo_guarded = True  # type: ignore[attr-defined]
-        # A bound method, as torch's LR schedulers expect to wrap.
-        optimizer.step = types.MethodType(step, optimizer)
-
-    def _before_optimizer_step(self) -> bool:
-        """Check the window, agree across processes; False to skip the update."""
-        losses, inputs = self._window_losses, self._window_inputs
-        self._window_losses, self._window_inputs = [], []
-        grad_norm, self._last_grad_norm = self._last_grad_norm, None
-        loss_ok = torch.isfinite(torch.stack(losses)).tolist() if losses else []
-        deepspeed = bool(getattr(self, "is_deepspeed_enabled", False))
-        # With an fp16 GradScaler (or DeepSpeed's loss scaler), overflowing gradients are routine and the
-        # scaler skips them; DeepSpeed's gradients are not ours to inspect.
-        check_grads = getattr(self.accelerator, "scaler", None) is None and not deepspeed and grad_norm is not None
-        grad_ok = not check_grads or _is_finite(grad_norm)
-        flags = [float(not all(loss_ok)), float(not grad_ok), float(self._stop_signal is not None)]
-        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            tensor = torch.tensor(flags, device=self.args.device)
-            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-            flags = tensor.tolist()
-        self._stop_agreed = bool(flags[2])
-        if not (flags[0] or flags[1]):
-            return True
-        report = self._nonfinite_report(losses, loss_ok, inputs, grad_norm if check_grads else None, grad_ok)
-        if deepspeed:  # the engine stepped inside backward: nothing can be held back any more
+        if self.deepspeed:  # the engine stepped inside backward: nothing can be held back any more
             raise NonFiniteError(
                 f"{report}\nDeepSpeed applies the update inside backward, so this step could not be held back "
                 "(unless DeepSpeed's fp16 loss scaler skipped it): the weights in memory may be damaged. Training "
-                f"stopped without saving; resume from the last checkpoint ({self._last_checkpoint or 'none yet'})."
+                f"stopped without saving; resume from the last checkpoint ({self.last_checkpoint() or 'none yet'})."
             )
-        if self.args.on_nonfinite == "skip":
-            self._skipped_batches += 1
-            logger.warning(
-                "%s\nSkipped this update (on_nonfinite='skip'; %d skipped so far).", report, self._skipped_batches
-            )
-            return False
+        if verdict == "skip":
+            self.skipped += 1
+            self._hold = True
+            logger.warning("%s\nSkipped this update (on_nonfinite='skip'; %d skipped so far).", report, self.skipped)
+            return
         raise NonFiniteError(
             f"{report}\nThe update was not applied and training stopped. Check the rows named above or lower "
             "learning_rate; set on_nonfinite='skip' to skip such batches instead."
         )
 
-    # ---- the report -----------------------------------------------------------------------
-    def _nonfinite_report(
-        self,
-        losses: list[torch.Tensor],
-        loss_ok: list[bool],
-        inputs: list[dict[str, Any]],
-        grad_norm: Any,
-        grad_ok: bool,
-    ) -> str:
-        step = self.state.global_step + 1
+    def allow_step(self) -> bool:
+        """The gate of :class:`~orpo.reliability.optimizer.GatedOptimizer`: False for a held-back update."""
+        return not self._hold
+
+    def step_done(self) -> None:
+        self._hold = False
+
+    def log_fields(self, logs: dict[str, float]) -> dict[str, float]:
+        """``skipped_batches`` for a training log under the ``"skip"`` policy."""
+        if self.policy == "skip" and "loss" in logs and not any(key.startswith("eval_") for key in logs):
+            return {"skipped_batches": self.skipped}
+        return {}
+
+    # ---- the report -------------------------------------------------------------------------
+    def report(self, step: int, epoch: float) -> str:
+        """What went non-finite at optimizer step ``step`` (1-based), and where."""
+        losses, inputs = self._losses, self._inputs
+        loss_ok = torch.isfinite(torch.stack(losses)).tolist() if losses else []
+        norm = float(self._grad_norm) if self._grad_norm is not None else None
+        grad_ok = norm is None or math.isfinite(norm)
         what = " and ".join(w for w, bad in (("loss", not all(loss_ok)), ("gradient", not grad_ok)) if bad)
-        where = f" on process {self.args.process_index}" if self.args.world_size > 1 else ""
-        lines = [
-            f"non-finite {what or 'value on another process'} at optimizer step {step}{where} (epoch {self.state.epoch or 0:.3f})"
-        ]
-        diagnose = self.args.world_size <= 1 and not (
-            getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False)
-        )
-        count = len(inputs)
+        where = f" on process {self.process_index}" if self.world_size > 1 else ""
+        lines = [f"non-finite {what or 'value on another process'} at optimizer step {step}{where} (epoch {epoch:.3f})"]
         for i, (loss, ok) in enumerate(zip(losses, loss_ok, strict=True)):
             if ok:
                 continue
-            rows = self._rows_of(inputs[i])
-            line = f"  micro-batch {i + 1}/{count}: loss {float(loss)}; dataset rows {_fmt(rows)}"
-            if diagnose:
-                line += "; " + self._diagnose_rows(inputs[i], rows)
+            line = f"  micro-batch {i + 1}/{len(inputs)}: loss {float(loss)}; dataset rows {format_rows(rows_of(inputs[i]))}"
+            if self.diagnose:
+                line += "; " + self.diagnosis.bad_rows(inputs[i])
             lines.append(line)
         if not grad_ok:
-            lines.append(f"  gradient norm {_scalar(grad_norm)}")
-            if diagnose and all(loss_ok):
-                lines.extend(self._diagnose_gradients(inputs))
+            lines.append(f"  gradient norm {norm}")
+            if self.diagnose and all(loss_ok):
+                lines.extend(self.diagnosis.bad_gradients(inputs))
             elif all(loss_ok):
-                all_rows = [r for batch in inputs for r in self._rows_of(batch)]
-                lines.append(f"  rows of this step: {_fmt(all_rows)}")
+                lines.append(f"  rows of this step: {format_rows([r for batch in inputs for r in rows_of(batch)])}")
         return "\n".join(lines)
-
-    # ---- logging ----------------------------------------------------------------------
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.args.on_nonfinite == "skip" and "loss" in logs and not any(k.startswith("eval_") for k in logs):
-            logs["skipped_batches"] = self._skipped_batches
-        super().log(logs, start_time)
-
-
-def _scalar(value: Any) -> float:
-    if hasattr(value, "full_tensor"):  # a DTensor (FSDP2)
-        value = value.full_tensor()
-    return float(value)
-
-
-def _is_finite(value: Any) -> bool:
-    return math.isfinite(_scalar(value))

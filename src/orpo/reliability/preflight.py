@@ -1,4 +1,4 @@
-"""Clear errors before training: an unwritable output dir, a dataset smaller than one batch."""
+"""Clear errors before training: an unwritable output dir, a disk too small, a dataset smaller than a batch."""
 
 from __future__ import annotations
 
@@ -9,59 +9,11 @@ import shutil
 import tempfile
 from typing import Any
 
-logger = logging.getLogger(__package__)  # "orpo.reliability", as before the split
+import torch
 
+from .diagnose import ROW_INDEX_COLUMN
 
-class PreflightMixin:
-    """Checks run at the start of ``train()``, before any step."""
-
-    def _check_output_dir(self) -> None:
-        """Fail before any training if checkpoints could not be written."""
-        out = self.args.output_dir
-        check_output_dir(out)
-        need = self._checkpoint_size_estimate()
-        with contextlib.suppress(OSError):
-            free = shutil.disk_usage(out).free
-            if need and free < need:
-                logger.warning(
-                    "output_dir %s has %.2f GB free, a checkpoint of this model needs about %.2f GB: saving will "
-                    "fail when the disk is full",
-                    out,
-                    free / 1e9,
-                    need / 1e9,
-                )
-
-    def _checkpoint_size_estimate(self) -> int:
-        model = getattr(self, "model", None)
-        if model is None:
-            return 0
-        trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() * p.element_size() for p in model.parameters())
-        weights = trainable if hasattr(model, "peft_config") else total
-        optimizer = (
-            0 if self.args.save_only_model else 2 * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
-        )
-        return weights + optimizer
-
-    def _check_batch_size(self) -> None:
-        dataset = self.train_dataset
-        if dataset is None or not hasattr(dataset, "__len__"):
-            return
-        rows = len(dataset)
-        per_step = self.args.per_device_train_batch_size * max(self.args.world_size, 1)
-        if rows >= per_step:
-            return
-        if self.args.dataloader_drop_last:
-            raise ValueError(
-                f"the train set has {rows} pair(s), fewer than one batch of {per_step} "
-                f"(per_device_train_batch_size x processes), and dataloader_drop_last=True drops it: nothing "
-                "would be trained. Lower the batch size or set dataloader_drop_last=False."
-            )
-        logger.warning(
-            "the train set has %d pair(s), fewer than one batch of %d: every step trains on the whole set",
-            rows,
-            per_step,
-        )
+logger = logging.getLogger(__name__)
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -79,15 +31,57 @@ def check_output_dir(output_dir: str) -> None:
         ) from None
 
 
-def _is_hf_dataset(dataset: Any) -> bool:
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        return False
-    return isinstance(dataset, datasets.Dataset)
+def checkpoint_size_estimate(model: torch.nn.Module | None, adapter_only: bool, with_optimizer: bool) -> int:
+    """Bytes of one checkpoint: the weights saved (the adapter's only for PEFT) and, unless
+    ``save_only_model``, two float32 Adam moments per trainable parameter."""
+    if model is None:
+        return 0
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in (trainable if adapter_only else model.parameters()))
+    return weights + (2 * 4 * sum(p.numel() for p in trainable) if with_optimizer else 0)
 
 
-def _carries_row_index(collator: Any) -> bool:
+def warn_if_disk_small(output_dir: str, need: int) -> None:
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(output_dir).free
+        if need and free < need:
+            logger.warning(
+                "output_dir %s has %.2f GB free, a checkpoint of this model needs about %.2f GB: saving will "
+                "fail when the disk is full",
+                output_dir,
+                free / 1e9,
+                need / 1e9,
+            )
+
+
+def check_batch_size(dataset: Any, per_step: int, drop_last: bool) -> None:
+    """A train set smaller than one batch (``per_step`` rows over all processes): an error if it would be dropped."""
+    if dataset is None or not hasattr(dataset, "__len__"):  # an IterableDataset has no length
+        return
+    rows = len(dataset)
+    if rows >= per_step:
+        return
+    if drop_last:
+        raise ValueError(
+            f"the train set has {rows} pair(s), fewer than one batch of {per_step} "
+            f"(per_device_train_batch_size x processes), and dataloader_drop_last=True drops it: nothing "
+            "would be trained. Lower the batch size or set dataloader_drop_last=False."
+        )
+    logger.warning(
+        "the train set has %d pair(s), fewer than one batch of %d: every step trains on the whole set", rows, per_step
+    )
+
+
+def with_row_index(dataset: Any, collator: Any) -> Any:
+    """The train dataset with a :data:`ROW_INDEX_COLUMN`, where the collator carries it into batches."""
+    import datasets
+
     from ..data import ORPODataCollator
 
-    return isinstance(collator, ORPODataCollator)
+    if (
+        isinstance(collator, ORPODataCollator)
+        and isinstance(dataset, datasets.Dataset)
+        and ROW_INDEX_COLUMN not in dataset.column_names
+    ):
+        return dataset.add_column(ROW_INDEX_COLUMN, list(range(len(dataset))))
+    return dataset

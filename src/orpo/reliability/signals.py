@@ -1,4 +1,4 @@
-"""SIGINT/SIGTERM: finish the current optimizer step, save a resumable checkpoint, then stop."""
+"""SIGINT/SIGTERM during ``train()``: finish the step, save, stop with :class:`TrainingInterrupted`."""
 
 from __future__ import annotations
 
@@ -6,72 +6,80 @@ import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
-logger = logging.getLogger(__package__)  # "orpo.reliability", as before the split
+from .errors import TrainingInterrupted
+
+logger = logging.getLogger(__name__)
 
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
 
 
-class TrainingInterrupted(SystemExit):
-    """Training stopped on SIGINT/SIGTERM after saving a resumable checkpoint.
+class SignalHandler:
+    """Records the first SIGINT/SIGTERM; the loop stops once every process has agreed on it.
 
-    A ``SystemExit``: left uncaught, the process exits with code ``128 + signum`` (130 for
-    SIGINT, 143 for SIGTERM) and no traceback.
+    ``requested`` is this process's signal; ``agreed`` is set before an optimizer step when any
+    process has one (see :class:`orpo.reliability.callback.ReliabilityCallback`), so all stop
+    after the same step.
     """
 
-    def __init__(self, signum: int, global_step: int, checkpoint: str | None) -> None:
-        super().__init__(128 + int(signum))
-        self.signum = int(signum)
-        self.global_step = global_step
-        self.checkpoint = checkpoint
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self.agreed = False
+        self._previous: dict[int, Any] = {}
 
-    def __str__(self) -> str:
-        return (
-            f"training interrupted by {signal.Signals(self.signum).name} at step {self.global_step}; "
-            f"checkpoint: {self.checkpoint}"
-        )
-
-
-class SignalMixin:
-    """Installs the handlers for the length of ``train()``; the step guard acts on ``_stop_signal``."""
-
-    #: Set to False before ``train()`` to leave SIGINT/SIGTERM to their usual handlers.
-    handle_signals: bool = True
-
-    _stop_signal: int | None
+    def reset(self) -> None:
+        self.requested = None
+        self.agreed = False
 
     @contextlib.contextmanager
-    def _signal_guard(self) -> Any:
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+    def installed(self, enabled: bool = True) -> Iterator[None]:
+        """Handle SIGINT/SIGTERM inside the block (main thread only); the previous handlers come back after."""
+        if not enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous: dict[int, Any] = {}
-
-        def restore() -> None:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-
-        def handler(signum: int, _frame: Any) -> None:
-            name = signal.Signals(signum).name
-            if self._stop_signal is None:
-                self._stop_signal = signum
-                logger.warning(
-                    "received %s: finishing the current step, then saving a checkpoint and stopping "
-                    "(send %s again to stop at once)",
-                    name,
-                    name,
-                )
-            elif signum == self._stop_signal:
-                logger.warning("received %s again: stopping now without a checkpoint", name)
-                restore()
-                signal.raise_signal(signum)
-            else:  # e.g. torchrun's SIGTERM after a Ctrl-C: already stopping
-                logger.info("received %s while already stopping; ignored", name)
-
-        for signum in _SIGNALS:
-            previous[signum] = signal.signal(signum, handler)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in _SIGNALS}
         try:
             yield
         finally:
-            restore()
+            self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is None:
+            self.requested = signum
+            logger.warning(
+                "received %s: finishing the current step, then saving a checkpoint and stopping "
+                "(send %s again to stop at once)",
+                name,
+                name,
+            )
+        elif signum == self.requested:
+            logger.warning("received %s again: stopping now without a checkpoint", name)
+            self._restore()
+            signal.raise_signal(signum)
+        else:  # e.g. torchrun's SIGTERM after a Ctrl-C: already stopping
+            logger.info("received %s while already stopping; ignored", name)
+
+    def finish(self, global_step: int, max_steps: int, checkpoint: str | None) -> None:
+        """After ``Trainer.train`` returned: raise :class:`TrainingInterrupted` if a signal stopped it early."""
+        if self.requested is None:
+            return
+        name = signal.Signals(self.requested).name
+        if self.agreed and not (max_steps and global_step >= max_steps):
+            logger.warning(
+                "training stopped by %s at step %d/%d; checkpoint saved to %s. Resume with "
+                "train(resume_from_checkpoint=True) and the same output_dir.",
+                name,
+                global_step,
+                max_steps,
+                checkpoint,
+            )
+            raise TrainingInterrupted(self.requested, global_step, checkpoint)
+        logger.warning("received %s as training finished; it completed normally", name)

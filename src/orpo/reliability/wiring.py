@@ -1,0 +1,133 @@
+"""The reliability objects of one ``ORPOTrainer``, and what connects them to it.
+
+The objects (``guard``, ``checkpoints``, ``signals``) know nothing of ``Trainer``; this class
+builds them from the trainer's args and accelerator, passes each what it needs, and runs the
+few steps the trainer's hooks delegate to it (``train``, ``create_optimizer``, ``training_step``,
+``_save_checkpoint``).  What it needs of ``Trainer`` beyond the public API goes through
+:mod:`~orpo.reliability.trainer_internals`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate.optimizer import AcceleratedOptimizer
+
+from ..checkpoint import remove_stale_staging
+from ..modeling import is_peft_model
+from . import preflight
+from . import trainer_internals as internals
+from .callback import ReliabilityCallback
+from .commit import CheckpointCommitter
+from .diagnose import Diagnosis
+from .guard import NonFiniteGuard
+from .optimizer import GatedOptimizer
+from .resume import LoopState, resolve_resume
+from .signals import SignalHandler
+
+if TYPE_CHECKING:
+    from ..trainer import ORPOTrainer
+
+
+class Reliability:
+    """``guard`` (non-finite losses and gradients), ``checkpoints`` (atomic commits), ``signals``
+    (SIGINT/SIGTERM), wired to one trainer after ``Trainer.__init__`` (they need its accelerator)."""
+
+    def __init__(self, trainer: ORPOTrainer) -> None:
+        self.trainer = trainer
+        args = trainer.args
+
+        def model() -> torch.nn.Module:  # read when needed: model_init replaces it at train()
+            assert trainer.model is not None, "Trainer.__init__ or train() sets the model"
+            return trainer.model
+
+        diagnosis = Diagnosis(
+            dataset=lambda: trainer.train_dataset,
+            model=model,
+            rescore=lambda batch: trainer.scorer(model(), internals.prepare_inputs(trainer, batch)).logps,
+            loss=lambda batch: trainer.compute_loss(model(), internals.prepare_inputs(trainer, batch)),
+            windows=trainer.metric_windows,
+            context=trainer.compute_loss_context_manager,
+        )
+        self.checkpoints = CheckpointCommitter(barrier=trainer.accelerator.wait_for_everyone, is_main=args.should_save)
+        self.signals = SignalHandler()
+        self.guard = NonFiniteGuard(
+            args.on_nonfinite,
+            trainer.metric_windows,
+            diagnosis,
+            check_gradients=trainer.accelerator.scaler is None and not trainer.is_deepspeed_enabled,
+            deepspeed=trainer.is_deepspeed_enabled,
+            diagnose=args.world_size <= 1 and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled),
+            world_size=args.world_size,
+            process_index=args.process_index,
+            last_checkpoint=lambda: self.checkpoints.last,
+        )
+        self.resume: str | None = None
+        trainer.add_callback(
+            ReliabilityCallback(self.guard, self.signals, self.restore_loop_state, args.device, args.world_size)
+        )
+
+    def before_train(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """Checks before any compute; the verified checkpoint to resume from (None: start afresh)."""
+        trainer, args = self.trainer, self.trainer.args
+        output_dir = args.output_dir
+        assert output_dir is not None, "TrainingArguments.__post_init__ sets output_dir"
+        preflight.check_output_dir(output_dir)
+        adapter_only = is_peft_model(trainer.model)
+        need = preflight.checkpoint_size_estimate(trainer.model, adapter_only, not args.save_only_model)
+        preflight.warn_if_disk_small(output_dir, need)
+        per_step = args.per_device_train_batch_size * max(args.world_size, 1)
+        preflight.check_batch_size(trainer.train_dataset, per_step, args.dataloader_drop_last)
+        if args.should_save:
+            remove_stale_staging(output_dir)
+        self.resume = resolve_resume(resume_from_checkpoint, output_dir, args.world_size, args.process_index)
+        self.signals.reset()
+        self.guard.reset()
+        return self.resume
+
+    def after_train(self) -> None:
+        """Raise :class:`~orpo.reliability.TrainingInterrupted` if a signal ended the run early."""
+        state = self.trainer.state
+        self.signals.finish(state.global_step, state.max_steps, self.checkpoints.last)
+
+    def gate(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The optimizer behind the guard's gate; as is under DeepSpeed (it steps inside backward) or when
+        already gated (a second ``train()``: accelerate's wrapper holds the gated one)."""
+        if self.trainer.is_deepspeed_enabled or isinstance(optimizer, (GatedOptimizer, AcceleratedOptimizer)):
+            return optimizer
+        return GatedOptimizer(optimizer, self.guard.allow_step)
+
+    def end_micro_batch(self, loss: torch.Tensor, inputs: dict[str, Any], model: torch.nn.Module) -> None:
+        window_end = internals.is_window_end(self.trainer)
+        self.guard.end_micro_batch(loss, inputs, model.parameters() if window_end else None)
+
+    def save_checkpoint(self, trial: Any) -> None:
+        """Trainer's checkpoint files and orpo's loop state, committed atomically, then pushed and rotated."""
+        trainer = self.trainer
+        args, state = trainer.args, trainer.state
+        run_dir = internals.run_dir(trainer, trial)
+
+        def write(staging: str) -> None:
+            internals.write_checkpoint(trainer, staging, run_dir, trial)
+            tr_loss, last_logged = internals.unlogged_loss(trainer)
+            exported = trainer.metric_windows.export("train")
+            loop = LoopState(state.global_step, tr_loss, last_logged, exported, self.guard.skipped)
+            loop.save(staging, args.world_size, args.process_index)
+            internals.save_trainer_state(trainer, staging)
+
+        checkpoint = self.checkpoints.save(run_dir, state.global_step, write)
+        internals.finish_checkpoint(trainer, checkpoint, run_dir)
+
+    def restore_loop_state(self) -> None:
+        """At the start of a resumed run: the sums the checkpoint's steps had not logged yet."""
+        trainer = self.trainer
+        args = trainer.args
+        if self.resume is None:
+            return
+        loop = LoopState.load(self.resume, trainer.state.global_step, args.world_size, args.process_index)
+        if loop is None:
+            return
+        internals.restore_unlogged_loss(trainer, loop.tr_loss, loop.globalstep_last_logged)
+        trainer.metric_windows.load("train", loop.metric_sums, args.device)
+        self.guard.skipped = loop.skipped_batches
