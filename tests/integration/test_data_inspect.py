@@ -122,11 +122,24 @@ def test_cli_prints_the_report_and_the_tokenized_example(word_tokenizer_dir, cap
     assert "chosen longer than rejected in 60.0% of rows (rejected longer 30.0%, same length 10.0%)" in out
     assert "  chosen == rejected              1  (on_identical_pair=drop by default)" in out
     assert "  duplicate rows                  1  (on_duplicate=keep by default)" in out
+    assert "  empty prompt                    0  (on_empty_prompt=keep by default)" in out
     # the example: row 1, truncated to 3 completion tokens, so no EOS -- and the report says so
     assert f"example: {REPORT}, line 2 (row 1), tokenized as for training" in out
     assert "[<s>] [q1_0] [q1_1] ▌ {good0} {good1} {good2}" in out
     assert "labels: -100 x3 | " in out
     assert "the chosen completion does not end with EOS ('</s>'): it was truncated" in out
+
+
+def test_blank_prompts_are_counted_and_flagged(tmp_path, capsys):
+    import json
+
+    rows = [{"prompt": p, "chosen": " yes", "rejected": " no"} for p in ("Sky?", "", "  \t", "Grass?")]
+    path = tmp_path / "blank.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  empty prompt                    2  (on_empty_prompt=keep by default)" in out
+    assert "2 row(s) have an empty or whitespace-only prompt: they train as unconditional pairs" in out
 
 
 def test_cli_without_a_model_says_the_counts_are_indicative(capsys):

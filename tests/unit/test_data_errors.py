@@ -108,6 +108,28 @@ def test_ragged_csv_row(tmp_path):
     )
 
 
+def test_a_csv_header_repeating_a_column_name(tmp_path):
+    """datasets' csv builder keeps one of two same-named columns: that would lose a column silently."""
+    path = write(tmp_path / "pairs.csv", "prompt,chosen,chosen,rejected,prompt\na,b,c,d,e\n")
+    assert error_of(path) == (
+        f"{path}, line 1: the header repeats column name(s) ('chosen' in columns 2, 3; 'prompt' in columns 1, 5); "
+        "only one column of each name could be read, so rename them"
+    )
+    tsv = write(tmp_path / "pairs.tsv", "prompt\tchosen\trejected\trejected\na\tb\tc\td\n")
+    assert "('rejected' in columns 3, 4)" in error_of(tsv)
+
+
+def test_a_dataframe_with_two_columns_of_one_name(tmp_path, tokenizer):
+    import pandas as pd
+
+    frame = pd.DataFrame([["Q?", " a", " b", " c"]], columns=["prompt", "chosen", "rejected", "chosen"])
+    expected = (
+        "train data: the DataFrame has more than one column named 'chosen'; rename them so each column has its own name"
+    )
+    assert error_of(frame) == expected
+    assert prepare_error(frame, tokenizer, tmp_path) == expected
+
+
 def test_empty_sources(tmp_path):
     path = write(tmp_path / "pairs.jsonl", "\n\n")
     assert error_of(path) == f"train data is empty: no rows in {path}"

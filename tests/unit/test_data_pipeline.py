@@ -14,6 +14,7 @@ import pytest
 
 from orpo import ORPOConfig
 from orpo.data import DataError, load_preference_data, prepare_preference_dataset
+from orpo.data.policy import RowPolicies
 from orpo.seq2seq import prepare_seq2seq_dataset
 from orpo.testing import build_seq2seq_tokenizer, build_tokenizer, build_vlm_processor, make_image
 from orpo.vision import prepare_vision_dataset
@@ -152,6 +153,61 @@ def test_second_run_is_served_from_the_cache(kind, processors, tmp_path, monkeyp
     assert again["chosen_input_ids"] == first["chosen_input_ids"]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_blank_prompts_are_counted_and_kept_by_default(kind, processors, tmp_path, caplog):
+    rows = [ROWS[0], ("", " red", " blue", "red.png"), ("   ", " green", " red", "green.png"), ROWS[5]]
+    path = write_rows(tmp_path, rows)
+    with caplog.at_level("WARNING", logger="orpo.data.policy"):
+        dataset, report = prepare(kind, processors, path, tmp_path)
+    # A vision row's prompt holds its image even when its text is blank: not an empty prompt.
+    blank = 0 if kind == "vision" else 2
+    assert report.empty_prompts == blank and report.rows_out == len(dataset) == 4 and not report.dropped
+    assert (f"{blank} empty prompt" in report.summary()) == bool(blank)
+    warned = [r.getMessage() for r in caplog.records if "empty prompt" in r.getMessage()]
+    assert warned == ([f"train: keeping 2 row(s): empty prompt (first: {path}, line 2 (row 1))"] if blank else [])
+
+
+@pytest.mark.parametrize("policy", ["drop", "error"])
+def test_on_empty_prompt_drop_counts_and_error_names_the_row(processors, tmp_path, policy):
+    from orpo.data.prepare import prepare_dataset
+    from orpo.data.tokenize import LengthLimits, PairTokenizer
+
+    rows = [ROWS[0], ("What color is it?", " x", " y", "red.png"), (" \n ", " red", " blue", "red.png")]
+    path = write_rows(tmp_path, rows)
+    policies = RowPolicies("drop", "drop", "keep", "truncate", on_empty_prompt=policy)
+    tokenizer = PairTokenizer(processors["text"], LengthLimits(None, None, None, "keep_end"))
+    train = load_preference_data(path)["train"]
+    if policy == "error":
+        with pytest.raises(DataError) as info:
+            prepare_dataset(train, tokenizer, policies)
+        assert str(info.value) == (
+            f"{path}, line 3 (row 2): empty prompt (1 such row(s) in the train data); fix the data or set "
+            "on_empty_prompt='drop' or 'keep'"
+        )
+        return
+    dataset, report = prepare_dataset(train, tokenizer, policies)
+    assert report.dropped == {"empty prompt": 1} and report.empty_prompts == 1
+    assert dataset["_orpo_source"] == [f"{path}, line {i + 1} (row {i})" for i in (0, 1)]
+
+
+def test_a_blank_conversational_prompt_is_an_empty_prompt(processors, tmp_path):
+    def turn(role, text):
+        return [{"role": role, "content": text}]
+
+    rows = [
+        {"prompt": turn("user", "Which one?"), "chosen": turn("assistant", "red"), "rejected": turn("assistant", "no")},
+        {"prompt": turn("user", "  "), "chosen": turn("assistant", "red"), "rejected": turn("assistant", "no")},
+        {
+            "prompt": turn("system", "Be brief.") + turn("user", ""),
+            "chosen": turn("assistant", "a"),
+            "rejected": turn("assistant", "b"),
+        },
+    ]
+    args = ORPOConfig(output_dir=str(tmp_path / "out"), report_to=[])
+    _, report = prepare_preference_dataset(rows, processors["text"], args)
+    assert report.empty_prompts == 1  # row 2 has a system turn: its prompt is not empty
+
+
 # ---- image errors -------------------------------------------------------------------------------
 
 
@@ -188,6 +244,52 @@ def test_a_null_image_in_a_list_names_its_position(processors, tmp_path):
     with pytest.raises(DataError) as info:
         prepare_vision_dataset(rows, processors["vision"], args)
     assert str(info.value) == "train row 0, column 'images': image 1 is null"
+
+
+def test_one_dataset_mixes_image_paths_bytes_and_pil_images(processors, tmp_path):
+    import io
+
+    red = make_image((20, 24), (255, 0, 0), path=str(tmp_path / "red.png"))
+    encoded = io.BytesIO()
+    make_image((20, 24), (0, 0, 255)).save(encoded, format="PNG")
+    forms = [str(tmp_path / "red.png"), encoded.getvalue(), red, [str(tmp_path / "red.png"), encoded.getvalue()]]
+    rows = [
+        {"prompt": "Which one?", "chosen": f" red {i}", "rejected": " blue", "images": v} for i, v in enumerate(forms)
+    ]
+    args = ORPOConfig(output_dir=str(tmp_path / "out"), report_to=[])
+    for data in (rows, {key: [row[key] for row in rows] for key in rows[0]}):
+        dataset, report = prepare_vision_dataset(data, processors["vision"], args)
+        assert report.rows_out == 4 and report.duplicates == 0
+        placeholders = processors["vision"].image_token_id
+        counts = [ids.count(placeholders) for ids in dataset["prompt_input_ids"]]
+        assert counts[0] == counts[1] == counts[2] > 0 and counts[3] == 2 * counts[0]
+    loaded = load_preference_data(rows)["train"]
+    assert [len(value) for value in loaded["images"]] == [1, 1, 1, 2]
+
+
+def test_a_broken_image_among_mixed_forms_names_its_own_row(processors, tmp_path):
+    make_image(path=str(tmp_path / "red.png"))
+    encoded = io_png()
+    rows = [
+        {"prompt": "Which one?", "chosen": " red", "rejected": " blue", "images": [value]}
+        for value in (str(tmp_path / "red.png"), encoded, b"not an image")
+    ]
+    args = ORPOConfig(output_dir=str(tmp_path / "out"), report_to=[])
+    with pytest.raises(DataError) as info:
+        prepare_vision_dataset(rows, processors["vision"], args)
+    assert str(info.value).startswith("train row 2, column 'images': image <bytes> is not a readable image")
+    rows[2]["images"] = [3.5]
+    with pytest.raises(DataError) as info:
+        prepare_vision_dataset(rows, processors["vision"], args)
+    assert str(info.value).startswith("train row 2, column 'images': unsupported image value float")
+
+
+def io_png() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    make_image((20, 24), (0, 0, 255)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 # ---- the length policy itself --------------------------------------------------------------------

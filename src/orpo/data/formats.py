@@ -26,7 +26,7 @@ from .errors import DataError, short
 
 #: Part of the normaliser's ``datasets`` cache fingerprint: bump it whenever the texts produced
 #: here change, so a cache written by an older orpo is not reused.
-FORMAT_REVISION = 1
+FORMAT_REVISION = 2
 
 VALID_ROLES = ("system", "user", "assistant", "tool", "developer")
 #: Roles a prompt may end with: the completion starts right after one of them.
@@ -248,10 +248,11 @@ def _blank(messages: Messages) -> bool:
 
 
 def normalize_row(row: dict[str, Any], tokenizer: Any, where: str, columns: Any = None) -> dict[str, Any]:
-    """Any supported row -> {prompt, chosen, rejected (texts), format, empty}.
+    """Any supported row -> {prompt, chosen, rejected (texts), format, empty, empty_prompt}.
 
-    ``empty`` is True when the chosen or rejected completion has no content (judged on the
-    content, not on the rendered text, which holds template tokens even for an empty reply).
+    ``empty`` is True when the chosen or rejected completion has no content, ``empty_prompt`` when
+    the prompt has none (both judged on the content, not on the rendered text, which holds
+    template tokens even for an empty turn).
     ``columns``: the dataset's columns, listed when there is no prompt to be found.
     """
     prompt, chosen, rejected = (maybe_decode_messages(row.get(name)) for name in ("prompt", "chosen", "rejected"))
@@ -272,6 +273,7 @@ def normalize_row(row: dict[str, Any], tokenizer: Any, where: str, columns: Any 
             "rejected": rejected_text,
             "format": fmt,
             "empty": _blank(chosen_msgs) or _blank(rejected_msgs),
+            "empty_prompt": _blank(prompt_msgs),
         }
     if prompt is None:
         n = _common_text_prefix(chosen, rejected)
@@ -291,6 +293,7 @@ def normalize_row(row: dict[str, Any], tokenizer: Any, where: str, columns: Any 
         "rejected": rejected,
         "format": fmt,
         "empty": not chosen.strip() or not rejected.strip(),
+        "empty_prompt": not prompt.strip(),
     }
 
 

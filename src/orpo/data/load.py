@@ -148,6 +148,10 @@ def load_preference_data(
     import datasets
 
     mapping = ColumnMapping(**columns) if isinstance(columns, dict) else columns
+    if isinstance(source, list | dict):  # images given as paths, bytes and PIL images in one column
+        from ..vision.images import with_storable_images
+
+        source = with_storable_images(source, mapping.images if mapping is not None else None)
     splits, describe = _load_raw(source, split, subset, valid_split, cache_dir, _text_columns(mapping))
     out: dict[str, Any] = {}
     train_name = _pick_split(splits, split, describe)
@@ -253,7 +257,7 @@ def _load_raw(
             return dict(source), "dataset"
         return {"train": dataset_from_columns(source)}, "data"
     if type(source).__name__ == "DataFrame" and hasattr(source, "to_dict"):
-        return {"train": datasets.Dataset.from_pandas(source, preserve_index=False)}, "DataFrame"
+        return {"train": dataset_from_pandas(source)}, "DataFrame"
     if not isinstance(source, str | os.PathLike):
         raise DataError(
             f"unsupported data source of type {type(source).__name__}: give a path, a glob, a dataset id, a "
@@ -293,6 +297,20 @@ def dataset_from_rows(rows: list[Any], split: str = "train") -> Any:
         raise DataError(
             f"{split} data: the rows could not be stored as a table ({type(err).__name__}: {err})"
         ) from None
+
+
+def dataset_from_pandas(frame: Any, split: str = "train") -> Any:
+    """A pandas DataFrame -> Dataset; a column name used twice is an error (one of them would be lost)."""
+    import datasets
+
+    names = [str(name) for name in frame.columns]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(
+            f"{split} data: the DataFrame has more than one column named {', '.join(map(repr, repeated))}; "
+            "rename them so each column has its own name"
+        )
+    return datasets.Dataset.from_pandas(frame, preserve_index=False)
 
 
 def dataset_from_columns(columns: dict[str, Any], split: str = "train") -> Any:

@@ -1,7 +1,8 @@
 """Normalisation: any supported row shape -> a (prompt, chosen, rejected) text triple.
 
 The first ``datasets.map`` of preparation.  A normaliser writes the three texts plus the row's
-format (:data:`FORMAT_COLUMN`), whether a completion is empty (:data:`EMPTY_COLUMN`) and, where
+format (:data:`FORMAT_COLUMN`), whether a completion is empty (:data:`EMPTY_COLUMN`) or the prompt
+is (:data:`EMPTY_PROMPT_COLUMN`) and, where
 the text alone does not identify a row (images), a duplicate key (:data:`KEY_COLUMN`).  Those
 columns are what :func:`orpo.data.validate.find_row_issues` reads; preparation removes them.
 """
@@ -17,6 +18,7 @@ from .validate import TEXT_COLUMNS
 
 FORMAT_COLUMN = "_orpo_format"
 EMPTY_COLUMN = "_orpo_empty"
+EMPTY_PROMPT_COLUMN = "_orpo_empty_prompt"
 #: What besides the texts makes a row distinct (e.g. its images); absent when the texts suffice.
 KEY_COLUMN = "_orpo_key"
 
@@ -31,7 +33,7 @@ class Normaliser:
         self.revision = FORMAT_REVISION  # in the cache fingerprint: new normalisation code, new cache entry
 
     def __call__(self, batch: Batch) -> Batch:
-        out: Batch = {name: [] for name in (*TEXT_COLUMNS, FORMAT_COLUMN, EMPTY_COLUMN)}
+        out: Batch = {name: [] for name in (*TEXT_COLUMNS, FORMAT_COLUMN, EMPTY_COLUMN, EMPTY_PROMPT_COLUMN)}
         present = [name for name in TEXT_COLUMNS if name in batch]
         columns = [name for name in batch if not name.startswith("_orpo_")]
         for index, location in enumerate(batch[SOURCE_COLUMN]):
@@ -41,6 +43,7 @@ class Normaliser:
                 out[name].append(result[name])
             out[FORMAT_COLUMN].append(result["format"])
             out[EMPTY_COLUMN].append(result["empty"])
+            out[EMPTY_PROMPT_COLUMN].append(result["empty_prompt"])
         return out
 
 
@@ -59,7 +62,7 @@ def with_source_column(dataset: Any, split: str) -> Any:
 def normalise_dataset(
     dataset: Any, normaliser: Callable[[Batch], Batch], split: str = "train", num_proc: int | None = None
 ) -> Any:
-    """Canonical columns -> prompt/chosen/rejected texts plus the format/empty (/key) columns."""
+    """Canonical columns -> prompt/chosen/rejected texts plus the format/empty/empty-prompt (/key) columns."""
     dataset = with_source_column(dataset, split)
     return dataset.map(
         normaliser,

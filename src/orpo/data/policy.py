@@ -1,7 +1,7 @@
 """The ``on_*`` options of ``ORPOConfig``, applied one way for every kind of model.
 
 :func:`apply_row_policies` decides on the questionable rows (``on_empty_completion``,
-``on_identical_pair``, ``on_duplicate``); :func:`apply_length_policy` on the rows the length
+``on_identical_pair``, ``on_duplicate``, ``on_empty_prompt``); :func:`apply_length_policy` on the rows the length
 limits cut (``on_too_long``).  Nothing is dropped without a count, and an ``error`` names the
 first such row's file/line (or index) and the option that would accept it.
 """
@@ -24,12 +24,20 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RowPolicies:
     """What to do with each kind of questionable row: ORPOConfig's options of the same names (no
-    defaults here, so they are defined once, there)."""
+    defaults here, so they are defined once, there).
+
+    ``on_empty_prompt`` defaults to ``keep``: a pair with an empty (or whitespace-only) prompt
+    still carries a full preference signal (an unconditional pair, which the loss handles like
+    any other), so dropping it would lose data and an error would refuse data that means it; it is
+    kept, counted in the report and warned about with the first row's location, which is where a
+    wrongly mapped or missing prompt column shows.
+    """
 
     on_identical_pair: str
     on_empty_completion: str
     on_duplicate: str
     on_too_long: str
+    on_empty_prompt: str = "keep"
 
     @classmethod
     def from_args(cls, args: Any) -> RowPolicies:
@@ -65,6 +73,7 @@ def apply_row_policies(
         (issues.empty, policies.on_empty_completion, "empty chosen or rejected", "on_empty_completion"),
         (issues.identical, policies.on_identical_pair, "chosen == rejected", "on_identical_pair"),
         (issues.duplicates, policies.on_duplicate, "duplicate row", "on_duplicate"),
+        (issues.empty_prompts, policies.on_empty_prompt, "empty prompt", "on_empty_prompt"),
     ):
         fresh = [index for index in rows if index not in drop]
         if apply_policy(policy, fresh, label, option, dataset, split, dropped):

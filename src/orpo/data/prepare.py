@@ -20,8 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DataError
-from .load import ColumnMapping, apply_column_mapping, dataset_from_columns, dataset_from_rows
-from .normalise import EMPTY_COLUMN, FORMAT_COLUMN, KEY_COLUMN, Batch, map_workers, normalise_dataset
+from .load import ColumnMapping, apply_column_mapping, dataset_from_columns, dataset_from_pandas, dataset_from_rows
+from .normalise import (
+    EMPTY_COLUMN,
+    EMPTY_PROMPT_COLUMN,
+    FORMAT_COLUMN,
+    KEY_COLUMN,
+    Batch,
+    map_workers,
+    normalise_dataset,
+)
 from .policy import RowPolicies, apply_length_policy, apply_row_policies
 from .tokenize import FLAGS_COLUMN, TOKENIZED_COLUMNS, LengthLimits, PairTokenizer, RowTokenizer, TokenizeReport
 from .validate import TEXT_COLUMNS, check_dataset, column_values, find_row_issues
@@ -38,6 +46,7 @@ class DataReport:
     formats: Counter = field(default_factory=Counter)
     identical_pairs: int = 0
     empty_completions: int = 0
+    empty_prompts: int = 0
     duplicates: int = 0
     distinct_prompts: int = 0
     dropped: Counter = field(default_factory=Counter)
@@ -54,6 +63,7 @@ class DataReport:
         for label, count in (
             ("chosen == rejected", self.identical_pairs),
             ("empty completion", self.empty_completions),
+            ("empty prompt", self.empty_prompts),
             ("duplicate rows", self.duplicates),
         ):
             if count:
@@ -78,7 +88,7 @@ def to_dataset(data: Any, split: str = "train") -> Any:
     if isinstance(data, list):
         return dataset_from_rows(data, split)
     if type(data).__name__ == "DataFrame" and hasattr(data, "to_dict"):
-        return datasets.Dataset.from_pandas(data, preserve_index=False)
+        return dataset_from_pandas(data, split)
     raise DataError(
         f"unsupported dataset type {type(data).__name__}: use datasets.Dataset, a list of dicts or a dict of lists "
         "(or orpo.data.load_preference_data for files and hub ids)"
@@ -102,12 +112,12 @@ def drop_questionable_rows(dataset: Any, policies: RowPolicies, split: str, repo
     report.formats.update(column_values(dataset, FORMAT_COLUMN))
     keys = column_values(dataset, KEY_COLUMN) if KEY_COLUMN in dataset.column_names else None
     prompts, chosens, rejecteds, empty = (column_values(dataset, name) for name in (*TEXT_COLUMNS, EMPTY_COLUMN))
-    issues = find_row_issues(prompts, chosens, rejecteds, empty, keys)
+    issues = find_row_issues(prompts, chosens, rejecteds, empty, keys, column_values(dataset, EMPTY_PROMPT_COLUMN))
     report.identical_pairs, report.empty_completions = len(issues.identical), len(issues.empty)
+    report.empty_prompts = len(issues.empty_prompts)
     report.duplicates, report.distinct_prompts = len(issues.duplicates), issues.distinct_prompts
-    dataset = dataset.remove_columns(
-        [c for c in (FORMAT_COLUMN, EMPTY_COLUMN, KEY_COLUMN) if c in dataset.column_names]
-    )
+    bookkeeping = (FORMAT_COLUMN, EMPTY_COLUMN, EMPTY_PROMPT_COLUMN, KEY_COLUMN)
+    dataset = dataset.remove_columns([c for c in bookkeeping if c in dataset.column_names])
     drop = apply_row_policies(issues, policies, dataset, split, report.dropped)
     if drop:
         dataset = dataset.select([index for index in range(len(dataset)) if index not in drop])

@@ -82,6 +82,7 @@ class InspectReport:
     same_length: int = 0
     identical: int = 0
     empty: int = 0
+    empty_prompts: int = 0
     duplicates: int = 0
     distinct_prompts: int = 0
     max_prompt_repeats: int = 0
@@ -136,6 +137,7 @@ class InspectReport:
         for label, count, option in (
             ("chosen == rejected", self.identical, "on_identical_pair"),
             ("empty chosen or rejected", self.empty, "on_empty_completion"),
+            ("empty prompt", self.empty_prompts, "on_empty_prompt"),
             ("duplicate rows", self.duplicates, "on_duplicate"),
         ):
             lines.append(f"  {label:<26}{count:>7}  ({option}={self.policies.get(option, '?')} by default)")
@@ -168,7 +170,8 @@ def inspect_dataset(
     num_proc: int | None = None,
 ) -> InspectReport:
     """The report for ``dataset`` (canonical columns, e.g. from :func:`load_preference_data`)."""
-    from .normalise import EMPTY_COLUMN, FORMAT_COLUMN, Normaliser, normalise_dataset
+    from .normalise import EMPTY_COLUMN, EMPTY_PROMPT_COLUMN, FORMAT_COLUMN, Normaliser, normalise_dataset
+    from .policy import RowPolicies
     from .prepare import tokenize_dataset
     from .tokenize import (
         CHOSEN_TRUNCATED,
@@ -184,16 +187,19 @@ def inspect_dataset(
     defaults = config_defaults()
     report = InspectReport(source=source, split=split, rows=len(dataset), limits=limits)
     report.policies = {name: defaults[name] for name in ("on_identical_pair", "on_empty_completion", "on_duplicate")}
+    report.policies["on_empty_prompt"] = defaults.get("on_empty_prompt", RowPolicies.on_empty_prompt)
     check_dataset(dataset, split)
     normalised = normalise_dataset(dataset, Normaliser(tokenizer), split, num_proc)
     report.formats = Counter(column_values(normalised, FORMAT_COLUMN))
     issues = find_row_issues(
-        *(column_values(normalised, name) for name in ("prompt", "chosen", "rejected", EMPTY_COLUMN))
+        *(column_values(normalised, name) for name in ("prompt", "chosen", "rejected", EMPTY_COLUMN)),
+        empty_prompts=column_values(normalised, EMPTY_PROMPT_COLUMN),
     )
     report.identical, report.empty, report.duplicates = len(issues.identical), len(issues.empty), len(issues.duplicates)
+    report.empty_prompts = len(issues.empty_prompts)
     report.distinct_prompts, report.max_prompt_repeats = issues.distinct_prompts, issues.max_prompt_repeats
 
-    texts = normalised.remove_columns([FORMAT_COLUMN, EMPTY_COLUMN])
+    texts = normalised.remove_columns([FORMAT_COLUMN, EMPTY_COLUMN, EMPTY_PROMPT_COLUMN])
     unlimited = LengthLimits(None, None, None, limits.truncation_mode)
     full, _ = tokenize_dataset(
         texts, PairTokenizer(tokenizer, unlimited), "truncate", num_proc, f"{split} (full length)"
@@ -234,6 +240,11 @@ def inspect_dataset(
         )
     if report.identical or report.empty:
         report.warnings.append("some rows carry no preference signal (identical or empty completions); see above")
+    if report.empty_prompts:
+        report.warnings.append(
+            f"{report.empty_prompts} row(s) have an empty or whitespace-only prompt: they train as unconditional "
+            "pairs; check the prompt column mapping (--prompt-text-column)"
+        )
     return report
 
 

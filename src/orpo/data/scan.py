@@ -126,6 +126,7 @@ def _scan_csv(file: DataFile) -> None:
             if header is None:
                 file.kind, file.rows, file.locations = "empty", 0, []
                 return
+            _check_header(file.display, header, reader.line_num)
             previous = reader.line_num
             for record in reader:
                 start = previous + 1
@@ -143,6 +144,22 @@ def _scan_csv(file: DataFile) -> None:
     file.columns = header
     file.locations = locations
     file.rows = len(locations)
+
+
+def _check_header(display: str, header: list[str], line: int) -> None:
+    """A name given to two columns: the csv builder keeps only one of them, so one column would be lost."""
+    seen: dict[str, int] = {}
+    repeated: dict[str, list[int]] = {}
+    for number, name in enumerate(header, 1):
+        if name in seen:
+            repeated.setdefault(name, [seen[name]]).append(number)
+        seen.setdefault(name, number)
+    if repeated:
+        names = "; ".join(f"{name!r} in columns {', '.join(map(str, numbers))}" for name, numbers in repeated.items())
+        raise DataError(
+            f"{display}, line {line}: the header repeats column name(s) ({names}); only one column of each name "
+            "could be read, so rename them"
+        )
 
 
 def _scan_parquet(file: DataFile) -> None:

@@ -6,7 +6,7 @@
 - :func:`check_dataset`: a ``datasets.Dataset`` with canonical columns: not empty, text columns
   of a text or message type, no nulls (names the first null's file/line/row).
 - :func:`find_row_issues`: questionable rows after normalisation (chosen == rejected, empty
-  completion, duplicate rows) for the ``on_*`` policies and the inspect report.
+  completion, empty prompt, duplicate rows) for the ``on_*`` policies and the inspect report.
 """
 
 from __future__ import annotations
@@ -148,6 +148,7 @@ class RowIssues:
 
     identical: list[int] = field(default_factory=list)
     empty: list[int] = field(default_factory=list)
+    empty_prompts: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     distinct_prompts: int = 0
     max_prompt_repeats: int = 0
@@ -159,10 +160,12 @@ def find_row_issues(
     rejecteds: Sequence[str],
     empty: Sequence[bool] | None = None,
     keys: Sequence[str] | None = None,
+    empty_prompts: Sequence[bool] | None = None,
 ) -> RowIssues:
-    """chosen == rejected (ignoring surrounding whitespace), an empty completion, or a row equal to
-    an earlier one (same prompt, chosen and rejected, and the same ``keys`` entry: e.g. the same
-    images).  A prompt repeating with other answers is fine."""
+    """chosen == rejected (ignoring surrounding whitespace), an empty completion, an empty prompt,
+    or a row equal to an earlier one (same prompt, chosen and rejected, and the same ``keys``
+    entry: e.g. the same images).  A prompt repeating with other answers is fine.  ``empty`` and
+    ``empty_prompts`` are the normaliser's verdicts on the content; without them the texts decide."""
     issues = RowIssues()
     seen: set[tuple[str, ...]] = set()
     prompt_counts: dict[str, int] = {}
@@ -170,6 +173,8 @@ def find_row_issues(
         blank = bool(empty[index]) if empty is not None else (not chosen.strip() or not rejected.strip())
         if blank:
             issues.empty.append(index)
+        if bool(empty_prompts[index]) if empty_prompts is not None else not prompt.strip():
+            issues.empty_prompts.append(index)
         if chosen.strip() == rejected.strip():
             issues.identical.append(index)
         row = (prompt, chosen, rejected) if keys is None else (prompt, chosen, rejected, keys[index])

@@ -7,7 +7,7 @@ import io
 import os
 from typing import Any
 
-from ..data.errors import DataError
+from ..data.errors import DataError, where
 
 #: The column that holds each row's images (the data mapping renames the user's column to it).
 IMAGE_COLUMN = "images"
@@ -61,6 +61,69 @@ def image_items(value: Any, where: str) -> list[Any]:
     return items
 
 
+def _unsupported(item: Any, where: str) -> DataError:
+    return DataError(
+        f"{where}: unsupported image value {type(item).__name__}; use a file path, a PIL image, encoded image bytes, "
+        "or a list of them"
+    )
+
+
+def storable_image(item: Any, where: str) -> dict[str, Any]:
+    """One image as ``{"bytes", "path"}`` (how ``datasets.Image`` stores it), not decoded.
+
+    In-memory rows may mix paths, bytes, PIL images and arrays; Arrow stores a column of one type
+    only (given paths and bytes it stores the paths *as bytes*, which then read as broken images),
+    so every form is brought to this one before the rows become a table.
+    """
+    from PIL import Image
+
+    if isinstance(item, dict) and (item.get("bytes") or item.get("path")):
+        data = item.get("bytes")
+        return {"bytes": bytes(data) if data else None, "path": str(item["path"]) if item.get("path") else None}
+    if isinstance(item, bytes | bytearray | memoryview):
+        return {"bytes": bytes(item), "path": None}
+    if isinstance(item, str | os.PathLike):
+        return {"bytes": None, "path": os.fspath(item)}
+    if isinstance(item, Image.Image) or hasattr(item, "__array__"):
+        import datasets
+
+        return datasets.Image().encode_example(item)
+    raise _unsupported(item, where)
+
+
+def storable_images(value: Any, where: str) -> list[dict[str, Any]]:
+    """A row's images (None, one, or a list) as a list of :func:`storable_image` dicts."""
+    items = image_items(value, where)
+    return [storable_image(item, f"{where}, image {n}" if len(items) > 1 else where) for n, item in enumerate(items)]
+
+
+def with_storable_images(data: Any, image_column: str | None, split: str = "train") -> Any:
+    """In-memory rows (a list of dicts, a dict of lists) with every image in :func:`storable_images` form,
+    so one dataset can mix paths, bytes, PIL images and arrays.  ``image_column``: the user's name for
+    it (None: ``images`` or ``image``).  Anything else (a ``datasets.Dataset`` stores one type per
+    column already) is returned as is."""
+    import datasets
+
+    def name_in(names: Any) -> str | None:
+        candidates = (image_column,) if image_column is not None else (IMAGE_COLUMN, *IMAGE_COLUMN_ALIASES)
+        return next((name for name in candidates if name in names), None)
+
+    if isinstance(data, list) and data and all(isinstance(row, dict) for row in data):
+        name = name_in(set().union(*(row.keys() for row in data)))
+        if name is None:
+            return data
+        return [
+            {**row, name: storable_images(row[name], where(f"{split} row {i}", name))} if name in row else row
+            for i, row in enumerate(data)
+        ]
+    if isinstance(data, dict) and not isinstance(data, datasets.DatasetDict):
+        name = name_in(data)
+        if name is not None and isinstance(data[name], list | tuple):
+            values = [storable_images(value, where(f"{split} row {i}", name)) for i, value in enumerate(data[name])]
+            return {**data, name: values}
+    return data
+
+
 def _open(item: Any, where: str) -> Any:
     from PIL import Image
 
@@ -83,10 +146,7 @@ def _open(item: Any, where: str) -> Any:
         import numpy as np
 
         return Image.fromarray(np.asarray(item))
-    raise DataError(
-        f"{where}: unsupported image value {type(item).__name__}; use a file path, a PIL image, encoded image bytes, "
-        "or a list of them"
-    )
+    raise _unsupported(item, where)
 
 
 def load_image(item: Any, where: str) -> tuple[Any, str]:

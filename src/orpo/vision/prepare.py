@@ -10,7 +10,7 @@ from ..data.policy import RowPolicies
 from ..data.prepare import DataReport, prepare_dataset, to_dataset
 from ..data.tokenize import TOKENIZED_COLUMNS, LengthLimits
 from ..modeling import is_vision_processor
-from .images import IMAGE_COLUMN, IMAGE_COLUMN_ALIASES
+from .images import IMAGE_COLUMN, IMAGE_COLUMN_ALIASES, with_storable_images
 from .tokenize import VisionRowTokenizer
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ def without_image_decoding(dataset: Any) -> Any:
     return dataset
 
 
-def _image_column(dataset: Any, columns: ColumnMapping | None) -> str | None:
+def _image_column(names: Any, columns: ColumnMapping | None) -> str:
     """The user's name of the image column (the pipeline renames it to ``images``)."""
     if columns is not None and columns.images is not None:
         return columns.images
-    return next((name for name in (IMAGE_COLUMN, *IMAGE_COLUMN_ALIASES) if name in dataset.column_names), None)
+    return next((name for name in (IMAGE_COLUMN, *IMAGE_COLUMN_ALIASES) if name in names), IMAGE_COLUMN)
 
 
 def prepare_vision_dataset(
@@ -61,11 +61,12 @@ def prepare_vision_dataset(
         raise ValueError(
             f"vision-language data needs the model's processor (with an image processor), got {type(processor).__name__}"
         )
+    data = with_storable_images(data, columns.images if columns is not None else None, split)
     dataset = without_image_decoding(to_dataset(data, split))
-    image_column = _image_column(dataset, columns)
-    if image_column is None and not set(TOKENIZED_COLUMNS) <= set(dataset.column_names):
+    image_column = _image_column(dataset.column_names, columns)
+    if image_column not in dataset.column_names and not set(TOKENIZED_COLUMNS) <= set(dataset.column_names):
         logger.warning(
             "%s data has no '%s' column: training the vision-language model on text only", split, IMAGE_COLUMN
         )
-    row_tokenizer = VisionRowTokenizer(processor, LengthLimits.from_args(args), image_column or IMAGE_COLUMN)
+    row_tokenizer = VisionRowTokenizer(processor, LengthLimits.from_args(args), image_column)
     return prepare_dataset(dataset, row_tokenizer, RowPolicies.from_args(args), split, columns, args.dataset_num_proc)

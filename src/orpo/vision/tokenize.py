@@ -12,7 +12,7 @@ from typing import Any
 
 from ..data.errors import SOURCE_COLUMN, DataError, where
 from ..data.formats import FORMAT_REVISION, detect_format, is_conversation, maybe_decode_messages, normalize_row
-from ..data.normalise import EMPTY_COLUMN, FORMAT_COLUMN, KEY_COLUMN, Batch
+from ..data.normalise import EMPTY_COLUMN, EMPTY_PROMPT_COLUMN, FORMAT_COLUMN, KEY_COLUMN, Batch
 from ..data.tokenize import (
     FLAGS_COLUMN,
     IMAGE_TRUNCATED,
@@ -46,7 +46,8 @@ class VisionNormaliser:
         self.revision = FORMAT_REVISION  # in the cache fingerprint, as for text rows
 
     def __call__(self, batch: Batch) -> Batch:
-        out: Batch = {name: [] for name in (*TEXT_COLUMNS, FORMAT_COLUMN, EMPTY_COLUMN, KEY_COLUMN)}
+        columns_out = (*TEXT_COLUMNS, FORMAT_COLUMN, EMPTY_COLUMN, EMPTY_PROMPT_COLUMN, KEY_COLUMN)
+        out: Batch = {name: [] for name in columns_out}
         images = batch.get(IMAGE_COLUMN)
         columns = [name for name in batch if not name.startswith("_orpo_")]
         for index, location in enumerate(batch[SOURCE_COLUMN]):
@@ -57,6 +58,7 @@ class VisionNormaliser:
                 out[name].append(result[name])
             out[FORMAT_COLUMN].append(detect_format(row))
             out[EMPTY_COLUMN].append(result["empty"])
+            out[EMPTY_PROMPT_COLUMN].append(result["empty_prompt"] and not items)  # the images are a prompt
             out[KEY_COLUMN].append("|".join(image_key(item) for item in items))
         return out
 
