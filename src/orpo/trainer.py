@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from .checkpoint import CheckpointError, remove_stale_staging
 from .config import ORPOConfig
 from .data import prepare_preference_dataset
 from .data.collate import choose_collator
@@ -29,6 +30,7 @@ from .modeling import (
     prepare_tokenizer,
 )
 from .reliability import preflight, trainer_internals
+from .reliability.commit import save_failure
 from .reliability.wiring import Reliability
 from .scoring import TokenScorer, unwrap
 
@@ -71,6 +73,8 @@ class ORPOTrainer(Trainer):
     _tag_names: ClassVar[list[str]] = ["orpo"]
     #: Set to False before ``train()`` to leave SIGINT/SIGTERM to their usual handlers.
     handle_signals: bool = True
+    #: The command line that resumes this run (``orpo train`` sets it); None: messages give the Python call.
+    resume_command: str | None = None
 
     def __init__(
         self,
@@ -142,6 +146,7 @@ class ORPOTrainer(Trainer):
                 self.model_kind, args, processing_class, tokenizer_, unwrap(model) if model is not None else None
             )
         if args.should_save and args.output_dir is not None:  # Trainer creates output_dir right away
+            remove_stale_staging(args.output_dir)  # before the check: a partial save may be what fills the disk
             preflight.check_output_dir(args.output_dir)
         train_dataset = preflight.with_row_index(train_dataset, data_collator)
 
@@ -197,6 +202,20 @@ class ORPOTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.reliability.end_micro_batch(loss, inputs, model)
         return loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's ``save_model``; a failed save of the final model is a :class:`CheckpointError` naming
+        the folder, the cause and the last complete checkpoint (inside a checkpoint the commit reports it)."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call)
+        target = output_dir or self.args.output_dir or "."
+        try:
+            super().save_model(output_dir, _internal_call)
+        except (OSError, RuntimeError) as err:
+            checkpoints = self.reliability.checkpoints
+            last = checkpoints.last_complete(self.args.output_dir or target)
+            message = save_failure(f"the model to {target}", target, err, last, self.reliability.resume_hint())
+            raise CheckpointError(message) from err
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """Where Trainer saves (``trainer_internals.OVERRIDDEN``): the same files, committed atomically."""

@@ -122,11 +122,103 @@ def test_failed_save_leaves_previous_checkpoints_and_no_partial_one(tokenizer, t
 
     monkeypatch.setattr(trainer, "_save_rng_state", disk_full)
     with pytest.raises(
-        CheckpointError, match=r"checkpoint-4.*No space left on device.*last complete checkpoint is .*checkpoint-2"
+        CheckpointError,
+        match=r"checkpoint-4 \(its partial files were removed\): no space left on the device .*The last complete "
+        r"checkpoint is .*checkpoint-2\. Free space or save less .*then resume with trainer\.train\(resume_from_",
     ):
         trainer.train()
     assert sorted(os.listdir(out)) == ["checkpoint-2"]
     assert verify_checkpoint(str(out / "checkpoint-2")) == []
+
+
+def test_a_disk_filling_inside_torch_save_is_a_named_error(tokenizer, tmp_path, monkeypatch):
+    """torch's zip writer raises RuntimeError, not OSError, when the disk fills mid-file."""
+    import torch
+
+    out = tmp_path / "run"
+    trainer = make_trainer(tokenizer, out, **RUN)
+    trainer.resume_command = "orpo train --config run.yaml --resume-from-checkpoint latest"
+    real_save = torch.save
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        if trainer.state.global_step == 4 and str(f).endswith("optimizer.pt"):
+            with open(f, "wb") as handle:
+                handle.write(b"PK\x03\x04" + b"\x00" * 64)  # what was written before the disk filled
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 8576 vs 8464")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    with pytest.raises(CheckpointError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert message.startswith(
+        f"could not write checkpoint {out / 'checkpoint-4'} (its partial files were removed): torch's file writer "
+        "stopped mid-file (RuntimeError: [enforce fail at inline_container.cc:664] . unexpected pos 8576 vs 8464): "
+        f"the disk is probably full ({out} has "
+    )
+    assert message.endswith(
+        f"The last complete checkpoint is {out / 'checkpoint-2'}. Free space or save less (save_total_limit, "
+        "save_only_model=True), then resume with: orpo train --config run.yaml --resume-from-checkpoint latest"
+    )
+    assert sorted(os.listdir(out)) == ["checkpoint-2"]
+
+
+def test_a_leftover_partial_save_is_removed_before_the_disk_is_checked(tokenizer, tmp_path, monkeypatch):
+    """The leftover of a save that filled the disk must not make the next run fail its writability check."""
+    import tempfile
+
+    from orpo.reliability import preflight
+
+    out = tmp_path / "run"
+    _interrupted(tokenizer, out, 2)
+    leftover = out / "tmp-checkpoint-4"
+    leftover.mkdir()
+    (leftover / "optimizer.pt").write_bytes(b"\x00" * 100)
+    real = tempfile.NamedTemporaryFile
+
+    def probe(*args, **kwargs):  # the disk is full for as long as the leftover is there
+        if any(name.startswith("tmp-") for name in os.listdir(out)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(preflight.tempfile, "NamedTemporaryFile", probe)
+    resumed = make_trainer(tokenizer, out, **RUN)
+    assert not leftover.exists()
+    leftover.mkdir()  # left again between building the trainer and train()
+    resumed.train(resume_from_checkpoint=True)
+    assert not leftover.exists() and resumed.state.global_step == 6
+
+
+def test_a_full_disk_is_named_as_such_before_training(tmp_path, monkeypatch):
+    from orpo.reliability import preflight
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(preflight.tempfile, "NamedTemporaryFile", full)
+    with pytest.raises(ValueError, match=r"output_dir '.*run' is on a full disk \(No space left on device; .* free\)"):
+        preflight.check_output_dir(str(tmp_path / "run"))
+
+
+def test_a_full_disk_at_the_final_save_names_the_folder(tokenizer, tmp_path, monkeypatch):
+    from transformers import modeling_utils
+
+    out = tmp_path / "run"
+    trainer = make_trainer(tokenizer, out, **RUN)
+    trainer.train()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full)  # what save_pretrained writes weights with
+    target = tmp_path / "final"
+    with pytest.raises(CheckpointError) as info:
+        trainer.save_model(str(target))
+    assert str(info.value).startswith(f"could not write the model to {target}: no space left on the device (the disk ")
+    assert str(info.value).endswith(
+        f"The last complete checkpoint is {out / 'checkpoint-6'}. Free space or save less (save_total_limit, "
+        "save_only_model=True), then resume with trainer.train(resume_from_checkpoint=True) and the same output_dir"
+    )
 
 
 def test_explicit_damaged_checkpoint_is_a_clear_error(tokenizer, tmp_path):

@@ -84,6 +84,27 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tokenizer, tmp_path, signum
         assert resumed.recorder.logs[-1]["loss"] == pytest.approx(straight.recorder.logs[-1]["loss"], rel=1e-6)
 
 
+def test_a_second_interrupt_stops_at_once_and_says_so(tokenizer, tmp_path):
+    """Two Ctrl-C in a row: no checkpoint of this step is claimed, no partial folder is left."""
+    proc, out, stderr = _start(tokenizer, tmp_path, "twice")
+    _wait_for_step(proc, 2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)  # within the same step (each takes > 0.25 s)
+    proc.send_signal(signal.SIGINT)
+    proc.stdout.read()
+    code = proc.wait(timeout=120)
+    stderr.seek(0)
+    log = stderr.read()
+    stderr.close()
+    assert code == 130, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert (
+        "received SIGINT again: stopping at once, without a checkpoint of this step (no checkpoint to resume from)"
+    ) in log
+    assert "saved" not in log and "training stopped by" not in log
+    assert not any(name.startswith(("tmp-", "checkpoint-")) for name in os.listdir(out))
+
+
 def test_handlers_are_restored_after_training(tokenizer, tmp_path):
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     make_trainer(tokenizer, tmp_path, max_steps=1, save_strategy="no").train()

@@ -12,7 +12,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from orpo.checkpoint import MANIFEST_NAME, TRAINER_STATE_NAME, CheckpointError, verify_checkpoint
+from orpo.checkpoint import (
+    MANIFEST_NAME,
+    TRAINER_STATE_NAME,
+    CheckpointError,
+    format_bytes,
+    free_bytes,
+    verify_checkpoint,
+)
 from orpo.metrics import MetricWindows
 from orpo.reliability import NonFiniteError, TrainingInterrupted
 from orpo.reliability.commit import CheckpointCommitter
@@ -180,7 +187,7 @@ def _write_complete(staging):
 
 
 def test_commit_renames_a_verified_checkpoint(tmp_path):
-    committer = CheckpointCommitter(barrier=lambda: None, is_main=True)
+    committer = CheckpointCommitter(barrier=lambda: None, is_main=True, resume_hint=lambda: "resume with: HINT")
     final = committer.save(str(tmp_path), 3, _write_complete)
     assert final == str(tmp_path / "checkpoint-3") and committer.last == final
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-3"]
@@ -191,22 +198,93 @@ def test_commit_renames_a_verified_checkpoint(tmp_path):
 
 
 def test_failed_write_leaves_nothing_and_names_the_last_checkpoint(tmp_path):
-    committer = CheckpointCommitter(barrier=lambda: None, is_main=True)
+    committer = CheckpointCommitter(barrier=lambda: None, is_main=True, resume_hint=lambda: "resume with: HINT")
     committer.save(str(tmp_path), 2, _write_complete)
 
     def disk_full(staging):
         _write_complete(staging)
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(
-        CheckpointError, match=r"checkpoint-4: .*No space left.*last complete checkpoint is .*checkpoint-2"
-    ):
+    with pytest.raises(CheckpointError) as info:
         committer.save(str(tmp_path), 4, disk_full)
+    assert str(info.value) == (
+        f"could not write checkpoint {tmp_path / 'checkpoint-4'} (its partial files were removed): no space left on "
+        f"the device (the disk holding {tmp_path} has {format_bytes(free_bytes(str(tmp_path)))} free). The last "
+        f"complete checkpoint is {tmp_path / 'checkpoint-2'}. Free space or save less (save_total_limit, "
+        "save_only_model=True), then resume with: HINT"
+    )
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"] and committer.last.endswith("checkpoint-2")
 
 
+def test_torch_writer_failing_mid_file_is_caught_as_a_full_disk(tmp_path):
+    """torch.save on a full disk raises RuntimeError("[enforce fail at inline_container.cc...] unexpected pos")."""
+    previous_run = CheckpointCommitter(barrier=lambda: None, is_main=True, resume_hint=lambda: "resume with: HINT")
+    previous_run.save(str(tmp_path), 2, _write_complete)
+    committer = CheckpointCommitter(barrier=lambda: None, is_main=True, resume_hint=lambda: "resume with: HINT")
+
+    def torch_full_disk(staging):
+        _write_complete(staging)
+        with open(os.path.join(staging, "optimizer.pt"), "wb") as handle:
+            handle.write(b"PK\x03\x04 half a file")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4928 vs 4816")
+
+    with pytest.raises(CheckpointError) as info:
+        committer.save(str(tmp_path), 4, torch_full_disk)
+    message = str(info.value)
+    assert message.startswith(
+        f"could not write checkpoint {tmp_path / 'checkpoint-4'} (its partial files were removed): torch's file "
+        "writer stopped mid-file (RuntimeError: [enforce fail at inline_container.cc:664] . unexpected pos 4928 "
+        f"vs 4816): the disk is probably full ({tmp_path} has "
+    )
+    # The checkpoint of an earlier run is found on disk; nothing of the failed save is left.
+    assert message.endswith(
+        f"The last complete checkpoint is {tmp_path / 'checkpoint-2'}. Free space or save less "
+        "(save_total_limit, save_only_model=True), then resume with: HINT"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"] and committer.last is None
+
+
+def test_an_interrupt_during_a_save_leaves_no_partial_folder(tmp_path):
+    committer = CheckpointCommitter(barrier=lambda: None, is_main=True, resume_hint=lambda: "resume with: HINT")
+
+    def interrupted(staging):
+        _write_complete(staging)
+        raise TrainingInterrupted(2, None, None)
+
+    with pytest.raises(TrainingInterrupted):
+        committer.save(str(tmp_path), 4, interrupted)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_save_warns_when_the_disk_has_less_room_than_the_last_checkpoint(tmp_path, monkeypatch, caplog):
+    from orpo.reliability import commit
+
+    committer = CheckpointCommitter(barrier=lambda: None, is_main=True, resume_hint=lambda: "resume with: HINT")
+    committer.save(str(tmp_path), 2, _write_complete)
+    size = sum(f.stat().st_size for f in (tmp_path / "checkpoint-2").iterdir())
+    assert committer.size == size > 0
+    monkeypatch.setattr(commit, "free_bytes", lambda path: size - 1)
+    with caplog.at_level("WARNING", logger="orpo.reliability.commit"):
+        committer.save(str(tmp_path), 4, _write_complete)
+    assert caplog.messages == [
+        f"the disk holding {tmp_path} has {format_bytes(size - 1)} free but the last checkpoint took "
+        f"{format_bytes(size)}: this save will probably fail"
+    ]
+
+
+def test_sizes_read_as_people_read_them():
+    assert [format_bytes(n) for n in (0, 999, 1000, 4_812_000, 12_100_000_000, 3.2e12)] == [
+        "0 B",
+        "999 B",
+        "1.0 KB",
+        "4.8 MB",
+        "12.1 GB",
+        "3200.0 GB",
+    ]
+
+
 def test_incomplete_write_fails_verification(tmp_path):
-    committer = CheckpointCommitter(barrier=lambda: None, is_main=True)
+    committer = CheckpointCommitter(barrier=lambda: None, is_main=True, resume_hint=lambda: "resume with: HINT")
 
     def no_weights(staging):
         os.makedirs(staging)
@@ -233,6 +311,41 @@ def test_signal_is_recorded_and_handlers_restored():
     handler.finish(global_step=10, max_steps=10, checkpoint=None)  # the run had finished: no exception
 
 
+def test_a_second_signal_stops_at_once_and_says_so_truthfully(caplog):
+    handler = SignalHandler(
+        lambda: "out/checkpoint-2", lambda: "resume with: orpo train ... --resume-from-checkpoint latest"
+    )
+    before = signal.getsignal(signal.SIGINT)
+    caplog.set_level(logging.WARNING, logger="orpo.reliability.signals")
+    with pytest.raises(TrainingInterrupted) as info, handler.installed():
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        pytest.fail("the second signal did not stop at once")  # pragma: no cover
+    assert signal.getsignal(signal.SIGINT) is before
+    assert info.value.code == 130 and info.value.global_step is None and info.value.checkpoint == "out/checkpoint-2"
+    assert str(info.value) == "training stopped at once by a second SIGINT; last complete checkpoint: out/checkpoint-2"
+    assert caplog.messages[1] == (
+        "received SIGINT again: stopping at once, without a checkpoint of this step (the last complete checkpoint "
+        "is out/checkpoint-2; resume with: orpo train ... --resume-from-checkpoint latest)"
+    )
+    assert not any("saved" in message for message in caplog.messages)
+
+
+def test_the_stop_message_names_a_checkpoint_only_if_this_step_saved_one(caplog):
+    handler = SignalHandler(lambda: "out/checkpoint-2", lambda: "resume with: HINT")
+    caplog.set_level(logging.WARNING, logger="orpo.reliability.signals")
+    handler.requested, handler.agreed = signal.SIGTERM, True
+    with pytest.raises(TrainingInterrupted):
+        handler.finish(global_step=3, max_steps=10, checkpoint="out/checkpoint-3")
+    with pytest.raises(TrainingInterrupted):
+        handler.finish(global_step=5, max_steps=10, checkpoint="out/checkpoint-3")
+    assert caplog.messages == [
+        "training stopped by SIGTERM at step 3/10; checkpoint saved to out/checkpoint-3. To continue, resume with: HINT.",
+        "training stopped by SIGTERM at step 5/10; no checkpoint of this step was saved; the last complete one is "
+        "out/checkpoint-2. To continue, resume with: HINT.",
+    ]
+
+
 def test_handlers_left_alone_when_disabled():
     handler = SignalHandler()
     before = signal.getsignal(signal.SIGINT)
@@ -254,7 +367,7 @@ def test_loop_state_round_trip_per_process(tmp_path):
 
 
 def test_resume_words_and_paths(tmp_path):
-    committer = CheckpointCommitter(barrier=lambda: None, is_main=True)
+    committer = CheckpointCommitter(barrier=lambda: None, is_main=True, resume_hint=lambda: "resume with: HINT")
     committer.save(str(tmp_path), 2, _write_complete)
     committer.save(str(tmp_path), 4, _write_complete)
     (tmp_path / "checkpoint-4" / "model.safetensors").write_bytes(b"\x00" * 16)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import tempfile
 from typing import Any
 
 import torch
 
+from ..checkpoint import format_bytes, free_bytes, is_no_space
 from .diagnose import ROW_INDEX_COLUMN
 
 logger = logging.getLogger(__name__)
@@ -25,6 +24,13 @@ def check_output_dir(output_dir: str) -> None:
             probe.flush()
     except OSError as err:
         reason = err.strerror or type(err).__name__
+        if is_no_space(err):
+            free = free_bytes(output_dir)
+            raise ValueError(
+                f"output_dir {output_dir!r} is on a full disk ({reason}; "
+                f"{format_bytes(free) if free is not None else 'unknown'} free): checkpoints and the trained model "
+                "could not be saved. Free space or choose another output_dir before training."
+            ) from None
         raise ValueError(
             f"output_dir {output_dir!r} is not writable ({reason}): checkpoints and the trained model could not "
             "be saved. Choose another output_dir or fix its permissions before training."
@@ -42,16 +48,16 @@ def checkpoint_size_estimate(model: torch.nn.Module | None, adapter_only: bool, 
 
 
 def warn_if_disk_small(output_dir: str, need: int) -> None:
-    with contextlib.suppress(OSError):
-        free = shutil.disk_usage(output_dir).free
-        if need and free < need:
-            logger.warning(
-                "output_dir %s has %.2f GB free, a checkpoint of this model needs about %.2f GB: saving will "
-                "fail when the disk is full",
-                output_dir,
-                free / 1e9,
-                need / 1e9,
-            )
+    """Warn when the disk has less room than one checkpoint (``need`` bytes, an estimate) takes."""
+    free = free_bytes(output_dir)
+    if need and free is not None and free < need:
+        logger.warning(
+            "output_dir %s has %s free, a checkpoint of this model needs about %s: saving will fail when the "
+            "disk is full",
+            output_dir,
+            format_bytes(free),
+            format_bytes(need),
+        )
 
 
 def check_batch_size(dataset: Any, per_step: int, drop_last: bool) -> None:

@@ -1,4 +1,10 @@
-"""SIGINT/SIGTERM during ``train()``: finish the step, save, stop with :class:`TrainingInterrupted`."""
+"""SIGINT/SIGTERM during ``train()``: finish the step, save, stop with :class:`TrainingInterrupted`.
+
+The same signal a second time stops at once: :class:`TrainingInterrupted` is raised from the
+handler, wherever the loop is (a save in progress is abandoned; its ``tmp-checkpoint-*`` folder
+is removed at the next start), and the message names the last complete checkpoint, never one
+that was not written.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import TrainingInterrupted
@@ -21,12 +27,18 @@ class SignalHandler:
 
     ``requested`` is this process's signal; ``agreed`` is set before an optimizer step when any
     process has one (see :class:`orpo.reliability.callback.ReliabilityCallback`), so all stop
-    after the same step.
+    after the same step.  ``last_checkpoint`` and ``resume_hint`` are asked when a message needs them.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        last_checkpoint: Callable[[], str | None] = lambda: None,
+        resume_hint: Callable[[], str] = lambda: "resume with trainer.train(resume_from_checkpoint=True)",
+    ) -> None:
         self.requested: int | None = None
         self.agreed = False
+        self.last_checkpoint = last_checkpoint
+        self.resume_hint = resume_hint
         self._previous: dict[int, Any] = {}
 
     def reset(self) -> None:
@@ -56,30 +68,44 @@ class SignalHandler:
             self.requested = signum
             logger.warning(
                 "received %s: finishing the current step, then saving a checkpoint and stopping "
-                "(send %s again to stop at once)",
+                "(send %s again to stop at once, without that checkpoint)",
                 name,
                 name,
             )
         elif signum == self.requested:
-            logger.warning("received %s again: stopping now without a checkpoint", name)
             self._restore()
-            signal.raise_signal(signum)
+            last = self.last_checkpoint()
+            where = (
+                f"the last complete checkpoint is {last}; {self.resume_hint()}"
+                if last
+                else "no checkpoint to resume from"
+            )
+            logger.warning("received %s again: stopping at once, without a checkpoint of this step (%s)", name, where)
+            raise TrainingInterrupted(signum, None, last)
         else:  # e.g. torchrun's SIGTERM after a Ctrl-C: already stopping
             logger.info("received %s while already stopping; ignored", name)
 
     def finish(self, global_step: int, max_steps: int, checkpoint: str | None) -> None:
-        """After ``Trainer.train`` returned: raise :class:`TrainingInterrupted` if a signal stopped it early."""
+        """After ``Trainer.train`` returned: raise :class:`TrainingInterrupted` if a signal stopped it early.
+
+        ``checkpoint``: the newest checkpoint committed in this run, named as saved only when it is
+        the one of the step the run stopped at."""
         if self.requested is None:
             return
         name = signal.Signals(self.requested).name
         if self.agreed and not (max_steps and global_step >= max_steps):
+            if checkpoint is not None and checkpoint.rstrip("/\\").endswith(f"checkpoint-{global_step}"):
+                saved = f"checkpoint saved to {checkpoint}"
+            else:
+                last = self.last_checkpoint()
+                saved = f"no checkpoint of this step was saved; the last complete one is {last or 'none'}"
             logger.warning(
-                "training stopped by %s at step %d/%d; checkpoint saved to %s. Resume with "
-                "train(resume_from_checkpoint=True) and the same output_dir.",
+                "training stopped by %s at step %d/%d; %s. To continue, %s.",
                 name,
                 global_step,
                 max_steps,
-                checkpoint,
+                saved,
+                self.resume_hint(),
             )
             raise TrainingInterrupted(self.requested, global_step, checkpoint)
         logger.warning("received %s as training finished; it completed normally", name)

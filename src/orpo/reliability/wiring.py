@@ -21,6 +21,7 @@ from . import trainer_internals as internals
 from .callback import ReliabilityCallback
 from .commit import CheckpointCommitter
 from .diagnose import Diagnosis
+from .errors import resume_advice
 from .guard import NonFiniteGuard
 from .optimizer import GatedOptimizer
 from .resume import LoopState, resolve_resume
@@ -50,8 +51,12 @@ class Reliability:
             windows=trainer.metric_windows,
             context=trainer.compute_loss_context_manager,
         )
-        self.checkpoints = CheckpointCommitter(barrier=trainer.accelerator.wait_for_everyone, is_main=args.should_save)
-        self.signals = SignalHandler()
+        self.checkpoints = CheckpointCommitter(
+            barrier=trainer.accelerator.wait_for_everyone, is_main=args.should_save, resume_hint=self.resume_hint
+        )
+        self.signals = SignalHandler(
+            lambda: self.checkpoints.last_complete(trainer.args.output_dir or "."), self.resume_hint
+        )
         self.guard = NonFiniteGuard(
             args.on_nonfinite,
             trainer.metric_windows,
@@ -73,18 +78,22 @@ class Reliability:
         trainer, args = self.trainer, self.trainer.args
         output_dir = args.output_dir
         assert output_dir is not None, "TrainingArguments.__post_init__ sets output_dir"
+        if args.should_save:  # first: a partial save may be what fills the disk the checks below measure
+            remove_stale_staging(output_dir)
         preflight.check_output_dir(output_dir)
         adapter_only = is_peft_model(trainer.model)
         need = preflight.checkpoint_size_estimate(trainer.model, adapter_only, not args.save_only_model)
         preflight.warn_if_disk_small(output_dir, need)
         per_step = args.per_device_train_batch_size * max(args.world_size, 1)
         preflight.check_batch_size(trainer.train_dataset, per_step, args.dataloader_drop_last)
-        if args.should_save:
-            remove_stale_staging(output_dir)
         self.resume = resolve_resume(resume_from_checkpoint, output_dir, args.world_size, args.process_index)
         self.signals.reset()
         self.guard.reset()
         return self.resume
+
+    def resume_hint(self) -> str:
+        """How to resume this run: ``trainer.resume_command`` (the CLI sets it) or the Python call."""
+        return resume_advice(self.trainer.resume_command)
 
     def after_train(self) -> None:
         """Raise :class:`~orpo.reliability.TrainingInterrupted` if a signal ended the run early."""
