@@ -174,20 +174,16 @@ class Source:
 
     @classmethod
     def from_mapping(
-        cls,
-        name: str,
-        values: Mapping[str, Any],
-        table: OptionTable,
-        style: str = "fields",
-        lines: Mapping[str, int] | None = None,
+        cls, name: str, values: Mapping[str, Any], table: OptionTable | None = None, style: str = "fields"
     ) -> Source:
+        """A dict of spellings -> values (``LLMTrainingParams``' fields, a Python dict of settings)."""
+        table = table or option_table()
         entries = []
         for key, raw in values.items():
             option = table.lookup(str(key))
             if option is None:
-                where = f"{name}, line {lines[key]}" if lines and key in lines else name
-                raise UsageError(f"{where}: unknown key {key!r}{table.suggest(str(key))}")
-            entries.append(Entry(option, str(key), raw, (lines or {}).get(key)))
+                raise UsageError(f"{name}: unknown key {key!r}{table.suggest(str(key))}")
+            entries.append(Entry(option, str(key), raw))
         return cls(name, entries, style)
 
     def _where(self, entry: Entry) -> str:

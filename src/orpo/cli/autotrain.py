@@ -7,6 +7,7 @@ with :class:`~orpo.AutoTrainProject`; their help comes from the option table fie
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import TYPE_CHECKING
 
@@ -23,10 +24,18 @@ EXIT_USAGE = 2
 
 
 def autotrain_options() -> list[Option]:
-    """``LLMTrainingParams``' fields as options (AutoTrain's types and defaults)."""
+    """``LLMTrainingParams``' fields as options (AutoTrain's types and defaults; a text field takes the
+    choices of the field it sets, so ``--quantization int3`` is refused naming the flag)."""
     from ..autotrain import LLMTrainingParams
 
-    return field_options(LLMTrainingParams, "autotrain")
+    table = option_table()
+    options = []
+    for option in field_options(LLMTrainingParams, "autotrain"):
+        target = table.lookup(option.name)
+        if target is not None and option.kind.metavar == "TEXT" and target.kind.choices:
+            option = dataclasses.replace(option, kind=target.kind)
+        options.append(option)
+    return options
 
 
 def build_aitraining_parser() -> ArgumentParser:
@@ -39,7 +48,7 @@ def build_aitraining_parser() -> ArgumentParser:
     parser.add_argument("--backend", default="local", help="Only 'local' (train in this process).")
     table = option_table()
     options = autotrain_options()
-    helps = {}
+    helps: dict[str, str] = {}
     for option in options:
         target = table.lookup(option.name)
         helps[option.name] = target.help if target is not None else ""
