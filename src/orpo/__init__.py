@@ -29,7 +29,7 @@ _WHERE = {
     "ResolvedArgs": "resolve",
     "TrainResult": "run",
     "run_training": "run",
-    "METRIC_NAMES": "trainer",
+    "METRIC_NAMES": "metrics",
     "ORPOTrainer": "trainer",
 }
 
@@ -62,7 +62,8 @@ if TYPE_CHECKING:
     from .reliability import CheckpointError, NonFiniteError, TrainingInterrupted
     from .resolve import ResolvedArgs
     from .run import TrainResult, run_training
-    from .trainer import METRIC_NAMES, ORPOTrainer
+    from .metrics import METRIC_NAMES
+    from .trainer import ORPOTrainer
 
 
 def __getattr__(name: str) -> Any:
