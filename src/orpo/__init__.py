@@ -1,25 +1,79 @@
-"""orpo: exact, numerically safe, fast ORPO fine-tuning for language models."""
+"""orpo: exact, numerically safe, fast ORPO fine-tuning for language models.
 
-from .autotrain import AutoTrainProject, LLMTrainingParams
-from .config import ORPOConfig
-from .loss import log1mexp, odds_ratio_loss, orpo_loss, sequence_logps
-from .reliability import CheckpointError, NonFiniteError, TrainingInterrupted
-from .trainer import METRIC_NAMES, ORPOTrainer
+The names below are imported on first use (PEP 562), so ``import orpo.loss`` does not load the trainer
+and ``orpo --help`` does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it (the conversion itself is ``orpo.resolve.resolve``: a name
+#: ``resolve`` here would be shadowed by the submodule)
+_WHERE = {
+    "AutoTrainProject": "autotrain",
+    "LLMTrainingParams": "autotrain",
+    "DataArguments": "arguments",
+    "ModelArguments": "arguments",
+    "ORPOConfig": "config",
+    "log1mexp": "loss",
+    "odds_ratio_loss": "loss",
+    "orpo_loss": "loss",
+    "sequence_logps": "loss",
+    "CheckpointError": "reliability",
+    "NonFiniteError": "reliability",
+    "TrainingInterrupted": "reliability",
+    "ResolvedArgs": "resolve",
+    "TrainResult": "run",
+    "run_training": "run",
+    "METRIC_NAMES": "metrics",
+    "ORPOTrainer": "trainer",
+}
 
 __all__ = [
     "METRIC_NAMES",
     "AutoTrainProject",
     "CheckpointError",
+    "DataArguments",
     "LLMTrainingParams",
+    "ModelArguments",
     "NonFiniteError",
     "ORPOConfig",
     "ORPOTrainer",
+    "ResolvedArgs",
+    "TrainResult",
     "TrainingInterrupted",
     "__version__",
     "log1mexp",
     "odds_ratio_loss",
     "orpo_loss",
+    "run_training",
     "sequence_logps",
 ]
+
+if TYPE_CHECKING:
+    from .arguments import DataArguments, ModelArguments
+    from .autotrain import AutoTrainProject, LLMTrainingParams
+    from .config import ORPOConfig
+    from .loss import log1mexp, odds_ratio_loss, orpo_loss, sequence_logps
+    from .reliability import CheckpointError, NonFiniteError, TrainingInterrupted
+    from .resolve import ResolvedArgs
+    from .run import TrainResult, run_training
+    from .metrics import METRIC_NAMES
+    from .trainer import ORPOTrainer
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orpo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -126,7 +127,7 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
 def generate(
     model: Any,
     tokenizer: Any,
-    prompts: list[str | list[dict[str, Any]]],
+    prompts: Sequence[str | list[dict[str, Any]]],
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_p: float = 1.0,

@@ -13,13 +13,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .arguments import QUANTIZATIONS
+from .errors import UsageError
+
 if TYPE_CHECKING:
-    from .project import DataArguments, ModelArguments
+    from .arguments import DataArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
-
-QUANTIZATIONS = ("int4", "int8")
-MIXED_PRECISIONS = ("fp16", "bf16", "no")
 
 #: Chat templates that can be named instead of spelled out (``--chat-template chatml``).
 CHAT_TEMPLATES = {
@@ -32,10 +32,6 @@ CHAT_TEMPLATES = {
         "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
     ),
 }
-
-
-class UsageError(ValueError):
-    """A wrong combination of options (exit status 2 on the command line)."""
 
 
 def resolve_chat_template(value: str | None) -> str | None:
@@ -154,15 +150,6 @@ def lora_config(model_args: ModelArguments, task_type: str = "CAUSAL_LM") -> Any
         bias="none",
         task_type=task_type,
     )
-
-
-def apply_mixed_precision(config: Any, mixed_precision: str | None) -> None:
-    if mixed_precision in (None, "no"):
-        return
-    if mixed_precision not in MIXED_PRECISIONS:
-        raise UsageError(f"mixed_precision {mixed_precision!r} is not one of {', '.join(MIXED_PRECISIONS)}")
-    config.fp16 = mixed_precision == "fp16"
-    config.bf16 = mixed_precision == "bf16"
 
 
 def load_data(data_args: DataArguments) -> tuple[Any, Any]:

@@ -150,13 +150,13 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def apply_peft(model: PreTrainedModel, peft_config: Any, gradient_checkpointing: bool = False) -> torch.nn.Module:
+def apply_peft(model: torch.nn.Module, peft_config: Any, gradient_checkpointing: bool = False) -> torch.nn.Module:
     """Wrap ``model`` with a PEFT adapter (LoRA etc.), preparing k-bit models first."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
+    elif gradient_checkpointing and isinstance(model, PreTrainedModel):
         # Frozen embeddings give checkpointed blocks inputs without grad; reentrant checkpointing
         # would then drop the adapter gradients.
         model.enable_input_require_grads()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 
@@ -158,9 +158,9 @@ def build_vlm_processor(corpus: Iterable[str], style: str = "qwen2_vl", vocab_si
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    clip = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     return LlavaProcessor(
-        image_processor,
+        clip,
         tokenizer,
         patch_size=4,
         vision_feature_select_strategy="default",
@@ -186,6 +186,8 @@ def tiny_vlm(processor: object, style: str = "qwen2_vl", hidden_size: int = 32, 
         "eos_token_id": tokenizer.eos_token_id,
     }
     torch.manual_seed(seed)
+    config: PretrainedConfig
+    model: PreTrainedModel
     if style == "qwen2_vl":
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
@@ -223,7 +225,8 @@ def tiny_vlm(processor: object, style: str = "qwen2_vl", hidden_size: int = 32, 
                 "patch_size": 4,
                 "projection_dim": hidden_size,
             },
-            image_token_id=ids("<image>"),
+            # LlavaConfig's own name is image_token_index; image_token_id reaches it through **kwargs.
+            **{"image_token_id": ids("<image>")},
             vision_feature_select_strategy="default",
             vision_feature_layer=-1,
         )
@@ -279,6 +282,7 @@ def tiny_seq2seq_lm(
     from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 
     torch.manual_seed(seed)
+    config: PretrainedConfig
     special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if arch == "t5":
         config = T5Config(
@@ -289,8 +293,9 @@ def tiny_seq2seq_lm(
             num_layers=2,
             num_decoder_layers=2,
             num_heads=4,
-            decoder_start_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,  # unused by T5; matches the tokenizer so nothing is "aligned"
+            # Generic PretrainedConfig keys (T5Config's signature does not list them).  bos is unused by T5;
+            # matching the tokenizer means nothing gets "aligned" at load time.
+            **{"decoder_start_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id},
             **special,
         )
     elif arch == "bart":

@@ -18,7 +18,6 @@ from .data import prepare_preference_dataset
 from .data.collate import choose_collator
 from .eval_generation import generate_samples
 from .loss import orpo_loss, pair_counts, pair_logps
-from .metrics import METRIC_NAMES as METRIC_NAMES  # re-exported: `from orpo.trainer import METRIC_NAMES`
 from .metrics import MetricWindows
 from .modeling import (
     apply_peft,

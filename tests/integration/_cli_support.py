@@ -26,9 +26,9 @@ ENV.pop("ORPO_DEBUG", None)
 
 
 def orpo_command(*args: str) -> list[str]:
-    """The installed console script when there is one, else ``python -m orpo.cli``."""
+    """The installed console script when there is one, else ``python -m orpo``."""
     script = BIN / "orpo"
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "orpo.cli", *args]
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "orpo", *args]
 
 
 def aitraining_command(*args: str) -> list[str]:

@@ -10,16 +10,11 @@ import pytest
 from _cli_support import assert_one_line_error, orpo_command, run, save_tiny_model, write_pairs
 
 from orpo import ORPOConfig
-from orpo.cli import (
-    UsageError,
-    build_train_parser,
-    config_field_flags,
-    load_recipe,
-    main,
-    option_table,
-    parse_train_args,
-    resolve_train_args,
-)
+from orpo.cli import main
+from orpo.cli.train import build_train_parser, train_sources
+from orpo.errors import UsageError
+from orpo.options import merge, option_table
+from orpo.resolve import recipe_source, resolve
 
 RECIPES = Path(__file__).resolve().parents[2] / "src" / "orpo" / "recipes"
 
@@ -32,41 +27,47 @@ def workspace(tmp_path_factory):
     return root
 
 
+def explicit(argv: list[str]) -> dict:
+    """The fields the command line (and its --config recipe) set, converted."""
+    sources, _ = train_sources(argv)
+    return merge(*sources)
+
+
+def resolved(argv: list[str]):
+    sources, _ = train_sources(argv)
+    return resolve(*sources)
+
+
 # ---- flags <-> fields ------------------------------------------------------------------
 
 
 def _sample(option) -> str:
-    """A valid command-line value for an option, by its metavar."""
-    metavar = option.argparse_kwargs.get("metavar", "")
+    """A valid command-line value for an option, by its kind."""
     if option.name == "debug":
         return "underflow_overflow"
-    if "choices" in option.argparse_kwargs:
-        return str(option.argparse_kwargs["choices"][0])
-    if metavar.startswith("{"):
-        return metavar.strip("{}").split(",")[0]
-    return {"BOOL": "true", "INT": "3", "FLOAT": "0.5", "JSON": '{"a": 1}'}.get(metavar, "x")
+    if option.kind.choices:
+        return option.kind.choices[0]
+    return {"BOOL": "true", "INT": "3", "FLOAT": "0.5", "JSON": '{"a": 1}'}.get(option.kind.metavar, "x")
 
 
 def test_every_config_field_is_a_flag_and_every_flag_a_field():
     fields = {f.name for f in dataclasses.fields(ORPOConfig) if f.init}
-    flags = config_field_flags()
-    assert set(flags) == fields
+    table = option_table()
+    assert table.names("orpo") | table.names("training") == fields
     parser_flags = {flag for action in build_train_parser()._actions for flag in action.option_strings}
     for name in fields:
         assert f"--{name}" in parser_flags, name
         assert f"--{name.replace('_', '-')}" in parser_flags, name
     # Every generated field flag maps back to exactly its field.
-    table = option_table()
     for name in sorted(fields):
         option = table.options[name]
-        if option.argparse_kwargs.get("metavar") == "JSON" and name == "parallelism_config":
-            continue  # needs accelerate's ParallelismConfig fields, checked below
-        explicit, _ = parse_train_args([option.flags[0], _sample(option)])
-        assert name in explicit, name
+        if name == "parallelism_config":
+            continue  # needs accelerate's ParallelismConfig fields
+        assert name in explicit([f"--{name.replace('_', '-')}", _sample(option)]), name
 
 
 def test_flag_values_are_typed():
-    explicit, _ = parse_train_args(
+    given = explicit(
         [
             "--beta",
             "0.25",
@@ -83,17 +84,17 @@ def test_flag_values_are_typed():
             "q_proj,v_proj",
         ]
     )
-    assert explicit["beta"] == 0.25
-    assert explicit["max_length"] is None
-    assert explicit["disable_dropout"] is False
-    assert explicit["fused_lm_head"] is False
-    assert explicit["report_to"] == "tensorboard"
-    assert explicit["lr_scheduler_kwargs"] == {"power": 2}
-    assert explicit["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert given["beta"] == 0.25
+    assert given["max_length"] is None
+    assert given["disable_dropout"] is False
+    assert given["fused_lm_head"] is False
+    assert given["report_to"] == "tensorboard"
+    assert given["lr_scheduler_kwargs"] == {"power": 2}
+    assert given["lora_target_modules"] == ["q_proj", "v_proj"]
 
 
 def test_autotrain_spellings_map_to_fields():
-    explicit, _ = parse_train_args(
+    args = resolved(
         [
             "--model",
             "m",
@@ -154,7 +155,7 @@ def test_autotrain_spellings_map_to_fields():
             "local",
         ]
     )
-    model, data, config, auto_logging = resolve_train_args(explicit)
+    model, data, config, auto_logging = args.model, args.data, args.config, args.auto_logging
     assert (model.model_name_or_path, data.dataset_name, config.output_dir) == ("m", "d.jsonl", "proj")
     assert (config.learning_rate, config.num_train_epochs, config.per_device_train_batch_size) == (2e-5, 2.0, 4)
     assert (config.gradient_accumulation_steps, config.beta, config.max_completion_length) == (8, 0.2, 64)
@@ -176,9 +177,9 @@ def test_autotrain_spellings_map_to_fields():
 
 def test_unsupported_trainer_and_backend_are_usage_errors():
     with pytest.raises(UsageError, match="trainer 'dpo' is not supported"):
-        parse_train_args(["--trainer", "dpo"])
-    with pytest.raises(UsageError, match="backend"):
-        parse_train_args(["--backend", "spaces-a10g"])
+        explicit(["--trainer", "dpo"])
+    with pytest.raises(UsageError, match="backend 'spaces-a10g' is not supported"):
+        explicit(["--backend", "spaces-a10g"])
 
 
 # ---- YAML recipes ----------------------------------------------------------------------
@@ -193,8 +194,8 @@ def test_yaml_recipe_with_cli_override(tmp_path):
         "gradient_checkpointing_kwargs:\n  use_reentrant: false\noutput_dir: out\n",
         encoding="utf-8",
     )
-    explicit, _ = parse_train_args(["--config", str(recipe), "--beta", "0.3", "--output-dir", "elsewhere"])
-    model, _, config, _ = resolve_train_args(explicit)
+    args = resolved(["--config", str(recipe), "--beta", "0.3", "--output-dir", "elsewhere"])
+    model, config = args.model, args.config
     assert config.beta == 0.3 and config.output_dir == "elsewhere"  # flags override the file
     assert config.learning_rate == 5e-6
     assert config.max_length == 128 and model.quantization == "int4"
@@ -204,26 +205,30 @@ def test_yaml_recipe_with_cli_override(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_resolve(recipe):
-    explicit = load_recipe(str(recipe))
-    explicit["bf16"] = False  # this CPU machine
-    model, data, config, _ = resolve_train_args(explicit)
-    assert model.model_name_or_path and data.dataset_name and config.output_dir
+    args = resolved(["--config", str(recipe), "--bf16", "false"])  # this CPU machine
+    assert args.model.model_name_or_path and args.data.dataset_name and args.config.output_dir
 
 
 def test_recipe_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("lerning_rate: 0.1\n", encoding="utf-8")
-    with pytest.raises(UsageError, match="unknown key 'lerning_rate' \\(did you mean learning_rate\\?\\)"):
-        load_recipe(str(bad))
-    bad.write_text("beta: [1, 2\n", encoding="utf-8")
-    with pytest.raises(UsageError, match="invalid YAML"):
-        load_recipe(str(bad))
-    bad.write_text("learning_rate: 0.1\nlr: 0.2\n", encoding="utf-8")
-    with pytest.raises(UsageError, match="keys 'learning_rate' and 'lr' both set learning_rate"):
-        load_recipe(str(bad))
-    bad.write_text("beta: high\n", encoding="utf-8")
-    with pytest.raises(UsageError, match="key 'beta': expected a number"):
-        load_recipe(str(bad))
+
+    def error(text: str) -> str:
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(UsageError) as caught:
+            merge(recipe_source(bad))
+        return str(caught.value)
+
+    assert error("beta: 0.1\nlerning_rate: 0.1\n") == (
+        f"{bad}, line 2: unknown key 'lerning_rate' (did you mean learning_rate?)"
+    )
+    assert error("beta: [1, 2\n").startswith(f"{bad}, line 2: invalid YAML")
+    assert error("learning_rate: 0.1\nlr: 0.2\n") == (
+        f"{bad}: keys 'learning_rate' and 'lr' both set learning_rate; keep one"
+    )
+    assert error("beta: 0.1\nbeta: 0.2\n") == f"{bad}: key 'beta' given twice (lines 1 and 2); keep one"
+    assert error("seed: 1\nbeta: high\n") == f"{bad}, line 2: key 'beta': expected a number, got 'high'"
+    assert error("trainer: dpo\n").startswith(f"{bad}, line 1: trainer 'dpo' is not supported")
+    assert error("- beta\n") == f"{bad}: expected a mapping of option: value, got seq"
 
 
 def test_print_config_round_trips(tmp_path, capsys):
@@ -232,7 +237,8 @@ def test_print_config_round_trips(tmp_path, capsys):
     text = capsys.readouterr().out
     recipe = tmp_path / "r.yaml"
     recipe.write_text(text, encoding="utf-8")
-    model, data, config, _ = resolve_train_args(load_recipe(str(recipe)))
+    args = resolved(["--config", str(recipe)])
+    model, data, config = args.model, args.data, args.config
     assert (model.model_name_or_path, data.dataset_name, config.learning_rate, model.use_peft) == (
         "m",
         "d.jsonl",
@@ -336,7 +342,11 @@ def test_error_bad_data_subprocess(workspace):
         (["train", "--data-path", "d.jsonl"], 2, "no model"),
         (["train", "--model", "m", "--data-path", "d", "--trainer", "sft"], 2, "trainer 'sft' is not supported"),
         (["train", "--model", "m", "--data-path", "d", "--lr", "fast"], 2, "argument --lr: expected a number"),
-        (["train", "--model", "m", "--data-path", "d", "--truncation-mode", "middle"], 2, "truncation_mode"),
+        (
+            ["train", "--model", "m", "--data-path", "d", "--truncation-mode", "middle"],
+            2,
+            "argument --truncation-mode: invalid choice 'middle'; choose from keep_end, keep_start",
+        ),
         (["train", "--model", "m", "--data-path", "d", "--beta", "-1"], 2, "beta must be >= 0"),
         (["train", "--config", "nowhere.yaml"], 1, "config file not found: nowhere.yaml"),
         (["train", "--model", "./no-model", "--data-path", "PREFS"], 1, "model not found: ./no-model"),
@@ -369,8 +379,7 @@ def test_debug_shows_the_traceback(workspace, monkeypatch):
     with pytest.raises(FileNotFoundError):
         main(["--debug", "train", "--model", "model", "--data-path", "missing.jsonl"])
     # ... while TrainingArguments' own --debug OPTION still reaches the config
-    explicit, _ = parse_train_args(["--debug", "underflow_overflow"])
-    assert explicit["debug"] == "underflow_overflow"
+    assert explicit(["--debug", "underflow_overflow"])["debug"] == "underflow_overflow"
 
 
 def test_help_and_version(capsys):
@@ -384,6 +393,8 @@ def test_data_inspect_is_delegated(workspace, capsys, monkeypatch):
     import orpo.data.inspect as inspect_module
 
     seen = []
-    monkeypatch.setattr(inspect_module, "main", lambda argv: seen.append(argv) or 0)
-    assert main(["data", "inspect", "prefs.jsonl", "--model", "model"]) == 0
-    assert seen == [["prefs.jsonl", "--model", "model"]]
+    monkeypatch.setattr(inspect_module, "print_report", lambda args: seen.append(args) or 0)
+    assert main(["data", "inspect", "prefs.jsonl", "--model", "model", "--split", "train[:4]"]) == 0
+    (args,) = seen
+    assert (args.path, args.model_name_or_path, args.dataset_train_split) == ("prefs.jsonl", "model", "train[:4]")
+    assert (args.max_length, args.max_prompt_length, args.truncation_mode) == (1024, 512, "keep_end")  # ORPOConfig's

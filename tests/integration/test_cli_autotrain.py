@@ -73,3 +73,9 @@ def test_aitraining_usage_errors_in_process(capsys):
     assert "unknown flag --lerning-rate" in capsys.readouterr().err
     assert aitraining_main(["llm", "--train", "--backend", "spaces-a10g-large"]) == 2
     assert "backend 'spaces-a10g-large' is not supported" in capsys.readouterr().err
+    assert aitraining_main(["llm", "--train", "--quantization", "int3"]) == 2
+    assert "argument --quantization: invalid choice 'int3' (did you mean int8?)" in capsys.readouterr().err
+    assert aitraining_main(["llm", "--train", "--lr", "1e-5", "--lr", "2e-5"]) == 2
+    assert "aitraining llm: error: --lr given twice; keep one" in capsys.readouterr().err
+    assert aitraining_main(["llm", "--train", "--model-ref", "gpt2"]) == 2
+    assert "ORPO uses no reference model: drop model_ref" in capsys.readouterr().err

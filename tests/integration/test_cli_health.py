@@ -7,8 +7,8 @@ import math
 import pytest
 
 from orpo.callbacks import HealthCallback, health_check
-from orpo.project import TrainResult
 from orpo.report import plot_training_curves, summary_table
+from orpo.run import TrainResult
 
 
 def logs(chosen, rejected, accuracies=None, nll=None, evals=()):

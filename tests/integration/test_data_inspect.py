@@ -190,9 +190,44 @@ def test_main_leaves_logging_and_progress_bars_as_they_were(capsys):
             datasets.disable_progress_bars()
 
 
-def test_bad_flag_exits_2(capsys):
-    assert main(["--no-such-flag"]) == 2
-    assert "usage: orpo data inspect" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([str(REPORT), "--no-such-flag"], "unknown flag --no-such-flag (see orpo data inspect --help)"),
+        ([str(REPORT), "--max-lenght", "9"], "unknown flag --max-lenght (did you mean --max-length?)"),
+        ([str(REPORT), "--max-length", "9", "--max-length", "10"], "--max-length given twice; keep one"),
+        (
+            [str(REPORT), "--split", "train", "--dataset-train-split", "train"],
+            "--split and --dataset-train-split both set dataset_train_split; keep one",
+        ),
+        ([str(REPORT), "--truncation-mode", "middle"], "argument --truncation-mode: invalid choice 'middle'"),
+        ([str(REPORT), "--max-length", "many"], "argument --max-length: expected an integer, got 'many'"),
+        ([], "the following arguments are required: path"),
+    ],
+)
+def test_bad_flags_are_one_line_errors_with_exit_2(capsys, argv, expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("orpo data inspect: error: ") and err.count("\n") == 1 and expected in err, err
+
+
+def test_flags_are_orpo_trains(word_tokenizer_dir):
+    """The same spellings as `orpo train` (AutoTrain's and the handbook's too), and ORPOConfig's defaults."""
+    from orpo.cli.inspect import parse_args
+
+    args = parse_args(
+        [str(REPORT), "--model", word_tokenizer_dir, "--subset", "s", "--train-split", "train[:5]", "--num-proc", "2"]
+    )
+    assert (args.model_name_or_path, args.dataset_config, args.dataset_train_split) == (
+        word_tokenizer_dir,
+        "s",
+        "train[:5]",
+    )
+    assert (args.dataset_num_proc, args.example, args.debug) == (2, 0, False)
+    assert (args.max_length, args.max_prompt_length, args.max_completion_length) == (1024, 512, None)
+    assert (args.truncation_mode, args.prompt_text_column, args.chat_template) == ("keep_end", None, None)
+    args = parse_args([str(REPORT), "--model-name-or-path", "m", "--max_prompt_length", "none"])
+    assert (args.model_name_or_path, args.max_prompt_length) == ("m", None)
 
 
 def test_python_dash_m_entry_point(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from _cli_support import save_tiny_model, write_pairs
 
 from orpo import AutoTrainProject, LLMTrainingParams
-from orpo.project import UsageError
+from orpo.errors import UsageError
 
 
 def test_defaults_are_autotrains():
@@ -80,11 +80,20 @@ def test_mapping_to_orpo_config():
         ({"trainer": "sft"}, "trainer 'sft' is not supported"),
         ({"model_ref": "x"}, "no reference model"),
         ({"add_eos_token": False}, "EOS"),
+        ({"unsloth": True}, "unsloth is not supported"),
+        ({"lr": "fast"}, r"LLMTrainingParams\.lr: expected a number, got 'fast'"),
+        ({"quantization": "int3"}, r"LLMTrainingParams\.quantization: invalid choice 'int3'"),
     ],
 )
 def test_invalid_params(kwargs, message):
     with pytest.raises(UsageError, match=message):
         LLMTrainingParams(**kwargs)
+
+
+def test_values_orpo_config_refuses_are_refused_by_to_args():
+    params = LLMTrainingParams(dpo_beta=-1.0)
+    with pytest.raises(UsageError, match=r"ORPOConfig\.beta must be >= 0, got -1.0"):
+        params.to_args()
 
 
 def test_unknown_backend():

@@ -120,3 +120,60 @@ def test_no_args_gives_a_default_config(tokenizer, tmp_path, monkeypatch):
     trainer = ORPOTrainer(model=tiny_causal_lm(tokenizer, hidden_size=32), processing_class=tokenizer)
     assert isinstance(trainer.args, ORPOConfig)
     assert trainer.args.output_dir.endswith("-ORPO")
+
+
+def test_redeclared_training_arguments_fields_keep_transformers_types_and_defaults():
+    """ORPOConfig re-declares some TrainingArguments fields only to give them AutoTrain's names as aliases."""
+    import typing
+
+    ours, theirs = typing.get_type_hints(ORPOConfig), typing.get_type_hints(TrainingArguments)
+    own = {"learning_rate", "logging_steps", "remove_unused_columns"}  # TRL's defaults
+    base = {f.name: f for f in dataclasses.fields(TrainingArguments)}
+    redeclared = [
+        f for f in dataclasses.fields(ORPOConfig) if f.name in base and f.metadata is not base[f.name].metadata
+    ]
+    assert {f.name for f in redeclared} == own | {
+        "output_dir",
+        "num_train_epochs",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "warmup_steps",
+        "lr_scheduler_type",
+        "optim",
+        "report_to",
+        "hub_model_id",
+        "hub_token",
+    }
+    for f in redeclared:
+        assert ours[f.name] == theirs[f.name], f.name
+        if f.name not in own:
+            assert f.default == base[f.name].default, f.name
+            assert f.metadata["help"] == base[f.name].metadata["help"], f.name
+    names = [f.name for f in dataclasses.fields(ORPOConfig)]
+    assert names[: len(base)] == list(base)  # transformers' fields first, in their order, then ORPO's
+
+
+def test_hf_argument_parser_takes_the_aliases_too(tmp_path):
+    from orpo import DataArguments, ModelArguments
+
+    argv = ["--model", "m", "--data-path", "d.jsonl", "--project-name", str(tmp_path), "--lr", "3e-4"]
+    argv += ["--dpo-beta", "0.3", "--peft", "true", "--target-modules", "q_proj", "v_proj"]
+    argv += ["--valid-split", "test", "--epochs", "2"]
+    parser = HfArgumentParser((ModelArguments, DataArguments, ORPOConfig))
+    model, data, config = parser.parse_args_into_dataclasses(argv)
+    assert (model.model_name_or_path, model.use_peft, model.lora_target_modules) == ("m", True, ["q_proj", "v_proj"])
+    assert (data.dataset_name, data.dataset_test_split) == ("d.jsonl", "test")
+    assert (config.output_dir, config.learning_rate, config.beta, config.num_train_epochs) == (
+        str(tmp_path),
+        3e-4,
+        0.3,
+        2,
+    )
+
+
+@pytest.mark.parametrize(("field", "value"), [("dtype", "float8"), ("quantization", "int3")])
+def test_model_arguments_check_their_choices(field, value):
+    from orpo import ModelArguments
+
+    with pytest.raises(ValueError, match=rf"ModelArguments\.{field}={value!r} is not one of"):
+        ModelArguments(**{field: value})

@@ -6,7 +6,8 @@ is longer than rejected), identical / empty / duplicate rows, and one example fu
 with the prompt/completion boundary and the label mask, so that a double BOS, a missing EOS or
 a wrong chat template is visible at a glance.  Bad data: one line on stderr, exit code 2.
 
-Also runnable as ``python -m orpo.data.inspect``.
+Also runnable as ``python -m orpo.data.inspect``.  The flags are ``orpo train``'s, from the option table
+(:mod:`orpo.cli.inspect`).
 """
 
 from __future__ import annotations
@@ -18,42 +19,10 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from ..cli.inspect import parse_args
+from ..errors import UsageError
 from .errors import DataError
-from .report import PROG, InspectReport, config_defaults, inspect_dataset
-
-# ---- command line ----------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    defaults = config_defaults()
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Summarise preference data as ORPO will see it: formats, token lengths, truncation, "
-        "length bias, questionable rows, and one example tokenized with its label mask.",
-    )
-    parser.add_argument("path", help="a file (.jsonl/.json/.csv/.tsv/.parquet), folder, glob, saved dataset or hub id")
-    parser.add_argument("--prompt-text-column", default=None, help="column holding the prompt (default: prompt)")
-    parser.add_argument(
-        "--text-column", default=None, help="column holding the chosen completion (default: chosen, else text)"
-    )
-    parser.add_argument(
-        "--rejected-text-column", default=None, help="column holding the rejected completion (default: rejected)"
-    )
-    parser.add_argument("--image-column", default=None, help="column holding images (default: images / image)")
-    parser.add_argument(
-        "--split", default=None, help="split to inspect (default: train); slices like train[:1000] work"
-    )
-    parser.add_argument("--subset", default=None, help="the dataset's subset (config) name")
-    parser.add_argument("--model", default=None, help="model id or path whose tokenizer counts the tokens")
-    parser.add_argument("--chat-template", default=None, help="a Jinja chat template replacing the tokenizer's")
-    parser.add_argument("--max-length", type=int, default=defaults["max_length"])
-    parser.add_argument("--max-prompt-length", type=int, default=defaults["max_prompt_length"])
-    parser.add_argument("--max-completion-length", type=int, default=defaults["max_completion_length"])
-    parser.add_argument("--truncation-mode", choices=("keep_end", "keep_start"), default=defaults["truncation_mode"])
-    parser.add_argument("--example", type=int, default=0, metavar="ROW", help="row to show tokenized (default: 0)")
-    parser.add_argument("--num-proc", type=int, default=None, help="processes for normalising and tokenizing")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+from .report import PROG, InspectReport, inspect_dataset
 
 
 def _strings(value: Any) -> list[str]:
@@ -93,12 +62,13 @@ def run(args: argparse.Namespace) -> InspectReport:
     mapping = ColumnMapping.from_autotrain(
         args.prompt_text_column, args.text_column, args.rejected_text_column, args.image_column
     )
-    splits = load_preference_data(args.path, split=args.split, subset=args.subset, columns=mapping)
+    split = args.dataset_train_split
+    splits = load_preference_data(args.path, split=split, subset=args.dataset_config, columns=mapping)
     dataset = splits["train"]
-    split_name = args.split or "train"
-    if args.model:
-        tokenizer = _load_tokenizer(args.model, args.chat_template)
-        name, note = args.model, ""
+    split_name = split or "train"
+    if args.model_name_or_path:
+        tokenizer = _load_tokenizer(args.model_name_or_path, args.chat_template)
+        name, note = args.model_name_or_path, ""
     else:
         tokenizer = default_tokenizer(dataset)
         if args.chat_template:
@@ -117,7 +87,7 @@ def run(args: argparse.Namespace) -> InspectReport:
         source=str(args.path),
         split=split_name,
         example_row=args.example,
-        num_proc=args.num_proc,
+        num_proc=args.dataset_num_proc,
     )
     report.tokenizer, report.tokenizer_note = name, note
     report.other_splits = {key: len(value) for key, value in splits.items() if key != "train"}
@@ -126,11 +96,18 @@ def run(args: argparse.Namespace) -> InspectReport:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``orpo data inspect``; returns the exit code (2 for bad data or flags)."""
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse already printed its one-line usage error
-        return int(exit_.code or 0)
+        args = parse_args(argv)
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0) if isinstance(exit_.code, int) else 0
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    return print_report(args)
+
+
+def print_report(args: argparse.Namespace) -> int:
+    """Inspect and print, for parsed arguments (see :func:`orpo.cli.inspect.parse_args`); the exit code."""
     try:
         with _quiet():
             report = run(args)

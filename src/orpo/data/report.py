@@ -56,7 +56,8 @@ class LengthStats:
 
     @classmethod
     def of(cls, values: Sequence[int]) -> LengthStats:
-        return cls(*(percentile(values, p) for p in PERCENTILES), max(values, default=0))
+        p50, p90, p99 = (percentile(values, p) for p in PERCENTILES)
+        return cls(p50, p90, p99, max(values, default=0))
 
 
 @dataclass

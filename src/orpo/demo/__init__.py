@@ -150,8 +150,9 @@ def run_demo(
 
 
 def _run(output_dir: str, fast: bool, steps: int | None, seed: int, start: float) -> dict[str, Any]:
+    from ..arguments import ModelArguments
     from ..config import ORPOConfig
-    from ..project import ModelArguments, build_trainer, finish_training
+    from ..run import build_trainer, finish_training
 
     train_rows, heldout_rows = load_rows("train.jsonl"), load_rows("heldout.jsonl")
     if fast:

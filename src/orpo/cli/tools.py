@@ -1,4 +1,7 @@
-"""``orpo generate|chat|merge|demo|plot|data``: everything but ``orpo train``."""
+"""``orpo generate|chat|merge|demo|plot|data``: everything but ``orpo train``.
+
+Each command parses its flags before importing anything heavy, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from .options import ArgumentParser
-from .project import UsageError
+from ..arguments import DTYPES
+from ..errors import UsageError
+from .parser import ArgumentParser
 
 PROG = "orpo"
 EXIT_USAGE = 2
 
 
-def _read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompts or []) + list(args.prompt or [])
+def _read_prompts(args: argparse.Namespace) -> list[str | list[dict[str, Any]]]:
+    prompts: list[str | list[dict[str, Any]]] = [*(args.prompts or []), *(args.prompt or [])]
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
@@ -51,14 +56,12 @@ def _add_inference_args(parser: argparse.ArgumentParser, temperature: float, max
     parser.add_argument("--top-p", type=float, default=0.9 if temperature > 0 else 1.0)
     parser.add_argument("--system", help="System prompt (with a chat template).")
     parser.add_argument("--chat-template", help="Override the chat template (name, Jinja text or file).")
-    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", choices=DTYPES, help="Dtype to load the weights in (default: the model's own).")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def cmd_generate(argv: list[str]) -> int:
-    from .generation import generate, load_for_inference
-
     parser = ArgumentParser(
         prog=f"{PROG} generate", description="Generate with a trained model on prompts, using its chat template."
     )
@@ -70,6 +73,8 @@ def cmd_generate(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="Print JSON lines {prompt, completion}.")
     args = parser.parse_args(argv)
     prompts = _read_prompts(args)
+    from ..generation import generate, load_for_inference
+
     model, tokenizer = load_for_inference(args.model, args.base, args.dtype, args.device, args.chat_template)
     completions = generate(
         model,
@@ -91,11 +96,11 @@ def cmd_generate(argv: list[str]) -> int:
 
 
 def cmd_chat(argv: list[str]) -> int:
-    from .generation import chat, load_for_inference
-
     parser = ArgumentParser(prog=f"{PROG} chat", description="Chat with a trained model on the terminal.")
     _add_inference_args(parser, temperature=0.7, max_new_tokens=256)
     args = parser.parse_args(argv)
+    from ..generation import chat, load_for_inference
+
     model, tokenizer = load_for_inference(args.model, args.base, args.dtype, args.device, args.chat_template)
     import torch
 
@@ -104,8 +109,6 @@ def cmd_chat(argv: list[str]) -> int:
 
 
 def cmd_merge(argv: list[str]) -> int:
-    from .generation import merge_adapter
-
     parser = ArgumentParser(
         prog=f"{PROG} merge", description="Merge a LoRA adapter into its base model and save the full model."
     )
@@ -113,21 +116,19 @@ def cmd_merge(argv: list[str]) -> int:
     parser.add_argument("output", nargs="?", help="Directory to write the merged model to.")
     parser.add_argument("--output", "-o", dest="output_flag", help="Same as the positional OUTPUT.")
     parser.add_argument("--base", help="Base model (default: the one in adapter_config.json).")
-    parser.add_argument(
-        "--dtype", choices=["auto", "bfloat16", "float16", "float32"], help="Dtype to merge and save in."
-    )
+    parser.add_argument("--dtype", choices=DTYPES, help="Dtype to merge and save in.")
     args = parser.parse_args(argv)
     output = args.output_flag or args.output
     if not output:
         raise UsageError("pass the output directory: orpo merge ADAPTER OUTPUT")
+    from ..generation import merge_adapter
+
     path = merge_adapter(args.adapter, output, base=args.base, dtype=args.dtype)
     print(f"merged model written to {path}")
     return 0
 
 
 def cmd_demo(argv: list[str]) -> int:
-    from .demo import run_demo
-
     parser = ArgumentParser(
         prog=f"{PROG} demo", description="Train a small model from scratch with ORPO, offline, in about a minute."
     )
@@ -141,13 +142,13 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     fast = args.fast or os.environ.get("ORPO_DEMO_FAST", "") not in ("", "0")
+    from ..demo import run_demo
+
     run_demo(output_dir=args.output_dir, fast=fast, steps=args.steps, seed=args.seed)
     return 0
 
 
 def cmd_plot(argv: list[str]) -> int:
-    from .report import plot_training_curves
-
     parser = ArgumentParser(
         prog=f"{PROG} plot", description="Draw the training curves of a run (its trainer_state.json)."
     )
@@ -165,6 +166,8 @@ def cmd_plot(argv: list[str]) -> int:
         raise FileNotFoundError(f"no trainer_state.json in {args.run}")
     history = json.loads(state.read_text(encoding="utf-8")).get("log_history", [])
     out = args.output or str((run if run.is_dir() else run.parent) / "training_curves.png")
+    from ..report import plot_training_curves
+
     path = plot_training_curves(history, out)
     if path is None:
         raise ValueError(f"{state} has no logged steps to plot")
@@ -178,8 +181,9 @@ def cmd_data(argv: list[str]) -> int:
         return 0 if argv else EXIT_USAGE
     if argv[0] != "inspect":
         raise UsageError(f"unknown command {argv[0]!r}; available: inspect")
-    try:
-        from .data.inspect import main as inspect_main
-    except ImportError as err:
-        raise UsageError(f"data inspect is not available in this build ({err})") from None
-    return int(inspect_main(argv[1:]) or 0)
+    from .inspect import parse_args
+
+    args = parse_args(argv[1:])
+    from ..data.inspect import print_report
+
+    return print_report(args)

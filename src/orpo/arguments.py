@@ -1,0 +1,286 @@
+"""What to train on and how, as dataclasses: the fields every flag, YAML key and Python argument comes from.
+
+:class:`ModelArguments` and :class:`DataArguments` hold what ``ORPOConfig`` does not (which model and data,
+LoRA, quantization, chat template), with TRL's and the alignment-handbook's field names.
+:class:`ORPOArguments` holds ORPO's own fields; :class:`~orpo.ORPOConfig` is ``TrainingArguments`` plus these.
+This module imports neither torch nor transformers, so commands that only need the fields start fast.
+
+Other tools' names for a field are listed in its metadata as ``aliases`` (flag strings, the convention of
+``transformers.HfArgumentParser``, which therefore accepts them too).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZATIONS = ("int4", "int8")
+MIXED_PRECISIONS = ("fp16", "bf16", "no")
+TRUNCATION_MODES = ("keep_end", "keep_start")
+NLL_SCOPES = ("completion", "prompt_and_completion")
+ROW_POLICIES = ("error", "drop", "keep")
+LENGTH_POLICIES = ("error", "drop", "truncate")
+NONFINITE_POLICIES = ("error", "skip")
+
+
+def aliases(*names: str) -> list[str]:
+    """Flag strings for other names of a field: ``aliases("dpo_beta")`` -> ``["--dpo_beta", "--dpo-beta"]``."""
+    flags: list[str] = []
+    for name in names:
+        flags.append(f"--{name}")
+        if "_" in name:
+            flags.append(f"--{name.replace('_', '-')}")
+    return flags
+
+
+def meta(help_text: str, choices: tuple[str, ...] | None = None, also: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field metadata: help, choices and aliases, in the keys argparse and HfArgumentParser understand."""
+    out: dict[str, Any] = {"help": help_text}
+    if choices:
+        out["choices"] = list(choices)
+    if also:
+        out["aliases"] = aliases(*also)
+    return out
+
+
+def check_choice(owner: str, name: str, value: Any, allowed: tuple[Any, ...], optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class ModelArguments:
+    """The model to train and how: loading, LoRA, quantization, chat template."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata=meta("Model to fine-tune: a hub id or a local directory.", also=("model", "model_path"))
+    )
+    model_revision: str | None = field(default=None, metadata=meta("Branch, tag or commit of a hub model."))
+    dtype: str | None = field(
+        default=None,
+        metadata=meta("Dtype the weights are loaded in (default: the model's own).", DTYPES, also=("torch_dtype",)),
+    )
+    trust_remote_code: bool = field(default=False, metadata=meta("Allow models whose code lives in their repository."))
+    attn_implementation: str | None = field(
+        default=None, metadata=meta("Attention kernel: eager, sdpa, flash_attention_2, flex_attention...")
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata=meta(
+            "Chat template for conversational data: 'tokenizer' (the tokenizer's own, the default), 'chatml', "
+            "'zephyr', a Jinja template, or a path to a .jinja file."
+        ),
+    )
+    quantization: str | None = field(
+        default=None,
+        metadata=meta(
+            "Load the base model quantized with bitsandbytes (QLoRA; needs a GPU; none: off).", QUANTIZATIONS
+        ),
+    )
+    use_peft: bool = field(default=False, metadata=meta("Train a LoRA adapter instead of all weights.", also=("peft",)))
+    lora_r: int = field(default=16, metadata=meta("LoRA rank."))
+    lora_alpha: int = field(default=32, metadata=meta("LoRA alpha (scale = alpha / r)."))
+    lora_dropout: float = field(default=0.05, metadata=meta("Dropout on the LoRA input."))
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata=meta(
+            "Modules that get LoRA: 'all-linear' (default) or names, e.g. q_proj,v_proj.", also=("target_modules",)
+        ),
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None, metadata=meta("Modules trained in full next to the adapter (e.g. lm_head embed_tokens).")
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata=meta(
+            "After LoRA training, save the merged full model in the output dir (the adapter goes to adapter/)."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("ModelArguments", "dtype", self.dtype, DTYPES, optional=True)
+        check_choice("ModelArguments", "quantization", self.quantization, QUANTIZATIONS, optional=True)
+
+
+@dataclass
+class DataArguments:
+    """Where the preference data is and which columns hold what."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata=meta(
+            "Preference data: a .jsonl/.json/.csv/.parquet file, a folder, a glob or a hub dataset id.",
+            also=("data_path", "dataset", "data"),
+        ),
+    )
+    dataset_config: str | None = field(
+        default=None, metadata=meta("Subset (config name) of a hub dataset.", also=("subset", "dataset_subset"))
+    )
+    dataset_train_split: str | None = field(
+        default=None,
+        metadata=meta(
+            "Training split, slices allowed: train, train[:1000] (default: train or the only split).",
+            also=("train_split", "split"),
+        ),
+    )
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata=meta("Split to evaluate on, e.g. validation or test.", also=("valid_split", "eval_split")),
+    )
+    prompt_text_column: str | None = field(default=None, metadata=meta("Column holding the prompt (default: prompt)."))
+    text_column: str | None = field(
+        default=None, metadata=meta("Column holding the chosen completion (default: chosen, else text).")
+    )
+    rejected_text_column: str | None = field(
+        default=None, metadata=meta("Column holding the rejected completion (default: rejected).")
+    )
+    image_column: str | None = field(
+        default=None, metadata=meta("Column holding images, for vision-language models (default: images, image).")
+    )
+    max_samples: int | None = field(default=None, metadata=meta("Use only the first N training pairs (quick tries)."))
+
+
+@dataclass
+class ORPOArguments:
+    """ORPO's fields of :class:`~orpo.ORPOConfig` (TRL's names and defaults first, then orpo's own)."""
+
+    # ---- TRL-compatible fields ---------------------------------------------------------
+    beta: float = field(
+        default=0.1,
+        metadata=meta(
+            "Weight of the odds-ratio term (lambda in the ORPO paper): loss = NLL + beta * L_OR.", also=("dpo_beta",)
+        ),
+    )
+    max_length: int | None = field(
+        default=1024, metadata=meta("Max tokens of prompt + completion per sequence (None: no limit).")
+    )
+    max_prompt_length: int | None = field(
+        default=512,
+        metadata=meta(
+            "Max prompt tokens, truncated by `truncation_mode` (None: no limit). Used as given, also when it is not "
+            "below max_length: pairs left without room for a completion are dropped and counted."
+        ),
+    )
+    max_completion_length: int | None = field(
+        default=None, metadata=meta("Max tokens of each completion, cut from the end (None: no limit).")
+    )
+    truncation_mode: str = field(
+        default="keep_end",
+        metadata=meta(
+            "Which part of an over-long prompt to keep: its end (the question) or its start.", TRUNCATION_MODES
+        ),
+    )
+    disable_dropout: bool = field(default=True, metadata=meta("Set every dropout probability of the model to 0."))
+    label_pad_token_id: int = field(default=-100, metadata=meta("Label value of tokens that carry no loss."))
+    padding_value: int | None = field(
+        default=None, metadata=meta("Token id used to pad input_ids (default: the tokenizer's pad_token_id).")
+    )
+    generate_during_eval: bool = field(
+        default=False,
+        metadata=meta("After each evaluation, generate for a few eval prompts and save them as JSONL in output_dir."),
+    )
+    is_encoder_decoder: bool | None = field(
+        default=None, metadata=meta("Whether the model is encoder-decoder (detected from the model when None).")
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata=meta("Keyword arguments for from_pretrained when `model` is an id or path (JSON).")
+    )
+    dataset_num_proc: int | None = field(
+        default=None,
+        metadata=meta("Processes used to tokenize the dataset.", also=("preprocessing_num_workers", "num_proc")),
+    )
+
+    # ---- orpo's own fields ------------------------------------------------------------
+    nll_scope: str = field(
+        default="completion",
+        metadata=meta(
+            "Tokens the NLL (SFT) term covers: the chosen completion only (the paper's L_SFT) or prompt and "
+            "completion (TRL's ORPOTrainer and the authors' script by default).",
+            NLL_SCOPES,
+        ),
+    )
+    pad_to_multiple_of: int | None = field(
+        default=None, metadata=meta("Pad each batch's length to a multiple of this (e.g. 8 for tensor cores).")
+    )
+    fused_lm_head: bool = field(
+        default=True,
+        metadata=meta(
+            "Compute token log-probs chunked through the LM head, only on scored tokens, never holding "
+            "full-vocabulary logits (exact; falls back to the plain path for models it does not support)."
+        ),
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata=meta(
+            "Pack the chosen and rejected sequences of all pairs of a batch into one row with position ids "
+            "restarting per sequence, so no compute goes to padding (same loss as padded batches; fast with "
+            "attn_implementation flash_attention_2 or flex_attention, correct with sdpa and eager)."
+        ),
+    )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata=meta(
+            "Vision-language models: do not train the vision encoder (its weights, and any adapter in it, "
+            "stay as loaded); the projector and the language model train as usual."
+        ),
+    )
+    shared_prompt: bool = field(
+        default=False,
+        metadata=meta(
+            "Run each pair's prompt once for both completions: pairs packed as prompt|chosen|rejected in one "
+            "row, with an attention mask that hides chosen from rejected (same loss; padding-free too, so it "
+            "overrides padding_free; needs attn_implementation sdpa, eager or flex_attention, and flex_attention "
+            "to save attention compute on GPU)."
+        ),
+    )
+    on_identical_pair: str = field(
+        default="drop", metadata=meta("Rows whose chosen equals rejected (no preference signal).", ROW_POLICIES)
+    )
+    on_empty_completion: str = field(
+        default="drop", metadata=meta("Rows whose chosen or rejected text is empty or blank.", ROW_POLICIES)
+    )
+    on_duplicate: str = field(
+        default="keep", metadata=meta("Rows identical to an earlier row (prompt, chosen, rejected).", ROW_POLICIES)
+    )
+    on_too_long: str = field(
+        default="truncate",
+        metadata=meta("Rows over max_length/max_prompt_length/max_completion_length.", LENGTH_POLICIES),
+    )
+    on_nonfinite: str = field(
+        default="error",
+        metadata=meta(
+            "A batch with a non-finite loss or gradient: stop with a report, or skip the update.", NONFINITE_POLICIES
+        ),
+    )
+
+    def _check_orpo_fields(self) -> None:
+        """Validate (and parse ``model_init_kwargs`` JSON): errors name the field, e.g. ``ORPOConfig.beta``."""
+        owner = type(self).__name__
+        for name, allowed in (
+            ("truncation_mode", TRUNCATION_MODES),
+            ("nll_scope", NLL_SCOPES),
+            ("on_identical_pair", ROW_POLICIES),
+            ("on_empty_completion", ROW_POLICIES),
+            ("on_duplicate", ROW_POLICIES),
+            ("on_too_long", LENGTH_POLICIES),
+            ("on_nonfinite", NONFINITE_POLICIES),
+        ):
+            check_choice(owner, name, getattr(self, name), allowed)
+        if self.beta < 0:
+            raise ValueError(f"{owner}.beta must be >= 0, got {self.beta}")
+        for name in ("max_length", "max_prompt_length", "max_completion_length", "pad_to_multiple_of"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{owner}.{name} must be a positive integer or None, got {value}")
+        # max_prompt_length >= max_length is allowed, as in TRL: `ORPOConfig(max_length=512)` keeps the default
+        # max_prompt_length=512, and encoder-decoder prompts do not count towards max_length at all.  A prompt that
+        # leaves no room for a completion drops its pair, counted in the data report.
+        if isinstance(self.model_init_kwargs, str):
+            try:
+                self.model_init_kwargs = json.loads(self.model_init_kwargs)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{owner}.model_init_kwargs is not valid JSON: {err}") from None

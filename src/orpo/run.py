@@ -1,0 +1,267 @@
+"""The run engine: model + data + ORPOConfig in, trained model, curves and report out.
+
+One engine (:func:`run_training`) behind every front end: ``orpo train`` (flags and YAML recipes), the
+``aitraining``-compatible command, AutoTrain's Python API (``LLMTrainingParams`` + ``AutoTrainProject``)
+and ``orpo demo``.  The caller's ``ORPOConfig`` is never changed: what only the run knows (the data size
+for automatic logging steps, whether there is evaluation data, whether pinned memory helps) goes into a
+copy, :func:`run_config`, which the trainer gets.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .arguments import DataArguments, ModelArguments
+from .errors import UsageError
+from .loading import (
+    auto_logging_steps,
+    check_model_source,
+    load_data,
+    lora_config,
+    model_init_kwargs,
+    resolve_chat_template,
+)
+
+if TYPE_CHECKING:
+    from .config import ORPOConfig
+    from .trainer import ORPOTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    output_dir: str
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    plot_path: str | None = None
+    summary_path: str | None = None
+    adapter_dir: str | None = None
+    merged: bool = False
+    health: list[Any] = field(default_factory=list)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_trainer(
+    model_args: ModelArguments,
+    data_args: DataArguments | None,
+    config: ORPOConfig,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    train_dataset: Any = None,
+    eval_dataset: Any = None,
+    callbacks: list[Any] | None = None,
+    auto_logging: bool = False,
+    console: bool = True,
+) -> ORPOTrainer:
+    """Load model, tokenizer and data and build an :class:`~orpo.ORPOTrainer` with orpo's callbacks.
+
+    The trainer's ``args`` are :func:`run_config`'s copy of ``config``; ``config`` itself is left as it is.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+
+    from .callbacks import HealthCallback, LineProgressCallback, TqdmProgressCallback, use_tqdm
+    from .trainer import ORPOTrainer
+
+    if config.output_dir is None:
+        raise UsageError("no output directory: pass --output-dir (AutoTrain: --project-name)")
+    if train_dataset is None:
+        if data_args is None:
+            raise UsageError("no training data")
+        train_dataset, eval_loaded = load_data(data_args)
+        eval_dataset = eval_dataset if eval_dataset is not None else eval_loaded
+    config = run_config(config, pairs=len(train_dataset), has_eval=eval_dataset is not None, auto_logging=auto_logging)
+
+    model, tokenizer = _model_and_tokenizer(model_args, config, model, tokenizer)
+    peft_config = None
+    if model_args.use_peft:
+        task = "SEQ_2_SEQ_LM" if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else "CAUSAL_LM"
+        peft_config = lora_config(model_args, task)
+    elif model_args.quantization is not None:
+        raise UsageError("a quantized model can only be trained with a LoRA adapter: add --peft")
+
+    own: list[TrainerCallback] = [HealthCallback(beta=config.beta, console=console)]
+    tqdm_bar = console and not config.disable_tqdm and use_tqdm()
+    if console:
+        own.insert(0, TqdmProgressCallback() if tqdm_bar else LineProgressCallback())
+    trainer = ORPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[*own, *(callbacks or [])],
+    )
+    if console:
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """The given model and tokenizer (with the chosen chat template), or both loaded by name."""
+    from .modeling import load_model, load_tokenizer
+
+    template = resolve_chat_template(model_args.chat_template)
+    if model is None:
+        name = model_args.model_name_or_path
+        if not name:
+            raise UsageError("no model: pass --model (a hub id or a local directory)")
+        check_model_source(name)
+        kwargs = model_init_kwargs(model_args, config)
+        if tokenizer is None:
+            tokenizer = _load_tokenizer_or_fail(load_tokenizer, name, template)
+        try:
+            model = load_model(name, kwargs)
+        except OSError as err:
+            raise OSError(f"cannot load model {name!r}: {_first_line(err)}") from err
+    elif template is not None and tokenizer is not None:
+        getattr(tokenizer, "tokenizer", tokenizer).chat_template = template
+        if hasattr(tokenizer, "tokenizer"):
+            tokenizer.chat_template = template
+    if tokenizer is None:
+        raise UsageError("no tokenizer given with the model object")
+    return model, tokenizer
+
+
+def copy_config(config: ORPOConfig, **changes: Any) -> ORPOConfig:
+    """A copy of ``config`` with ``changes``, sharing no mutable value with it.
+
+    Built like ``dataclasses.replace`` (so ``__post_init__`` runs again and validates the changes; on an
+    already initialised config it only re-derives what it derived before), with every value deep-copied:
+    ``replace`` would hand the same ``fsdp_config`` / ``report_to`` objects to both configs.
+    """
+    values = {f.name: copy.deepcopy(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
+    values.update(changes)
+    return type(config)(**values)
+
+
+def run_config(config: ORPOConfig, *, pairs: int, has_eval: bool, auto_logging: bool) -> ORPOConfig:
+    """The config the trainer gets: a copy of the caller's, with what only the run knows."""
+    changes: dict[str, Any] = {}
+    if auto_logging:
+        changes["logging_steps"] = auto_logging_steps(pairs, config)
+    if config.dataloader_pin_memory and not _has_accelerator():
+        changes["dataloader_pin_memory"] = False  # avoids torch's warning on CPU-only machines
+    if not has_eval and config.eval_strategy != "no":
+        logger.warning(
+            "eval_strategy=%s but no evaluation data: evaluation is off (pass --valid-split)", config.eval_strategy
+        )
+        changes.update(eval_strategy="no", load_best_model_at_end=False, do_eval=False)
+    return copy_config(config, **changes)
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def _load_tokenizer_or_fail(load: Any, name: str, template: str | None) -> Any:
+    try:
+        return load(name, chat_template=template)
+    except OSError as err:
+        raise OSError(f"cannot load the tokenizer of {name!r}: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def finish_training(
+    trainer: ORPOTrainer,
+    *,
+    model_args: ModelArguments | None = None,
+    console: bool = True,
+    resume_from_checkpoint: Any = None,
+    train: bool = True,
+) -> TrainResult:
+    """Train (unless ``train=False``), save the model (and merged model), write curves, summary and health report.
+
+    ``model_args`` says how to save a LoRA model (merged or as an adapter), as in :func:`build_trainer`.
+    """
+    from .callbacks import HealthCallback
+    from .report import plot_training_curves, summary_table, write_summary
+
+    config = trainer.args
+    model_args = model_args or ModelArguments()
+    train_metrics: dict[str, float] = {}
+    if train:
+        output = trainer.train(resume_from_checkpoint=resume_from_checkpoint if resume_from_checkpoint else None)
+        train_metrics = dict(output.metrics)
+    eval_metrics: dict[str, float] = {}
+    if trainer.eval_dataset is not None:
+        last = next((log for log in reversed(trainer.state.log_history) if "eval_loss" in log), None)
+        if last is not None and last.get("step") == trainer.state.global_step and not config.load_best_model_at_end:
+            eval_metrics = {key: value for key, value in last.items() if key.startswith("eval_")}
+        else:
+            eval_metrics = trainer.evaluate()
+    out = Path(str(config.output_dir))  # build_trainer refuses a config without one
+    out.mkdir(parents=True, exist_ok=True)
+    result = TrainResult(output_dir=str(out), train_metrics=train_metrics, eval_metrics=eval_metrics)
+    if trainer.is_world_process_zero():
+        _save(trainer, model_args, result)
+        trainer.save_state()
+    result.log_history = list(trainer.state.log_history)
+    health = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, HealthCallback)), None)
+    if health is not None:
+        result.health = health.final_report(result.log_history, trainer.state)
+    if trainer.is_world_process_zero():
+        result.plot_path = plot_training_curves(result.log_history, out / "training_curves.png")
+        result.summary_path = write_summary(out / "training_summary.json", result)
+        if console:
+            print(summary_table(result), flush=True)
+    return result
+
+
+def _save(trainer: ORPOTrainer, model_args: ModelArguments, result: TrainResult) -> None:
+    from .modeling import is_peft_model
+
+    out = Path(result.output_dir)
+    model: Any = trainer.model
+    processing = trainer.processing_class
+    if model_args.use_peft and model_args.merge_adapter and is_peft_model(model):
+        adapter_dir = out / "adapter"
+        trainer.save_model(str(adapter_dir))
+        result.adapter_dir = str(adapter_dir)
+        if model_args.quantization is not None:
+            from .generation import merge_adapter
+
+            merge_adapter(str(adapter_dir), str(out), base=model_args.model_name_or_path)
+        else:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(str(out))
+            if processing is not None:
+                processing.save_pretrained(str(out))
+            trainer.model = merged
+        result.merged = True
+    else:
+        trainer.save_model(str(out))
+        if is_peft_model(model):
+            result.adapter_dir = str(out)
+
+
+def run_training(
+    model_args: ModelArguments,
+    data_args: DataArguments | None,
+    config: ORPOConfig,
+    *,
+    console: bool = True,
+    auto_logging: bool = False,
+    **kwargs: Any,
+) -> TrainResult:
+    """Build the trainer, train, save, plot, summarise: the whole run."""
+    trainer = build_trainer(model_args, data_args, config, console=console, auto_logging=auto_logging, **kwargs)
+    return finish_training(
+        trainer, model_args=model_args, console=console, resume_from_checkpoint=config.resume_from_checkpoint
+    )
