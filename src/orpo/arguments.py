@@ -246,6 +246,14 @@ class ORPOArguments:
     on_duplicate: str = field(
         default="keep", metadata=meta("Rows identical to an earlier row (prompt, chosen, rejected).", ROW_POLICIES)
     )
+    on_empty_prompt: str = field(
+        default="keep",
+        metadata=meta(
+            "Rows whose prompt is empty or blank: kept by default (still a full preference pair; counted and "
+            "warned about, since a wrongly mapped prompt column shows this way).",
+            ROW_POLICIES,
+        ),
+    )
     on_too_long: str = field(
         default="truncate",
         metadata=meta("Rows over max_length/max_prompt_length/max_completion_length.", LENGTH_POLICIES),
@@ -266,6 +274,7 @@ class ORPOArguments:
             ("on_identical_pair", ROW_POLICIES),
             ("on_empty_completion", ROW_POLICIES),
             ("on_duplicate", ROW_POLICIES),
+            ("on_empty_prompt", ROW_POLICIES),
             ("on_too_long", LENGTH_POLICIES),
             ("on_nonfinite", NONFINITE_POLICIES),
         ):

@@ -14,7 +14,6 @@ import pytest
 
 from orpo import ORPOConfig
 from orpo.data import DataError, load_preference_data, prepare_preference_dataset
-from orpo.data.policy import RowPolicies
 from orpo.seq2seq import prepare_seq2seq_dataset
 from orpo.testing import build_seq2seq_tokenizer, build_tokenizer, build_vlm_processor, make_image
 from orpo.vision import prepare_vision_dataset
@@ -167,25 +166,18 @@ def test_blank_prompts_are_counted_and_kept_by_default(kind, processors, tmp_pat
     assert warned == ([f"train: keeping 2 row(s): empty prompt (first: {path}, line 2 (row 1))"] if blank else [])
 
 
+@pytest.mark.parametrize("kind", ["text", "seq2seq"])
 @pytest.mark.parametrize("policy", ["drop", "error"])
-def test_on_empty_prompt_drop_counts_and_error_names_the_row(processors, tmp_path, policy):
-    from orpo.data.prepare import prepare_dataset
-    from orpo.data.tokenize import LengthLimits, PairTokenizer
-
-    rows = [ROWS[0], ("What color is it?", " x", " y", "red.png"), (" \n ", " red", " blue", "red.png")]
+def test_on_empty_prompt_drop_counts_and_error_names_the_row(kind, processors, tmp_path, policy):
+    rows = [ROWS[0], ("What color is it?", " red", " green", "red.png"), (" \n ", " red", " blue", "red.png")]
     path = write_rows(tmp_path, rows)
-    policies = RowPolicies("drop", "drop", "keep", "truncate", on_empty_prompt=policy)
-    tokenizer = PairTokenizer(processors["text"], LengthLimits(None, None, None, "keep_end"))
-    train = load_preference_data(path)["train"]
     if policy == "error":
-        with pytest.raises(DataError) as info:
-            prepare_dataset(train, tokenizer, policies)
-        assert str(info.value) == (
+        assert error_of(kind, processors, path, tmp_path, on_empty_prompt="error") == (
             f"{path}, line 3 (row 2): empty prompt (1 such row(s) in the train data); fix the data or set "
             "on_empty_prompt='drop' or 'keep'"
         )
         return
-    dataset, report = prepare_dataset(train, tokenizer, policies)
+    dataset, report = prepare(kind, processors, path, tmp_path, on_empty_prompt="drop")
     assert report.dropped == {"empty prompt": 1} and report.empty_prompts == 1
     assert dataset["_orpo_source"] == [f"{path}, line {i + 1} (row {i})" for i in (0, 1)]
 

@@ -26,22 +26,24 @@ class RowPolicies:
     """What to do with each kind of questionable row: ORPOConfig's options of the same names (no
     defaults here, so they are defined once, there).
 
-    ``on_empty_prompt`` defaults to ``keep``: a pair with an empty (or whitespace-only) prompt
-    still carries a full preference signal (an unconditional pair, which the loss handles like
-    any other), so dropping it would lose data and an error would refuse data that means it; it is
-    kept, counted in the report and warned about with the first row's location, which is where a
-    wrongly mapped or missing prompt column shows.
+    ``on_empty_prompt`` is ``keep`` by default there: a pair with an empty (or whitespace-only)
+    prompt still carries a full preference signal (an unconditional pair, which the loss handles
+    like any other), so dropping it would lose data and an error would refuse data that means it;
+    it is kept, counted in the report and warned about with the first row's location, which is
+    where a wrongly mapped or missing prompt column shows.
     """
 
     on_identical_pair: str
     on_empty_completion: str
     on_duplicate: str
     on_too_long: str
-    on_empty_prompt: str = "keep"
+    on_empty_prompt: str
 
     @classmethod
     def from_args(cls, args: Any) -> RowPolicies:
-        return cls(args.on_identical_pair, args.on_empty_completion, args.on_duplicate, args.on_too_long)
+        return cls(
+            args.on_identical_pair, args.on_empty_completion, args.on_duplicate, args.on_too_long, args.on_empty_prompt
+        )
 
 
 def apply_policy(

@@ -22,8 +22,8 @@ PERCENTILES = (50, 90, 99)
 
 
 def config_defaults() -> dict[str, Any]:
-    """ORPOConfig's defaults for the limits and row policies, without building a TrainingArguments."""
-    from ..config import ORPOConfig
+    """ORPOConfig's defaults for the limits and row policies (its ORPO fields: no transformers import)."""
+    from ..arguments import ORPOArguments
 
     names = (
         "max_length",
@@ -33,9 +33,10 @@ def config_defaults() -> dict[str, Any]:
         "on_identical_pair",
         "on_empty_completion",
         "on_duplicate",
+        "on_empty_prompt",
         "on_too_long",
     )
-    return {f.name: f.default for f in dataclasses.fields(ORPOConfig) if f.name in names}
+    return {f.name: f.default for f in dataclasses.fields(ORPOArguments) if f.name in names}
 
 
 def percentile(values: Sequence[int], p: float) -> int:
@@ -172,7 +173,6 @@ def inspect_dataset(
 ) -> InspectReport:
     """The report for ``dataset`` (canonical columns, e.g. from :func:`load_preference_data`)."""
     from .normalise import EMPTY_COLUMN, EMPTY_PROMPT_COLUMN, FORMAT_COLUMN, Normaliser, normalise_dataset
-    from .policy import RowPolicies
     from .prepare import tokenize_dataset
     from .tokenize import (
         CHOSEN_TRUNCATED,
@@ -187,8 +187,9 @@ def inspect_dataset(
 
     defaults = config_defaults()
     report = InspectReport(source=source, split=split, rows=len(dataset), limits=limits)
-    report.policies = {name: defaults[name] for name in ("on_identical_pair", "on_empty_completion", "on_duplicate")}
-    report.policies["on_empty_prompt"] = defaults.get("on_empty_prompt", RowPolicies.on_empty_prompt)
+    options = ("on_identical_pair", "on_empty_completion", "on_duplicate", "on_empty_prompt")
+    report.policies = {name: defaults[name] for name in options}
+
     check_dataset(dataset, split)
     normalised = normalise_dataset(dataset, Normaliser(tokenizer), split, num_proc)
     report.formats = Counter(column_values(normalised, FORMAT_COLUMN))
