@@ -1,7 +1,9 @@
 """The ORPO metrics of a logging window: sums per micro-batch, averages when logged.
 
 Sums (not per-step averages) are kept so a logged value is the average over every pair and
-token of the window, whatever the batch sizes, and so processes can be reduced exactly.
+token of the window, whatever the batch sizes, and so processes can be reduced exactly.  The
+logged ``loss`` is built from the same window (:func:`window_loss`), so
+``loss == nll_loss - beta * log_odds_ratio`` holds for every logged entry.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ METRIC_NAMES = (
     "log_odds_ratio",
     "log_odds_chosen",
 )
+
+
+def window_loss(metrics: dict[str, float], beta: float) -> float:
+    """The ORPO loss over a logging window: its token-averaged NLL plus beta times its pair-averaged
+    odds-ratio term, weighted as one accumulation window weights them (so micro-batching does not
+    change it, and it agrees with the logged ``nll_loss`` and ``log_odds_ratio``)."""
+    return metrics["nll_loss"] - beta * metrics["log_odds_ratio"]
 
 
 class MetricWindows:
@@ -91,7 +100,8 @@ class MetricWindows:
                 "logps/rejected": (pairs.rejected.mean.detach() * valid).sum(),
                 "rewards/chosen": odds.chosen_rewards.sum(),
                 "rewards/rejected": odds.rejected_rewards.sum(),
-                "rewards/accuracies": ((odds.chosen_rewards > odds.rejected_rewards).float() * valid).sum(),
+                # on the log-probs, so it means something at beta == 0; for beta > 0 it is the rewards' comparison
+                "rewards/accuracies": ((pairs.chosen.mean > pairs.rejected.mean).float() * valid).sum(),
                 "rewards/margins": (odds.chosen_rewards - odds.rejected_rewards).sum(),
                 "log_odds_ratio": odds.log_sigmoid_odds.detach().sum(),
                 "log_odds_chosen": odds.log_odds.detach().sum(),

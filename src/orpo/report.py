@@ -11,7 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .callbacks import _fmt, _series
+from .callbacks import format_value
+from .health import series
 
 PANELS = (
     ("loss", ("loss",), "loss (NLL + beta * odds-ratio)"),
@@ -36,12 +37,12 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> str
     for ax, (_, keys, title) in zip(axes.flat, PANELS, strict=True):
         drawn = False
         for key in keys:
-            train = _series([log for log in history if "loss" in log], key)
+            train = series([log for log in history if "loss" in log], key)
             label = key.split("/")[-1] if len(keys) > 1 else "train"
             if train:
                 ax.plot([s for s, _ in train], [v for _, v in train], label=label, linewidth=1.5)
                 drawn = True
-            evaluation = _series(history, f"eval_{key}")
+            evaluation = series(history, f"eval_{key}")
             if evaluation:
                 ax.plot(
                     [s for s, _ in evaluation],
@@ -81,10 +82,10 @@ SUMMARY_METRICS = (
 
 
 def first_last(history: list[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
-    series = _series([log for log in history if "loss" in log], key)
-    if not series:
+    points = series([log for log in history if "loss" in log], key)
+    if not points:
         return None, None
-    return series[0][1], series[-1][1]
+    return points[0][1], points[-1][1]
 
 
 def summary_table(result: Any) -> str:
@@ -97,7 +98,7 @@ def summary_table(result: Any) -> str:
         ev = eval_metrics.get(f"eval_{key}")
         if first is None and ev is None:
             continue
-        rows.append((key, _fmt(first), _fmt(last), _fmt(ev)))
+        rows.append((key, format_value(first), format_value(last), format_value(ev)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["", "ORPO training summary", "-" * (sum(widths) + 6)]
     for index, row in enumerate(rows):
@@ -108,11 +109,7 @@ def summary_table(result: Any) -> str:
             lines.append("-" * (sum(widths) + 6))
     metrics = result.train_metrics or {}
     if metrics:
-        steps = next((log.get("step") for log in reversed(history) if "train_runtime" in log), None)
-        lines.append(
-            f"{steps if steps is not None else '?'} steps, {_fmt(metrics.get('epoch'), 3)} epochs in "
-            f"{metrics.get('train_runtime', 0):.1f} s ({_fmt(metrics.get('train_samples_per_second'), 3)} pairs/s)"
-        )
+        lines.append(_steps_line(result, metrics))
     lines.append(f"model     {result.output_dir}" + (" (merged; adapter in adapter/)" if result.merged else ""))
     if result.adapter_dir and not result.merged:
         lines[-1] += " (LoRA adapter)"
@@ -126,6 +123,22 @@ def summary_table(result: Any) -> str:
     return "\n".join(lines)
 
 
+def _steps_line(result: Any, metrics: dict[str, Any]) -> str:
+    """The steps this run made (not the checkpoint's), in how long, at what rate; where it resumed from."""
+    runtime = float(metrics.get("train_runtime", 0.0))
+    steps = result.steps_run
+    if steps is None:  # a result put together by hand: the global step of the last log
+        steps = next((log.get("step") for log in reversed(result.log_history) if "train_runtime" in log), None)
+    rate = ""
+    if steps and runtime > 0 and result.pairs_per_step:
+        rate = f" ({format_value(steps * result.pairs_per_step / runtime, 3)} pairs/s)"
+    resumed = f", resumed from {result.resumed_from}" if result.resumed_from else ""
+    if resumed and steps:
+        resumed += f" (steps {result.first_step + 1}-{result.first_step + steps})"
+    epoch = format_value(metrics.get("epoch"), 3)
+    return f"{steps if steps is not None else '?'} steps{resumed} in {runtime:.1f} s{rate}; at epoch {epoch}"
+
+
 def write_summary(path: str | Path, result: Any) -> str:
     history = result.log_history
     payload = {
@@ -135,6 +148,8 @@ def write_summary(path: str | Path, result: Any) -> str:
         "plot": result.plot_path,
         "train_metrics": result.train_metrics,
         "eval_metrics": result.eval_metrics,
+        "steps_run": result.steps_run,
+        "resumed_from": result.resumed_from,
         "first_last": {
             key: dict(zip(("first", "last"), first_last(history, key), strict=True)) for key in SUMMARY_METRICS
         },

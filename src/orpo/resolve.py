@@ -61,6 +61,29 @@ def resolve(*sources: Source, fill: Fill | None = None, table: OptionTable | Non
     from .config import ORPOConfig
 
     table = table or option_table()
+    values, auto_logging = resolve_values(*sources, fill=fill, table=table)
+    config_fields = table.names("orpo") | table.names("training")
+    config_values = {k: v for k, v in values.items() if k in config_fields}
+    if auto_logging:
+        config_values.pop("logging_steps", None)
+    try:
+        model = ModelArguments(**{k: v for k, v in values.items() if k in table.names("model")})
+        data = DataArguments(**{k: v for k, v in values.items() if k in table.names("data")})
+        config = ORPOConfig(**config_values)
+    except (ValueError, TypeError) as err:
+        raise UsageError(one_line(err)) from None
+    return ResolvedArgs(model, data, config, auto_logging, values)
+
+
+def resolve_values(
+    *sources: Source, fill: Fill | None = None, table: OptionTable | None = None
+) -> tuple[dict[str, Any], bool]:
+    """The settings a run would get (field -> value) and whether logging steps are automatic, checked as far
+    as they can be without this machine: ``TrainingArguments``' hardware checks (bf16, GPUs) are left to
+    :func:`resolve`, so ``--print-config`` can write a recipe here for another machine."""
+    from .arguments import ORPOArguments
+
+    table = table or option_table()
     values = merge(*sources)
     username = values.pop("username", None)
     for name, value in (fill(values) if fill else {}).items():
@@ -78,17 +101,13 @@ def resolve(*sources: Source, fill: Fill | None = None, table: OptionTable | Non
         raise UsageError(f"warmup must be >= 0, got {warmup}")
     logging_steps = values.get("logging_steps")
     auto_logging = logging_steps is None or logging_steps < 0
-    config_fields = table.names("orpo") | table.names("training")
-    config_values = {k: v for k, v in values.items() if k in config_fields}
-    if auto_logging:
-        config_values.pop("logging_steps", None)
     try:
-        model = ModelArguments(**{k: v for k, v in values.items() if k in table.names("model")})
-        data = DataArguments(**{k: v for k, v in values.items() if k in table.names("data")})
-        config = ORPOConfig(**config_values)
+        ModelArguments(**{k: v for k, v in values.items() if k in table.names("model")})
+        DataArguments(**{k: v for k, v in values.items() if k in table.names("data")})
+        ORPOArguments(**{k: v for k, v in values.items() if k in table.names("orpo")})._check_orpo_fields()
     except (ValueError, TypeError) as err:
         raise UsageError(one_line(err)) from None
-    return ResolvedArgs(model, data, config, auto_logging, values)
+    return values, auto_logging
 
 
 def recipe_source(path: str | Path, table: OptionTable | None = None) -> Source:

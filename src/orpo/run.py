@@ -47,6 +47,12 @@ class TrainResult:
     merged: bool = False
     health: list[Any] = field(default_factory=list)
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    #: Optimizer steps this run made (a resumed run: those after its checkpoint), from ``first_step`` on.
+    steps_run: int | None = None
+    first_step: int = 0
+    resumed_from: str | None = None
+    #: Pairs per optimizer step over all processes (per-device batch x processes x accumulation).
+    pairs_per_step: int = 0
 
 
 def build_trainer(
@@ -61,18 +67,28 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     auto_logging: bool = False,
     console: bool = True,
+    resume_command: str | None = None,
 ) -> ORPOTrainer:
     """Load model, tokenizer and data and build an :class:`~orpo.ORPOTrainer` with orpo's callbacks.
 
     The trainer's ``args`` are :func:`run_config`'s copy of ``config``; ``config`` itself is left as it is.
+    Settings that would train nothing are refused before any data is loaded.  ``resume_command``: the
+    command line that resumes this run, for the messages of an interrupted or failed one (``orpo train``
+    passes it).
     """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
-    from .callbacks import HealthCallback, LineProgressCallback, TqdmProgressCallback, use_tqdm
+    from .callbacks import LineProgressCallback, TqdmProgressCallback, use_tqdm
+    from .health import HealthCallback
+    from .reliability.preflight import check_training_amounts
     from .trainer import ORPOTrainer
 
     if config.output_dir is None:
         raise UsageError("no output directory: pass --output-dir (AutoTrain: --project-name)")
+    try:
+        check_training_amounts(config)  # before any data is loaded
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if train_dataset is None:
         if data_args is None:
             raise UsageError("no training data")
@@ -104,7 +120,33 @@ def build_trainer(
     if console:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
+    trainer.resume_command = resume_command
     return trainer
+
+
+def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
+    """With ``resume_from_checkpoint``: the checkpoint found, verified and checked against the model (adapter or
+    full, its sizes) before any data is loaded; None without."""
+    from .reliability import compat
+    from .reliability.resume import resolve_resume
+
+    if not config.resume_from_checkpoint or config.output_dir is None:
+        return None
+    output_dir = str(config.output_dir)
+    path = resolve_resume(config.resume_from_checkpoint, output_dir, config.world_size, config.process_index)
+    if path is None:
+        return None
+    compat.check_kind(path, adapter=model_args.use_peft)
+    name = model_args.model_name_or_path
+    if name and compat.checkpoint_kind(path) == "full":
+        from transformers import AutoConfig
+
+        try:
+            model_config = AutoConfig.from_pretrained(name)
+        except (OSError, ValueError):
+            model_config = None  # loading the model names the problem
+        compat.check_model(path, model_config)
+    return path
 
 
 def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: Any, tokenizer: Any) -> tuple[Any, Any]:
@@ -190,15 +232,25 @@ def finish_training(
 
     ``model_args`` says how to save a LoRA model (merged or as an adapter), as in :func:`build_trainer`.
     """
-    from .callbacks import HealthCallback
+    from .health import HealthCallback
     from .report import plot_training_curves, summary_table, write_summary
 
     config = trainer.args
     model_args = model_args or ModelArguments()
     train_metrics: dict[str, float] = {}
+    steps: dict[str, Any] = {}
     if train:
         output = trainer.train(resume_from_checkpoint=resume_from_checkpoint if resume_from_checkpoint else None)
         train_metrics = dict(output.metrics)
+        first = trainer.reliability.first_step
+        steps = {
+            "steps_run": trainer.state.global_step - first,
+            "first_step": first,
+            "resumed_from": trainer.reliability.resume,
+            "pairs_per_step": config.per_device_train_batch_size
+            * config.world_size
+            * config.gradient_accumulation_steps,
+        }
     eval_metrics: dict[str, float] = {}
     if trainer.eval_dataset is not None:
         last = next((log for log in reversed(trainer.state.log_history) if "eval_loss" in log), None)
@@ -208,7 +260,7 @@ def finish_training(
             eval_metrics = trainer.evaluate()
     out = Path(str(config.output_dir))  # build_trainer refuses a config without one
     out.mkdir(parents=True, exist_ok=True)
-    result = TrainResult(output_dir=str(out), train_metrics=train_metrics, eval_metrics=eval_metrics)
+    result = TrainResult(output_dir=str(out), train_metrics=train_metrics, eval_metrics=eval_metrics, **steps)
     if trainer.is_world_process_zero():
         _save(trainer, model_args, result)
         trainer.save_state()
@@ -260,8 +312,8 @@ def run_training(
     auto_logging: bool = False,
     **kwargs: Any,
 ) -> TrainResult:
-    """Build the trainer, train, save, plot, summarise: the whole run."""
+    """Build the trainer, train, save, plot, summarise: the whole run.  A checkpoint to resume is found and
+    checked (:func:`check_resume`) before anything is loaded."""
+    resume = check_resume(model_args, config)
     trainer = build_trainer(model_args, data_args, config, console=console, auto_logging=auto_logging, **kwargs)
-    return finish_training(
-        trainer, model_args=model_args, console=console, resume_from_checkpoint=config.resume_from_checkpoint
-    )
+    return finish_training(trainer, model_args=model_args, console=console, resume_from_checkpoint=resume)

@@ -18,7 +18,7 @@ from .data import prepare_preference_dataset
 from .data.collate import choose_collator
 from .eval_generation import generate_samples
 from .loss import orpo_loss, pair_counts, pair_logps
-from .metrics import MetricWindows
+from .metrics import MetricWindows, window_loss
 from .modeling import (
     apply_peft,
     disable_dropout,
@@ -30,6 +30,7 @@ from .modeling import (
 )
 from .reliability import preflight, trainer_internals
 from .reliability.commit import save_failure
+from .reliability.compat import describe_load_error
 from .reliability.wiring import Reliability
 from .scoring import TokenScorer, unwrap
 
@@ -130,6 +131,7 @@ class ORPOTrainer(Trainer):
 
         self.data_reports: dict[str, Any] = {}
         if train_dataset is not None:
+            preflight.check_training_amounts(args)  # before the data is prepared
             train_dataset, self.data_reports["train"] = self._prepare_data(train_dataset, data_processor, args, "train")
         if eval_dataset is not None:
             if isinstance(eval_dataset, dict):
@@ -185,7 +187,13 @@ class ORPOTrainer(Trainer):
         """Checks first, resumes only from a verified checkpoint, stops cleanly on SIGINT/SIGTERM."""
         resume = self.reliability.before_train(resume_from_checkpoint)
         with self.reliability.signals.installed(self.handle_signals):
-            output = super().train(resume, trial, ignore_keys_for_eval, **kwargs)
+            try:
+                output = super().train(resume, trial, ignore_keys_for_eval, **kwargs)
+            except (RuntimeError, ValueError) as err:  # a checkpoint that does not fit: one line, not a dump
+                summary = describe_load_error(err, resume) if resume else None
+                if summary is None:
+                    raise
+                raise ValueError(summary) from err
         self.reliability.after_train()
         return output
 
@@ -305,6 +313,8 @@ class ORPOTrainer(Trainer):
         mode = "eval" if any(key.startswith(f"{eval_prefix}_") for key in logs) else "train"
         metrics = self._pop_metrics(mode)
         prefix = f"{eval_prefix}_" if mode == "eval" else ""
+        if metrics and f"{prefix}loss" in logs:  # Trainer's loss averages steps, not the window's tokens and pairs
+            logs[f"{prefix}loss"] = window_loss(metrics, self.args.beta)
         logs.update({f"{prefix}{name}": value for name, value in metrics.items()})
         logs.update(self.reliability.guard.log_fields(logs))
         super().log(logs, start_time)

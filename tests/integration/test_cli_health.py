@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from orpo.callbacks import HealthCallback, health_check
+from orpo.health import HealthCallback, health_check
 from orpo.report import plot_training_curves, summary_table
 from orpo.run import TrainResult
 
@@ -94,6 +94,44 @@ def test_too_few_points_and_no_early_warnings():
     assert codes(health_check(logs([-1.0, -2.0], [-1.0, -3.0]), beta=0.1)) == {"few_points"}
     collapsing = logs([-1.0, -1.5, -2.0, -2.5, -3.0], [-1.0, -2.0, -3.0, -4.0, -5.0])
     assert health_check(collapsing, beta=0.5, progress=0.3, final=False) == []  # 5 noisy points: no warning yet
+
+
+def test_a_margin_within_noise_is_no_reversal():
+    """The issue's case: a margin of -2.8e-05 after 8 steps is noise, not swapped columns."""
+    chosen = [-5.2650, -5.2640, -5.2655, -5.2648, -5.2652, -5.2649, -5.2651, -5.2650]
+    history = logs(chosen, [c + 2.8e-4 for c in chosen], accuracies=[0.25, 0.375, 0.25, 0.125, 0.25, 0.375, 0.25, 0.25])
+    assert not {"reversed", "no_separation"} & codes(health_check(history, beta=0.1))
+
+
+def test_warnings_need_a_difference_beyond_twice_its_standard_error():
+    clear = logs([-2.0] * 6, [-1.9] * 6, accuracies=[0.2] * 6)  # gap -0.1, no spread: beyond noise
+    assert "reversed" in codes(health_check(clear, beta=0.1))
+    # the same mean gap over the last 2 logs, but spread so widely that it is within 2 standard errors
+    noisy = logs([-2.0] * 6, [-1.9] * 4 + [-2.9, -0.9], accuracies=[0.2] * 6)
+    assert "reversed" not in codes(health_check(noisy, beta=0.1))
+    # log-probs collapsing by 0.4 nats/token: a warning when steady, none when the tail is all over the place
+    steady = logs([-1.0, -1.0, -1.2, -1.3, -1.4, -1.4], [-1.0, -1.0, -1.2, -1.3, -1.4, -1.4])
+    assert "collapse" in codes(health_check(steady, beta=1.0))
+    jumpy = logs([-1.0, -1.0, -1.2, -1.3, -0.4, -2.4], [-1.0, -1.0, -1.2, -1.3, -0.4, -2.4])
+    assert "collapse" not in codes(health_check(jumpy, beta=1.0))
+
+
+def test_beta_zero_is_judged_as_sft():
+    history = logs([-2.0, -1.6, -1.3, -1.1, -1.0, -0.9], [-2.0, -1.6, -1.3, -1.1, -1.0, -0.9], accuracies=[0.5] * 6)
+    findings = health_check(history, beta=0.0)
+    assert [f.code for f in findings] == ["sft", "healthy"]
+    assert findings[0].message.startswith("beta=0: this run is plain SFT on the chosen answers")
+    assert findings[1].message.startswith("SFT (beta=0) looks healthy (means of the first and last 2 logs)")
+
+
+def test_the_healthy_line_says_what_it_averages():
+    history = logs([-2.0, -1.6, -1.3, -1.1, -1.0, -0.9], [-2.0, -2.3, -2.6, -2.9, -3.1, -3.3])
+    (finding,) = health_check(history, beta=0.1)
+    # accuracies 0.5 0.58 0.66 0.74 0.82 0.9: the means of the first and last 2 logs
+    assert finding.message.startswith(
+        "training looks healthy (means of the first and last 2 logs): preference accuracy 0.54 -> 0.86, log-prob "
+        "gap +2.250 nats/token"
+    )
 
 
 def test_warning_during_training_is_emitted_once(capsys):

@@ -180,6 +180,11 @@ def test_every_metric_logged_finite_and_eval_prefixed(trained):
             assert math.isfinite(log[f"eval_{name}"]), name
             assert name not in log  # no train metric leaks into an eval log
     assert final_eval["eval_rewards/accuracies"] >= 0.9
+    # loss = nll_loss + the odds-ratio term, over the same window, in every train and eval log
+    for log in train_logs:
+        assert log["loss"] == log["nll_loss"] - trainer.args.beta * log["log_odds_ratio"]
+    for log in [*eval_logs, final_eval]:
+        assert log["eval_loss"] == log["eval_nll_loss"] - trainer.args.beta * log["eval_log_odds_ratio"]
     # TRL's relations between the metrics
     log = train_logs[-1]
     assert log["rewards/margins"] == pytest.approx(log["rewards/chosen"] - log["rewards/rejected"], abs=1e-6)
@@ -259,14 +264,19 @@ def test_metrics_are_averaged_over_the_logging_window(tokenizer, tmp_path):
         return compute_loss(model, inputs, **kwargs)
 
     trainer.compute_loss = spy
-    trainer.train()
+    output = trainer.train()
     logs = [log for log in trainer.recorder.logs if "loss" in log]
     assert len(seen) == 4 and len(logs) == 2
     for log, window in zip(logs, (seen[:2], seen[2:]), strict=True):
         expected = window_metrics(window)
         for name in METRIC_NAMES:
             assert log[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
-        assert log["loss"] == pytest.approx(sum(step["loss"].item() for step in window) / 2, rel=1e-4)
+        # the logged loss is the window's objective, weighted like its nll_loss and log_odds_ratio
+        window_loss = expected["nll_loss"] - trainer.args.beta * expected["log_odds_ratio"]
+        assert log["loss"] == pytest.approx(window_loss, rel=1e-5)
+        assert log["loss"] == log["nll_loss"] - trainer.args.beta * log["log_odds_ratio"]
+    # Trainer's training_loss stays the mean of the optimizer steps' losses
+    assert output.training_loss == pytest.approx(sum(step["loss"].item() for step in seen) / 4, rel=1e-4)
     # the two micro-batches of a window really differ (else "last micro-batch only" would pass too)
     assert window_metrics(seen[:1])["nll_loss"] != pytest.approx(window_metrics(seen[1:2])["nll_loss"], rel=1e-3)
 
@@ -277,6 +287,21 @@ def test_beta_zero_still_logs_finite_logps(tokenizer, tmp_path):
     log = next(log for log in trainer.recorder.logs if "loss" in log)
     assert math.isfinite(log["logps/chosen"]) and log["logps/chosen"] < 0
     assert log["loss"] == pytest.approx(log["nll_loss"], rel=1e-5)  # no odds-ratio term
+
+
+def test_preference_accuracy_compares_log_probs_so_it_means_something_at_beta_zero(tokenizer, tmp_path):
+    """rewards/accuracies is the fraction of pairs with lp_c > lp_r: at beta=0 the rewards are all 0."""
+    trainer = make_trainer(tokenizer, tmp_path, train=uneven_pairs(8), beta=0.0, per_device_train_batch_size=8)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    model.train()
+    trainer.compute_loss(model, batch)
+    metrics = trainer._pop_metrics("train")
+    expected = reference(model, batch, beta=0.0, nll_scope="completion")  # counts pairs with lp_c > lp_r
+    accuracy = (expected["rewards/accuracies"] / expected["pairs"]).item()
+    assert 0 < accuracy < 1  # the pairs really go both ways
+    assert metrics["rewards/accuracies"] == pytest.approx(accuracy)
+    assert metrics["rewards/margins"] == 0.0 and metrics["rewards/chosen"] == 0.0
 
 
 # ---- TRL's constructor conveniences -----------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..options import GROUPS, Source, option_table
-from ..resolve import ResolvedArgs, recipe_source, resolve
+from ..resolve import ResolvedArgs, recipe_source, resolve, resolve_values
 from .parser import ArgumentParser, add_options, flag_source
 
 PROG = "orpo train"
@@ -71,15 +71,40 @@ def _announce(resolved: ResolvedArgs) -> None:
     )
 
 
+def resume_command(argv: list[str], prog: str = PROG) -> str:
+    """This command line with ``--resume-from-checkpoint latest`` (replacing any resume flag given)."""
+    import shlex
+
+    kept: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in ("--resume-from-checkpoint", "--resume_from_checkpoint"):
+            skip = "=" not in item
+            continue
+        kept.append(item)
+    return shlex.join([*prog.split(), *kept, "--resume-from-checkpoint", "latest"])
+
+
 def cmd_train(argv: list[str]) -> int:
     sources, namespace = train_sources(argv)
-    resolved = resolve(*sources)
-    if namespace.print_config:
-        print(recipe_text(resolved.values), end="")
+    if namespace.print_config:  # without the hardware checks: the recipe may be for another machine
+        values, _ = resolve_values(*sources)
+        print(recipe_text(values), end="")
         return 0
+    resolved = resolve(*sources)
     from ..run import run_training
 
     _announce(resolved)
-    result = run_training(resolved.model, resolved.data, resolved.config, auto_logging=resolved.auto_logging)
+    result = run_training(
+        resolved.model,
+        resolved.data,
+        resolved.config,
+        auto_logging=resolved.auto_logging,
+        resume_command=resume_command(argv),
+    )
     (Path(result.output_dir) / "orpo_recipe.yaml").write_text(recipe_text(resolved.values), encoding="utf-8")
     return 0

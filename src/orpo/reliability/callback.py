@@ -22,7 +22,7 @@ def agree(flags: torch.Tensor, world_size: int) -> list[float]:
 class ReliabilityCallback(TrainerCallback):
     """``on_train_begin``: restore the resumed loop state; ``on_pre_optimizer_step``: the guard's verdict and
     the signal agreement, in one all-reduce; ``on_optimizer_step``: release a held update;
-    ``on_step_end``: save and stop after an agreed signal."""
+    ``on_step_end``: log the last step, save and stop after an agreed signal."""
 
     def __init__(
         self,
@@ -51,6 +51,8 @@ class ReliabilityCallback(TrainerCallback):
         self.guard.step_done()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True  # the last step is always logged: no summary without a point
         if self.signals.agreed:
             control.should_save = True
             control.should_training_stop = True

@@ -15,6 +15,27 @@ from .diagnose import ROW_INDEX_COLUMN
 logger = logging.getLogger(__name__)
 
 
+def check_training_amounts(args: Any) -> None:
+    """Settings under which ``train()`` would change nothing: a ``ValueError`` naming each, raised before
+    any data is prepared, so such a run is never reported as a finished training."""
+    problems = []
+    if args.max_steps == 0:
+        problems.append("max_steps=0 trains no step (-1 trains num_train_epochs; or give a positive number)")
+    elif args.max_steps < 0 and args.num_train_epochs <= 0:
+        problems.append(f"num_train_epochs={args.num_train_epochs:g} trains no step (give a positive number)")
+    if args.learning_rate <= 0:
+        problems.append(
+            f"learning_rate={args.learning_rate:g} leaves the weights as they are (to measure a model without "
+            "training it, use trainer.evaluate())"
+        )
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        value = getattr(args, name)
+        if value < 1:
+            problems.append(f"{name}={value} gives batches without a pair (it must be at least 1)")
+    if problems:
+        raise ValueError(f"nothing would be trained: {'; '.join(problems)}")
+
+
 def check_output_dir(output_dir: str) -> None:
     """Create ``output_dir`` and write a probe file in it; a clear ValueError if that is impossible."""
     try:

@@ -8,9 +8,27 @@ import logging
 import os
 from typing import Any, Literal
 
-from ..checkpoint import TRAINER_STATE_NAME, describe_skipped, latest_complete_checkpoint, verify_checkpoint
+from ..checkpoint import (
+    MANIFEST_NAME,
+    TRAINER_STATE_NAME,
+    describe_skipped,
+    latest_complete_checkpoint,
+    verify_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Checkpoints verified in this process: path -> the manifest's mtime then.  ``orpo train`` checks the
+#: checkpoint before loading data, and the trainer again at ``train()``: hashing it once is enough.
+_VERIFIED: dict[str, int] = {}
+
+
+def _stamp(path: str) -> int | None:
+    try:
+        return os.stat(os.path.join(path, MANIFEST_NAME)).st_mtime_ns
+    except OSError:
+        return None
+
 
 _TRUE_WORDS = ("true", "latest", "last", "yes")
 _FALSE_WORDS = ("false", "no", "none", "")
@@ -52,9 +70,14 @@ def resolve_resume(
 def find_resume(resume: str | os.PathLike[str] | Literal[True], output_dir: str) -> str:
     if resume is True:
         path, skipped = latest_complete_checkpoint(output_dir)
+        if path is not None and (stamp := _stamp(path)) is not None:
+            _VERIFIED[os.path.abspath(path)] = stamp
         if path is None:
             detail = f"; skipped: {describe_skipped(skipped)}" if skipped else ""
-            raise ValueError(f"resume_from_checkpoint=True but {output_dir!r} has no complete checkpoint{detail}")
+            raise ValueError(
+                f"nothing to resume: {output_dir!r} has no complete checkpoint{detail}; leave out "
+                "resume_from_checkpoint (--resume-from-checkpoint) to start afresh"
+            )
         if skipped:
             logger.warning(
                 "resuming from %s; newer checkpoint(s) skipped as incomplete or damaged: %s",
@@ -63,6 +86,9 @@ def find_resume(resume: str | os.PathLike[str] | Literal[True], output_dir: str)
             )
         return path
     path = os.fspath(resume)
+    stamp = _stamp(path)
+    if stamp is not None and _VERIFIED.get(os.path.abspath(path)) == stamp:
+        return path
     problems = verify_checkpoint(path)
     if problems and not os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
         # Trainer also accepts a folder of weights only; then only the weights must be sound.
@@ -72,6 +98,8 @@ def find_resume(resume: str | os.PathLike[str] | Literal[True], output_dir: str)
             f"cannot resume from {path}: {'; '.join(problems)}. Pass resume_from_checkpoint=True to resume "
             "from the newest complete checkpoint in output_dir."
         )
+    if stamp is not None:
+        _VERIFIED[os.path.abspath(path)] = stamp
     return path
 
 

@@ -9,6 +9,7 @@ few steps the trainer's hooks delegate to it (``train``, ``create_optimizer``, `
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,7 +17,7 @@ from accelerate.optimizer import AcceleratedOptimizer
 
 from ..checkpoint import remove_stale_staging
 from ..modeling import is_peft_model
-from . import preflight
+from . import compat, preflight
 from . import trainer_internals as internals
 from .callback import ReliabilityCallback
 from .commit import CheckpointCommitter
@@ -26,6 +27,8 @@ from .guard import NonFiniteGuard
 from .optimizer import GatedOptimizer
 from .resume import LoopState, resolve_resume
 from .signals import SignalHandler
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..trainer import ORPOTrainer
@@ -69,6 +72,9 @@ class Reliability:
             last_checkpoint=lambda: self.checkpoints.last,
         )
         self.resume: str | None = None
+        #: The step this train() call started at (the resumed checkpoint's), and what it is checked against.
+        self.first_step = 0
+        self.fingerprint: dict[str, Any] = {}
         trainer.add_callback(
             ReliabilityCallback(self.guard, self.signals, self.restore_loop_state, args.device, args.world_size)
         )
@@ -78,6 +84,7 @@ class Reliability:
         trainer, args = self.trainer, self.trainer.args
         output_dir = args.output_dir
         assert output_dir is not None, "TrainingArguments.__post_init__ sets output_dir"
+        preflight.check_training_amounts(args)
         if args.should_save:  # first: a partial save may be what fills the disk the checks below measure
             remove_stale_staging(output_dir)
         preflight.check_output_dir(output_dir)
@@ -87,6 +94,12 @@ class Reliability:
         per_step = args.per_device_train_batch_size * max(args.world_size, 1)
         preflight.check_batch_size(trainer.train_dataset, per_step, args.dataloader_drop_last)
         self.resume = resolve_resume(resume_from_checkpoint, output_dir, args.world_size, args.process_index)
+        self.fingerprint = compat.run_fingerprint(args, trainer.train_dataset)
+        if self.resume is not None:
+            logger.info("resuming from %s", self.resume)
+            compat.check_kind(self.resume, adapter_only)
+            compat.check_model(self.resume, getattr(trainer.model, "config", None))
+            compat.warn_if_changed(self.resume, self.fingerprint)
         self.signals.reset()
         self.guard.reset()
         return self.resume
@@ -124,14 +137,18 @@ class Reliability:
             loop = LoopState(state.global_step, tr_loss, last_logged, exported, self.guard.skipped)
             loop.save(staging, args.world_size, args.process_index)
             internals.save_trainer_state(trainer, staging)
+            if args.should_save:
+                compat.write_fingerprint(staging, self.fingerprint)
 
         checkpoint = self.checkpoints.save(run_dir, state.global_step, write)
         internals.finish_checkpoint(trainer, checkpoint, run_dir)
 
     def restore_loop_state(self) -> None:
-        """At the start of a resumed run: the sums the checkpoint's steps had not logged yet."""
+        """At the start of a run: the step it starts at; resumed, the sums the checkpoint's steps had not
+        logged yet."""
         trainer = self.trainer
         args = trainer.args
+        self.first_step = trainer.state.global_step
         if self.resume is None:
             return
         loop = LoopState.load(self.resume, trainer.state.global_step, args.world_size, args.process_index)
