@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -124,6 +125,78 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     return finalize_prompt(ids, SpecialTokens.probe(tok))
 
 
+#: Config fields that hold a model's context length, by model family.
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(model: Any) -> int | None:
+    """The number of positions the model was built for (its text model's, for a vision-language model)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for owner in (text, config):
+        for name in _CONTEXT_FIELDS:
+            value = getattr(owner, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def new_token_budget(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
+    """``max_new_tokens``, cut to what the model's context leaves after the prompt (with a notice)."""
+    context = context_length(model)
+    if context is None:
+        return max_new_tokens
+    room = context - prompt_tokens
+    if room <= 0:
+        raise ValueError(f"the prompt has {prompt_tokens} tokens but the model's context is {context}: shorten it")
+    if max_new_tokens > room:
+        logger.warning(
+            "max_new_tokens=%d does not fit the model's context (%d tokens, %d of them the prompt): generating at "
+            "most %d tokens",
+            max_new_tokens,
+            context,
+            prompt_tokens,
+            room,
+        )
+        return room
+    return max_new_tokens
+
+
+class _Streamer:
+    """Writes a completion to ``stream`` as it is generated (transformers' ``TextStreamer`` decoding), as
+    :func:`generate` returns it: without surrounding whitespace, ending at the first stop token."""
+
+    def __init__(self, tokenizer: Any, stream: TextIO, skip_special_tokens: bool) -> None:
+        from transformers import TextStreamer
+
+        write = self.write
+
+        class Streamer(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                write(text)
+
+        self.streamer = Streamer(tokenizer, skip_prompt=True, skip_special_tokens=skip_special_tokens)
+        self.stream = stream
+        self.started = False
+        self.pending = ""  # whitespace held back until text follows it
+
+    def write(self, text: str) -> None:
+        if not self.started:
+            text = text.lstrip()
+            if not text:
+                return
+            self.started = True
+        body = text.rstrip()
+        if not body:
+            self.pending += text
+            return
+        self.stream.write(self.pending + body)
+        self.stream.flush()
+        self.pending = text[len(body) :]
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -135,11 +208,15 @@ def generate(
     use_chat_template: bool = True,
     seed: int | None = None,
     skip_special_tokens: bool = True,
+    stream: TextIO | None = None,
+    before_each: Callable[[Any], None] | None = None,
 ) -> list[str]:
     """Greedy (temperature 0) or sampled completions of each prompt, cut at the first stop token.
 
-    ``skip_special_tokens=False`` keeps other special tokens visible (e.g. an untrained model's
-    stray ``<pad>``)."""
+    At most what the model's context leaves is generated (:func:`new_token_budget`).  ``stream``: each
+    completion is also written there as it is generated (after ``before_each(prompt)``, e.g. a header;
+    a newline follows it).  ``skip_special_tokens=False`` keeps other special tokens visible (e.g. an
+    untrained model's stray ``<pad>``)."""
     import torch
 
     tok = getattr(tokenizer, "tokenizer", tokenizer)
@@ -153,20 +230,41 @@ def generate(
         input_ids = torch.tensor([ids], device=device)
         sample = temperature > 0
         extra: dict[str, Any] = {"temperature": temperature, "top_p": top_p} if sample else {}
+        budget = new_token_budget(model, len(ids), max_new_tokens)
+        if stream is not None:
+            extra["streamer"] = _Streamer(tok, stream, skip_special_tokens).streamer
+            if before_each is not None:
+                before_each(prompt)
         with torch.no_grad():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=budget,
                 do_sample=sample,
                 eos_token_id=stops or None,
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else (stops[0] if stops else 0),
                 **extra,
             )
+        if stream is not None:
+            stream.write("\n")
+            stream.flush()
         new = out[0, input_ids.shape[1] :].tolist()
         cut = next((i for i, token in enumerate(new) if token in stops), len(new))
         outputs.append(tok.decode(new[:cut], skip_special_tokens=skip_special_tokens).strip())
     return outputs
+
+
+#: What ``orpo chat`` answers itself instead of sending to the model.
+CHAT_COMMANDS = {
+    "/help": "list these commands",
+    "/reset": "clear the conversation (the system prompt stays)",
+    "/exit": "leave (also /quit, or end of input)",
+}
+_COMMAND_RE = re.compile(r"^/[A-Za-z?]+$")
+
+
+def chat_help() -> str:
+    return "\n".join(f"  {name:<8}{text}" for name, text in CHAT_COMMANDS.items())
 
 
 def chat(
@@ -179,7 +277,8 @@ def chat(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
 ) -> int:
-    """An interactive chat on the terminal: /reset clears the history, /exit (or EOF) leaves."""
+    """An interactive chat on the terminal, each reply written as it is generated.  A line that is one
+    /word is a command (:data:`CHAT_COMMANDS`), never sent to the model."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     tok = getattr(tokenizer, "tokenizer", tokenizer)
@@ -190,7 +289,7 @@ def chat(
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     interactive = stdin.isatty()
     if interactive:
-        print("chat with the model: /reset clears the history, /exit leaves", file=stdout)
+        print("chat with the model: /help lists the commands, /reset clears the history, /exit leaves", file=stdout)
     while True:
         if interactive:
             print("you> ", end="", file=stdout, flush=True)
@@ -200,16 +299,24 @@ def chat(
         text = line.strip()
         if not text:
             continue
-        if text in ("/exit", "/quit"):
-            break
-        if text == "/reset":
-            history = history[:1] if system else []
-            print("(history cleared)", file=stdout)
+        if _COMMAND_RE.match(text):
+            if text in ("/exit", "/quit"):
+                break
+            if text == "/reset":
+                history = history[:1] if system else []
+                print("(history cleared)", file=stdout)
+            elif text in ("/help", "/?"):
+                print(chat_help(), file=stdout)
+            else:
+                print(f"(unknown command {text}; /help lists the commands)", file=stdout)
             continue
         history.append({"role": "user", "content": text})
-        reply = generate(model, tok, [history], max_new_tokens, temperature, top_p)[0]
-        history.append({"role": "assistant", "content": reply})
-        print(f"model> {reply}", file=stdout, flush=True)
+
+        def header(_prompt: Any) -> None:
+            print("model> ", end="", file=stdout, flush=True)
+
+        reply = generate(model, tok, [history], max_new_tokens, temperature, top_p, stream=stdout, before_each=header)
+        history.append({"role": "assistant", "content": reply[0]})
     return 0
 
 
@@ -232,7 +339,13 @@ def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dt
     model = PeftModel.from_pretrained(_load(load_model, base, kwargs), adapter_dir)
     merged = model.merge_and_unload()
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(out))
-    _load_tok(load_tokenizer, adapter_dir if _has_tokenizer(adapter_dir) else base, None).save_pretrained(str(out))
+    tokenizer = _load_tok(load_tokenizer, adapter_dir if _has_tokenizer(adapter_dir) else base, None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        merged.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+    except (OSError, RuntimeError) as err:
+        from .checkpoint import describe_write_error
+
+        raise OSError(f"could not write the merged model to {out}: {describe_write_error(err, str(out))}") from err
     return str(out)

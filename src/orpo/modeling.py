@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Literal
 
 import torch
@@ -101,6 +102,7 @@ def load_processor(name_or_path: str, chat_template: str | None = None) -> Any:
         return _load_tokenizer(name_or_path, chat_template)
     from transformers import AutoProcessor
 
+    check_tokenizer_files(name_or_path)
     processor = AutoProcessor.from_pretrained(name_or_path)
     if not is_vision_processor(processor):
         raise ValueError(
@@ -125,7 +127,33 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> PreTr
     return _load_tokenizer(name_or_path, chat_template)
 
 
+#: Files any of which holds a tokenizer's vocabulary (fast, SentencePiece, BPE or WordPiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "tiktoken.model",
+)
+
+
+def check_tokenizer_files(path: str) -> None:
+    """A local model folder without tokenizer files: an ``OSError`` saying so (transformers would ask to install
+    sentencepiece or tiktoken instead)."""
+    folder = os.path.expanduser(path)
+    if not os.path.isdir(folder) or any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
+        return
+    found = ", ".join(sorted(os.listdir(folder))[:8]) or "nothing"
+    raise OSError(
+        f"no tokenizer files in {path} (it has {found}): save the tokenizer there too "
+        "(tokenizer.save_pretrained), or load the model and its tokenizer from where both are"
+    )
+
+
 def _load_tokenizer(name_or_path: str, chat_template: str | None = None) -> PreTrainedTokenizerBase:
+    check_tokenizer_files(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if chat_template is not None:
         tokenizer.chat_template = chat_template

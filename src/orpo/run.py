@@ -292,15 +292,28 @@ def _save(trainer: ORPOTrainer, model_args: ModelArguments, result: TrainResult)
             merge_adapter(str(adapter_dir), str(out), base=model_args.model_name_or_path)
         else:
             merged = model.merge_and_unload()
-            merged.save_pretrained(str(out))
-            if processing is not None:
-                processing.save_pretrained(str(out))
+            _save_merged(trainer, merged, processing, out)
             trainer.model = merged
         result.merged = True
     else:
         trainer.save_model(str(out))
         if is_peft_model(model):
             result.adapter_dir = str(out)
+
+
+def _save_merged(trainer: ORPOTrainer, merged: Any, processing: Any, out: Path) -> None:
+    """The merged model and its tokenizer; a failed write is a ``CheckpointError`` naming the folder."""
+    from .checkpoint import CheckpointError
+    from .reliability.commit import save_failure
+
+    try:
+        merged.save_pretrained(str(out))
+        if processing is not None:
+            processing.save_pretrained(str(out))
+    except (OSError, RuntimeError) as err:
+        last = trainer.reliability.checkpoints.last_complete(str(out))
+        message = save_failure(f"the merged model to {out}", str(out), err, last, trainer.reliability.resume_hint())
+        raise CheckpointError(message) from err
 
 
 def run_training(

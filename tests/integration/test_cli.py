@@ -248,6 +248,36 @@ def test_print_config_round_trips(tmp_path, capsys):
     assert config.output_dir == "runs/m-orpo"
 
 
+def test_print_config_does_not_check_this_machines_hardware(capsys):
+    """A recipe for a GPU machine can be written on a laptop: bf16 is not checked against this one."""
+    argv = ["train", "--model", "m", "--data-path", "d.jsonl", "--bf16", "--optim", "adamw_torch", "--print-config"]
+    assert main(argv) == 0
+    assert "bf16: true" in capsys.readouterr().out
+    assert main(["train", "--model", "m", "--data-path", "d.jsonl", "--beta", "-1", "--print-config"]) == 2
+    assert "beta must be >= 0" in capsys.readouterr().err  # orpo's own checks still apply
+
+
+def test_the_resume_hint_is_the_same_command_with_resume(monkeypatch):
+    from orpo.cli.train import cmd_train, resume_command
+
+    argv = ["--config", "my recipe.yaml", "--resume-from-checkpoint", "runs/x/checkpoint-4", "--lr", "1e-4"]
+    assert resume_command(argv) == "orpo train --config 'my recipe.yaml' --lr 1e-4 --resume-from-checkpoint latest"
+    assert resume_command(["--resume_from_checkpoint=true"]) == "orpo train --resume-from-checkpoint latest"
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr("orpo.run.run_training", fake_run)
+    with pytest.raises(Stop):
+        cmd_train(["--model", "m", "--data-path", "d.jsonl"])
+    assert seen["resume_command"] == "orpo train --model m --data-path d.jsonl --resume-from-checkpoint latest"
+
+
 # ---- real runs (subprocess) ------------------------------------------------------------
 
 
@@ -352,6 +382,29 @@ def test_error_bad_data_subprocess(workspace):
         (["train", "--model", "./no-model", "--data-path", "PREFS"], 1, "model not found: ./no-model"),
         (["train", "--model", "MODEL", "--data-path", "PREFS", "--chat-template", "nonsense"], 2, "chat template"),
         (["train", "stray"], 2, "unexpected argument 'stray'"),
+        # refused before the (missing) data is looked at
+        (["train", "--model", "MODEL", "--data-path", "./nowhere.jsonl", "--max-steps", "0"], 2, "max_steps=0 trains"),
+        (["train", "--model", "MODEL", "--data-path", "./nowhere.jsonl", "--lr", "0"], 2, "learning_rate=0 leaves"),
+        (
+            ["train", "--model", "MODEL", "--data-path", "./nowhere.jsonl", "--epochs", "0"],
+            2,
+            "nothing would be trained: num_train_epochs=0 trains no step",
+        ),
+        (
+            [
+                "train",
+                "--model",
+                "MODEL",
+                "--data-path",
+                "./nowhere.jsonl",
+                "--output-dir",
+                "fresh",
+                "--resume-from-checkpoint",
+                "latest",
+            ],
+            1,
+            "nothing to resume: 'fresh' has no complete checkpoint",
+        ),
         (["generate", "./no-model", "hi"], 1, "model not found: ./no-model"),
         (["merge", "MODEL", "out"], 1, "not a LoRA adapter directory"),
         (["merge", "./missing-adapter", "out"], 1, "adapter directory not found"),

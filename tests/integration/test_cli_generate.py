@@ -80,3 +80,94 @@ def test_chat_reads_turns_from_stdin(adapter):
         == 0
     )
     assert out.getvalue().count("model> ") == 2 and "(history cleared)" in out.getvalue()
+
+
+def test_chat_answers_help_itself_and_streams_replies(adapter):
+    import io
+
+    from orpo.generation import chat, generate, load_for_inference
+
+    model, tokenizer = load_for_inference(str(adapter / "base"), device="cpu")
+    out = io.StringIO()
+    chat(model, tokenizer, max_new_tokens=4, temperature=0.0, stdin=io.StringIO("/help\n/frobnicate\nhi\n"), stdout=out)
+    text = out.getvalue()
+    assert "  /help   list these commands" in text and "  /reset  clear the conversation" in text
+    assert "(unknown command /frobnicate; /help lists the commands)" in text
+    assert text.count("model> ") == 1  # neither command went to the model
+    reply = generate(model, tokenizer, [[{"role": "user", "content": "hi"}]], max_new_tokens=4)[0]
+    assert text.endswith(f"model> {reply}\n")  # streamed text is what generate returns
+
+
+def test_streamed_text_is_the_returned_completion(adapter):
+    import io
+
+    from orpo.generation import generate, load_for_inference
+
+    model, tokenizer = load_for_inference(str(adapter / "adapter"), device="cpu")
+    prompts = ["What is the color of the sky?", "hello"]
+    stream = io.StringIO()
+    completions = generate(
+        model, tokenizer, prompts, max_new_tokens=6, stream=stream, before_each=lambda p: stream.write(f"[{p}]")
+    )
+    assert stream.getvalue() == "".join(f"[{p}]{c}\n" for p, c in zip(prompts, completions, strict=True))
+    assert completions == generate(model, tokenizer, prompts, max_new_tokens=6)
+
+
+def test_generation_is_bounded_by_the_context(adapter, caplog):
+    from orpo.generation import context_length, encode_prompt, generate, load_for_inference, render_prompt
+
+    model, tokenizer = load_for_inference(str(adapter / "base"), device="cpu")
+    assert context_length(model) == 1024
+    prompt_tokens = len(encode_prompt(tokenizer, render_prompt(tokenizer, "hello")))
+    model.config.max_position_embeddings = prompt_tokens + 3
+    real, seen = model.generate, {}
+
+    def spy(**kwargs):
+        out = real(**kwargs)
+        seen.update(budget=kwargs["max_new_tokens"], new=out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    model.generate = spy
+    with caplog.at_level("WARNING", logger="orpo.generation"):
+        generate(model, tokenizer, ["hello"], max_new_tokens=100_000)
+    assert caplog.messages == [
+        f"max_new_tokens=100000 does not fit the model's context ({prompt_tokens + 3} tokens, {prompt_tokens} of them "
+        "the prompt): generating at most 3 tokens"
+    ]
+    assert seen["budget"] == 3 and seen["new"] <= 3
+    model.config.max_position_embeddings = prompt_tokens
+    with pytest.raises(ValueError, match=f"the prompt has {prompt_tokens} tokens but the model's context is "):
+        generate(model, tokenizer, ["hello"])
+
+
+def test_generate_cli_streams_under_each_prompt(adapter):
+    result = run(orpo_command("generate", "adapter", "hello", "hi there", "--max-new-tokens", "4"), cwd=adapter)
+    assert result.returncode == 0, result.stderr[-3000:]
+    blocks = result.stdout.split("\n\n")
+    assert blocks[0].startswith("### hello\n") and blocks[1].startswith("### hi there\n")
+
+
+@pytest.mark.parametrize("command", ["merge", "demo"])
+def test_merge_and_demo_do_not_overwrite_a_folder_without_asking(adapter, tmp_path, command, monkeypatch, capsys):
+    from orpo.cli import main
+
+    target = tmp_path / "full"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    argv = (
+        ["merge", str(adapter / "adapter"), str(target)]
+        if command == "merge"
+        else ["demo", "--output-dir", str(target)]
+    )
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(argv) == 2
+    assert f"{target} is not empty (1 entries): pass --overwrite to write into it" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda question: "n")
+    assert main(argv) == 2
+    assert "left as it was" in capsys.readouterr().err
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
+    if command == "merge":
+        monkeypatch.setattr("builtins.input", lambda question: "y")
+        assert main(argv) == 0
+        assert (target / "model.safetensors").is_file() and (target / "notes.txt").read_text() == "mine"

@@ -402,3 +402,63 @@ def test_label_pad_and_padding_value_do_not_change_the_loss(tokenizer, tmp_path)
     for a, b in zip(default, custom, strict=True):
         for name in ("loss", "grad_norm", *METRIC_NAMES):
             assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-6), name
+
+
+# ---- nothing reported that did not happen ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"max_steps": 0}, "max_steps=0 trains no step"),
+        ({"max_steps": -1, "num_train_epochs": 0}, "num_train_epochs=0 trains no step"),
+        ({"learning_rate": 0.0}, "learning_rate=0 leaves the weights as they are"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size=0 gives batches without a pair"),
+    ],
+)
+def test_settings_that_train_nothing_are_refused_before_the_data_is_prepared(tokenizer, tmp_path, overrides, reason):
+    bad_data = [{"prompt": "Q?", "chosen": 42, "rejected": " no"}]  # preparing it would be a data error
+    with pytest.raises(ValueError, match=f"^nothing would be trained: {reason}"):
+        make_trainer(tokenizer, tmp_path, train=bad_data, **overrides)
+
+
+def test_the_last_step_is_logged_even_between_logging_steps(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, max_steps=3, logging_steps=10)
+    trainer.train()
+    assert [log for log in trainer.state.log_history if "loss" in log][0]["step"] == 3
+    assert len([log for log in trainer.recorder.logs if "loss" in log]) == 1
+
+
+def test_plain_strings_for_a_chat_tokenizer_are_counted_and_warned_about(tokenizer, tmp_path, caplog):
+    from orpo.data import prepare_preference_dataset
+    from orpo.testing import build_tokenizer
+
+    args = ORPOConfig(output_dir=str(tmp_path), report_to=[])
+    rows = learnable_pairs(6)
+    with caplog.at_level("WARNING", logger="orpo.data.prepare"):
+        _, report = prepare_preference_dataset(rows, tokenizer, args)
+    assert report.untemplated == 6 and "6 plain-text rows without the chat template" in report.summary()
+    assert caplog.messages == [
+        "train: 6 of 6 rows are plain strings, trained without the tokenizer's chat template, while orpo generate "
+        "and orpo chat apply it (orpo generate --no-chat-template does not); give prompt/chosen/rejected as "
+        "message lists to train with the template"
+    ]
+    plain_tokenizer = build_tokenizer(["Question about sky grass yes no"], chat_template=None)
+    assert prepare_preference_dataset(rows, plain_tokenizer, args)[1].untemplated == 0
+    chat_rows = [
+        {"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": r["chosen"], "rejected": r["rejected"]}
+        for r in rows
+    ]
+    assert prepare_preference_dataset(chat_rows, tokenizer, args)[1].untemplated == 0
+
+
+def test_a_model_folder_without_tokenizer_files_says_so(tokenizer, tmp_path):
+    from orpo.modeling import load_tokenizer
+
+    tiny_causal_lm(tokenizer, hidden_size=32).save_pretrained(tmp_path)
+    with pytest.raises(OSError) as info:
+        load_tokenizer(str(tmp_path))
+    assert str(info.value) == (
+        f"no tokenizer files in {tmp_path} (it has config.json, generation_config.json, model.safetensors): save the "
+        "tokenizer there too (tokenizer.save_pretrained), or load the model and its tokenizer from where both are"
+    )

@@ -48,6 +48,24 @@ def _read_prompts(args: argparse.Namespace) -> list[str | list[dict[str, Any]]]:
     return prompts
 
 
+def confirm_overwrite(path: str, overwrite: bool, prog: str) -> None:
+    """Writing into a folder that already holds files: ask on a terminal; elsewhere refuse unless ``overwrite``."""
+    target = Path(path)
+    if overwrite or not target.exists():
+        return
+    if not target.is_dir():
+        raise UsageError(f"{path} is a file, not a folder: choose another output")
+    entries = sum(1 for _ in target.iterdir())
+    if entries == 0:
+        return
+    if sys.stdin.isatty():
+        answer = input(f"{prog}: {path} is not empty ({entries} entries); overwrite files in it? [y/N] ")
+        if answer.strip().lower() in ("y", "yes"):
+            return
+        raise UsageError(f"{path} left as it was (answer y to overwrite, or pass --overwrite)")
+    raise UsageError(f"{path} is not empty ({entries} entries): pass --overwrite to write into it, or choose another")
+
+
 def _add_inference_args(parser: argparse.ArgumentParser, temperature: float, max_new_tokens: int) -> None:
     parser.add_argument("model", help="Trained model directory (full model or LoRA adapter) or a hub id.")
     parser.add_argument("--base", help="Base model of a LoRA adapter (default: the one in adapter_config.json).")
@@ -76,6 +94,12 @@ def cmd_generate(argv: list[str]) -> int:
     from ..generation import generate, load_for_inference
 
     model, tokenizer = load_for_inference(args.model, args.base, args.dtype, args.device, args.chat_template)
+    shown: list[Any] = []
+
+    def header(prompt: Any) -> None:  # the text output streams each completion under its prompt
+        print(f"{chr(10) if shown else ''}### {prompt}", flush=True)
+        shown.append(prompt)
+
     completions = generate(
         model,
         tokenizer,
@@ -86,12 +110,14 @@ def cmd_generate(argv: list[str]) -> int:
         system=args.system,
         use_chat_template=not args.no_chat_template,
         seed=args.seed,
+        stream=None if args.json else sys.stdout,
+        before_each=header,
     )
-    for prompt, completion in zip(prompts, completions, strict=True):
-        if args.json:
+    if args.json:
+        for prompt, completion in zip(prompts, completions, strict=True):
             print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
-        else:
-            print(f"### {prompt}\n{completion}\n")
+    else:
+        print()
     return 0
 
 
@@ -117,10 +143,12 @@ def cmd_merge(argv: list[str]) -> int:
     parser.add_argument("--output", "-o", dest="output_flag", help="Same as the positional OUTPUT.")
     parser.add_argument("--base", help="Base model (default: the one in adapter_config.json).")
     parser.add_argument("--dtype", choices=DTYPES, help="Dtype to merge and save in.")
+    parser.add_argument("--overwrite", action="store_true", help="Write into OUTPUT even if it holds files.")
     args = parser.parse_args(argv)
     output = args.output_flag or args.output
     if not output:
         raise UsageError("pass the output directory: orpo merge ADAPTER OUTPUT")
+    confirm_overwrite(output, args.overwrite, f"{PROG} merge")
     from ..generation import merge_adapter
 
     path = merge_adapter(args.adapter, output, base=args.base, dtype=args.dtype)
@@ -140,7 +168,9 @@ def cmd_demo(argv: list[str]) -> int:
     )
     parser.add_argument("--steps", type=int, help="Training steps (default: 2000, or 16 with --fast).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="Write into the output dir even if it holds files.")
     args = parser.parse_args(argv)
+    confirm_overwrite(args.output_dir, args.overwrite, f"{PROG} demo")
     fast = args.fast or os.environ.get("ORPO_DEMO_FAST", "") not in ("", "0")
     from ..demo import run_demo
 

@@ -49,6 +49,8 @@ class DataReport:
     empty_prompts: int = 0
     duplicates: int = 0
     distinct_prompts: int = 0
+    #: Plain-string rows trained without the tokenizer's chat template (which generation applies).
+    untemplated: int = 0
     dropped: Counter = field(default_factory=Counter)
     tokenize: TokenizeReport | None = None
 
@@ -65,6 +67,7 @@ class DataReport:
             ("empty completion", self.empty_completions),
             ("empty prompt", self.empty_prompts),
             ("duplicate rows", self.duplicates),
+            ("plain-text rows without the chat template", self.untemplated),
         ):
             if count:
                 parts.append(f"{count} {label}")
@@ -182,4 +185,25 @@ def prepare_preference_dataset(
 ) -> tuple[Any, DataReport]:
     """Preference data for a causal LM, by ``args`` (an ORPOConfig: limits, ``on_*`` policies)."""
     row_tokenizer = PairTokenizer(tokenizer, LengthLimits.from_args(args))
-    return prepare_dataset(data, row_tokenizer, RowPolicies.from_args(args), split, columns, args.dataset_num_proc)
+    dataset, report = prepare_dataset(
+        data, row_tokenizer, RowPolicies.from_args(args), split, columns, args.dataset_num_proc
+    )
+    warn_untemplated(report, tokenizer)
+    return dataset, report
+
+
+def warn_untemplated(report: DataReport, tokenizer: Any) -> None:
+    """Count (and warn about) plain-string rows of a tokenizer with a chat template: they are trained on the text
+    as it is, while ``orpo generate`` / ``orpo chat`` (:mod:`orpo.generation`) render prompts with the template."""
+    plain = report.formats.get("standard", 0) + report.formats.get("implicit_standard", 0)
+    if not plain or not getattr(tokenizer, "chat_template", None):
+        return
+    report.untemplated = plain
+    logger.warning(
+        "%s: %d of %d rows are plain strings, trained without the tokenizer's chat template, while orpo generate "
+        "and orpo chat apply it (orpo generate --no-chat-template does not); give prompt/chosen/rejected as "
+        "message lists to train with the template",
+        report.split,
+        plain,
+        report.rows_in,
+    )
