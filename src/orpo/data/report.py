@@ -193,10 +193,10 @@ def inspect_dataset(
     check_dataset(dataset, split)
     normalised = normalise_dataset(dataset, Normaliser(tokenizer), split, num_proc)
     report.formats = Counter(column_values(normalised, FORMAT_COLUMN))
-    issues = find_row_issues(
-        *(column_values(normalised, name) for name in ("prompt", "chosen", "rejected", EMPTY_COLUMN)),
-        empty_prompts=column_values(normalised, EMPTY_PROMPT_COLUMN),
+    prompts, chosens, rejecteds, empty, empty_prompts = (
+        column_values(normalised, name) for name in ("prompt", "chosen", "rejected", EMPTY_COLUMN, EMPTY_PROMPT_COLUMN)
     )
+    issues = find_row_issues(prompts, chosens, rejecteds, empty, empty_prompts=empty_prompts)
     report.identical, report.empty, report.duplicates = len(issues.identical), len(issues.empty), len(issues.duplicates)
     report.empty_prompts = len(issues.empty_prompts)
     report.distinct_prompts, report.max_prompt_repeats = issues.distinct_prompts, issues.max_prompt_repeats
