@@ -219,6 +219,18 @@ def sample_completions(
 # ---- the command line -------------------------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> Any:
     from .options import ArgumentParser
 
@@ -240,15 +252,17 @@ def build_parser() -> Any:
     groups = parser.add_mutually_exclusive_group()
     groups.add_argument("--by", metavar="COLUMN", help="Also report each value of this column (e.g. kind, source).")
     groups.add_argument("--by-file", action="store_true", help="Also report each file of DATA (a folder or glob).")
-    parser.add_argument("--max-pairs", type=int, help="Score only the first N pairs.")
-    parser.add_argument("--max-length", type=int, help="As in training (default: ORPOConfig's, 1024).")
-    parser.add_argument("--max-prompt-length", type=int, help="As in training (default: 512).")
-    parser.add_argument("--max-completion-length", type=int, help="As in training (default: none).")
+    parser.add_argument("--max-pairs", type=_positive, help="Score only the first N pairs.")
+    parser.add_argument("--max-length", type=_positive, help="As in training (default: ORPOConfig's, 1024).")
+    parser.add_argument("--max-prompt-length", type=_positive, help="As in training (default: 512).")
+    parser.add_argument("--max-completion-length", type=_positive, help="As in training (default: none).")
     parser.add_argument("--truncation-mode", choices=["keep_end", "keep_start"], help="As in training.")
-    parser.add_argument("--batch-size", type=int, default=8, help="Pairs per forward pass (default: 8).")
-    parser.add_argument("--samples", type=int, default=0, help="Show each model's completion for the first N prompts.")
+    parser.add_argument("--batch-size", type=_positive, default=8, help="Pairs per forward pass (default: 8).")
+    parser.add_argument(
+        "--samples", type=_positive, default=0, help="Show each model's completion for the first N prompts."
+    )
     parser.add_argument("--temperature", type=float, default=1.0, help="For --samples; 0 = greedy (default: 1).")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="For --samples (default: 64).")
+    parser.add_argument("--max-new-tokens", type=_positive, default=64, help="For --samples (default: 64).")
     parser.add_argument("--seed", type=int, default=0, help="For --samples (default: 0).")
     parser.add_argument("--base", help="Base model of a LoRA adapter (default: the one in adapter_config.json).")
     parser.add_argument("--chat-template", help="Override the chat template (name, Jinja text or file).")
@@ -261,6 +275,7 @@ def build_parser() -> Any:
 def _load_rows(args: Any) -> tuple[Any, str]:
     """The split to score, and its name."""
     from .data import ColumnMapping, load_preference_data
+    from .data.errors import SOURCE_COLUMN
 
     columns = ColumnMapping(args.prompt_text_column, args.text_column, args.rejected_text_column)
     loaded = load_preference_data(args.data, split=args.split, subset=args.subset, columns=columns)
@@ -268,7 +283,24 @@ def _load_rows(args: Any) -> tuple[Any, str]:
     rows = loaded["train" if args.split else name]
     if args.max_pairs is not None and args.max_pairs < len(rows):
         rows = rows.select(range(args.max_pairs))
+    if SOURCE_COLUMN not in rows.column_names:  # rows not read from files: name them by index, as training does
+        rows = rows.add_column(SOURCE_COLUMN, [f"{name} row {index}" for index in range(len(rows))])
     return rows, name
+
+
+def _shown_prompts(rows: Any) -> dict[str, str]:
+    """Each row's prompt as a person wrote it (the last message of a conversation), by row location."""
+    from .data.errors import SOURCE_COLUMN
+
+    if "prompt" not in rows.column_names:
+        return {}
+    shown = {}
+    for location, prompt in zip(rows[SOURCE_COLUMN], rows["prompt"], strict=True):
+        if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+            prompt = prompt[-1].get("content")
+        if isinstance(prompt, str):
+            shown[location] = prompt
+    return shown
 
 
 def _score_model(path: str, rows: Any, args: Any) -> dict[str, Any]:
@@ -283,35 +315,31 @@ def _score_model(path: str, rows: Any, args: Any) -> dict[str, Any]:
     config = eval_config(**{k: getattr(args, k) for k in limits if getattr(args, k) is not None})
     pairs, report = prepare_pairs(rows, tokenizer, config)
     scores = score_pairs(model, pairs, tokenizer.pad_token_id, args.batch_size)
-    result = {
-        "model": path,
-        "data_report": report.summary(),
-        **evaluate(scores, group_labels(pairs, args.by, args.by_file)),
-    }
-    result["_scores"] = scores
+    groups = group_labels(pairs, args.by, args.by_file)
+    result = {"model": path, "data_report": report.summary(), **evaluate(scores, groups), "_scores": scores}
     if args.samples:
-        shown = _first_prompts(pairs, args.samples)
-        outputs = sample_completions(
-            model,
-            tokenizer,
-            [pairs[i]["prompt_input_ids"] for i in shown],
-            1,
-            args.temperature,
-            args.max_new_tokens,
-            args.seed,
-        )
-        decode = lambda ids: " ".join(tokenizer.decode(ids, skip_special_tokens=True).split())  # noqa: E731
-        result["_samples"] = [
-            {
-                "row": pairs[i]["_orpo_source"] if "_orpo_source" in pairs.column_names else str(i),
-                "prompt": decode(pairs[i]["prompt_input_ids"]),
-                "chosen": decode(pairs[i]["chosen_input_ids"]),
-                "rejected": decode(pairs[i]["rejected_input_ids"]),
-                "completion": out[0],
-            }
-            for i, out in zip(shown, outputs, strict=True)
-        ]
+        result["_samples"] = _samples(model, tokenizer, pairs, _shown_prompts(rows), args)
     return result
+
+
+def _samples(model: Any, tokenizer: Any, pairs: Any, prompts: dict[str, str], args: Any) -> list[dict[str, Any]]:
+    """The first ``--samples`` distinct prompts with their chosen, rejected and generated answers."""
+    from .data.errors import SOURCE_COLUMN
+
+    shown = _first_prompts(pairs, args.samples)
+    ids = [pairs[i]["prompt_input_ids"] for i in shown]
+    outputs = sample_completions(model, tokenizer, ids, 1, args.temperature, args.max_new_tokens, args.seed)
+    decode = lambda ids: " ".join(tokenizer.decode(ids, skip_special_tokens=True).split())  # noqa: E731
+    return [
+        {
+            "row": pairs[i][SOURCE_COLUMN],
+            "prompt": prompts.get(pairs[i][SOURCE_COLUMN]) or decode(pairs[i]["prompt_input_ids"]),
+            "chosen": decode(pairs[i]["chosen_input_ids"]),
+            "rejected": decode(pairs[i]["rejected_input_ids"]),
+            "completion": out[0],
+        }
+        for i, out in zip(shown, outputs, strict=True)
+    ]
 
 
 def _first_prompts(pairs: Any, count: int) -> list[int]:
@@ -329,12 +357,6 @@ def _first_prompts(pairs: Any, count: int) -> list[int]:
 
 def run(args: Any) -> dict[str, Any]:
     """Everything ``orpo eval`` prints, as one JSON-ready dict."""
-    from .loading import UsageError
-
-    for name in ("batch_size", "max_pairs", "samples", "max_new_tokens"):
-        value = getattr(args, name)
-        if value is not None and (value < 0 or (value == 0 and name in ("batch_size", "max_pairs", "max_new_tokens"))):
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     rows, split = _load_rows(args)
     results = [_score_model(path, rows, args) for path in [args.model, *([args.compare] if args.compare else [])]]
     out: dict[str, Any] = {

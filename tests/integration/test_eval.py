@@ -242,7 +242,7 @@ def test_text_report(setup, capsys):
         (["{model}", "{data}", "--split", "dev"], DataError, "no split 'dev'; splits: train"),
         (["{model}", "{data}", "--text-column", "answer"], DataError, "no column 'answer' (given as the chosen column"),
         (["{model}", "{bad}"], DataError, "bad.jsonl, line 2"),
-        (["{model}", "{data}", "--batch-size", "0"], UsageError, "--batch-size must be a positive integer, got 0"),
+        (["{model}", "{data}", "--batch-size", "0"], UsageError, "argument --batch-size: must be a positive integer, got '0'"),
         (["{model}", "{data}", "--by", "kind", "--by-file"], UsageError, "not allowed with argument"),
     ],
 )  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    ASSETS,
     BASE_LR,
     BASE_STEPS,
     BATCH,
@@ -200,10 +201,9 @@ class Demo:
         seconds = time.time() - self.start
         print(f"\ncurves  {plot} (held-out log-probs of chosen and rejected answers over training)")
         print(f"models  {self.out / 'base'}, {self.out / 'sft'}, {self.out / 'orpo'}")
-        print(
-            f"try     orpo eval {self.out / 'orpo'} src/orpo/demo/assets/heldout.jsonl --compare {self.out / 'sft'} "
-            "--by kind --samples 3"
-        )
+        heldout = ASSETS / "heldout.jsonl"
+        shown = heldout.relative_to(Path.cwd()) if heldout.is_relative_to(Path.cwd()) else heldout
+        print(f"try     orpo eval {self.out / 'orpo'} {shown} --compare {self.out / 'sft'} --by kind --samples 3")
         print(f"done in {seconds:.0f} s")
         numbers = {
             name: {key: value for key, value in measured.items() if key not in ("greedy", "sampled")}

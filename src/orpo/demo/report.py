@@ -48,7 +48,7 @@ def print_results(demo: Any, results: dict[str, dict[str, Any]]) -> dict[str, st
             sft, orpo = (float(c.rstrip("%")) for c in cells[1:])
             better = "tie" if sft == orpo else "ORPO" if (orpo - sft) * direction > 0 else "SFT"
             verdicts[key] = better
-        print(f"  {label:<40}" + "".join(f"{c:>8}" for c in cells) + f"   {better}")
+        print((f"  {label:<40}" + "".join(f"{c:>8}" for c in cells) + f"   {better}").rstrip())
     labels = {key: label for label, key, _ in MEASURES}
     lost = [
         f"{labels[k]} ({_cell(k, results['sft'][k])} vs {_cell(k, results['orpo'][k])})"
