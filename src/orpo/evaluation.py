@@ -36,7 +36,7 @@ class PairScores:
 
 def eval_config(**limits: Any) -> Any:
     """The ORPOConfig whose data settings eval uses: training's defaults unless given (max_length...)."""
-    from .config import ORPOConfig
+    from . import ORPOConfig
 
     return ORPOConfig(output_dir="orpo-eval", report_to="none", **limits)
 

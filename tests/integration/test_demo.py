@@ -7,10 +7,11 @@ from types import SimpleNamespace
 
 from _cli_support import orpo_command, run
 
-from orpo.demo import ASSETS, is_correct, is_hedged, load_rows, load_tokenizer, operands
+from orpo.demo import ASSETS, load_rows, load_tokenizer
 from orpo.demo.build_assets import HEDGES, build_data, build_tokenizer, corpus
 from orpo.demo.experiment import MEASURES
 from orpo.demo.report import print_results
+from orpo.demo.task import is_correct, is_hedged, operands
 
 ROW = re.compile(r"^  (\S.*?)\s{2,}(-?[\d.+]+%?)\s+(-?[\d.+]+%?)\s+(-?[\d.+]+%?)\s*(ORPO|SFT|tie)?$")
 
@@ -42,7 +43,8 @@ def test_fast_demo_runs_offline(tmp_path):
     assert (out / "logps.png").stat().st_size > 10_000
     for name in ("base", "sft", "orpo"):
         assert (out / name / "model.safetensors").is_file() and (out / name / "tokenizer.json").is_file()
-    assert f"orpo eval {out / 'orpo'} src/orpo/demo/assets/heldout.jsonl --compare {out / 'sft'}" in text
+    heldout = ASSETS / "heldout.jsonl"  # run from tmp_path, so not relative to the working directory
+    assert f"try     orpo eval {out / 'orpo'} {heldout} --compare {out / 'sft'} --by kind --samples 3" in text
 
 
 def test_verdicts_name_what_sft_did_better():

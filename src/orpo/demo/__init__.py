@@ -15,9 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .build_assets import KINDS
-from .task import is_correct, is_hedged, operands, rate
-
 ASSETS = Path(__file__).with_name("assets")
 
 # Full demo / fast demo (tests): base steps, alignment steps, rows of base/train/held-out data, samples per prompt.
@@ -80,17 +77,3 @@ def run_demo(
         return Demo(Path(output_dir), fast, steps, seed).run()
     finally:
         torch.set_num_threads(threads)
-
-
-__all__ = [
-    "ASSETS",
-    "KINDS",
-    "build_model",
-    "is_correct",
-    "is_hedged",
-    "load_rows",
-    "load_tokenizer",
-    "operands",
-    "rate",
-    "run_demo",
-]

@@ -81,7 +81,7 @@ class Demo:
 
     # ---- training -------------------------------------------------------------------------------
     def config(self, name: str, steps: int, beta: float, lr: float, evaluate: bool) -> Any:
-        from ..config import ORPOConfig
+        from .. import ORPOConfig
 
         every = max(steps // 10, 1)
         return ORPOConfig(
@@ -111,7 +111,7 @@ class Demo:
         """Train ``model`` in place; returns seconds, first and last loss, and held-out log-prob curves."""
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        from ..trainer import ORPOTrainer
+        from .. import ORPOTrainer
 
         evaluate = name != "base"
         trainer = ORPOTrainer(
