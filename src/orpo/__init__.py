@@ -59,10 +59,10 @@ if TYPE_CHECKING:
     from .autotrain import AutoTrainProject, LLMTrainingParams
     from .config import ORPOConfig
     from .loss import log1mexp, odds_ratio_loss, orpo_loss, sequence_logps
+    from .metrics import METRIC_NAMES
     from .reliability import CheckpointError, NonFiniteError, TrainingInterrupted
     from .resolve import ResolvedArgs
     from .run import TrainResult, run_training
-    from .metrics import METRIC_NAMES
     from .trainer import ORPOTrainer
 
 
