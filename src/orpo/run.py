@@ -104,6 +104,8 @@ def build_trainer(
     if console:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
+    if data_args is not None and isinstance(data_args.dataset_name, str):
+        trainer.train_source = data_args.dataset_name
     return trainer
 
 
@@ -191,6 +193,7 @@ def finish_training(
     ``model_args`` says how to save a LoRA model (merged or as an adapter), as in :func:`build_trainer`.
     """
     from .callbacks import HealthCallback
+    from .card import write_model_card
     from .report import plot_training_curves, summary_table, write_summary
 
     config = trainer.args
@@ -217,6 +220,7 @@ def finish_training(
     if health is not None:
         result.health = health.final_report(result.log_history, trainer.state)
     if trainer.is_world_process_zero():
+        write_model_card(trainer, str(out))  # again, now with the health verdict
         result.plot_path = plot_training_curves(result.log_history, out / "training_curves.png")
         result.summary_path = write_summary(out / "training_summary.json", result)
         if console:

@@ -42,6 +42,8 @@ class DataReport:
     distinct_prompts: int = 0
     dropped: Counter = field(default_factory=Counter)
     tokenize: TokenizeReport | None = None
+    #: Mixed data: {source: (rows in, rows kept)}.
+    per_source: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def rows_out(self) -> int:
