@@ -23,6 +23,7 @@ NLL_SCOPES = ("completion", "prompt_and_completion")
 ROW_POLICIES = ("error", "drop", "keep")
 LENGTH_POLICIES = ("error", "drop", "truncate")
 NONFINITE_POLICIES = ("error", "skip")
+MIXINGS = ("fractions", "probabilities")
 
 
 def aliases(*names: str) -> list[str]:
@@ -142,6 +143,32 @@ class DataArguments:
         default=None, metadata=meta("Column holding images, for vision-language models (default: images, image).")
     )
     max_samples: int | None = field(default=None, metadata=meta("Use only the first N training pairs (quick tries)."))
+    streaming: bool = field(
+        default=False,
+        metadata=meta(
+            "Stream the training data (datasets.IterableDataset) instead of loading it whole; prepared as read. "
+            "Needs max_steps."
+        ),
+    )
+    dataset_mixer: dict[str, float] | None = field(
+        default=None,
+        metadata=meta(
+            "Several sources (files, folders, hub ids) as {source: weight} (JSON on the command line); the weights "
+            "are read as dataset_mixing says. Replaces dataset_name."
+        ),
+    )
+    dataset_mixing: str = field(
+        default="fractions",
+        metadata=meta(
+            "How dataset_mixer's weights mix: 'fractions' (alignment-handbook: that fraction of each source's rows, "
+            "concatenated and shuffled) or 'probabilities' (datasets.interleave_datasets: each row drawn from a "
+            "source with that probability until one runs out; works with streaming).",
+            MIXINGS,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("DataArguments", "dataset_mixing", self.dataset_mixing, MIXINGS)
 
 
 @dataclass

@@ -66,6 +66,7 @@ def build_trainer(
 
     The trainer's ``args`` are :func:`run_config`'s copy of ``config``; ``config`` itself is left as it is.
     """
+    import datasets
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
     from .callbacks import HealthCallback, LineProgressCallback, TqdmProgressCallback, use_tqdm
@@ -78,7 +79,8 @@ def build_trainer(
             raise UsageError("no training data")
         train_dataset, eval_loaded = load_data(data_args)
         eval_dataset = eval_dataset if eval_dataset is not None else eval_loaded
-    config = run_config(config, pairs=len(train_dataset), has_eval=eval_dataset is not None, auto_logging=auto_logging)
+    pairs = None if isinstance(train_dataset, datasets.IterableDataset) else len(train_dataset)
+    config = run_config(config, pairs=pairs, has_eval=eval_dataset is not None, auto_logging=auto_logging)
 
     model, tokenizer = _model_and_tokenizer(model_args, config, model, tokenizer)
     peft_config = None
@@ -147,10 +149,11 @@ def copy_config(config: ORPOConfig, **changes: Any) -> ORPOConfig:
     return type(config)(**values)
 
 
-def run_config(config: ORPOConfig, *, pairs: int, has_eval: bool, auto_logging: bool) -> ORPOConfig:
-    """The config the trainer gets: a copy of the caller's, with what only the run knows."""
+def run_config(config: ORPOConfig, *, pairs: int | None, has_eval: bool, auto_logging: bool) -> ORPOConfig:
+    """The config the trainer gets: a copy of the caller's, with what only the run knows (``pairs``: None when
+    streamed, then automatic logging goes by ``max_steps`` alone)."""
     changes: dict[str, Any] = {}
-    if auto_logging:
+    if auto_logging and (pairs is not None or config.max_steps > 0):
         changes["logging_steps"] = auto_logging_steps(pairs, config)
     if config.dataloader_pin_memory and not _has_accelerator():
         changes["dataloader_pin_memory"] = False  # avoids torch's warning on CPU-only machines

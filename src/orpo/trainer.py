@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import datasets
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
@@ -250,6 +251,8 @@ class ORPOTrainer(Trainer):
 
     def _prepare_data(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> tuple[Any, Any]:
         """Preference data -> tokenized pairs: the one pipeline, with this kind of model's row tokenizer."""
+        if split == "train" and isinstance(data, datasets.IterableDataset) and args.max_steps <= 0:
+            raise ValueError("streamed training data has no length: set max_steps (ORPOConfig.max_steps, --max-steps)")
         if self.model_kind == "vision":
             from .vision import prepare_vision_dataset
 
