@@ -216,6 +216,13 @@ class ORPOArguments:
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata=meta("Keyword arguments for from_pretrained when `model` is an id or path (JSON).")
     )
+    chat_template_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata=meta(
+            "Extra keyword arguments for the chat template of conversational data (JSON), e.g. "
+            '{"enable_thinking": false}.'
+        ),
+    )
     dataset_num_proc: int | None = field(
         default=None,
         metadata=meta("Processes used to tokenize the dataset.", also=("preprocessing_num_workers", "num_proc")),
@@ -306,8 +313,12 @@ class ORPOArguments:
         # max_prompt_length >= max_length is allowed, as in TRL: `ORPOConfig(max_length=512)` keeps the default
         # max_prompt_length=512, and encoder-decoder prompts do not count towards max_length at all.  A prompt that
         # leaves no room for a completion drops its pair, counted in the data report.
-        if isinstance(self.model_init_kwargs, str):
-            try:
-                self.model_init_kwargs = json.loads(self.model_init_kwargs)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{owner}.model_init_kwargs is not valid JSON: {err}") from None
+        for name in ("model_init_kwargs", "chat_template_kwargs"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, json.loads(value))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{owner}.{name} is not valid JSON: {err}") from None
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{owner}.{name} must be a mapping (JSON object), got {getattr(self, name)!r}")

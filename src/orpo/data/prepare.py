@@ -190,5 +190,5 @@ def prepare_preference_dataset(
     data: Any, tokenizer: Any, args: Any, split: str = "train", columns: ColumnMapping | None = None
 ) -> tuple[Any, DataReport]:
     """Preference data for a causal LM, by ``args`` (an ORPOConfig: limits, ``on_*`` policies)."""
-    row_tokenizer = PairTokenizer(tokenizer, LengthLimits.from_args(args))
+    row_tokenizer = PairTokenizer(tokenizer, LengthLimits.from_args(args), args.chat_template_kwargs)
     return prepare_dataset(data, row_tokenizer, RowPolicies.from_args(args), split, columns, args.dataset_num_proc)
