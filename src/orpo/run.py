@@ -66,6 +66,7 @@ def build_trainer(
 
     The trainer's ``args`` are :func:`run_config`'s copy of ``config``; ``config`` itself is left as it is.
     """
+    import datasets
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
     from .callbacks import HealthCallback, LineProgressCallback, TqdmProgressCallback, use_tqdm
@@ -78,7 +79,8 @@ def build_trainer(
             raise UsageError("no training data")
         train_dataset, eval_loaded = load_data(data_args)
         eval_dataset = eval_dataset if eval_dataset is not None else eval_loaded
-    config = run_config(config, pairs=len(train_dataset), has_eval=eval_dataset is not None, auto_logging=auto_logging)
+    pairs = None if isinstance(train_dataset, datasets.IterableDataset) else len(train_dataset)
+    config = run_config(config, pairs=pairs, has_eval=eval_dataset is not None, auto_logging=auto_logging)
 
     model, tokenizer = _model_and_tokenizer(model_args, config, model, tokenizer)
     peft_config = None
@@ -104,6 +106,8 @@ def build_trainer(
     if console:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
+    if data_args is not None and isinstance(data_args.dataset_name, str):
+        trainer.train_source = data_args.dataset_name
     return trainer
 
 
@@ -145,10 +149,11 @@ def copy_config(config: ORPOConfig, **changes: Any) -> ORPOConfig:
     return type(config)(**values)
 
 
-def run_config(config: ORPOConfig, *, pairs: int, has_eval: bool, auto_logging: bool) -> ORPOConfig:
-    """The config the trainer gets: a copy of the caller's, with what only the run knows."""
+def run_config(config: ORPOConfig, *, pairs: int | None, has_eval: bool, auto_logging: bool) -> ORPOConfig:
+    """The config the trainer gets: a copy of the caller's, with what only the run knows (``pairs``: None when
+    streamed, then automatic logging goes by ``max_steps`` alone)."""
     changes: dict[str, Any] = {}
-    if auto_logging:
+    if auto_logging and (pairs is not None or config.max_steps > 0):
         changes["logging_steps"] = auto_logging_steps(pairs, config)
     if config.dataloader_pin_memory and not _has_accelerator():
         changes["dataloader_pin_memory"] = False  # avoids torch's warning on CPU-only machines
@@ -191,6 +196,7 @@ def finish_training(
     ``model_args`` says how to save a LoRA model (merged or as an adapter), as in :func:`build_trainer`.
     """
     from .callbacks import HealthCallback
+    from .card import write_model_card
     from .report import plot_training_curves, summary_table, write_summary
 
     config = trainer.args
@@ -217,6 +223,7 @@ def finish_training(
     if health is not None:
         result.health = health.final_report(result.log_history, trainer.state)
     if trainer.is_world_process_zero():
+        write_model_card(trainer, str(out))  # again, now with the health verdict
         result.plot_path = plot_training_curves(result.log_history, out / "training_curves.png")
         result.summary_path = write_summary(out / "training_summary.json", result)
         if console:

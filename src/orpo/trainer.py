@@ -9,9 +9,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import datasets
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from .card import write_model_card
 from .config import ORPOConfig
 from .data import prepare_preference_dataset
 from .data.collate import choose_collator
@@ -19,6 +21,7 @@ from .eval_generation import generate_samples
 from .loss import orpo_loss, pair_counts, pair_logps
 from .metrics import MetricWindows
 from .modeling import (
+    absolute_base_path,
     apply_peft,
     disable_dropout,
     is_peft_model,
@@ -70,6 +73,8 @@ class ORPOTrainer(Trainer):
     _tag_names: ClassVar[list[str]] = ["orpo"]
     #: Set to False before ``train()`` to leave SIGINT/SIGTERM to their usual handlers.
     handle_signals: bool = True
+    #: Where the training data came from (a path or hub id), for the model card; ``orpo train`` sets it.
+    train_source: str | None = None
 
     def __init__(
         self,
@@ -201,6 +206,31 @@ class ORPOTrainer(Trainer):
         """Where Trainer saves (``trainer_internals.OVERRIDDEN``): the same files, committed atomically."""
         self.reliability.save_checkpoint(trial)
 
+    # ---- saving: every saved model carries its card, every adapter an absolute base path ------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if is_peft_model(self.model):
+            absolute_base_path(self.model)
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            write_model_card(self, output_dir or str(self.args.output_dir))
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """orpo's card in ``output_dir`` (what ``push_to_hub`` uploads), with the caller's extra tags."""
+        if self.is_world_process_zero():
+            extra = [tags] if isinstance(tags, str) else list(tags or [])
+            write_model_card(self, str(self.args.output_dir), model_name=model_name, tags=extra)
+
     # ---- setup ------------------------------------------------------------------------
     @staticmethod
     def _prepare_model(model: torch.nn.Module, args: ORPOConfig, peft_config: Any) -> torch.nn.Module:
@@ -208,6 +238,8 @@ class ORPOTrainer(Trainer):
             if is_peft_model(model):
                 raise ValueError("the model already has a PEFT adapter; pass peft_config=None to train it as is")
             model = apply_peft(model, peft_config, gradient_checkpointing=bool(args.activation_checkpointing))
+        if is_peft_model(model):
+            absolute_base_path(model)
         if args.disable_dropout:
             disable_dropout(model)
         if args.freeze_vision_tower:
@@ -218,6 +250,8 @@ class ORPOTrainer(Trainer):
 
     def _prepare_data(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> tuple[Any, Any]:
         """Preference data -> tokenized pairs: the one pipeline, with this kind of model's row tokenizer."""
+        if split == "train" and isinstance(data, datasets.IterableDataset) and args.max_steps <= 0:
+            raise ValueError("streamed training data has no length: set max_steps (ORPOConfig.max_steps, --max-steps)")
         if self.model_kind == "vision":
             from .vision import prepare_vision_dataset
 
