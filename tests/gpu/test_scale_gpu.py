@@ -3,7 +3,7 @@
 Skipped without CUDA; ZeRO-3 also without ``deepspeed``.  Each run must end with a model that
 ``from_pretrained`` loads (the sharded weights gathered by every process), verified checkpoints, no
 staging folder and no run lock left; the FSDP run then resumes from its sharded checkpoint.
-On a GPU machine: ``python -m pytest -q tests/gpu/test_scale_out.py``.
+On a GPU machine: ``python -m pytest -q tests/gpu/test_scale_gpu.py``.
 """
 
 from __future__ import annotations
