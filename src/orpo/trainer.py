@@ -17,6 +17,7 @@ from .card import write_model_card
 from .config import ORPOConfig
 from .data import prepare_preference_dataset
 from .data.collate import choose_collator
+from .distributed import check_launch
 from .eval_generation import generate_samples
 from .loss import orpo_loss, pair_counts, pair_logps
 from .metrics import MetricWindows
@@ -130,16 +131,20 @@ class ORPOTrainer(Trainer):
         data_processor = self.data_processor
 
         self.data_reports: dict[str, Any] = {}
-        if train_dataset is not None:
-            train_dataset, self.data_reports["train"] = self._prepare_data(train_dataset, data_processor, args, "train")
-        if eval_dataset is not None:
-            if isinstance(eval_dataset, dict):
-                eval_dataset = {
-                    name: self._prepare_eval(data, data_processor, args, f"eval[{name}]")
-                    for name, data in eval_dataset.items()
-                }
-            else:
-                eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
+        # Each node's main process prepares first; the others then read its datasets cache (file-backed data).
+        with args.main_process_first(desc="preparing the data"):
+            if train_dataset is not None:
+                train_dataset, self.data_reports["train"] = self._prepare_data(
+                    train_dataset, data_processor, args, "train"
+                )
+            if eval_dataset is not None:
+                if isinstance(eval_dataset, dict):
+                    eval_dataset = {
+                        name: self._prepare_eval(data, data_processor, args, f"eval[{name}]")
+                        for name, data in eval_dataset.items()
+                    }
+                else:
+                    eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
 
         if data_collator is None:
             data_collator = choose_collator(
@@ -172,6 +177,7 @@ class ORPOTrainer(Trainer):
         if callable(add_model_tags):
             add_model_tags(self._tag_names)
         self._eval_prefix: str | None = None
+        check_launch(self)
         self.reliability = Reliability(self)
 
     # ---- reliability: Trainer's loop reaches orpo.reliability through these ---------------------

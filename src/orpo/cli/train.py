@@ -77,9 +77,12 @@ def cmd_train(argv: list[str]) -> int:
     if namespace.print_config:
         print(recipe_text(resolved.values), end="")
         return 0
+    from ..distributed import is_launch_main
     from ..run import run_training
 
-    _announce(resolved)
+    if is_launch_main():
+        _announce(resolved)
     result = run_training(resolved.model, resolved.data, resolved.config, auto_logging=resolved.auto_logging)
-    (Path(result.output_dir) / "orpo_recipe.yaml").write_text(recipe_text(resolved.values), encoding="utf-8")
+    if is_launch_main():
+        (Path(result.output_dir) / "orpo_recipe.yaml").write_text(recipe_text(resolved.values), encoding="utf-8")
     return 0
