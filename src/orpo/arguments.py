@@ -23,6 +23,7 @@ NLL_SCOPES = ("completion", "prompt_and_completion")
 ROW_POLICIES = ("error", "drop", "keep")
 LENGTH_POLICIES = ("error", "drop", "truncate")
 NONFINITE_POLICIES = ("error", "skip")
+MIXINGS = ("fractions", "probabilities")
 
 
 def aliases(*names: str) -> list[str]:
@@ -142,6 +143,32 @@ class DataArguments:
         default=None, metadata=meta("Column holding images, for vision-language models (default: images, image).")
     )
     max_samples: int | None = field(default=None, metadata=meta("Use only the first N training pairs (quick tries)."))
+    streaming: bool = field(
+        default=False,
+        metadata=meta(
+            "Stream the training data (datasets.IterableDataset) instead of loading it whole; prepared as read. "
+            "Needs max_steps."
+        ),
+    )
+    dataset_mixer: dict[str, float] | None = field(
+        default=None,
+        metadata=meta(
+            "Several sources (files, folders, hub ids) as {source: weight} (JSON on the command line); the weights "
+            "are read as dataset_mixing says. Replaces dataset_name."
+        ),
+    )
+    dataset_mixing: str = field(
+        default="fractions",
+        metadata=meta(
+            "How dataset_mixer's weights mix: 'fractions' (alignment-handbook: that fraction of each source's rows, "
+            "concatenated and shuffled) or 'probabilities' (datasets.interleave_datasets: each row drawn from a "
+            "source with that probability until one runs out; works with streaming).",
+            MIXINGS,
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("DataArguments", "dataset_mixing", self.dataset_mixing, MIXINGS)
 
 
 @dataclass
@@ -188,6 +215,13 @@ class ORPOArguments:
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata=meta("Keyword arguments for from_pretrained when `model` is an id or path (JSON).")
+    )
+    chat_template_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata=meta(
+            "Extra keyword arguments for the chat template of conversational data (JSON), e.g. "
+            '{"enable_thinking": false}.'
+        ),
     )
     dataset_num_proc: int | None = field(
         default=None,
@@ -288,8 +322,12 @@ class ORPOArguments:
         # max_prompt_length >= max_length is allowed, as in TRL: `ORPOConfig(max_length=512)` keeps the default
         # max_prompt_length=512, and encoder-decoder prompts do not count towards max_length at all.  A prompt that
         # leaves no room for a completion drops its pair, counted in the data report.
-        if isinstance(self.model_init_kwargs, str):
-            try:
-                self.model_init_kwargs = json.loads(self.model_init_kwargs)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{owner}.model_init_kwargs is not valid JSON: {err}") from None
+        for name in ("model_init_kwargs", "chat_template_kwargs"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, json.loads(value))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{owner}.{name} is not valid JSON: {err}") from None
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{owner}.{name} must be a mapping (JSON object), got {getattr(self, name)!r}")

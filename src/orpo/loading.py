@@ -153,14 +153,42 @@ def lora_config(model_args: ModelArguments, task_type: str = "CAUSAL_LM") -> Any
 
 
 def load_data(data_args: DataArguments) -> tuple[Any, Any]:
-    """(train dataset, eval dataset or None) with canonical columns."""
-    from .data.load import ColumnMapping, load_preference_data
+    """(train dataset, eval dataset or None) with canonical columns: one source, or a weighted mix of several.
 
-    if data_args.dataset_name is None:
-        raise UsageError("no training data: pass --data-path (a file, folder or hub dataset id)")
-    source = data_args.dataset_name
+    With ``streaming`` the training data is a ``datasets.IterableDataset`` (hub ids are streamed from the hub;
+    local files are read as usual and iterated), prepared lazily as the trainer reads it.
+    """
+    from .data.mix import mix
+
+    if data_args.dataset_mixer:
+        if data_args.dataset_name is not None:
+            raise UsageError("give either dataset_name (--data-path) or dataset_mixer, not both")
+        train, evaluation = mix(
+            data_args.dataset_mixer, data_args.dataset_mixing, lambda name: _load_source(data_args, name)
+        )
+    elif data_args.dataset_name is None:
+        raise UsageError("no training data: pass --data-path (a file, folder or hub dataset id) or dataset_mixer")
+    else:
+        train, evaluation = _load_source(data_args, data_args.dataset_name)
+    if data_args.max_samples is not None:
+        if data_args.streaming:
+            train = train.take(data_args.max_samples)
+        elif data_args.max_samples < len(train):
+            train = train.select(range(data_args.max_samples))
+    return train, evaluation
+
+
+def _load_source(data_args: DataArguments, source: Any) -> tuple[Any, Any]:
+    from .data.load import ColumnMapping, load_preference_data, stream_from_hub
+
     if isinstance(source, str):
         check_data_source(source)
+    if data_args.streaming and isinstance(source, str) and not _is_local(source):
+        return stream_from_hub(source, data_args.dataset_config, data_args.dataset_train_split), (
+            stream_from_hub(source, data_args.dataset_config, data_args.dataset_test_split)
+            if data_args.dataset_test_split
+            else None
+        )
     mapping = ColumnMapping.from_autotrain(
         data_args.prompt_text_column, data_args.text_column, data_args.rejected_text_column, data_args.image_column
     )
@@ -172,8 +200,6 @@ def load_data(data_args: DataArguments) -> tuple[Any, Any]:
         valid_split=data_args.dataset_test_split,
     )
     train = splits["train"]
-    if data_args.max_samples is not None and data_args.max_samples < len(train):
-        train = train.select(range(data_args.max_samples))
     evaluation = splits[data_args.dataset_test_split] if data_args.dataset_test_split else None
     if evaluation is None:
         extra = [name for name in splits if name != "train"]
@@ -181,14 +207,20 @@ def load_data(data_args: DataArguments) -> tuple[Any, Any]:
             logger.info(
                 "the data also has split(s) %s; pass --valid-split %s to evaluate on it", ", ".join(extra), extra[0]
             )
+    if data_args.streaming:
+        train = train.to_iterable_dataset()
     return train, evaluation
 
 
-def auto_logging_steps(num_pairs: int, config: Any) -> int:
+def _is_local(source: str) -> bool:
+    return Path(source).expanduser().exists() or any(ch in source for ch in "*?[")
+
+
+def auto_logging_steps(num_pairs: int | None, config: Any) -> int:
     """Roughly 20 points per run (at most every 25 steps), like AutoTrain's logging_steps=-1."""
     world = max(int(getattr(config, "world_size", 1) or 1), 1)
     per_step = max(config.per_device_train_batch_size * config.gradient_accumulation_steps * world, 1)
-    steps_per_epoch = max(math.ceil(num_pairs / per_step), 1)
+    steps_per_epoch = max(math.ceil((num_pairs or 0) / per_step), 1)
     total = (
         config.max_steps
         if config.max_steps and config.max_steps > 0

@@ -191,6 +191,19 @@ def apply_peft(model: torch.nn.Module, peft_config: Any, gradient_checkpointing:
     return get_peft_model(model, peft_config)
 
 
+def absolute_base_path(model: Any) -> None:
+    """Record a local base model by its absolute path in the adapter's config (hub ids stay as they are).
+
+    PEFT stores the path the base was loaded by; a relative one only resolves from the directory training ran in.
+    """
+    from pathlib import Path
+
+    for config in model.peft_config.values():
+        base = config.base_model_name_or_path
+        if base and not Path(base).is_absolute() and Path(base).expanduser().is_dir():
+            config.base_model_name_or_path = str(Path(base).expanduser().resolve())
+
+
 def is_peft_model(model: Any) -> bool:
     try:
         from peft import PeftModel

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,9 +77,11 @@ def build_trainer(
     command line that resumes this run, for the messages of an interrupted or failed one (``orpo train``
     passes it).
     """
+    import datasets
     from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
     from .callbacks import LineProgressCallback, TqdmProgressCallback, use_tqdm
+    from .distributed import quiet_replicas
     from .health import HealthCallback
     from .reliability.preflight import check_training_amounts
     from .trainer import ORPOTrainer
@@ -89,12 +92,14 @@ def build_trainer(
         check_training_amounts(config)  # before any data is loaded
     except ValueError as err:
         raise UsageError(str(err)) from None
+    quiet_replicas()
     if train_dataset is None:
         if data_args is None:
             raise UsageError("no training data")
         train_dataset, eval_loaded = load_data(data_args)
         eval_dataset = eval_dataset if eval_dataset is not None else eval_loaded
-    config = run_config(config, pairs=len(train_dataset), has_eval=eval_dataset is not None, auto_logging=auto_logging)
+    pairs = None if isinstance(train_dataset, datasets.IterableDataset) else len(train_dataset)
+    config = run_config(config, pairs=pairs, has_eval=eval_dataset is not None, auto_logging=auto_logging)
 
     model, tokenizer = _model_and_tokenizer(model_args, config, model, tokenizer)
     peft_config = None
@@ -121,6 +126,8 @@ def build_trainer(
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
     trainer.resume_command = resume_command
+    if data_args is not None and isinstance(data_args.dataset_name, str):
+        trainer.train_source = data_args.dataset_name
     return trainer
 
 
@@ -187,11 +194,15 @@ def copy_config(config: ORPOConfig, **changes: Any) -> ORPOConfig:
     return type(config)(**values)
 
 
-def run_config(config: ORPOConfig, *, pairs: int, has_eval: bool, auto_logging: bool) -> ORPOConfig:
-    """The config the trainer gets: a copy of the caller's, with what only the run knows."""
+def run_config(config: ORPOConfig, *, pairs: int | None, has_eval: bool, auto_logging: bool) -> ORPOConfig:
+    """The config the trainer gets: a copy of the caller's, with what only the run knows (``pairs``: None when
+    streamed, then automatic logging goes by ``max_steps`` alone)."""
+    from .distributed import launch_changes
+
     changes: dict[str, Any] = {}
-    if auto_logging:
+    if auto_logging and (pairs is not None or config.max_steps > 0):
         changes["logging_steps"] = auto_logging_steps(pairs, config)
+    changes.update(launch_changes(config, _has_accelerator()))
     if config.dataloader_pin_memory and not _has_accelerator():
         changes["dataloader_pin_memory"] = False  # avoids torch's warning on CPU-only machines
     if not has_eval and config.eval_strategy != "no":
@@ -231,7 +242,38 @@ def finish_training(
     """Train (unless ``train=False``), save the model (and merged model), write curves, summary and health report.
 
     ``model_args`` says how to save a LoRA model (merged or as an adapter), as in :func:`build_trainer`.
+    The output dir is locked for the run (:mod:`orpo.runlock`): a second run on it is refused.
     """
+    from .runlock import holding
+
+    with holding(str(trainer.args.output_dir), trainer.is_world_process_zero(), _from_main(trainer)):
+        return _finish(trainer, model_args, console, resume_from_checkpoint, train)
+
+
+def _from_main(trainer: ORPOTrainer) -> Callable[[Any], Any] | None:
+    """Every process gets the main process's value (None for one process: nothing to share)."""
+    if trainer.args.world_size <= 1:
+        return None
+
+    def share(value: Any) -> Any:
+        from accelerate.utils import broadcast_object_list
+
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    return share
+
+
+def _finish(
+    trainer: ORPOTrainer,
+    model_args: ModelArguments | None,
+    console: bool,
+    resume_from_checkpoint: Any,
+    train: bool,
+) -> TrainResult:
+    from .card import write_model_card
+    from .distributed import save_final
     from .health import HealthCallback
     from .report import plot_training_curves, summary_table, write_summary
 
@@ -261,59 +303,20 @@ def finish_training(
     out = Path(str(config.output_dir))  # build_trainer refuses a config without one
     out.mkdir(parents=True, exist_ok=True)
     result = TrainResult(output_dir=str(out), train_metrics=train_metrics, eval_metrics=eval_metrics, **steps)
-    if trainer.is_world_process_zero():
-        _save(trainer, model_args, result)
-        trainer.save_state()
+    # Every process: gathering a sharded model is a collective (only the saving processes write).
+    result.adapter_dir, result.merged = save_final(trainer, model_args, str(out))
+    trainer.save_state()
     result.log_history = list(trainer.state.log_history)
     health = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, HealthCallback)), None)
     if health is not None:
         result.health = health.final_report(result.log_history, trainer.state)
     if trainer.is_world_process_zero():
+        write_model_card(trainer, str(out))  # again, now with the health verdict
         result.plot_path = plot_training_curves(result.log_history, out / "training_curves.png")
         result.summary_path = write_summary(out / "training_summary.json", result)
         if console:
             print(summary_table(result), flush=True)
     return result
-
-
-def _save(trainer: ORPOTrainer, model_args: ModelArguments, result: TrainResult) -> None:
-    from .modeling import is_peft_model
-
-    out = Path(result.output_dir)
-    model: Any = trainer.model
-    processing = trainer.processing_class
-    if model_args.use_peft and model_args.merge_adapter and is_peft_model(model):
-        adapter_dir = out / "adapter"
-        trainer.save_model(str(adapter_dir))
-        result.adapter_dir = str(adapter_dir)
-        if model_args.quantization is not None:
-            from .generation import merge_adapter
-
-            merge_adapter(str(adapter_dir), str(out), base=model_args.model_name_or_path)
-        else:
-            merged = model.merge_and_unload()
-            _save_merged(trainer, merged, processing, out)
-            trainer.model = merged
-        result.merged = True
-    else:
-        trainer.save_model(str(out))
-        if is_peft_model(model):
-            result.adapter_dir = str(out)
-
-
-def _save_merged(trainer: ORPOTrainer, merged: Any, processing: Any, out: Path) -> None:
-    """The merged model and its tokenizer; a failed write is a ``CheckpointError`` naming the folder."""
-    from .checkpoint import CheckpointError
-    from .reliability.commit import save_failure
-
-    try:
-        merged.save_pretrained(str(out))
-        if processing is not None:
-            processing.save_pretrained(str(out))
-    except (OSError, RuntimeError) as err:
-        last = trainer.reliability.checkpoints.last_complete(str(out))
-        message = save_failure(f"the merged model to {out}", str(out), err, last, trainer.reliability.resume_hint())
-        raise CheckpointError(message) from err
 
 
 def run_training(

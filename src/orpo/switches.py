@@ -9,7 +9,7 @@ after a recipe's ``load_in_4bit: true`` leaves the model unquantized).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,14 +93,6 @@ def _eval_batch_size(value: int | None) -> dict[str, Any]:
     return {} if value is None else {"per_device_eval_batch_size": value}
 
 
-def _one_dataset(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    if not value:
-        return {}
-    if len(value) != 1 or float(next(iter(value.values()))) != 1.0:
-        raise UsageError("dataset_mixer with several datasets or fractions is not supported; give one dataset_name")
-    return {"dataset_name": next(iter(value))}
-
-
 def _splits(value: list[str] | None) -> dict[str, Any]:
     splits = list(value or [])
     if len(splits) > 2:
@@ -178,12 +170,6 @@ class Switches:
         metadata=_switch(
             "AutoTrain: hub user; with push_to_hub, hub_model_id defaults to USER/<output dir name>.",
             Switch((), sets=lambda value: {} if value is None else {"username": value}),
-        ),
-    )
-    dataset_mixer: dict[str, float] | None = field(
-        default=None,
-        metadata=_switch(
-            "alignment-handbook: {dataset: 1.0}; one dataset is supported.", Switch(("dataset_name",), _one_dataset)
         ),
     )
     dataset_splits: list[str] | None = field(

@@ -9,17 +9,21 @@ import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import datasets
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from .card import write_model_card
 from .checkpoint import CheckpointError, remove_stale_staging
 from .config import ORPOConfig
 from .data import prepare_preference_dataset
 from .data.collate import choose_collator
+from .distributed import check_launch
 from .eval_generation import generate_samples
 from .loss import orpo_loss, pair_counts, pair_logps
 from .metrics import MetricWindows, window_loss
 from .modeling import (
+    absolute_base_path,
     apply_peft,
     disable_dropout,
     is_peft_model,
@@ -75,6 +79,8 @@ class ORPOTrainer(Trainer):
     handle_signals: bool = True
     #: The command line that resumes this run (``orpo train`` sets it); None: messages give the Python call.
     resume_command: str | None = None
+    #: Where the training data came from (a path or hub id), for the model card; ``orpo train`` sets it.
+    train_source: str | None = None
 
     def __init__(
         self,
@@ -132,15 +138,20 @@ class ORPOTrainer(Trainer):
         self.data_reports: dict[str, Any] = {}
         if train_dataset is not None:
             preflight.check_training_amounts(args)  # before the data is prepared
-            train_dataset, self.data_reports["train"] = self._prepare_data(train_dataset, data_processor, args, "train")
-        if eval_dataset is not None:
-            if isinstance(eval_dataset, dict):
-                eval_dataset = {
-                    name: self._prepare_eval(data, data_processor, args, f"eval[{name}]")
-                    for name, data in eval_dataset.items()
-                }
-            else:
-                eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
+        # Each node's main process prepares first; the others then read its datasets cache (file-backed data).
+        with args.main_process_first(desc="preparing the data"):
+            if train_dataset is not None:
+                train_dataset, self.data_reports["train"] = self._prepare_data(
+                    train_dataset, data_processor, args, "train"
+                )
+            if eval_dataset is not None:
+                if isinstance(eval_dataset, dict):
+                    eval_dataset = {
+                        name: self._prepare_eval(data, data_processor, args, f"eval[{name}]")
+                        for name, data in eval_dataset.items()
+                    }
+                else:
+                    eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
 
         if data_collator is None:
             data_collator = choose_collator(
@@ -174,6 +185,7 @@ class ORPOTrainer(Trainer):
         if callable(add_model_tags):
             add_model_tags(self._tag_names)
         self._eval_prefix: str | None = None
+        check_launch(self)
         self.reliability = Reliability(self)
 
     # ---- reliability: Trainer's loop reaches orpo.reliability through these ---------------------
@@ -210,23 +222,44 @@ class ORPOTrainer(Trainer):
         self.reliability.end_micro_batch(loss, inputs, model)
         return loss
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Trainer's ``save_model``; a failed save of the final model is a :class:`CheckpointError` naming
-        the folder, the cause and the last complete checkpoint (inside a checkpoint the commit reports it)."""
-        if _internal_call:
-            return super().save_model(output_dir, _internal_call)
-        target = output_dir or self.args.output_dir or "."
-        try:
-            super().save_model(output_dir, _internal_call)
-        except (OSError, RuntimeError) as err:
-            checkpoints = self.reliability.checkpoints
-            last = checkpoints.last_complete(self.args.output_dir or target)
-            message = save_failure(f"the model to {target}", target, err, last, self.reliability.resume_hint())
-            raise CheckpointError(message) from err
-
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """Where Trainer saves (``trainer_internals.OVERRIDDEN``): the same files, committed atomically."""
         self.reliability.save_checkpoint(trial)
+
+    # ---- saving: every saved model carries its card, every adapter an absolute base path ------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's ``save_model`` plus the card; a failed save of the final model is a :class:`CheckpointError`
+        naming the folder, the cause and the last complete checkpoint (inside a checkpoint the commit reports it)."""
+        if is_peft_model(self.model):
+            absolute_base_path(self.model)
+        target = output_dir or str(self.args.output_dir)
+        try:
+            super().save_model(output_dir, _internal_call)
+            if self.args.should_save:
+                write_model_card(self, target)
+        except (OSError, RuntimeError) as err:
+            if _internal_call:
+                raise
+            last = self.reliability.checkpoints.last_complete(str(self.args.output_dir))
+            message = save_failure(f"the model to {target}", target, err, last, self.reliability.resume_hint())
+            raise CheckpointError(message) from err
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """orpo's card in ``output_dir`` (what ``push_to_hub`` uploads), with the caller's extra tags."""
+        if self.is_world_process_zero():
+            extra = [tags] if isinstance(tags, str) else list(tags or [])
+            write_model_card(self, str(self.args.output_dir), model_name=model_name, tags=extra)
 
     # ---- setup ------------------------------------------------------------------------
     @staticmethod
@@ -235,6 +268,8 @@ class ORPOTrainer(Trainer):
             if is_peft_model(model):
                 raise ValueError("the model already has a PEFT adapter; pass peft_config=None to train it as is")
             model = apply_peft(model, peft_config, gradient_checkpointing=bool(args.activation_checkpointing))
+        if is_peft_model(model):
+            absolute_base_path(model)
         if args.disable_dropout:
             disable_dropout(model)
         if args.freeze_vision_tower:
@@ -245,6 +280,8 @@ class ORPOTrainer(Trainer):
 
     def _prepare_data(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> tuple[Any, Any]:
         """Preference data -> tokenized pairs: the one pipeline, with this kind of model's row tokenizer."""
+        if split == "train" and isinstance(data, datasets.IterableDataset) and args.max_steps <= 0:
+            raise ValueError("streamed training data has no length: set max_steps (ORPOConfig.max_steps, --max-steps)")
         if self.model_kind == "vision":
             from .vision import prepare_vision_dataset
 

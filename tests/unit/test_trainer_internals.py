@@ -42,6 +42,7 @@ SIGNATURES = {
     "store_flos": ((), "write_checkpoint"),
     "_push_from_checkpoint": (("checkpoint_folder",), "finish_checkpoint"),
     "_prepare_inputs": (("inputs",), "prepare_inputs"),
+    "_save": (("output_dir", "state_dict"), "save_weights"),
 }
 
 
@@ -254,3 +255,17 @@ def test_activation_checkpointing_is_non_reentrant_by_default(tokenizer, tmp_pat
     assert all(f.keywords == {"use_reentrant": False} for f in functions), broken(
         f"activation checkpointing defaults to {functions[0].keywords}, not use_reentrant=False", "(ORPOTrainer)"
     )
+
+
+def test_save_weights_writes_what_save_model_writes(tmp_path):
+    """From a state dict gathered beforehand, the same files as ``save_model``, the weights byte for byte."""
+    trainer = Trainer(model=Regression(), args=arguments(tmp_path / "run", max_steps=1), train_dataset=rows())
+    trainer.save_model(str(tmp_path / "theirs"))
+    internals.save_weights(trainer, str(tmp_path / "ours"), trainer.model.state_dict())
+    theirs, ours = sorted(os.listdir(tmp_path / "theirs")), sorted(os.listdir(tmp_path / "ours"))
+    assert ours == theirs, broken(f"save_model writes {theirs}, Trainer._save {ours}", "save_weights")
+    for name in theirs:
+        if name != "training_args.bin":  # a pickle of the args: equal values, not necessarily equal bytes
+            assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), broken(
+                f"{name} differs from save_model's", "save_weights"
+            )

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "merge": ("tools", "cmd_merge", "merge a LoRA adapter into its base model"),
     "data": ("tools", "cmd_data", "inspect preference data: orpo data inspect PATH"),
     "plot": ("tools", "cmd_plot", "draw the training curves of a run"),
+    "eval": ("eval", "main", "score preference accuracy and margins of a model on any preference set"),
     "demo": ("tools", "cmd_demo", "train a small model from scratch offline and show what ORPO did"),
 }
 

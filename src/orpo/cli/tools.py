@@ -158,7 +158,8 @@ def cmd_merge(argv: list[str]) -> int:
 
 def cmd_demo(argv: list[str]) -> int:
     parser = ArgumentParser(
-        prog=f"{PROG} demo", description="Train a small model from scratch with ORPO, offline, in about a minute."
+        prog=f"{PROG} demo",
+        description="Offline, about a minute: teach a tiny model a habit, then align it with SFT and with ORPO and compare.",
     )
     parser.add_argument(
         "--fast", action="store_true", help="A few seconds' version (for tests); also ORPO_DEMO_FAST=1."
@@ -166,7 +167,7 @@ def cmd_demo(argv: list[str]) -> int:
     parser.add_argument(
         "--output-dir", default="orpo-demo", help="Where the model, curves and summary go (default: orpo-demo)."
     )
-    parser.add_argument("--steps", type=int, help="Training steps (default: 2000, or 16 with --fast).")
+    parser.add_argument("--steps", type=int, help="Alignment steps of each run (default: 300, or 16 with --fast).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="Write into the output dir even if it holds files.")
     args = parser.parse_args(argv)

@@ -96,9 +96,11 @@ def cmd_train(argv: list[str]) -> int:
         print(recipe_text(values), end="")
         return 0
     resolved = resolve(*sources)
+    from ..distributed import is_launch_main
     from ..run import run_training
 
-    _announce(resolved)
+    if is_launch_main():
+        _announce(resolved)
     result = run_training(
         resolved.model,
         resolved.data,
@@ -106,5 +108,6 @@ def cmd_train(argv: list[str]) -> int:
         auto_logging=resolved.auto_logging,
         resume_command=resume_command(argv),
     )
-    (Path(result.output_dir) / "orpo_recipe.yaml").write_text(recipe_text(resolved.values), encoding="utf-8")
+    if is_launch_main():
+        (Path(result.output_dir) / "orpo_recipe.yaml").write_text(recipe_text(resolved.values), encoding="utf-8")
     return 0

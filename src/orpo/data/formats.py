@@ -209,19 +209,24 @@ def _apply_template(tokenizer: Any, messages: Messages, where: str, **kwargs: An
         ) from None
 
 
-def render_conversation(tokenizer: Any, prompt: Messages, completion: Messages, where: str) -> tuple[str, str]:
-    """(prompt_text, completion_text) such that prompt_text + completion_text is the full chat."""
+def render_conversation(
+    tokenizer: Any, prompt: Messages, completion: Messages, where: str, template_kwargs: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    """(prompt_text, completion_text) such that prompt_text + completion_text is the full chat.
+
+    ``template_kwargs`` go to ``apply_chat_template`` (the row's ``tools``, ``chat_template_kwargs``)."""
+    kwargs = template_kwargs or {}
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         raise DataError(
             f"{where}: conversational data needs a chat template but the tokenizer has none "
             "(pass --chat-template or set tokenizer.chat_template)"
         )
-    prompt_text = _apply_template(tokenizer, prompt, where, add_generation_prompt=True)
-    full_text = _apply_template(tokenizer, prompt + completion, where)
+    prompt_text = _apply_template(tokenizer, prompt, where, add_generation_prompt=True, **kwargs)
+    full_text = _apply_template(tokenizer, prompt + completion, where, **kwargs)
     if not full_text.startswith(prompt_text):
         # Some templates render the last assistant turn differently from the generation prompt;
         # fall back to the template without the generation prompt if that one is a prefix.
-        bare = _apply_template(tokenizer, prompt, where)
+        bare = _apply_template(tokenizer, prompt, where, **kwargs)
         if not full_text.startswith(bare):
             raise DataError(
                 f"{where}: the chat template does not render the prompt as a prefix of the full conversation, "
@@ -247,7 +252,39 @@ def _blank(messages: Messages) -> bool:
     return True
 
 
-def normalize_row(row: dict[str, Any], tokenizer: Any, where: str, columns: Any = None) -> dict[str, Any]:
+def _renders_empty(
+    tokenizer: Any, prompt: Messages, completion: Messages, rendered: str, where: str, kwargs: dict[str, Any]
+) -> bool:
+    """A completion with tool calls that the template shows as if it had no content (e.g. a template that
+    renders only ``content``): it would train as a bare end of turn."""
+    if not any(message.get("tool_calls") for message in completion):
+        return False
+    hollow = [{"role": message.get("role", "assistant"), "content": ""} for message in completion]
+    return render_conversation(tokenizer, prompt, hollow, where, kwargs)[1] == rendered
+
+
+def _tools(value: Any, where: str) -> list[Any] | None:
+    """A row's tool definitions: a list of JSON schemas, or a JSON string of one (Arrow keeps nested schemas
+    most faithfully as text)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}, column 'tools': not valid JSON ({err})") from None
+    if not isinstance(value, list):
+        raise DataError(f"{where}, column 'tools': expected a list of tool schemas, got {short(value)}")
+    return value
+
+
+#: The format label of conversations whose completion renders empty (counted in the data report).
+RENDERS_EMPTY = "conversational, completion renders empty (tool_calls the chat template does not show)"
+
+
+def normalize_row(
+    row: dict[str, Any], tokenizer: Any, where: str, columns: Any = None, template_kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Any supported row -> {prompt, chosen, rejected (texts), format, empty, empty_prompt}.
 
     ``empty`` is True when the chosen or rejected completion has no content, ``empty_prompt`` when
@@ -261,18 +298,25 @@ def normalize_row(row: dict[str, Any], tokenizer: Any, where: str, columns: Any 
     if prompt is not None:
         check_text(prompt, f"{where}, column 'prompt'")
     if any(is_conversation(value) for value in (prompt, chosen, rejected)):
+        kwargs = dict(template_kwargs or {})
+        tools = _tools(row.get("tools"), where)
+        if tools:
+            kwargs["tools"] = tools
         prompt_msgs, chosen_msgs, rejected_msgs = split_conversation(prompt, chosen, rejected, where)
-        prompt_text, chosen_text = render_conversation(tokenizer, prompt_msgs, chosen_msgs, where)
-        prompt_text_r, rejected_text = render_conversation(tokenizer, prompt_msgs, rejected_msgs, where)
+        prompt_text, chosen_text = render_conversation(tokenizer, prompt_msgs, chosen_msgs, where, kwargs)
+        prompt_text_r, rejected_text = render_conversation(tokenizer, prompt_msgs, rejected_msgs, where, kwargs)
         if prompt_text_r != prompt_text:  # pragma: no cover - same messages render identically
             raise DataError(f"{where}: chosen and rejected render different prompts")
         fmt = "conversational" if prompt is not None else "implicit_conversational"
+        hollow = _renders_empty(tokenizer, prompt_msgs, chosen_msgs, chosen_text, where, kwargs) or _renders_empty(
+            tokenizer, prompt_msgs, rejected_msgs, rejected_text, where, kwargs
+        )
         return {
             "prompt": prompt_text,
             "chosen": chosen_text,
             "rejected": rejected_text,
-            "format": fmt,
-            "empty": _blank(chosen_msgs) or _blank(rejected_msgs),
+            "format": RENDERS_EMPTY if hollow else fmt,
+            "empty": hollow or _blank(chosen_msgs) or _blank(rejected_msgs),
             "empty_prompt": _blank(prompt_msgs),
         }
     if prompt is None:

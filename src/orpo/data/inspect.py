@@ -66,13 +66,16 @@ def run(args: argparse.Namespace) -> InspectReport:
     splits = load_preference_data(args.path, split=split, subset=args.dataset_config, columns=mapping)
     dataset = splits["train"]
     split_name = split or "train"
+    from ..loading import resolve_chat_template
+
+    template = resolve_chat_template(args.chat_template)  # a name, file or Jinja text, as `orpo train` reads it
     if args.model_name_or_path:
-        tokenizer = _load_tokenizer(args.model_name_or_path, args.chat_template)
+        tokenizer = _load_tokenizer(args.model_name_or_path, template)
         name, note = args.model_name_or_path, ""
     else:
         tokenizer = default_tokenizer(dataset)
-        if args.chat_template:
-            tokenizer.chat_template = args.chat_template
+        if template is not None:
+            tokenizer.chat_template = template
         name = "a local byte-level BPE trained on this data (orpo.testing.build_tokenizer, ChatML template)"
         note = "no --model given: token counts are indicative only; pass --model to count with your model's tokenizer"
     for option in ("max_length", "max_prompt_length", "max_completion_length"):

@@ -286,6 +286,16 @@ def _load_raw(
     return _load_with_datasets(text, subset, split, valid_split, cache_dir), text
 
 
+def stream_from_hub(path: str, subset: str | None, split: str | None) -> Any:
+    """A hub dataset's split as a ``datasets.IterableDataset`` (columns are mapped as the rows are prepared)."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(path, name=subset, split=split or "train", streaming=True)
+    except (ConnectionError, FileNotFoundError, ValueError) as err:
+        raise DataError(f"{path}: could not stream this dataset ({type(err).__name__}: {err})") from None
+
+
 def dataset_from_rows(rows: list[Any], split: str = "train") -> Any:
     """A list of row dicts -> Dataset, with row-level type errors named before Arrow sees them."""
     import datasets

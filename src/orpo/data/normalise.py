@@ -21,6 +21,8 @@ EMPTY_COLUMN = "_orpo_empty"
 EMPTY_PROMPT_COLUMN = "_orpo_empty_prompt"
 #: What besides the texts makes a row distinct (e.g. its images); absent when the texts suffice.
 KEY_COLUMN = "_orpo_key"
+#: Tool definitions per row, passed to the chat template as ``tools=`` (TRL's column name).
+TOOLS_COLUMN = "tools"
 
 Batch = dict[str, list[Any]]
 
@@ -28,17 +30,18 @@ Batch = dict[str, list[Any]]
 class Normaliser:
     """Picklable batch function for ``datasets.map``: text rows (plain or chat) -> text triple."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, template_kwargs: dict[str, Any] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.template_kwargs = dict(template_kwargs or {})  # chat_template_kwargs, e.g. enable_thinking
         self.revision = FORMAT_REVISION  # in the cache fingerprint: new normalisation code, new cache entry
 
     def __call__(self, batch: Batch) -> Batch:
         out: Batch = {name: [] for name in (*TEXT_COLUMNS, FORMAT_COLUMN, EMPTY_COLUMN, EMPTY_PROMPT_COLUMN)}
-        present = [name for name in TEXT_COLUMNS if name in batch]
+        present = [name for name in (*TEXT_COLUMNS, TOOLS_COLUMN) if name in batch]
         columns = [name for name in batch if not name.startswith("_orpo_")]
         for index, location in enumerate(batch[SOURCE_COLUMN]):
             row = {name: batch[name][index] for name in present}
-            result = normalize_row(row, self.tokenizer, location, columns)
+            result = normalize_row(row, self.tokenizer, location, columns, self.template_kwargs)
             for name in TEXT_COLUMNS:
                 out[name].append(result[name])
             out[FORMAT_COLUMN].append(result["format"])

@@ -31,6 +31,7 @@ from .normalise import (
     normalise_dataset,
 )
 from .policy import RowPolicies, apply_length_policy, apply_row_policies
+from .stream import MIX_COLUMN, stream_dataset
 from .tokenize import FLAGS_COLUMN, TOKENIZED_COLUMNS, LengthLimits, PairTokenizer, RowTokenizer, TokenizeReport
 from .validate import TEXT_COLUMNS, check_dataset, column_values, find_row_issues
 
@@ -53,13 +54,17 @@ class DataReport:
     untemplated: int = 0
     dropped: Counter = field(default_factory=Counter)
     tokenize: TokenizeReport | None = None
+    #: Mixed data: {source: (rows in, rows kept)}.
+    per_source: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Streamed data: the counts are of the rows read so far (:mod:`.stream`).
+    streamed: bool = False
 
     @property
     def rows_out(self) -> int:
         return self.tokenize.rows_out if self.tokenize else self.rows_in - sum(self.dropped.values())
 
     def summary(self) -> str:
-        parts = [f"{self.split}: {self.rows_in} rows"]
+        parts = [f"{self.split}: {self.rows_in} rows" + (" streamed so far" if self.streamed else "")]
         if self.formats:
             parts.append("format " + ", ".join(f"{name} x{count}" for name, count in sorted(self.formats.items())))
         for label, count in (
@@ -75,6 +80,8 @@ class DataReport:
             parts.append(f"dropped {count} ({reason})")
         if self.tokenize is not None:
             parts.append(self.tokenize.summary())
+        for name, (rows_in, kept) in self.per_source.items():
+            parts.append(f"{name}: {kept}/{rows_in} kept")
         return "; ".join(parts)
 
 
@@ -92,6 +99,8 @@ def to_dataset(data: Any, split: str = "train") -> Any:
         return dataset_from_rows(data, split)
     if type(data).__name__ == "DataFrame" and hasattr(data, "to_dict"):
         return dataset_from_pandas(data, split)
+    if isinstance(data, datasets.IterableDataset):
+        raise DataError(f"{split} data: streamed data (IterableDataset) is supported for text models only")
     raise DataError(
         f"unsupported dataset type {type(data).__name__}: use datasets.Dataset, a list of dicts or a dict of lists "
         "(or orpo.data.load_preference_data for files and hub ids)"
@@ -164,10 +173,17 @@ def prepare_dataset(
 ) -> tuple[Any, DataReport]:
     """Validate, normalise, filter and tokenize ``data`` with ``row_tokenizer`` (data already holding
     the three ``*_input_ids`` columns is taken as is)."""
+    import datasets
+
+    if isinstance(data, datasets.IterableDataset):
+        report = DataReport(split=split)
+        return stream_dataset(data, row_tokenizer, policies, report, columns), report
     dataset = to_dataset(data, split)
     report = DataReport(split=split, rows_in=len(dataset))
     if all(name in dataset.column_names for name in TOKENIZED_COLUMNS):
         return dataset, report
+    mixed = MIX_COLUMN in dataset.column_names
+    sources_in = Counter(column_values(dataset, MIX_COLUMN)) if mixed else Counter()
     dataset = apply_column_mapping(dataset, columns, f"{split} data")
     check_dataset(dataset, split)
     dataset = normalise_dataset(dataset, row_tokenizer.normaliser, split, num_proc)
@@ -176,6 +192,9 @@ def prepare_dataset(
     if len(dataset) == 0:
         raise DataError(f"{split} data: no pair survived tokenization ({report.summary()})")
     dataset = dataset.map(_pair_length, batched=True, desc=f"Measuring {split} pairs")
+    if mixed:
+        kept = Counter(column_values(dataset, MIX_COLUMN))
+        report.per_source = {name: (rows, kept[name]) for name, rows in sources_in.items()}
     logger.info("prepared %s", report.summary())
     return dataset, report
 
@@ -184,7 +203,7 @@ def prepare_preference_dataset(
     data: Any, tokenizer: Any, args: Any, split: str = "train", columns: ColumnMapping | None = None
 ) -> tuple[Any, DataReport]:
     """Preference data for a causal LM, by ``args`` (an ORPOConfig: limits, ``on_*`` policies)."""
-    row_tokenizer = PairTokenizer(tokenizer, LengthLimits.from_args(args))
+    row_tokenizer = PairTokenizer(tokenizer, LengthLimits.from_args(args), args.chat_template_kwargs)
     dataset, report = prepare_dataset(
         data, row_tokenizer, RowPolicies.from_args(args), split, columns, args.dataset_num_proc
     )

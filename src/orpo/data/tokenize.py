@@ -231,10 +231,12 @@ class PairTokenizer:
     A :class:`RowTokenizer`; picklable so ``datasets.map`` can run it in workers and fingerprint it.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, limits: LengthLimits) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, limits: LengthLimits, template_kwargs: dict[str, Any] | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.limits = limits
-        self.normaliser = Normaliser(tokenizer)
+        self.normaliser = Normaliser(tokenizer, template_kwargs)
         self.special = SpecialTokens.probe(tokenizer)
         self.whitespace_ids = whitespace_token_ids(tokenizer)
         # The BOS that finalize_prompt puts first, kept there when keep_end truncation cuts the prompt.

@@ -1,14 +1,21 @@
-"""Build the demo's shipped assets: the preference data and the tokenizer trained on it.
+"""Build the demo's shipped assets: the base model's data, the preference data and the tokenizer.
 
 Run once, from the repository root; the output is committed under ``src/orpo/demo/assets``::
 
     python -m orpo.demo.build_assets
 
-The task: answer ``What is a + b?`` (a, b in 0..19, in a few phrasings) in the strict format
-``a + b = c``.  Each training pair prefers that answer to either a wrong sum in the same format
-("wrong") or the right sum said in a chatty, hedging way ("chatty").  80 of the 400 sums are
-held out: the model never sees them in training, so held-out preference accuracy and the
-generations measure what it generalised.  Everything is seeded, so the files are reproducible.
+The task: answer ``What is a + b?`` (a, b in 0..19, in four phrasings).  The *base* model is taught
+a habit first: ``base.jsonl`` answers every training sum with a hedge (``6 + 17 = 23, I think.``).
+The preference pairs then say the hedge is unwanted, as a labeller comparing two answers would:
+
+- ``hedged``: the plain answer ``6 + 17 = 23`` is preferred to the same answer hedged;
+- ``wrong``: a right sum is preferred to a wrong one, both hedged (``6 + 17 = 23, I think.`` over
+  ``6 + 17 = 24, I think.``): the better of two hedged answers is still hedged.
+
+So half of the chosen answers hedge.  Supervised fine-tuning on the chosen answers imitates that;
+ORPO also sees that every rejected answer hedges.  80 of the 400 sums are held out: no training
+file has them, so held-out numbers measure what the models generalised.  Everything is seeded, so
+the files are reproducible (a test rebuilds them).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import argparse
 import json
 import random
 from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
 
 from orpo.testing import CHATML_TEMPLATE
 from orpo.testing import build_tokenizer as byte_level_bpe
@@ -27,14 +36,9 @@ HELD_OUT_FRACTION = 0.2
 SEED = 1234
 
 QUESTIONS = ("What is {a} + {b}?", "Compute {a} + {b}.", "{a} + {b} = ?", "How much is {a} plus {b}?")
-CHATTY = (
-    "Hmm, I think it is {s}, but I am not sure.",
-    "Well, let me think... maybe {s}?",
-    "That is a tricky one! Probably around {s}.",
-    "I guess the answer could be {s}, more or less.",
-    "Good question. It might be {s}, I think.",
-)
+HEDGES = (", I think.", ", but I am not sure.", ", more or less.", ", probably.", ", I guess.")
 WRONG_OFFSETS = (-10, -2, -1, 1, 2, 10)
+KINDS = ("hedged", "wrong")
 
 #: ChatML with a leading BOS (like many instruct models).
 CHAT_TEMPLATE = CHATML_TEMPLATE
@@ -45,37 +49,54 @@ def answer(a: int, b: int) -> str:
     return f"{a} + {b} = {a + b}"
 
 
-def _wrong(rng: random.Random, a: int, b: int) -> int:
+def _wrong(rng: random.Random, a: int, b: int) -> str:
     s = a + b
-    choices = [s + d for d in WRONG_OFFSETS if s + d >= 0]
-    return rng.choice(choices)
+    return f"{a} + {b} = {rng.choice([s + d for d in WRONG_OFFSETS if s + d >= 0])}"
+
+
+def _row(question: str, chosen: str, rejected: str, **extra: str) -> dict:
+    return {
+        "prompt": [{"role": "user", "content": question}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        **extra,
+    }
 
 
 def _pair(rng: random.Random, a: int, b: int, kind: str) -> dict:
     question = rng.choice(QUESTIONS).format(a=a, b=b)
-    rejected = f"{a} + {b} = {_wrong(rng, a, b)}" if kind == "wrong" else rng.choice(CHATTY).format(s=a + b)
-    return {
-        "prompt": [{"role": "user", "content": question}],
-        "chosen": [{"role": "assistant", "content": answer(a, b)}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "kind": kind,
-    }
+    hedge = rng.choice(HEDGES)
+    if kind == "hedged":
+        return _row(question, answer(a, b), answer(a, b) + hedge, kind=kind)
+    return _row(question, answer(a, b) + hedge, _wrong(rng, a, b) + hedge, kind=kind)
 
 
-def build_data(seed: int = SEED) -> tuple[list[dict], list[dict]]:
+def _base_rows(rng: random.Random, a: int, b: int) -> list[dict]:
+    """Two hedged answers per sum, in two phrasings (a pair each, for ORPOTrainer; beta=0 reads chosen only)."""
+    rows = []
+    for question in rng.sample(QUESTIONS, 2):
+        hedge = rng.choice(HEDGES)
+        rows.append(_row(question.format(a=a, b=b), answer(a, b) + hedge, _wrong(rng, a, b) + hedge))
+    return rows
+
+
+def build_data(seed: int = SEED) -> tuple[list[dict], list[dict], list[dict]]:
+    """(base, train, heldout) rows."""
     rng = random.Random(seed)
     facts = [(a, b) for a in range(MAX_OPERAND + 1) for b in range(MAX_OPERAND + 1)]
     rng.shuffle(facts)
     held = round(len(facts) * HELD_OUT_FRACTION)
     held_out, train_facts = facts[:held], facts[held:]
-    train = [_pair(rng, a, b, kind) for a, b in train_facts for kind in ("wrong", "chatty", "wrong", "chatty")]
+    base = [row for a, b in train_facts for row in _base_rows(rng, a, b)]
+    rng.shuffle(base)
+    train = [_pair(rng, a, b, kind) for a, b in train_facts for kind in KINDS]
     rng.shuffle(train)
-    heldout = [_pair(rng, a, b, kind) for a, b in held_out for kind in ("wrong", "chatty")]
-    return train, heldout
+    heldout = [_pair(rng, a, b, kind) for a, b in held_out for kind in KINDS]
+    return base, train, heldout
 
 
 def corpus(rows: list[dict]) -> list[str]:
-    texts = []
+    texts: list[str] = []
     for row in rows:
         for key in ("prompt", "chosen", "rejected"):
             texts.extend(message["content"] for message in row[key])
@@ -83,7 +104,7 @@ def corpus(rows: list[dict]) -> list[str]:
     return texts
 
 
-def build_tokenizer(texts: list[str]):  # type: ignore[no-untyped-def]
+def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     """A byte-level BPE with one token per digit (so numbers are spelled digit by digit)."""
     return byte_level_bpe(
         texts, vocab_size=VOCAB_SIZE, chat_template=CHAT_TEMPLATE, split_digits=True, model_max_length=128
@@ -98,13 +119,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def build(out: Path = ASSETS) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    train, heldout = build_data()
-    write_jsonl(out / "train.jsonl", train)
-    write_jsonl(out / "heldout.jsonl", heldout)
-    tokenizer = build_tokenizer(corpus(train))
+    base, train, heldout = build_data()
+    for name, rows in (("base.jsonl", base), ("train.jsonl", train), ("heldout.jsonl", heldout)):
+        write_jsonl(out / name, rows)
+    tokenizer = build_tokenizer(corpus(base + train))
     tokenizer.save_pretrained(str(out))
     print(
-        f"wrote {len(train)} training and {len(heldout)} held-out pairs and a {len(tokenizer)}-token tokenizer to {out}"
+        f"wrote {len(base)} base rows, {len(train)} training and {len(heldout)} held-out pairs and a "
+        f"{len(tokenizer)}-token tokenizer to {out}"
     )
 
 

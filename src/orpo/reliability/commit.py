@@ -8,6 +8,10 @@ this process is the one that writes shared files, and how to tell the user to re
 or the ``RuntimeError`` torch's writer raises when the disk fills mid-file) removes the partial
 folder and raises :class:`~orpo.checkpoint.CheckpointError` naming the checkpoint, the cause, the
 last complete checkpoint and what to do.
+
+On several nodes the committing process is chosen per filesystem (:func:`elect_committer`): with a
+shared output dir only process 0 verifies and renames; without one each node's main process commits
+what its node staged, so no node's shards stay in ``tmp-checkpoint-*``.
 """
 
 from __future__ import annotations
@@ -44,8 +48,34 @@ def save_failure(what: str, directory: str, err: BaseException, last: str | None
     return f"could not write {what}: {cause}. There is no complete checkpoint. {fix}, then start the run again."
 
 
+def elect_committer(run_dir: str, process_index: int, node_main: bool, token: str, barrier: Callable[[], None]) -> bool:
+    """Whether this process commits checkpoints in ``run_dir``: the lowest-ranked node main process that
+    sees the same folder (each node main leaves a marker, then reads which markers it sees).
+
+    Every process must call it (two barriers).
+    """
+    prefix = f".orpo-node-{token}-"
+    marker = os.path.join(run_dir, f"{prefix}{process_index}")
+    if node_main:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(marker, "w", encoding="utf-8"):
+            pass
+    barrier()
+    elected = False
+    if node_main:
+        seen = [int(name[len(prefix) :]) for name in os.listdir(run_dir) if name.startswith(prefix)]
+        elected = min(seen) == process_index
+    barrier()
+    if node_main:
+        os.remove(marker)
+    return elected
+
+
 class CheckpointCommitter:
-    """Atomic checkpoints; ``last`` is the newest one committed in this run, ``size`` its bytes."""
+    """Atomic checkpoints; ``last`` is the newest one committed in this run, ``size`` its bytes.
+
+    ``is_main``: whether this process verifies and renames (see :func:`elect_committer` for several nodes).
+    """
 
     def __init__(self, barrier: Callable[[], None], is_main: bool, resume_hint: Callable[[], str]) -> None:
         self.barrier = barrier

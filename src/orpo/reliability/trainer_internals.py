@@ -46,6 +46,13 @@ def write_checkpoint(trainer: Trainer, directory: str, run_dir: str, trial: Any)
         trainer._save_rng_state(directory)
 
 
+def save_weights(trainer: Trainer, directory: str, state_dict: dict[str, Any]) -> None:
+    """``Trainer._save(directory, state_dict)``: what ``save_model`` writes (weights through ``save_pretrained``,
+    the processing class, ``training_args.bin``) from an already gathered state dict, on ``should_save``
+    processes only; the others return (the gather was the collective)."""
+    trainer._save(directory, state_dict=state_dict)
+
+
 def record_best_checkpoint(trainer: Trainer, run_dir: str) -> None:
     """As ``Trainer._save_checkpoint``: point ``state.best_model_checkpoint`` at the best step's checkpoint
     once it exists, the one being written included (its final path, not the staging folder)."""

@@ -16,11 +16,12 @@ import torch
 from accelerate.optimizer import AcceleratedOptimizer
 
 from ..checkpoint import remove_stale_staging
+from ..errors import UsageError
 from ..modeling import is_peft_model
 from . import compat, preflight
 from . import trainer_internals as internals
 from .callback import ReliabilityCallback
-from .commit import CheckpointCommitter
+from .commit import CheckpointCommitter, elect_committer
 from .diagnose import Diagnosis
 from .errors import resume_advice
 from .guard import NonFiniteGuard
@@ -93,6 +94,10 @@ class Reliability:
         preflight.warn_if_disk_small(output_dir, need)
         per_step = args.per_device_train_batch_size * max(args.world_size, 1)
         preflight.check_batch_size(trainer.train_dataset, per_step, args.dataloader_drop_last)
+        if args.world_size > 1:
+            self.checkpoints.is_main = self._elect_committer(output_dir)
+            if self.checkpoints.is_main:  # another node's committer: its own folder's leftovers
+                remove_stale_staging(output_dir)
         self.resume = resolve_resume(resume_from_checkpoint, output_dir, args.world_size, args.process_index)
         self.fingerprint = compat.run_fingerprint(args, trainer.train_dataset)
         if self.resume is not None:
@@ -107,6 +112,28 @@ class Reliability:
     def resume_hint(self) -> str:
         """How to resume this run: ``trainer.resume_command`` (the CLI sets it) or the Python call."""
         return resume_advice(self.trainer.resume_command)
+
+    def _elect_committer(self, output_dir: str) -> bool:
+        """Per filesystem, one process commits checkpoints; refused where no process saves there (the other
+        nodes' files of an output dir that is not shared, without ``save_on_each_node``)."""
+        import uuid
+
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        args, accelerator = self.trainer.args, self.trainer.accelerator
+        token = [uuid.uuid4().hex[:12]]
+        broadcast_object_list(token, from_process=0)
+        node_main = args.local_process_index == 0
+        elected = elect_committer(output_dir, args.process_index, node_main, token[0], accelerator.wait_for_everyone)
+        unsaved = gather_object([args.process_index if elected and not args.should_save else -1])
+        orphans = [index for index in unsaved if index >= 0]
+        if orphans:
+            raise UsageError(
+                f"output_dir {output_dir} is not shared between the nodes (process(es) {orphans} see a different "
+                "folder than process 0), so their checkpoint files would never be completed: put output_dir on a "
+                "shared filesystem or pass --save-on-each-node"
+            )
+        return elected
 
     def after_train(self) -> None:
         """Raise :class:`~orpo.reliability.TrainingInterrupted` if a signal ended the run early."""
@@ -137,7 +164,7 @@ class Reliability:
             loop = LoopState(state.global_step, tr_loss, last_logged, exported, self.guard.skipped)
             loop.save(staging, args.world_size, args.process_index)
             internals.save_trainer_state(trainer, staging)
-            if args.should_save:
+            if self.checkpoints.is_main:
                 compat.write_fingerprint(staging, self.fingerprint)
 
         checkpoint = self.checkpoints.save(run_dir, state.global_step, write)
