@@ -299,9 +299,10 @@ class ORPOArguments:
         ),
     )
 
-    def _check_orpo_fields(self) -> None:
-        """Validate (and parse ``model_init_kwargs`` JSON): errors name the field, e.g. ``ORPOConfig.beta``."""
-        owner = type(self).__name__
+    def check_orpo_fields(self, owner: str | None = None) -> None:
+        """Validate (and parse ``model_init_kwargs`` JSON): errors name the field, e.g. ``ORPOConfig.beta``
+        (``owner``: the class to name, by default this object's)."""
+        owner = owner or type(self).__name__
         for name, allowed in (
             ("truncation_mode", TRUNCATION_MODES),
             ("nll_scope", NLL_SCOPES),

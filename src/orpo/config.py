@@ -58,5 +58,5 @@ class ORPOConfig(ORPOArguments, TrainingArguments):
     hub_token: str | None = field(default=None, metadata=_named("hub_token", "token"))
 
     def __post_init__(self) -> None:
-        self._check_orpo_fields()
+        self.check_orpo_fields()
         super().__post_init__()

@@ -104,7 +104,8 @@ def resolve_values(
     try:
         ModelArguments(**{k: v for k, v in values.items() if k in table.names("model")})
         DataArguments(**{k: v for k, v in values.items() if k in table.names("data")})
-        ORPOArguments(**{k: v for k, v in values.items() if k in table.names("orpo")})._check_orpo_fields()
+        orpo_fields = ORPOArguments(**{k: v for k, v in values.items() if k in table.names("orpo")})
+        orpo_fields.check_orpo_fields("ORPOConfig")  # the class these fields are set on
     except (ValueError, TypeError) as err:
         raise UsageError(one_line(err)) from None
     return values, auto_logging

@@ -390,3 +390,16 @@ def test_batch_size_check_and_row_index():
     indexed = with_row_index(data, ORPODataCollator(pad_token_id=0))
     assert indexed[ROW_INDEX_COLUMN] == [0, 1, 2]
     assert with_row_index(data, lambda features: features) is data  # a collator that would not carry it
+
+
+def test_the_free_space_warning_gives_real_sizes(tmp_path, monkeypatch, caplog):
+    from orpo.reliability import preflight
+
+    monkeypatch.setattr(preflight, "free_bytes", lambda path: 1_000)
+    with caplog.at_level("WARNING", logger="orpo.reliability.preflight"):
+        preflight.warn_if_disk_small(str(tmp_path), 4_812_000)
+        preflight.warn_if_disk_small(str(tmp_path), 900)  # fits: no warning
+    assert caplog.messages == [
+        f"output_dir {tmp_path} has 1.0 KB free, a checkpoint of this model needs about 4.8 MB: saving will fail "
+        "when the disk is full"
+    ]
