@@ -130,15 +130,9 @@ def save_final(trainer: ORPOTrainer, model_args: ModelArguments, output_dir: str
 
 def _save_merged(trainer: ORPOTrainer, merged: Any, output_dir: str) -> None:
     """The merged model and its tokenizer; a failed write is a ``CheckpointError`` naming the folder."""
-    from .checkpoint import CheckpointError
-    from .reliability.commit import save_failure
-
     try:
         merged.save_pretrained(output_dir)
         if trainer.processing_class is not None:
             trainer.processing_class.save_pretrained(output_dir)
     except (OSError, RuntimeError) as err:
-        reliability = trainer.reliability
-        last = reliability.checkpoints.last_complete(str(trainer.args.output_dir))
-        message = save_failure(f"the merged model to {output_dir}", output_dir, err, last, reliability.resume_hint())
-        raise CheckpointError(message) from err
+        raise trainer.reliability.save_error(f"the merged model to {output_dir}", output_dir, err) from err

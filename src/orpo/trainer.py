@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .card import write_model_card
-from .checkpoint import CheckpointError, remove_stale_staging
+from .checkpoint import remove_stale_staging
 from .config import ORPOConfig
 from .data import prepare_preference_dataset
 from .data.collate import choose_collator
@@ -33,8 +33,6 @@ from .modeling import (
     prepare_tokenizer,
 )
 from .reliability import preflight, trainer_internals
-from .reliability.commit import save_failure
-from .reliability.compat import describe_load_error
 from .reliability.wiring import Reliability
 from .scoring import TokenScorer, unwrap
 
@@ -198,14 +196,8 @@ class ORPOTrainer(Trainer):
     ) -> Any:
         """Checks first, resumes only from a verified checkpoint, stops cleanly on SIGINT/SIGTERM."""
         resume = self.reliability.before_train(resume_from_checkpoint)
-        with self.reliability.signals.installed(self.handle_signals):
-            try:
-                output = super().train(resume, trial, ignore_keys_for_eval, **kwargs)
-            except (RuntimeError, ValueError) as err:  # a checkpoint that does not fit: one line, not a dump
-                summary = describe_load_error(err, resume) if resume else None
-                if summary is None:
-                    raise
-                raise ValueError(summary) from err
+        with self.reliability.signals.installed(self.handle_signals), self.reliability.load_errors_named():
+            output = super().train(resume, trial, ignore_keys_for_eval, **kwargs)
         self.reliability.after_train()
         return output
 
@@ -238,11 +230,9 @@ class ORPOTrainer(Trainer):
             if self.args.should_save:
                 write_model_card(self, target)
         except (OSError, RuntimeError) as err:
-            if _internal_call:
+            if _internal_call:  # inside a checkpoint: the commit names it
                 raise
-            last = self.reliability.checkpoints.last_complete(str(self.args.output_dir))
-            message = save_failure(f"the model to {target}", target, err, last, self.reliability.resume_hint())
-            raise CheckpointError(message) from err
+            raise self.reliability.save_error(f"the model to {target}", target, err) from err
 
     def create_model_card(
         self,

@@ -9,19 +9,21 @@ few steps the trainer's hooks delegate to it (``train``, ``create_optimizer``, `
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
 
-from ..checkpoint import remove_stale_staging
+from ..checkpoint import CheckpointError, remove_stale_staging
 from ..errors import UsageError
 from ..modeling import is_peft_model
 from . import compat, preflight
 from . import trainer_internals as internals
 from .callback import ReliabilityCallback
-from .commit import CheckpointCommitter, elect_committer
+from .commit import CheckpointCommitter, elect_committer, save_failure
 from .diagnose import Diagnosis
 from .errors import resume_advice
 from .guard import NonFiniteGuard
@@ -108,6 +110,24 @@ class Reliability:
         self.signals.reset()
         self.guard.reset()
         return self.resume
+
+    @contextlib.contextmanager
+    def load_errors_named(self) -> Iterator[None]:
+        """Around ``Trainer.train``: a resumed checkpoint that does not load into the model or optimizer is one
+        line saying so (:func:`~orpo.reliability.compat.describe_load_error`), not transformers' dump."""
+        try:
+            yield
+        except (RuntimeError, ValueError) as err:
+            summary = compat.describe_load_error(err, self.resume) if self.resume else None
+            if summary is None:
+                raise
+            raise ValueError(summary) from err
+
+    def save_error(self, what: str, directory: str, err: BaseException) -> CheckpointError:
+        """A failed save outside a checkpoint (the final model, a merged one) as one line: what, why, the last
+        complete checkpoint, how to resume."""
+        last = self.checkpoints.last_complete(str(self.trainer.args.output_dir))
+        return CheckpointError(save_failure(what, directory, err, last, self.resume_hint()))
 
     def resume_hint(self) -> str:
         """How to resume this run: ``trainer.resume_command`` (the CLI sets it) or the Python call."""
