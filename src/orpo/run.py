@@ -26,6 +26,7 @@ from .loading import (
     model_init_kwargs,
     resolve_chat_template,
 )
+from .trackers import check_trackers
 
 if TYPE_CHECKING:
     from .config import ORPOConfig
@@ -74,6 +75,7 @@ def build_trainer(
 
     if config.output_dir is None:
         raise UsageError("no output directory: pass --output-dir (AutoTrain: --project-name)")
+    check_trackers(config.report_to)
     if train_dataset is None:
         if data_args is None:
             raise UsageError("no training data")
