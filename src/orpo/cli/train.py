@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..adapters import start_adapter_base
 from ..options import GROUPS, Source, option_table
 from ..resolve import ResolvedArgs, recipe_source, resolve
 from ..shipped import recipe_file, recipe_names
@@ -73,6 +74,8 @@ def recipe_text(values: dict[str, Any]) -> str:
 def _announce(resolved: ResolvedArgs) -> None:
     model, data, config = resolved.model, resolved.data, resolved.config
     peft = f"LoRA r={model.lora_r} alpha={model.lora_alpha}" if model.use_peft else "full fine-tuning"
+    if start_adapter_base(model) is not None and not model.merge_start_adapter:
+        peft = f"LoRA adapter continued on {start_adapter_base(model)}"
     print(
         f"orpo train: model {model.model_name_or_path} | data {data.dataset_name} | {peft} | "
         f"beta {config.beta:g} | lr {config.learning_rate:g} | output {config.output_dir}",
