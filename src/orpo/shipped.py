@@ -38,12 +38,17 @@ def _unknown(name: str, kind: str, names: list[str]) -> UsageError:
 
 
 def recipe_file(value: str) -> Path:
-    """``--config VALUE``: an existing file as given, else a shipped recipe's name (with or without .yaml)."""
+    """``--config VALUE``: an existing file as given, else a shipped recipe's name (with or without .yaml).
+
+    A missing path (with a ``/`` or a YAML suffix) is returned as given, for the file-not-found error.
+    """
     given = Path(value).expanduser()
     if given.is_file():
         return given
     if "/" not in value and _stem(value) in recipe_names():
         return RECIPES_DIR / f"{_stem(value)}.yaml"
+    if "/" in value or given.suffix in (".yaml", ".yml"):
+        return given  # a file path: recipe_source says it is not found
     raise _unknown(value, "recipe", recipe_names())
 
 

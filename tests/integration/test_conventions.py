@@ -37,8 +37,10 @@ def test_config_list_and_unknown_name(capsys):
         match=r"no recipe file or shipped name 'qwen2-0.5b-lorra' \(did you mean qwen2-0.5b-lora\?\); shipped: autotrain",
     ):
         shipped.recipe_file("qwen2-0.5b-lorra")
-    assert main(["train", "--config", "nope/missing.yaml"]) == 2
-    assert "no recipe file or shipped name 'nope/missing.yaml'" in capsys.readouterr().err
+    assert main(["train", "--config", "qwen-lora"]) == 2
+    assert "no recipe file or shipped name 'qwen-lora'" in capsys.readouterr().err
+    assert main(["train", "--config", "nope/missing.yaml"]) == 1  # a path: as before
+    assert "config file not found: nope/missing.yaml" in capsys.readouterr().err
 
 
 def test_orpo_config_list_and_path(capsys, tmp_path, monkeypatch):
