@@ -101,6 +101,25 @@ class ModelArguments:
             "After LoRA training, save the merged full model in the output dir (the adapter goes to adapter/)."
         ),
     )
+    use_dora: bool = field(
+        default=False, metadata=meta("Weight-decomposed LoRA (DoRA): magnitude and direction trained apart.")
+    )
+    use_rslora: bool = field(default=False, metadata=meta("Rank-stabilised LoRA: scale alpha / sqrt(r) instead of r."))
+    lora_config: dict[str, Any] | None = field(
+        default=None,
+        metadata=meta(
+            'Any other peft.LoraConfig option, as a JSON/YAML mapping (e.g. {"init_lora_weights": "pissa"}); '
+            "keys with their own option (r, lora_alpha, target_modules...) are refused.",
+            also=("peft_config",),
+        ),
+    )
+    merge_start_adapter: bool = field(
+        default=False,
+        metadata=meta(
+            "When --model is a LoRA adapter directory: merge it into its base first and train the merged model "
+            "(in full, or a new adapter with --peft) instead of continuing the adapter."
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_choice("ModelArguments", "dtype", self.dtype, DTYPES, optional=True)

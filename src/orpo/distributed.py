@@ -105,11 +105,12 @@ def save_final(trainer: ORPOTrainer, model_args: ModelArguments, output_dir: str
     A merged LoRA model of a sharded run is built on the main process from the saved adapter and the
     base weights on disk: the trained model's shards cannot be merged in place.
     """
+    from .adapters import start_adapter_base
     from .modeling import is_peft_model
 
     model: Any = trainer.model
     peft = is_peft_model(model)
-    if not (peft and model_args.use_peft and model_args.merge_adapter):
+    if not (peft and model_args.merge_adapter):  # a continued start adapter merges too, not only --peft
         save_model(trainer, output_dir)
         return (output_dir if peft else None), False
     adapter_dir = os.path.join(output_dir, "adapter")
@@ -118,7 +119,8 @@ def save_final(trainer: ORPOTrainer, model_args: ModelArguments, output_dir: str
         if trainer.args.should_save:
             from .generation import merge_adapter
 
-            merge_adapter(adapter_dir, output_dir, base=model_args.model_name_or_path)
+            base = start_adapter_base(model_args) or model_args.model_name_or_path
+            merge_adapter(adapter_dir, output_dir, base=base)
     else:
         merged = model.merge_and_unload()
         if trainer.args.should_save:

@@ -136,20 +136,29 @@ def quantization_config(kind: str, dtype: Any = None) -> Any:
 
 
 def lora_config(model_args: ModelArguments, task_type: str = "CAUSAL_LM") -> Any:
+    """orpo's LoRA fields, then ``lora_config``'s other ``LoraConfig`` options (checked)."""
     from peft import LoraConfig
+
+    from .adapters import lora_options
 
     targets: Any = model_args.lora_target_modules or ["all-linear"]
     if len(targets) == 1:
         targets = targets[0]
-    return LoraConfig(
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=targets,
-        modules_to_save=model_args.lora_modules_to_save,
-        bias="none",
-        task_type=task_type,
-    )
+    options: dict[str, Any] = {"bias": "none", **lora_options(model_args)}
+    try:
+        return LoraConfig(
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=targets,
+            modules_to_save=model_args.lora_modules_to_save,
+            use_dora=model_args.use_dora,
+            use_rslora=model_args.use_rslora,
+            task_type=task_type,
+            **options,
+        )
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"LoRA options: {err}") from None
 
 
 def load_data(data_args: DataArguments) -> tuple[Any, Any]:

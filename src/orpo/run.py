@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .adapters import attach_start_adapter, check_start_adapter, start_adapter_base
 from .arguments import DataArguments, ModelArguments
 from .errors import UsageError
 from .loading import (
@@ -27,6 +28,7 @@ from .loading import (
     model_init_kwargs,
     resolve_chat_template,
 )
+from .trackers import check_trackers
 
 if TYPE_CHECKING:
     from .config import ORPOConfig
@@ -93,6 +95,11 @@ def build_trainer(
     except ValueError as err:
         raise UsageError(str(err)) from None
     quiet_replicas()
+    check_trackers(config.report_to)
+    if model is None:
+        check_start_adapter(model_args)
+    if model_args.use_peft:
+        lora_config(model_args)  # bad LoRA options fail here, not after the data is prepared
     if train_dataset is None:
         if data_args is None:
             raise UsageError("no training data")
@@ -143,8 +150,10 @@ def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
     path = resolve_resume(config.resume_from_checkpoint, output_dir, config.world_size, config.process_index)
     if path is None:
         return None
-    compat.check_kind(path, adapter=model_args.use_peft)
-    name = model_args.model_name_or_path
+    base = start_adapter_base(model_args)  # --model a LoRA adapter: trained on as one unless merged first
+    adapter = model_args.use_peft or (base is not None and not model_args.merge_start_adapter)
+    compat.check_kind(path, adapter=adapter)
+    name = base or model_args.model_name_or_path
     if name and compat.checkpoint_kind(path) == "full":
         from transformers import AutoConfig
 
@@ -165,14 +174,20 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
         name = model_args.model_name_or_path
         if not name:
             raise UsageError("no model: pass --model (a hub id or a local directory)")
-        check_model_source(name)
+        base = start_adapter_base(model_args)
+        check_model_source(base or name)
         kwargs = model_init_kwargs(model_args, config)
         if tokenizer is None:
-            tokenizer = _load_tokenizer_or_fail(load_tokenizer, name, template)
+            own_tokenizer = base is None or (Path(name).expanduser() / "tokenizer_config.json").is_file()
+            tokenizer = _load_tokenizer_or_fail(load_tokenizer, name if own_tokenizer else str(base), template)
         try:
-            model = load_model(name, kwargs)
+            model = load_model(base or name, kwargs)
         except OSError as err:
-            raise OSError(f"cannot load model {name!r}: {_first_line(err)}") from err
+            raise OSError(f"cannot load model {base or name!r}: {_first_line(err)}") from err
+        if base is not None:
+            model = attach_start_adapter(model, name, merge=model_args.merge_start_adapter)
+            how = "merged into its base" if model_args.merge_start_adapter else "trained on"
+            logger.info("start adapter %s on base %s: %s", name, base, how)
     elif template is not None and tokenizer is not None:
         getattr(tokenizer, "tokenizer", tokenizer).chat_template = template
         if hasattr(tokenizer, "tokenizer"):

@@ -121,3 +121,33 @@ def test_the_summary_counts_the_steps_of_this_session(tokenizer, checkpoints, tm
     table = summary_table(result)
     assert f"3 steps, resumed from {full / 'checkpoint-2'} (steps 3-5) in " in table
     assert "pairs/s); at epoch" in table
+
+
+def test_a_start_adapter_run_resumes_its_lora_checkpoint_without_peft(tmp_path):
+    """``--model ADAPTER_DIR`` trains that adapter (no --peft): its LoRA checkpoints fit; merged first, they do not."""
+    from safetensors.torch import save_file
+
+    from orpo import ORPOConfig
+    from orpo.arguments import ModelArguments
+    from orpo.reliability.commit import CheckpointCommitter
+    from orpo.run import check_resume
+
+    start = tmp_path / "sft-adapter"
+    start.mkdir()
+    (start / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "base")}))
+
+    def write(staging):
+        import os
+
+        import torch
+
+        os.makedirs(staging)
+        save_file({"lora_A": torch.zeros(2, 2)}, os.path.join(staging, "adapter_model.safetensors"))
+        (tmp_path / "out" / "tmp-checkpoint-2" / "trainer_state.json").write_text("{}")
+
+    CheckpointCommitter(lambda: None, True, lambda: "").save(str(tmp_path / "out"), 2, write)
+    config = ORPOConfig(output_dir=str(tmp_path / "out"), resume_from_checkpoint="latest", report_to=[])
+    assert check_resume(ModelArguments(model_name_or_path=str(start)), config) == str(tmp_path / "out" / "checkpoint-2")
+    merged = ModelArguments(model_name_or_path=str(start), merge_start_adapter=True)
+    with pytest.raises(ValueError, match="holds a LoRA adapter, but this run trains the whole model"):
+        check_resume(merged, config)

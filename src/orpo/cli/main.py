@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("tools", "cmd_data", "inspect preference data: orpo data inspect PATH"),
     "plot": ("tools", "cmd_plot", "draw the training curves of a run"),
     "eval": ("eval", "main", "score preference accuracy and margins of a model on any preference set"),
+    "config": ("config", "cmd_config", "shipped recipes and accelerate/DeepSpeed configs: list, path NAME"),
+    "env": ("env", "cmd_env", "print versions of python, torch, transformers... for bug reports (--json)"),
     "demo": ("tools", "cmd_demo", "train a small model from scratch offline and show what ORPO did"),
 }
 

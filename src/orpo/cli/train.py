@@ -13,11 +13,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ..adapters import start_adapter_base
 from ..options import GROUPS, Source, option_table
 from ..resolve import ResolvedArgs, recipe_source, resolve, resolve_values
+from ..shipped import recipe_file, recipe_names
 from .parser import ArgumentParser, add_options, flag_source
 
 PROG = "orpo train"
+LIST = "list"  # --config list: the shipped recipes' names
 
 
 def build_train_parser(prog: str = PROG) -> ArgumentParser:
@@ -31,7 +34,10 @@ def build_train_parser(prog: str = PROG) -> ArgumentParser:
         "--peft --beta 0.1 --learning-rate 8e-6",
     )
     parser.add_argument(
-        "--config", metavar="YAML", help="Recipe file: keys are the flag names; flags given here override it."
+        "--config",
+        metavar="YAML",
+        help="Recipe file, or a shipped recipe's name (--config list names them): keys are the flag names; "
+        "flags given here override it.",
     )
     parser.add_argument(
         "--print-config", action="store_true", help="Print the resolved settings as a YAML recipe and exit."
@@ -42,10 +48,14 @@ def build_train_parser(prog: str = PROG) -> ArgumentParser:
     return parser
 
 
+def _listing(namespace: argparse.Namespace) -> bool:
+    return bool(namespace.config == LIST and not Path(LIST).is_file())
+
+
 def train_sources(argv: list[str], prog: str = PROG) -> tuple[list[Source], argparse.Namespace]:
     """argv -> ([the recipe, if any, then the flags], the namespace of --config / --print-config)."""
     namespace, flags = flag_source(build_train_parser(prog), argv)
-    sources = [recipe_source(namespace.config)] if namespace.config else []
+    sources = [recipe_source(recipe_file(namespace.config))] if namespace.config and not _listing(namespace) else []
     return [*sources, flags], namespace
 
 
@@ -64,6 +74,8 @@ def recipe_text(values: dict[str, Any]) -> str:
 def _announce(resolved: ResolvedArgs) -> None:
     model, data, config = resolved.model, resolved.data, resolved.config
     peft = f"LoRA r={model.lora_r} alpha={model.lora_alpha}" if model.use_peft else "full fine-tuning"
+    if start_adapter_base(model) is not None and not model.merge_start_adapter:
+        peft = f"LoRA adapter continued on {start_adapter_base(model)}"
     print(
         f"orpo train: model {model.model_name_or_path} | data {data.dataset_name} | {peft} | "
         f"beta {config.beta:g} | lr {config.learning_rate:g} | output {config.output_dir}",
@@ -91,6 +103,9 @@ def resume_command(argv: list[str], prog: str = PROG) -> str:
 
 def cmd_train(argv: list[str]) -> int:
     sources, namespace = train_sources(argv)
+    if _listing(namespace):
+        print("\n".join(recipe_names()))
+        return 0
     if namespace.print_config:  # without the hardware checks: the recipe may be for another machine
         values, _ = resolve_values(*sources)
         print(recipe_text(values), end="")
