@@ -64,7 +64,6 @@ class ModelArguments:
         default=None,
         metadata=meta("Dtype the weights are loaded in (default: the model's own).", DTYPES, also=("torch_dtype",)),
     )
-    trust_remote_code: bool = field(default=False, metadata=meta("Allow models whose code lives in their repository."))
     attn_implementation: str | None = field(
         default=None, metadata=meta("Attention kernel: eager, sdpa, flash_attention_2, flex_attention...")
     )
@@ -188,6 +187,10 @@ class ORPOArguments:
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata=meta("Keyword arguments for from_pretrained when `model` is an id or path (JSON).")
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata=meta("Allow models whose code lives in their repository (for the model, its config and tokenizer)."),
     )
     dataset_num_proc: int | None = field(
         default=None,

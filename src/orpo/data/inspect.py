@@ -45,11 +45,11 @@ def default_tokenizer(dataset: Any, rows: int = 2000) -> Any:
     return build_tokenizer(corpus, vocab_size=1000)
 
 
-def _load_tokenizer(model: str, chat_template: str | None) -> Any:
+def _load_tokenizer(model: str, chat_template: str | None, source: Any) -> Any:
     from ..modeling import load_tokenizer
 
     try:
-        tokenizer = load_tokenizer(model, chat_template)
+        tokenizer = load_tokenizer(model, chat_template, source)
     except OSError as err:
         raise DataError(f"--model {model}: could not load its tokenizer ({' '.join(str(err).split())[:300]})") from None
     return getattr(tokenizer, "tokenizer", tokenizer)
@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> InspectReport:
     dataset = splits["train"]
     split_name = split or "train"
     if args.model_name_or_path:
-        tokenizer = _load_tokenizer(args.model_name_or_path, args.chat_template)
+        from ..modeling import HubSource
+
+        source = HubSource(bool(args.trust_remote_code), args.model_revision)
+        tokenizer = _load_tokenizer(args.model_name_or_path, args.chat_template, source)
         name, note = args.model_name_or_path, ""
     else:
         tokenizer = default_tokenizer(dataset)
