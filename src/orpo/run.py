@@ -123,7 +123,7 @@ def build_trainer(
 
 def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: Any, tokenizer: Any) -> tuple[Any, Any]:
     """The given model and tokenizer (with the chosen chat template), or both loaded by name."""
-    from .modeling import load_model, load_tokenizer
+    from .modeling import HubSource, load_model, load_tokenizer
 
     template = resolve_chat_template(model_args.chat_template)
     if model is None:
@@ -135,7 +135,8 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
         kwargs = model_init_kwargs(model_args, config)
         if tokenizer is None:
             own_tokenizer = base is None or (Path(name).expanduser() / "tokenizer_config.json").is_file()
-            tokenizer = _load_tokenizer_or_fail(load_tokenizer, name if own_tokenizer else str(base), template)
+            source = HubSource.split(kwargs)[0]
+            tokenizer = _load_tokenizer_or_fail(load_tokenizer, name if own_tokenizer else str(base), template, source)
         try:
             model = load_model(base or name, kwargs)
         except OSError as err:
@@ -149,7 +150,11 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
         if hasattr(tokenizer, "tokenizer"):
             tokenizer.chat_template = template
     if tokenizer is None:
-        raise UsageError("no tokenizer given with the model object")
+        from .modeling import tokenizer_of
+
+        tokenizer = tokenizer_of(model, HubSource.split(model_init_kwargs(model_args, config))[0])
+        if template is not None:
+            getattr(tokenizer, "tokenizer", tokenizer).chat_template = template
     return model, tokenizer
 
 
@@ -190,9 +195,9 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def _load_tokenizer_or_fail(load: Any, name: str, template: str | None) -> Any:
+def _load_tokenizer_or_fail(load: Any, name: str, template: str | None, source: Any) -> Any:
     try:
-        return load(name, chat_template=template)
+        return load(name, chat_template=template, source=source)
     except OSError as err:
         raise OSError(f"cannot load the tokenizer of {name!r}: {_first_line(err)}") from err
 
