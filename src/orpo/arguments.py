@@ -65,7 +65,6 @@ class ModelArguments:
         default=None,
         metadata=meta("Dtype the weights are loaded in (default: the model's own).", DTYPES, also=("torch_dtype",)),
     )
-    trust_remote_code: bool = field(default=False, metadata=meta("Allow models whose code lives in their repository."))
     attn_implementation: str | None = field(
         default=None, metadata=meta("Attention kernel: eager, sdpa, flash_attention_2, flex_attention...")
     )
@@ -241,6 +240,10 @@ class ORPOArguments:
             "Extra keyword arguments for the chat template of conversational data (JSON), e.g. "
             '{"enable_thinking": false}.'
         ),
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata=meta("Allow models whose code lives in their repository (for the model, its config and tokenizer)."),
     )
     dataset_num_proc: int | None = field(
         default=None,

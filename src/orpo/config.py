@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
+from . import compat
 from .arguments import ORPOArguments, aliases
 
 
@@ -57,6 +58,24 @@ class ORPOConfig(ORPOArguments, TrainingArguments):
     hub_model_id: str | None = field(default=None, metadata=_named("hub_model_id", "repo_id"))
     hub_token: str | None = field(default=None, metadata=_named("hub_token", "token"))
 
+    # Fields that only some transformers releases have, declared so every release takes the same options
+    # (orpo.compat says which and why).
+    if not compat.HAS_ACTIVATION_CHECKPOINTING:
+        activation_checkpointing: bool | None = field(
+            default=None,
+            metadata={
+                "help": "Recompute activations in the backward pass to save memory "
+                "(transformers' gradient_checkpointing)."
+            },
+        )
+        activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
+            default=None,
+            metadata={"help": "Keyword arguments for gradient_checkpointing_enable() (transformers' own name)."},
+        )
+    if compat.HAS_WARMUP_RATIO_FIELD:
+        warmup_ratio: float | None = field(default=None, init=False, repr=False)  # spelled as warmup_steps
+
     def __post_init__(self) -> None:
         self.check_orpo_fields()
+        compat.sync_activation_checkpointing(self)
         super().__post_init__()

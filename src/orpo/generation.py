@@ -12,7 +12,10 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from .modeling import HubSource
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +50,16 @@ def load_for_inference(
     dtype: str | None = None,
     device: str | None = None,
     chat_template: str | None = None,
+    source: HubSource | None = None,
 ) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) from a saved model directory, hub id, or LoRA adapter directory."""
+    """(model in eval mode, tokenizer) from a saved model directory, hub id, or LoRA adapter directory.
+
+    ``source`` (revision, trust_remote_code) applies to the model loaded: ``path``, or an adapter's base."""
     from .loading import check_model_source, resolve_chat_template
     from .modeling import load_model, load_tokenizer
 
     template = resolve_chat_template(chat_template)
-    kwargs: dict[str, Any] = {"dtype": dtype} if dtype else {}
+    kwargs = _init_kwargs(dtype, source)
     check_model_source(path)
     if is_adapter_dir(path):
         from peft import PeftModel
@@ -62,10 +68,10 @@ def load_for_inference(
         if not base:
             raise ValueError(f"{path}/adapter_config.json names no base model; pass --base")
         check_model_source(base)
-        tokenizer = _load_tok(load_tokenizer, path if _has_tokenizer(path) else base, template)
+        tokenizer = _load_tok(load_tokenizer, path if _has_tokenizer(path) else base, template, source)
         model = PeftModel.from_pretrained(_load(load_model, base, kwargs), path)
     else:
-        tokenizer = _load_tok(load_tokenizer, path, template)
+        tokenizer = _load_tok(load_tokenizer, path, template, source)
         model = _load(load_model, path, kwargs)
     model.to(device or default_device())
     model.eval()
@@ -77,9 +83,16 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _load_tok(load_tokenizer: Any, name: str, template: str | None) -> Any:
+def _init_kwargs(dtype: str | None, source: HubSource | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype else {}
+    return {**kwargs, **source.kwargs()} if source is not None else kwargs
+
+
+def _load_tok(load_tokenizer: Any, name: str, template: str | None, source: HubSource | None) -> Any:
+    from .modeling import HubSource
+
     try:
-        return load_tokenizer(name, chat_template=template)
+        return load_tokenizer(name, chat_template=template, source=source or HubSource())
     except OSError as err:
         raise OSError(f"cannot load the tokenizer of {name!r}: {_first_line(err)}") from err
 
@@ -320,8 +333,16 @@ def chat(
     return 0
 
 
-def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dtype: str | None = None) -> str:
-    """Merge a LoRA adapter into its base model and save the full model (and tokenizer) to ``output_dir``."""
+def merge_adapter(
+    adapter_dir: str,
+    output_dir: str,
+    base: str | None = None,
+    dtype: str | None = None,
+    source: HubSource | None = None,
+) -> str:
+    """Merge a LoRA adapter into its base model and save the full model (and tokenizer) to ``output_dir``.
+
+    ``source`` (revision, trust_remote_code) applies to the base model."""
     from peft import PeftModel
 
     from .loading import check_model_source
@@ -335,11 +356,10 @@ def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dt
     if not base:
         raise ValueError(f"{adapter_dir}/adapter_config.json names no base model; pass --base")
     check_model_source(base)
-    kwargs: dict[str, Any] = {"dtype": dtype} if dtype else {}
-    model = PeftModel.from_pretrained(_load(load_model, base, kwargs), adapter_dir)
+    model = PeftModel.from_pretrained(_load(load_model, base, _init_kwargs(dtype, source)), adapter_dir)
     merged = model.merge_and_unload()
     out = Path(output_dir)
-    tokenizer = _load_tok(load_tokenizer, adapter_dir if _has_tokenizer(adapter_dir) else base, None)
+    tokenizer = _load_tok(load_tokenizer, adapter_dir if _has_tokenizer(adapter_dir) else base, None, source)
     try:
         out.mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(str(out))

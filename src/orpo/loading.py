@@ -89,7 +89,7 @@ def model_init_kwargs(model_args: ModelArguments, config: Any) -> dict[str, Any]
         kwargs["dtype"] = model_args.dtype
     if model_args.model_revision is not None:
         kwargs["revision"] = model_args.model_revision
-    if model_args.trust_remote_code:
+    if config.trust_remote_code:
         kwargs["trust_remote_code"] = True
     if model_args.attn_implementation is not None:
         kwargs["attn_implementation"] = model_args.attn_implementation

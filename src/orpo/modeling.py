@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -37,12 +40,55 @@ def _resolve_dtype(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _config_of(name_or_path: str, required: bool = True) -> Any:
+@dataclass(frozen=True)
+class HubSource:
+    """Where and how to fetch a model: every config, model, tokenizer and processor load of one model uses
+    the same ``revision`` and ``trust_remote_code`` (a config read without them would refuse remote code
+    that the model load itself allows, or read another revision)."""
+
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.revision is not None:
+            kwargs["revision"] = self.revision
+        return kwargs
+
+    @classmethod
+    def split(cls, kwargs: dict[str, Any], trust_remote_code: bool = False) -> tuple[HubSource, dict[str, Any]]:
+        """(the source, the other kwargs) of ``model_init_kwargs`` that may carry ``revision`` /
+        ``trust_remote_code`` themselves (a True there, or ``trust_remote_code``, allows remote code)."""
+        rest = dict(kwargs)
+        trust = bool(rest.pop("trust_remote_code", False)) or trust_remote_code
+        return cls(trust, rest.pop("revision", None)), rest
+
+
+@contextlib.contextmanager
+def _remote_code_check(name_or_path: str, source: HubSource) -> Iterator[None]:
+    """transformers' refusal of remote code, as one message naming orpo's switches."""
+    try:
+        yield
+    except ValueError as err:
+        if source.trust_remote_code or "trust_remote_code" not in str(err):
+            raise
+        raise ValueError(
+            f"{name_or_path} contains custom code (auto_map in its config); loading it runs that code. If you "
+            "trust it, pass trust_remote_code=True (ORPOConfig / ModelArguments) or --trust-remote-code"
+        ) from None
+
+
+def _config_of(name_or_path: str, source: HubSource, required: bool = True) -> Any:
     """The model config saved at ``name_or_path`` (None when it has none and it is not ``required``)."""
     try:
-        return AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError):
+        with _remote_code_check(name_or_path, source):
+            return AutoConfig.from_pretrained(name_or_path, **source.kwargs())
+    except OSError:
         if required:
+            raise
+        return None
+    except ValueError as err:
+        if required or "custom code" in str(err):
             raise
         return None
 
@@ -80,30 +126,33 @@ def model_kind(
     return "causal"
 
 
-def load_model(name_or_path: str, model_init_kwargs: dict[str, Any] | None = None) -> PreTrainedModel:
-    """Load a causal LM, an encoder-decoder (seq2seq) LM or an image-text-to-text model (by its config)."""
-    kwargs = _resolve_dtype(model_init_kwargs or {})
-    kind = model_kind(_config_of(name_or_path))
+def load_model(
+    name_or_path: str, model_init_kwargs: dict[str, Any] | None = None, *, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """Load a causal LM, an encoder-decoder (seq2seq) LM or an image-text-to-text model (by its config).
+
+    ``revision`` / ``trust_remote_code`` in ``model_init_kwargs`` apply to the config probe too."""
+    source, kwargs = HubSource.split(_resolve_dtype(model_init_kwargs or {}), trust_remote_code)
+    kind = model_kind(_config_of(name_or_path, source))
+    auto: Any = AutoModelForCausalLM
     if kind == "seq2seq":
-        from transformers import AutoModelForSeq2SeqLM
-
-        return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
-    if kind == "vision":
-        from transformers import AutoModelForImageTextToText
-
-        return AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        from transformers import AutoModelForSeq2SeqLM as auto
+    elif kind == "vision":
+        from transformers import AutoModelForImageTextToText as auto
+    with _remote_code_check(name_or_path, source):
+        return auto.from_pretrained(name_or_path, **kwargs, **source.kwargs())
 
 
-def load_processor(name_or_path: str, chat_template: str | None = None) -> Any:
+def load_processor(name_or_path: str, chat_template: str | None = None, source: HubSource = HubSource()) -> Any:
     """The model's processing class: an ``AutoProcessor`` (tokenizer + image processor) for a
     vision-language model, else its tokenizer (as :func:`load_tokenizer`)."""
-    if _saved_kind(name_or_path) != "vision":
-        return _load_tokenizer(name_or_path, chat_template)
+    if _saved_kind(name_or_path, source) != "vision":
+        return _load_tokenizer(name_or_path, chat_template, source)
     from transformers import AutoProcessor
 
     check_tokenizer_files(name_or_path)
-    processor = AutoProcessor.from_pretrained(name_or_path)
+    with _remote_code_check(name_or_path, source):
+        processor = AutoProcessor.from_pretrained(name_or_path, **source.kwargs())
     if not is_vision_processor(processor):
         raise ValueError(
             f"{name_or_path} is a vision-language model but its processor has no tokenizer or image processor"
@@ -115,16 +164,18 @@ def load_processor(name_or_path: str, chat_template: str | None = None) -> Any:
     return processor
 
 
-def _saved_kind(name_or_path: str) -> ModelKind:
+def _saved_kind(name_or_path: str, source: HubSource) -> ModelKind:
     """The kind of model saved at ``name_or_path``; "causal" where there is no model config (a tokenizer only)."""
-    return model_kind(_config_of(name_or_path, required=False))
+    return model_kind(_config_of(name_or_path, source, required=False))
 
 
-def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str, chat_template: str | None = None, source: HubSource = HubSource()
+) -> PreTrainedTokenizerBase:
     """The tokenizer; for a vision-language model the whole processor (see :func:`load_processor`)."""
-    if _saved_kind(name_or_path) == "vision":
-        return load_processor(name_or_path, chat_template)
-    return _load_tokenizer(name_or_path, chat_template)
+    if _saved_kind(name_or_path, source) == "vision":
+        return load_processor(name_or_path, chat_template, source)
+    return _load_tokenizer(name_or_path, chat_template, source)
 
 
 #: Files any of which holds a tokenizer's vocabulary (fast, SentencePiece, BPE or WordPiece).
@@ -152,12 +203,35 @@ def check_tokenizer_files(path: str) -> None:
     )
 
 
-def _load_tokenizer(name_or_path: str, chat_template: str | None = None) -> PreTrainedTokenizerBase:
+def _load_tokenizer(name_or_path: str, chat_template: str | None, source: HubSource) -> PreTrainedTokenizerBase:
     check_tokenizer_files(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    with _remote_code_check(name_or_path, source):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **source.kwargs())
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return prepare_tokenizer(tokenizer)
+
+
+def tokenizer_of(model: Any, source: HubSource = HubSource()) -> Any:
+    """The processing class of a model object given without one, loaded from the model's ``name_or_path``
+    (as TRL's trainers do)."""
+    config = getattr(model, "config", None)
+    name = str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or "")
+    if not name:
+        raise ValueError(
+            "no processing_class given, and the model object has no name_or_path to load its tokenizer from; "
+            "pass processing_class (the tokenizer or processor)"
+        )
+    try:
+        return load_tokenizer(name, source=source)
+    except (OSError, ValueError) as err:  # no tokenizer files: OSError or, for some, ValueError
+        if "custom code" in str(err):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"no processing_class given, and none could be loaded from the model's name_or_path {name!r} ({first}); "
+            "pass processing_class (the tokenizer or processor)"
+        ) from None
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

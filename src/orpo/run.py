@@ -141,7 +141,7 @@ def build_trainer(
 def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
     """With ``resume_from_checkpoint``: the checkpoint found, verified and checked against the model (adapter or
     full, its sizes) before any data is loaded; None without."""
-    from .reliability import compat
+    from .reliability import fit
     from .reliability.resume import resolve_resume
 
     if not config.resume_from_checkpoint or config.output_dir is None:
@@ -152,22 +152,24 @@ def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
         return None
     base = start_adapter_base(model_args)  # --model a LoRA adapter: trained on as one unless merged first
     adapter = model_args.use_peft or (base is not None and not model_args.merge_start_adapter)
-    compat.check_kind(path, adapter=adapter)
+    fit.check_kind(path, adapter=adapter)
     name = base or model_args.model_name_or_path
-    if name and compat.checkpoint_kind(path) == "full":
+    if name and fit.checkpoint_kind(path) == "full":
         from transformers import AutoConfig
 
         try:
-            model_config = AutoConfig.from_pretrained(name)
+            model_config = AutoConfig.from_pretrained(
+                name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+            )
         except (OSError, ValueError):
             model_config = None  # loading the model names the problem
-        compat.check_model(path, model_config)
+        fit.check_model(path, model_config)
     return path
 
 
 def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: Any, tokenizer: Any) -> tuple[Any, Any]:
     """The given model and tokenizer (with the chosen chat template), or both loaded by name."""
-    from .modeling import load_model, load_tokenizer
+    from .modeling import HubSource, load_model, load_tokenizer
 
     template = resolve_chat_template(model_args.chat_template)
     if model is None:
@@ -179,7 +181,8 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
         kwargs = model_init_kwargs(model_args, config)
         if tokenizer is None:
             own_tokenizer = base is None or (Path(name).expanduser() / "tokenizer_config.json").is_file()
-            tokenizer = _load_tokenizer_or_fail(load_tokenizer, name if own_tokenizer else str(base), template)
+            source = HubSource.split(kwargs)[0]
+            tokenizer = _load_tokenizer_or_fail(load_tokenizer, name if own_tokenizer else str(base), template, source)
         try:
             model = load_model(base or name, kwargs)
         except OSError as err:
@@ -193,7 +196,11 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
         if hasattr(tokenizer, "tokenizer"):
             tokenizer.chat_template = template
     if tokenizer is None:
-        raise UsageError("no tokenizer given with the model object")
+        from .modeling import tokenizer_of
+
+        tokenizer = tokenizer_of(model, HubSource.split(model_init_kwargs(model_args, config))[0])
+        if template is not None:
+            getattr(tokenizer, "tokenizer", tokenizer).chat_template = template
     return model, tokenizer
 
 
@@ -234,9 +241,9 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def _load_tokenizer_or_fail(load: Any, name: str, template: str | None) -> Any:
+def _load_tokenizer_or_fail(load: Any, name: str, template: str | None, source: Any) -> Any:
     try:
-        return load(name, chat_template=template)
+        return load(name, chat_template=template, source=source)
     except OSError as err:
         raise OSError(f"cannot load the tokenizer of {name!r}: {_first_line(err)}") from err
 

@@ -13,6 +13,7 @@ import datasets
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from . import compat
 from .card import write_model_card
 from .checkpoint import remove_stale_staging
 from .config import ORPOConfig
@@ -23,6 +24,7 @@ from .eval_generation import generate_samples
 from .loss import orpo_loss, pair_counts, pair_logps
 from .metrics import MetricWindows, window_loss
 from .modeling import (
+    HubSource,
     absolute_base_path,
     apply_peft,
     disable_dropout,
@@ -31,6 +33,7 @@ from .modeling import (
     load_tokenizer,
     model_kind,
     prepare_tokenizer,
+    tokenizer_of,
 )
 from .reliability import preflight, trainer_internals
 from .reliability.wiring import Reliability
@@ -101,16 +104,19 @@ class ORPOTrainer(Trainer):
             if processing_class is not None and processing_class is not tokenizer:
                 raise ValueError("pass either processing_class or tokenizer, not both")
             processing_class = tokenizer
+        init_kwargs = args.model_init_kwargs
+        assert not isinstance(init_kwargs, str), "ORPOConfig.__post_init__ parses it"
+        source = HubSource.split(init_kwargs or {}, args.trust_remote_code)[0]
         if isinstance(model, str):
             if processing_class is None:
-                processing_class = load_tokenizer(model)
-            init_kwargs = args.model_init_kwargs
-            assert not isinstance(init_kwargs, str), "ORPOConfig.__post_init__ parses it"
-            model = load_model(model, init_kwargs)
+                processing_class = load_tokenizer(model, source=source)
+            model = load_model(model, init_kwargs, trust_remote_code=args.trust_remote_code)
         elif args.model_init_kwargs:
             warnings.warn("model_init_kwargs is ignored because the model is already instantiated", stacklevel=2)
         if processing_class is None:
-            raise ValueError("ORPOTrainer needs processing_class (the tokenizer) to tokenize and pad the data")
+            if model is None:
+                raise ValueError("ORPOTrainer needs processing_class (the tokenizer) to tokenize and pad the data")
+            processing_class = tokenizer_of(model, source)
         tokenizer_ = getattr(processing_class, "tokenizer", processing_class)
         prepare_tokenizer(tokenizer_)
 
@@ -203,7 +209,8 @@ class ORPOTrainer(Trainer):
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """Trainer's optimizer, behind the gate the non-finite guard closes to hold an update back."""
-        self.optimizer = self.reliability.gate(super().create_optimizer(model))
+        created = super().create_optimizer(model) if compat.CREATE_OPTIMIZER_TAKES_MODEL else super().create_optimizer()
+        self.optimizer = self.reliability.gate(created)
         return self.optimizer
 
     def training_step(

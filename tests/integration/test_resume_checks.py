@@ -14,7 +14,7 @@ import pytest
 from _reliability import make_trainer
 
 from conftest import learnable_pairs
-from orpo.reliability.compat import FINGERPRINT_NAME, describe_load_error
+from orpo.reliability.fit import FINGERPRINT_NAME, describe_load_error
 
 RUN = {"max_steps": 2, "save_steps": 2, "logging_steps": 1}
 

@@ -244,10 +244,11 @@ def test_write_checkpoint_writes_what_trainer_writes(tmp_path):
 def test_activation_checkpointing_is_non_reentrant_by_default(tokenizer, tmp_path):
     """orpo leaves ``activation_checkpointing_kwargs`` unset and relies on transformers' non-reentrant default
     (reentrant checkpointing loses the gradients of adapters on frozen inputs)."""
+    from orpo.compat import enable_activation_checkpointing
     from orpo.testing import tiny_causal_lm
 
     model = tiny_causal_lm(tokenizer)
-    model.activation_checkpointing_enable()
+    enable_activation_checkpointing(model)
     functions = [
         m._gradient_checkpointing_func for m in model.modules() if getattr(m, "_gradient_checkpointing_func", None)
     ]

@@ -23,6 +23,8 @@ FIELDS = (
     "rejected_text_column",
     "image_column",
     "model_name_or_path",
+    "model_revision",
+    "trust_remote_code",
     "chat_template",
     "max_length",
     "max_prompt_length",

@@ -77,6 +77,20 @@ def _add_inference_args(parser: argparse.ArgumentParser, temperature: float, max
     parser.add_argument("--dtype", choices=DTYPES, help="Dtype to load the weights in (default: the model's own).")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
+    _add_source_args(parser)
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--revision", help="Branch, tag or commit of a hub model (of the base, for an adapter).")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="Allow a model whose code lives in its repository."
+    )
+
+
+def _source(args: argparse.Namespace) -> Any:
+    from ..modeling import HubSource
+
+    return HubSource(args.trust_remote_code, args.revision)
 
 
 def cmd_generate(argv: list[str]) -> int:
@@ -93,7 +107,9 @@ def cmd_generate(argv: list[str]) -> int:
     prompts = _read_prompts(args)
     from ..generation import generate, load_for_inference
 
-    model, tokenizer = load_for_inference(args.model, args.base, args.dtype, args.device, args.chat_template)
+    model, tokenizer = load_for_inference(
+        args.model, args.base, args.dtype, args.device, args.chat_template, _source(args)
+    )
     shown: list[Any] = []
 
     def header(prompt: Any) -> None:  # the text output streams each completion under its prompt
@@ -127,7 +143,9 @@ def cmd_chat(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from ..generation import chat, load_for_inference
 
-    model, tokenizer = load_for_inference(args.model, args.base, args.dtype, args.device, args.chat_template)
+    model, tokenizer = load_for_inference(
+        args.model, args.base, args.dtype, args.device, args.chat_template, _source(args)
+    )
     import torch
 
     torch.manual_seed(args.seed)
@@ -144,6 +162,7 @@ def cmd_merge(argv: list[str]) -> int:
     parser.add_argument("--base", help="Base model (default: the one in adapter_config.json).")
     parser.add_argument("--dtype", choices=DTYPES, help="Dtype to merge and save in.")
     parser.add_argument("--overwrite", action="store_true", help="Write into OUTPUT even if it holds files.")
+    _add_source_args(parser)
     args = parser.parse_args(argv)
     output = args.output_flag or args.output
     if not output:
@@ -151,7 +170,7 @@ def cmd_merge(argv: list[str]) -> int:
     confirm_overwrite(output, args.overwrite, f"{PROG} merge")
     from ..generation import merge_adapter
 
-    path = merge_adapter(args.adapter, output, base=args.base, dtype=args.dtype)
+    path = merge_adapter(args.adapter, output, base=args.base, dtype=args.dtype, source=_source(args))
     print(f"merged model written to {path}")
     return 0
 

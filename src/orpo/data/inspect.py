@@ -45,11 +45,11 @@ def default_tokenizer(dataset: Any, rows: int = 2000) -> Any:
     return build_tokenizer(corpus, vocab_size=1000)
 
 
-def _load_tokenizer(model: str, chat_template: str | None) -> Any:
+def _load_tokenizer(model: str, chat_template: str | None, source: Any) -> Any:
     from ..modeling import load_tokenizer
 
     try:
-        tokenizer = load_tokenizer(model, chat_template)
+        tokenizer = load_tokenizer(model, chat_template, source)
     except OSError as err:
         raise DataError(f"--model {model}: could not load its tokenizer ({' '.join(str(err).split())[:300]})") from None
     return getattr(tokenizer, "tokenizer", tokenizer)
@@ -70,7 +70,10 @@ def run(args: argparse.Namespace) -> InspectReport:
 
     template = resolve_chat_template(args.chat_template)  # a name, file or Jinja text, as `orpo train` reads it
     if args.model_name_or_path:
-        tokenizer = _load_tokenizer(args.model_name_or_path, template)
+        from ..modeling import HubSource
+
+        source = HubSource(bool(args.trust_remote_code), args.model_revision)
+        tokenizer = _load_tokenizer(args.model_name_or_path, template, source)
         name, note = args.model_name_or_path, ""
     else:
         tokenizer = default_tokenizer(dataset)

@@ -8,7 +8,7 @@ by one callback (:mod:`~orpo.reliability.callback`):
   hashes, then renamed; a failed save (a full disk included) is one line naming the checkpoint, the
   cause, the last complete checkpoint and the resume command.  ``resume_from_checkpoint=True``
   resumes from the newest checkpoint that still verifies and warns about every newer one it skips
-  (:mod:`~orpo.reliability.resume`); :mod:`~orpo.reliability.compat` checks that it fits the run
+  (:mod:`~orpo.reliability.resume`); :mod:`~orpo.reliability.fit` checks that it fits the run
   (adapter or full, the same model) and warns when data or settings changed since it was written.
 * **Exact resume**: besides what ``Trainer`` saves (weights, optimizer, scheduler, RNG, data
   position), each checkpoint stores the not-yet-logged loss and metric sums of every process

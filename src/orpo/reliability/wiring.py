@@ -20,7 +20,7 @@ from accelerate.optimizer import AcceleratedOptimizer
 from ..checkpoint import CheckpointError, remove_stale_staging
 from ..errors import UsageError
 from ..modeling import is_peft_model
-from . import compat, preflight
+from . import fit, preflight
 from . import trainer_internals as internals
 from .callback import ReliabilityCallback
 from .commit import CheckpointCommitter, elect_committer, save_failure
@@ -101,12 +101,12 @@ class Reliability:
             if self.checkpoints.is_main:  # another node's committer: its own folder's leftovers
                 remove_stale_staging(output_dir)
         self.resume = resolve_resume(resume_from_checkpoint, output_dir, args.world_size, args.process_index)
-        self.fingerprint = compat.run_fingerprint(args, trainer.train_dataset)
+        self.fingerprint = fit.run_fingerprint(args, trainer.train_dataset)
         if self.resume is not None:
             logger.info("resuming from %s", self.resume)
-            compat.check_kind(self.resume, adapter_only)
-            compat.check_model(self.resume, getattr(trainer.model, "config", None))
-            compat.warn_if_changed(self.resume, self.fingerprint)
+            fit.check_kind(self.resume, adapter_only)
+            fit.check_model(self.resume, getattr(trainer.model, "config", None))
+            fit.warn_if_changed(self.resume, self.fingerprint)
         self.signals.reset()
         self.guard.reset()
         return self.resume
@@ -114,11 +114,11 @@ class Reliability:
     @contextlib.contextmanager
     def load_errors_named(self) -> Iterator[None]:
         """Around ``Trainer.train``: a resumed checkpoint that does not load into the model or optimizer is one
-        line saying so (:func:`~orpo.reliability.compat.describe_load_error`), not transformers' dump."""
+        line saying so (:func:`~orpo.reliability.fit.describe_load_error`), not transformers' dump."""
         try:
             yield
         except (RuntimeError, ValueError) as err:
-            summary = compat.describe_load_error(err, self.resume) if self.resume else None
+            summary = fit.describe_load_error(err, self.resume) if self.resume else None
             if summary is None:
                 raise
             raise ValueError(summary) from err
@@ -185,7 +185,7 @@ class Reliability:
             loop.save(staging, args.world_size, args.process_index)
             internals.save_trainer_state(trainer, staging)
             if self.checkpoints.is_main:
-                compat.write_fingerprint(staging, self.fingerprint)
+                fit.write_fingerprint(staging, self.fingerprint)
 
         checkpoint = self.checkpoints.save(run_dir, state.global_step, write)
         internals.finish_checkpoint(trainer, checkpoint, run_dir)

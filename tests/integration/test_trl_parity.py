@@ -1,0 +1,337 @@
+"""The behaviours TRL's own ORPO tests check, tested on orpo's tiny local models (nothing is downloaded).
+
+Remote code is a local folder whose config.json has an ``auto_map`` into a ``configuration_*.py`` and
+``modeling_*.py`` written beside it, as a hub repository with custom code has.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM
+
+from orpo import ORPOConfig, ORPOTrainer
+from orpo.modeling import HubSource, load_model, load_tokenizer
+from orpo.testing import build_seq2seq_tokenizer, tiny_causal_lm, tiny_seq2seq_lm
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def preference_rows(kind: str, n: int = 8) -> list[dict]:
+    """``n`` rows in one of TRL's four preference formats."""
+    rows = []
+    for i in range(n):
+        question, good, bad = f"What colour is the sky {i}?", f" The sky is blue {i}.", f" No {i}."
+        if kind == "standard":
+            rows.append({"prompt": question, "chosen": good, "rejected": bad})
+        elif kind == "implicit":
+            rows.append({"chosen": question + good, "rejected": question + bad})
+        elif kind == "conversational":
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": question}],
+                    "chosen": [{"role": "assistant", "content": good}],
+                    "rejected": [{"role": "assistant", "content": bad}],
+                }
+            )
+        else:  # conversational, implicit prompt
+            user = {"role": "user", "content": question}
+            rows.append(
+                {
+                    "chosen": [user, {"role": "assistant", "content": good}],
+                    "rejected": [user, {"role": "assistant", "content": bad}],
+                }
+            )
+    return rows
+
+
+def config(tmp_path: Path, **overrides) -> ORPOConfig:
+    values = {
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 2,
+        "max_steps": 3,
+        "learning_rate": 0.9,
+        "beta": 0.1,
+        "report_to": "none",
+        "save_strategy": "no",
+        "dataloader_pin_memory": False,
+    }
+    return ORPOConfig(**{**values, **overrides})
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def unchanged(before: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if name in before and torch.equal(before[name], p)]
+
+
+@pytest.fixture
+def saved_model(tokenizer, tmp_path) -> Path:
+    """A tiny causal LM and its tokenizer saved in one folder, as a hub repository is."""
+    path = tmp_path / "tiny"
+    tiny_causal_lm(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# ---- training on each data format ------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["standard", "conversational"])
+def test_causal_training_changes_every_parameter(tokenizer, tmp_path, kind):
+    model = tiny_causal_lm(tokenizer)
+    data = Dataset.from_list(preference_rows(kind))
+    trainer = ORPOTrainer(
+        model=model,
+        args=config(tmp_path, eval_strategy="steps", eval_steps=2),
+        processing_class=tokenizer,
+        train_dataset=data,
+        eval_dataset=data.select(range(4)),
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] > 0
+    assert unchanged(before, trainer.model) == []
+    assert any("eval_loss" in entry for entry in trainer.state.log_history)
+
+
+def test_encoder_decoder_training_on_implicit_prompt_data(tmp_path):
+    rows = preference_rows("implicit")
+    tokenizer = build_seq2seq_tokenizer([r["chosen"] + r["rejected"] for r in rows] * 4, style="t5")
+    trainer = ORPOTrainer(
+        model=tiny_seq2seq_lm(tokenizer, "t5"),
+        args=config(tmp_path, is_encoder_decoder=True, eval_strategy="steps", eval_steps=2),
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows[:4]),
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert trainer.model_kind == "seq2seq"
+    assert trainer.state.log_history[-1]["train_loss"] > 0
+    assert unchanged(before, trainer.model) == []
+
+
+@pytest.mark.parametrize("kind", ["standard", "implicit", "conversational", "conversational_implicit"])
+def test_lora_changes_only_the_adapter(tokenizer, tmp_path, kind):
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
+    data = Dataset.from_list(preference_rows(kind))
+    trainer = ORPOTrainer(
+        model=tiny_causal_lm(tokenizer),
+        args=config(tmp_path, gradient_accumulation_steps=2, eval_strategy="steps", eval_steps=2),
+        processing_class=tokenizer,
+        train_dataset=data,
+        eval_dataset=data.select(range(4)),
+        peft_config=lora,
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    frozen = unchanged(before, trainer.model)
+    adapter = [name for name in before if "lora_" in name]
+    assert adapter and not set(adapter) & set(frozen)
+    assert set(frozen) == set(before) - set(adapter)
+
+
+# ---- the processing class ------------------------------------------------------------------------
+def test_processing_class_is_loaded_from_the_models_name_or_path(saved_model, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(saved_model)
+    trainer = ORPOTrainer(
+        model=model, args=config(tmp_path), train_dataset=Dataset.from_list(preference_rows("standard"))
+    )
+    expected = load_tokenizer(str(saved_model))
+    assert trainer.processing_class.get_vocab() == expected.get_vocab()
+    assert trainer.processing_class.chat_template == expected.chat_template
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] > 0
+
+
+def test_a_model_without_a_name_and_no_processing_class_is_one_clear_error(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"no name_or_path to load its tokenizer from; pass processing_class"):
+        ORPOTrainer(
+            model=tiny_causal_lm(tokenizer),
+            args=config(tmp_path),
+            train_dataset=Dataset.from_list(preference_rows("standard")),
+        )
+
+
+def test_a_model_whose_folder_has_no_tokenizer_is_one_clear_error(tokenizer, tmp_path):
+    path = tmp_path / "weights-only"
+    tiny_causal_lm(tokenizer).save_pretrained(path)
+    with pytest.raises(ValueError, match=r"none could be loaded from the model's name_or_path .*weights-only"):
+        ORPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(path),
+            args=config(tmp_path),
+            train_dataset=Dataset.from_list(preference_rows("standard")),
+        )
+
+
+# ---- metrics and evaluation ------------------------------------------------------------------------
+def test_compute_metrics_values_are_logged_with_the_eval_prefix(tokenizer, tmp_path):
+    data = Dataset.from_list(preference_rows("standard"))
+    seen = []
+
+    def metrics(prediction):
+        seen.append(prediction.predictions.shape)
+        return {"test": 0.25}
+
+    trainer = ORPOTrainer(
+        model=tiny_causal_lm(tokenizer),
+        args=config(tmp_path, eval_strategy="steps", eval_steps=1, per_device_eval_batch_size=2),
+        processing_class=tokenizer,
+        train_dataset=data,
+        eval_dataset=data.select(range(4)),
+        compute_metrics=metrics,
+    )
+    trainer.train()
+    evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evals) == 3 and all(entry["eval_test"] == 0.25 for entry in evals)
+    assert seen == [(4, 2)] * 3  # chosen and rejected rewards of the 4 eval pairs
+
+
+def test_eval_loss_is_logged_before_the_first_training_log(saved_model, tmp_path):
+    data = Dataset.from_list(preference_rows("standard"))
+    trainer = ORPOTrainer(
+        model=str(saved_model),
+        args=config(tmp_path, eval_strategy="steps", eval_steps=3, logging_steps=10, learning_rate=1e-3),
+        train_dataset=data,
+        eval_dataset=data.select(range(4)),
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["eval_loss"] > 0 and trainer.state.log_history[0]["step"] == 3
+
+
+# ---- loading options ------------------------------------------------------------------------------
+def test_model_init_kwargs_dtype_float16_keeps_float16_parameters_that_change(saved_model, tmp_path):
+    trainer = ORPOTrainer(
+        model=str(saved_model),
+        args=config(tmp_path, model_init_kwargs={"dtype": torch.float16}, learning_rate=0.1),
+        train_dataset=Dataset.from_list(preference_rows("standard")),
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float16}
+    assert [name for name in unchanged(before, trainer.model) if "norm" not in name] == []
+
+
+def test_gradient_checkpointing_changes_every_parameter(saved_model, tmp_path):
+    trainer = ORPOTrainer(
+        model=str(saved_model),
+        args=config(tmp_path, gradient_checkpointing=True, learning_rate=0.1),
+        train_dataset=Dataset.from_list(preference_rows("standard")),
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert trainer.model.is_gradient_checkpointing
+    assert unchanged(before, trainer.model) == []
+
+
+@pytest.mark.parametrize("with_peft", [False, True])
+def test_the_model_is_tagged_orpo_and_not_trl(saved_model, tmp_path, with_peft):
+    """orpo tags what it trains "orpo"; it is not TRL, so it does not add TRL's "trl" tag."""
+    lora = LoraConfig(r=4, target_modules=TARGETS, task_type="CAUSAL_LM") if with_peft else None
+    trainer = ORPOTrainer(
+        model=str(saved_model),
+        args=config(tmp_path),
+        train_dataset=Dataset.from_list(preference_rows("standard")),
+        peft_config=lora,
+    )
+    assert "orpo" in trainer.model.model_tags and "trl" not in trainer.model.model_tags
+
+
+# ---- remote code -----------------------------------------------------------------------------------
+CONFIGURATION = """
+from transformers import LlamaConfig
+
+
+class RemoteConfig(LlamaConfig):
+    model_type = "remote-tiny"
+"""
+
+MODELING = """
+from transformers import LlamaForCausalLM
+
+from .configuration_remote import RemoteConfig
+
+
+class RemoteForCausalLM(LlamaForCausalLM):
+    config_class = RemoteConfig
+"""
+
+
+@pytest.fixture
+def remote_model(saved_model) -> Path:
+    """``saved_model`` turned into a model with custom code (its config's auto_map)."""
+    (saved_model / "configuration_remote.py").write_text(CONFIGURATION, encoding="utf-8")
+    (saved_model / "modeling_remote.py").write_text(MODELING, encoding="utf-8")
+    config_file = saved_model / "config.json"
+    values = json.loads(config_file.read_text(encoding="utf-8"))
+    values.update(
+        model_type="remote-tiny",
+        architectures=["RemoteForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_remote.RemoteConfig",
+            "AutoModelForCausalLM": "modeling_remote.RemoteForCausalLM",
+        },
+    )
+    config_file.write_text(json.dumps(values), encoding="utf-8")
+    return saved_model
+
+
+def test_remote_code_is_refused_unless_trust_remote_code(remote_model, tokenizer, tmp_path):
+    data = Dataset.from_list(preference_rows("standard"))
+    with pytest.raises(ValueError, match=r"contains custom code.*trust_remote_code=True.*--trust-remote-code"):
+        ORPOTrainer(model=str(remote_model), args=config(tmp_path), processing_class=tokenizer, train_dataset=data)
+    trainer = ORPOTrainer(
+        model=str(remote_model),
+        args=config(tmp_path, trust_remote_code=True),
+        processing_class=tokenizer,
+        train_dataset=data,
+    )
+    assert type(trainer.model).__name__ == "RemoteForCausalLM"
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] > 0
+
+
+def test_trust_remote_code_and_revision_reach_every_load(remote_model, monkeypatch):
+    """The config probe, the model and the tokenizer all get the same source (a local folder has no
+    revisions, so the calls are recorded rather than fetched)."""
+    import orpo.modeling as modeling
+
+    calls: list[tuple[str, dict]] = []
+    depth = [0]  # orpo's own calls only, not those transformers makes inside them
+
+    def recording(name, real):
+        def load(path, **kwargs):
+            if depth[0] == 0:
+                calls.append((name, {k: kwargs.get(k) for k in ("trust_remote_code", "revision")}))
+            kwargs.pop("revision", None)
+            depth[0] += 1
+            try:
+                return real(path, **kwargs)
+            finally:
+                depth[0] -= 1
+
+        return load
+
+    for cls in (modeling.AutoConfig, modeling.AutoTokenizer, modeling.AutoModelForCausalLM):
+        monkeypatch.setattr(cls, "from_pretrained", recording(cls.__name__, cls.from_pretrained))
+    source = {"trust_remote_code": True, "revision": "v1"}
+    model = load_model(str(remote_model), {"revision": "v1"}, trust_remote_code=True)
+    load_tokenizer(str(remote_model), source=HubSource(True, "v1"))
+    assert type(model).__name__ == "RemoteForCausalLM"
+    assert {name for name, _ in calls} == {"AutoConfig", "AutoTokenizer", "AutoModelForCausalLM"}
+    assert all(kwargs == source for _, kwargs in calls), calls
+
+
+def test_the_cli_names_trust_remote_code_for_a_remote_model(remote_model, tmp_path):
+    from orpo.generation import load_for_inference
+
+    with pytest.raises(ValueError, match=r"--trust-remote-code"):
+        load_for_inference(str(remote_model), device="cpu")
+    model, _ = load_for_inference(str(remote_model), device="cpu", source=HubSource(trust_remote_code=True))
+    assert type(model).__name__ == "RemoteForCausalLM"
