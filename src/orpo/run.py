@@ -159,7 +159,7 @@ def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
 
         try:
             model_config = AutoConfig.from_pretrained(
-                name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+                name, revision=model_args.model_revision, trust_remote_code=config.trust_remote_code
             )
         except (OSError, ValueError):
             model_config = None  # loading the model names the problem
