@@ -193,7 +193,7 @@ def test_compute_metrics_values_are_logged_with_the_eval_prefix(tokenizer, tmp_p
     assert seen == [(4, 2)] * 3  # chosen and rejected rewards of the 4 eval pairs
 
 
-def test_eval_loss_is_logged_before_the_first_training_log(saved_model, tmp_path):
+def test_eval_is_logged_at_a_step_no_training_log_fell_due(saved_model, tmp_path):
     data = Dataset.from_list(preference_rows("standard"))
     trainer = ORPOTrainer(
         model=str(saved_model),
@@ -202,7 +202,11 @@ def test_eval_loss_is_logged_before_the_first_training_log(saved_model, tmp_path
         eval_dataset=data.select(range(4)),
     )
     trainer.train()
-    assert trainer.state.log_history[0]["eval_loss"] > 0 and trainer.state.log_history[0]["step"] == 3
+    # No training log falls due before the evaluation at step 3 (logging_steps=10); the last step is always
+    # logged (so a run's summary is never empty), and the evaluation comes right after it, on its own.
+    train, evaluation = trainer.state.log_history[:2]
+    assert train["step"] == 3 and "loss" in train and "eval_loss" not in train
+    assert evaluation["eval_loss"] > 0 and evaluation["step"] == 3 and "loss" not in evaluation
 
 
 # ---- loading options ------------------------------------------------------------------------------
