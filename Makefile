@@ -30,7 +30,7 @@ test: $(STAMP) lint typecheck
 		$(PY) -m pytest -n 2 --dist loadfile -q tests
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/orpo demo
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/orpo demo --overwrite
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
