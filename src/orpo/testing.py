@@ -6,7 +6,9 @@ given text, the models are built from a config.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
@@ -77,8 +79,10 @@ def tiny_causal_lm(
     num_layers: int = 2,
     seed: int = 0,
     tie_word_embeddings: bool = False,
+    **config: object,
 ) -> PreTrainedModel:
-    """A random-init causal LM ("llama", "qwen2", "gemma2", "mistral") sized for CPU tests."""
+    """A random-init causal LM ("llama", "qwen2", "gemma2", "mistral") sized for CPU tests;
+    ``config`` overrides the config's values (head counts, ``sliding_window``, ``attn_implementation``...)."""
     from transformers import AutoConfig
 
     torch.manual_seed(seed)
@@ -97,8 +101,12 @@ def tiny_causal_lm(
     }
     if arch == "gemma2":
         common.update(head_dim=hidden_size // 4, final_logit_softcapping=5.0, query_pre_attn_scalar=hidden_size // 4)
-    config = AutoConfig.for_model(arch, **common)
-    model = AutoModelForCausalLM.from_config(config)
+    attn_implementation = config.pop("attn_implementation", None)
+    common.update(config)
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(arch, **common),
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+    )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -150,10 +158,10 @@ def build_vlm_processor(corpus: Iterable[str], style: str = "qwen2_vl", vocab_si
             {"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]},
             replace_extra_special_tokens=False,
         )
-        image_processor = Qwen2VLImageProcessorPil(
+        qwen_processor = Qwen2VLImageProcessorPil(
             patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=32 * 32
         )
-        return _qwen2_vl_image_only_processor_class()(image_processor, tokenizer, chat_template=QWEN2_VL_TEMPLATE)
+        return _qwen2_vl_image_only_processor_class()(qwen_processor, tokenizer, chat_template=QWEN2_VL_TEMPLATE)
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -186,6 +194,8 @@ def tiny_vlm(processor: object, style: str = "qwen2_vl", hidden_size: int = 32, 
         "eos_token_id": tokenizer.eos_token_id,
     }
     torch.manual_seed(seed)
+    config: Any
+    model: PreTrainedModel
     if style == "qwen2_vl":
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
@@ -223,9 +233,9 @@ def tiny_vlm(processor: object, style: str = "qwen2_vl", hidden_size: int = 32, 
                 "patch_size": 4,
                 "projection_dim": hidden_size,
             },
-            image_token_id=ids("<image>"),
             vision_feature_select_strategy="default",
             vision_feature_layer=-1,
+            **{"image_token_id": ids("<image>")},  # a config kwarg its type hints do not list
         )
         model = LlavaForConditionalGeneration(config)
     else:
@@ -279,6 +289,7 @@ def tiny_seq2seq_lm(
     from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 
     torch.manual_seed(seed)
+    config: Any
     special = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     if arch == "t5":
         config = T5Config(
@@ -289,8 +300,8 @@ def tiny_seq2seq_lm(
             num_layers=2,
             num_decoder_layers=2,
             num_heads=4,
-            decoder_start_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,  # unused by T5; matches the tokenizer so nothing is "aligned"
+            # config kwargs its type hints do not list; BOS is unused by T5 and matches the tokenizer
+            **{"decoder_start_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id},
             **special,
         )
     elif arch == "bart":
@@ -316,3 +327,96 @@ def tiny_seq2seq_lm(
     if arch == "bart":
         model.generation_config.forced_bos_token_id = tokenizer.bos_token_id
     return model
+
+
+# ---- host-sync detection ------------------------------------------------------------------------
+# On an accelerator these calls wait for the device (a value read back, a data-dependent shape),
+# so a training step that makes them stalls the GPU's queue.  On CPU nothing waits, but the calls
+# are the same: detecting them there proves a step free of them wherever it runs.
+
+#: Tensor methods that read values back to the host.
+SYNC_METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy", "cpu")
+#: torch functions that do, or whose output shape depends on values.
+SYNC_FUNCTIONS = ("nonzero", "argwhere", "equal", "allclose", "is_nonzero", "masked_select", "unique")
+
+
+class HostSyncError(AssertionError):
+    """A host sync ran where :func:`detect_host_syncs` forbids them."""
+
+
+class HostSyncs:
+    """What :func:`detect_host_syncs` saw: one ``"name at file:line"`` per call."""
+
+    def __init__(self, raise_on_sync: bool) -> None:
+        self.raise_on_sync = raise_on_sync
+        self.events: list[str] = []
+        self._depth = 0
+
+    def record(self, name: str) -> None:
+        import traceback
+
+        frame = traceback.extract_stack()[-3]  # the caller of the patched method
+        event = f"{name} at {frame.filename}:{frame.lineno}"
+        self.events.append(event)
+        if self.raise_on_sync:
+            raise HostSyncError(f"host sync: {event}")
+
+
+def _is_mask_index(index: object) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in items)
+
+
+def _mask_assignment(_tensor: object, index: object, value: object) -> bool:
+    # a scalar through a mask is a masked_fill (no sync); a tensor of values needs the mask's nonzero
+    return _is_mask_index(index) and isinstance(value, torch.Tensor) and value.numel() != 1
+
+
+def _unsized_repeat(_input: object, repeats: object = None, *args: object, **kwargs: object) -> bool:
+    return isinstance(repeats, torch.Tensor) and kwargs.get("output_size") is None
+
+
+@contextmanager
+def detect_host_syncs(raise_on_sync: bool = True) -> Iterator[HostSyncs]:
+    """Within the block, record (or raise :class:`HostSyncError` on) every host sync made from
+    Python: value reads (``.item()``, ``.tolist()``, ``bool(t)``, ``int(t)``...), ``nonzero``-like
+    ops, boolean-mask indexing and assignment of tensors, ``repeat_interleave`` without
+    ``output_size`` and ``torch.cuda.synchronize``.
+
+    Syncs inside C++ (none in ordinary forward/backward kernels) are not seen.
+    """
+    syncs = HostSyncs(raise_on_sync)
+    saved: list[tuple[object, str, object, bool]] = []
+
+    def wrap(owner: object, name: str, label: str, when: Callable[..., bool] | None = None) -> None:
+        original = getattr(owner, name)
+
+        def patched(*args: object, **kwargs: object) -> object:
+            if syncs._depth == 0 and (when is None or when(*args, **kwargs)):
+                syncs.record(label)
+            syncs._depth += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                syncs._depth -= 1
+
+        saved.append((owner, name, original, name in vars(owner)))
+        setattr(owner, name, patched)
+
+    for name in SYNC_METHODS:
+        wrap(torch.Tensor, name, f"Tensor.{name}")
+    for name in SYNC_FUNCTIONS:
+        wrap(torch, name, f"torch.{name}")
+    wrap(torch.Tensor, "__getitem__", "boolean-mask indexing", lambda _t, index: _is_mask_index(index))
+    wrap(torch.Tensor, "__setitem__", "boolean-mask assignment", _mask_assignment)
+    wrap(torch.Tensor, "repeat_interleave", "Tensor.repeat_interleave", _unsized_repeat)
+    wrap(torch, "repeat_interleave", "torch.repeat_interleave", _unsized_repeat)
+    wrap(torch.cuda, "synchronize", "torch.cuda.synchronize")
+    try:
+        yield syncs
+    finally:
+        for owner, name, original, own in reversed(saved):
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
