@@ -37,7 +37,7 @@ def _project(
 
 class _LinearSelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, index, softcap, scale, chunk_rows):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, index, softcap, scale, chunk_rows):
         n = hidden.shape[0]
         dtype = _accum_dtype(hidden, weight)
         lse = torch.empty(n, dtype=dtype, device=hidden.device)
@@ -61,46 +61,106 @@ class _LinearSelectiveLogSoftmax(torch.autograd.Function):
         return picked - lse, means
 
     @staticmethod
-    def backward(ctx, grad_logps, _grad_means):  # type: ignore[override]
+    def backward(ctx, grad_logps, _grad_means):
         hidden, weight, bias, index, lse = ctx.saved_tensors
-        device_type, autocast_on, autocast_dtype = ctx.autocast
-        softcap, scale, chunk_rows = ctx.softcap, ctx.scale, ctx.chunk_rows
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.empty_like(hidden) if need_h else None
+        compute = _compute_dtype(hidden, weight, *ctx.autocast)
         accum = lse.dtype
+        # One copy of the weight in the matmul dtype (bf16 under autocast), not one per chunk.
+        weight_c = weight.detach().to(compute)
+        bias_dtype = torch.promote_types(hidden.dtype, weight.dtype)
+        grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=accum, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=accum, device=weight.device) if need_b else None
         grad_logps = grad_logps.to(accum)
-        for start in range(0, hidden.shape[0], chunk_rows):
-            stop = start + chunk_rows
-            h = hidden[start:stop]
-            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
-                logits = _project(h, weight, bias, scale)
-            if softcap is not None:
-                capped = torch.tanh(logits / softcap)
-                logits = softcap * capped
-            g = grad_logps[start:stop, None]
-            dz = -g * torch.exp(logits - lse[start:stop, None])
-            dz.scatter_add_(1, index[start:stop, None], g)
-            if softcap is not None:
-                dz = dz * (1 - capped * capped)
-            if scale is not None:
-                dz = dz * scale
-            if need_b:
+        for start in range(0, hidden.shape[0], ctx.chunk_rows):
+            stop = start + ctx.chunk_rows
+            h = hidden[start:stop].detach().to(compute)
+            dz = _logit_gradient(
+                ctx, h, weight_c, bias, bias_dtype, lse[start:stop], index[start:stop], grad_logps[start:stop]
+            )
+            if grad_b is not None:
                 grad_b += dz.sum(0)
-            if need_h:
-                grad_h[start:stop] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
-            if need_w:
-                grad_w += dz.T @ h.to(accum)
+            dz = dz.to(compute)
+            if grad_h is not None:
+                _matmul_into(grad_h[start:stop], dz, weight_c)
+            if grad_w is not None:
+                _accumulate_matmul(grad_w, dz.T, h)
         return (
             grad_h,
-            grad_w.to(weight.dtype) if need_w else None,
-            grad_b.to(bias.dtype) if need_b else None,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
             None,
             None,
             None,
             None,
         )
+
+
+def _compute_dtype(
+    hidden: torch.Tensor, weight: torch.Tensor, device_type: str, autocast_on: bool, autocast_dtype: torch.dtype
+) -> torch.dtype:
+    """The dtype forward's logits matmul ran in: autocast's for non-float64 inputs, else the inputs'."""
+    dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    return autocast_dtype if autocast_on and dtype != torch.float64 else dtype
+
+
+def _logit_gradient(ctx, h, weight_c, bias, bias_dtype, lse, index, grad) -> torch.Tensor:
+    """d(sum grad * logp)/d(logits) of one chunk, in the accumulation dtype: the logits are
+    recomputed as forward computed them, then turned into the gradient in place."""
+    logits = torch.mm(h, weight_c.T)
+    if bias is not None:
+        logits = logits + bias.detach().to(bias_dtype)
+    logits = logits.to(lse.dtype)
+    if ctx.scale is not None:
+        logits = logits * ctx.scale
+    capped = None
+    if ctx.softcap is not None:
+        capped = torch.tanh(logits / ctx.softcap)
+        logits = capped * ctx.softcap
+    g = grad[:, None]
+    dz = logits.sub_(lse[:, None]).exp_().mul_(-g)
+    dz.scatter_add_(1, index[:, None], g)
+    if capped is not None:
+        dz.mul_(1 - capped * capped)
+    if ctx.scale is not None:
+        dz.mul_(ctx.scale)
+    return dz
+
+
+def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    if out.dtype == a.dtype and out.is_contiguous():
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(a @ b)
+
+
+#: Per device type: whether ``addmm(..., out_dtype=float32)`` takes bf16/fp16 operands (CUDA does).
+_OUT_DTYPE_MATMUL: dict[str, bool] = {}
+
+
+def _has_out_dtype_matmul(acc: torch.Tensor, operand_dtype: torch.dtype) -> bool:
+    device = acc.device.type
+    if device not in _OUT_DTYPE_MATMUL:
+        probe = torch.zeros((1, 1), dtype=acc.dtype, device=acc.device)
+        one = torch.ones((1, 1), dtype=operand_dtype, device=acc.device)
+        try:
+            torch.addmm(probe, one, one, out_dtype=acc.dtype, out=probe)
+            _OUT_DTYPE_MATMUL[device] = True
+        except (RuntimeError, NotImplementedError, TypeError):
+            _OUT_DTYPE_MATMUL[device] = False
+    return _OUT_DTYPE_MATMUL[device]
+
+
+def _accumulate_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` in place: float32 accumulation straight from bf16 operands where the
+    device has it (CUDA), else one activation-dtype product per chunk added to the accumulator."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif _has_out_dtype_matmul(acc, a.dtype):
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else:
+        acc.add_(a @ b)
 
 
 def linear_selective_log_softmax(
