@@ -23,7 +23,8 @@ from _packed_rows import (
 )
 from orpo import attention, fused
 from orpo.attention import segment_forward_kwargs, segment_route, use_segment_attention
-from orpo.testing import build_tokenizer, detect_host_syncs, tiny_causal_lm
+from orpo.host_syncs import detect_host_syncs
+from orpo.testing import build_tokenizer, tiny_causal_lm
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 LAYOUTS = {"packed": packed_rows, "shared": shared_rows}
@@ -122,17 +123,22 @@ def test_no_host_sync_in_a_packed_step(tok, attn, implementation, layout):
     rows = LAYOUTS[layout](random_pairs(model.config.vocab_size, n=4, seed=3), padding=5)
     batch = {k: v.cuda() for k, v in rows.inputs.items()}
 
-    def step():
+    def step(strict: bool):
         segments = rows.segments.to("cuda")  # as the data loader moves it, before the step
-        with detect_host_syncs() as syncs:
-            out = model(**batch, **segment_forward_kwargs(segments), use_cache=False)
-            out.logits.float().logsumexp(-1).sum().backward()
+        # Python-level calls, and (strict) every synchronizing CUDA call made from C++ as well
+        torch.cuda.set_sync_debug_mode("error" if strict else "default")
+        try:
+            with detect_host_syncs() as syncs:
+                out = model(**batch, **segment_forward_kwargs(segments), use_cache=False)
+                out.logits.float().logsumexp(-1).sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
         return syncs.events
 
-    step()  # compiles flex, probes the fused head's out_dtype matmul: warm-up
-    step()
+    step(False)  # compiles flex: warm-up
+    step(False)
     torch.cuda.synchronize()
-    assert step() == []
+    assert step(True) == []
 
 
 def test_fused_head_weight_gradient_in_float32_from_bf16():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from _packed_rows import (
     SHARED_GRAD_TOLERANCE,
     assert_same,
@@ -14,7 +15,6 @@ from _packed_rows import (
     random_pairs,
     shared_rows,
 )
-
 from orpo.attention import (
     SEGMENT_MASK,
     base_implementation,
@@ -22,7 +22,8 @@ from orpo.attention import (
     segment_route,
     use_segment_attention,
 )
-from orpo.testing import detect_host_syncs, tiny_causal_lm
+from orpo.host_syncs import detect_host_syncs
+from orpo.testing import tiny_causal_lm
 
 LAYOUTS = {"packed": packed_rows, "shared": shared_rows}
 

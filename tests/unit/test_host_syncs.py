@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orpo.testing import HostSyncError, detect_host_syncs
+from orpo.host_syncs import HostSyncError, detect_host_syncs
 
 SYNCS = {
     "item": lambda x: x.sum().item(),
