@@ -345,3 +345,28 @@ def use_segment_attention(model: torch.nn.Module, implementation: str) -> str:
     if pretrained.config._attn_implementation != implementation:
         raise ValueError(f"{type(pretrained).__name__} does not dispatch attention through AttentionInterface")
     return previous
+
+
+#: What ``layout="auto"`` tries, best first: a shared prompt runs each prompt once, padding-free
+#: spends nothing on padding, padded always works.
+AUTO_ORDER = (SHARED_PROMPT, PADDING_FREE)
+
+
+def choose_layout(model: torch.nn.Module, requested: str = "auto") -> tuple[str, AttentionRoute]:
+    """The batch layout to train ``model`` with, and the attention route that runs it.
+
+    ``requested`` is "auto" (the first of :data:`AUTO_ORDER` the model's attention can run per
+    segment, else "padded"), "padded", or a layout that then runs padded only if it cannot run
+    here; the route's reason says why, for the one log line the caller writes.
+    """
+    if requested == "padded":
+        return "padded", AttentionRoute(None, "requested")
+    if requested not in ("auto", *AUTO_ORDER):
+        raise ValueError(f"layout must be 'auto', 'padded', {PADDING_FREE!r} or {SHARED_PROMPT!r}, got {requested!r}")
+    reasons = []
+    for layout in AUTO_ORDER if requested == "auto" else (requested,):
+        route = segment_route(model, layout)
+        if route.implementation is not None:
+            return layout, route
+        reasons.append(f"{layout}: {route.reason}")
+    return "padded", AttentionRoute(None, "; ".join(reasons))

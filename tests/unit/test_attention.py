@@ -156,3 +156,41 @@ def test_route(tokenizer):
     assert model.config._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="not a per-segment implementation"):
         use_segment_attention(model, "sdpa")
+
+
+def test_choose_layout(tokenizer):
+    from orpo.attention import choose_layout
+
+    sdpa = _model(tokenizer)
+    assert choose_layout(sdpa) == ("shared_prompt", ("orpo_sdpa", ""))
+    assert choose_layout(sdpa, "padding_free")[0] == "padding_free"
+    assert choose_layout(sdpa, "padded") == ("padded", (None, "requested"))
+    layout, route = choose_layout(_model(tokenizer, attn="flex_attention"))
+    assert layout == "padded" and route.implementation is None
+    assert (
+        route.reason
+        == "shared_prompt: flex attention has no backward on CPU; padding_free: flex attention has no backward on CPU"
+    )
+    layout, route = choose_layout(_model(tokenizer, attn="flex_attention"), "shared_prompt")
+    assert (layout, route.reason) == ("padded", "shared_prompt: flex attention has no backward on CPU")
+    assert choose_layout(torch.nn.Linear(2, 2))[1].reason.startswith(
+        "shared_prompt: Linear is not a transformers model"
+    )
+    with pytest.raises(ValueError, match="layout must be 'auto', 'padded'"):
+        choose_layout(sdpa, "packed")
+
+
+def test_lora_wrapped_model(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert segment_route(model, "padding_free").implementation == "orpo_sdpa"
+    pairs = random_pairs(len(tokenizer), seed=13)
+    padded = padded_rows(pairs)
+    upstream = _upstream(padded, len(tokenizer))
+    reference = logits_and_grads(model, padded, upstream)
+    assert use_segment_attention(model, "orpo_sdpa") == "sdpa"
+    rows = packed_rows(pairs, padding=1)
+    got = logits_and_grads(model, rows, upstream, **segment_forward_kwargs(rows.segments))
+    assert all("lora" in name for name in got[1])  # only the adapters train
+    assert_same(got, reference, 1e-10)
