@@ -7,6 +7,7 @@ Skipped without CUDA (CI has none).  ``python -m pytest -q tests/gpu``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import pytest
@@ -123,17 +124,18 @@ def test_no_host_sync_in_a_packed_step(tok, attn, implementation, layout):
     rows = LAYOUTS[layout](random_pairs(model.config.vocab_size, n=4, seed=3), padding=5)
     batch = {k: v.cuda() for k, v in rows.inputs.items()}
 
-    def step(strict: bool):
+    def step(strict: bool) -> list[str]:
         segments = rows.segments.to("cuda")  # as the data loader moves it, before the step
-        # Python-level calls, and (strict) every synchronizing CUDA call made from C++ as well
+        # strict: every synchronizing CUDA call (from C++ too) raises; the Python-level detector
+        # watches the eager path (under a TorchFunctionMode, compiled flex would trace the mode)
         torch.cuda.set_sync_debug_mode("error" if strict else "default")
         try:
-            with detect_host_syncs() as syncs:
+            with detect_host_syncs(raise_on_sync=False) if attn == "sdpa" else contextlib.nullcontext() as syncs:
                 out = model(**batch, **segment_forward_kwargs(segments), use_cache=False)
                 out.logits.float().logsumexp(-1).sum().backward()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        return syncs.events
+        return syncs.events if syncs is not None else []
 
     step(False)  # compiles flex: warm-up
     step(False)
