@@ -7,6 +7,7 @@
 
 Times the median of ``--repeats`` runs (after one warm-up) of forward + backward over ``--tokens``
 scored rows, for each ``--chunk-rows`` (``auto``: the module's own choice), and prints one table.
+On a shared CPU the process CPU time (``--threads 1``) is steadier than the wall time.
 The weight-gradient matmul is what moved between versions, so the FLOP basis is the head's
 ``6 * tokens * vocab * hidden`` (forward, input and weight gradients) plus the backward's
 recomputation of the logits, ``2 * tokens * vocab * hidden``: 8 N V H per step.
@@ -47,7 +48,7 @@ def step(fused: Any, hidden, weight, index, chunk_rows: int | None, autocast: to
     logps.sum().backward()
 
 
-def measure(fused: Any, args: argparse.Namespace, chunk_rows: int | None) -> tuple[float, float]:
+def measure(fused: Any, args: argparse.Namespace, chunk_rows: int | None) -> tuple[float, float, float]:
     device = torch.device("cpu" if args.cpu else "cuda")
     gen = torch.Generator(device="cpu").manual_seed(0)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "amp": torch.float32}[args.precision]
@@ -56,17 +57,18 @@ def measure(fused: Any, args: argparse.Namespace, chunk_rows: int | None) -> tup
     index = torch.randint(0, args.vocab, (args.tokens,), generator=gen).to(device)
     autocast = torch.bfloat16 if args.precision == "amp" else None
     step(fused, hidden, weight, index, chunk_rows, autocast)
-    times = []
+    times, cpu_times = [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(args.repeats):
         sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step(fused, hidden, weight, index, chunk_rows, autocast)
         sync(device)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return statistics.median(times), peak
+    return statistics.median(times), statistics.median(cpu_times), peak
 
 
 def main() -> None:
@@ -91,12 +93,12 @@ def main() -> None:
     flops = 8.0 * args.tokens * args.vocab * args.hidden
     print(f"# impl: {args.impl or 'orpo.fused'}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print(f"# N {args.tokens}, H {args.hidden}, V {args.vocab}, {args.precision}, median of {args.repeats}")
-    print("| chunk rows | s/step | TFLOP/s (8NVH) | peak GiB |")
-    print("|---|---|---|---|")
+    print("| chunk rows | s/step | process CPU s/step | TFLOP/s (8NVH, wall) | peak GiB |")
+    print("|---|---|---|---|---|")
     for rows in args.chunk_rows.split(","):
         chunk_rows = None if rows == "auto" else int(rows)
-        seconds, peak = measure(fused, args, chunk_rows)
-        print(f"| {rows} | {seconds:.4f} | {flops / seconds / 1e12:.3f} | {peak:.2f} |", flush=True)
+        seconds, cpu_seconds, peak = measure(fused, args, chunk_rows)
+        print(f"| {rows} | {seconds:.4f} | {cpu_seconds:.4f} | {flops / seconds / 1e12:.3f} | {peak:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
