@@ -91,7 +91,10 @@ class Segments:
         return max((call.length + (call.prefix if keys else 0) for call in calls), default=0)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Segments:
+        """On ``device``: this object itself (its cached block masks kept) if already there."""
         moved = {name: t.to(device, non_blocking=non_blocking) for name, t in self.tensors.items()}
+        if all(moved[name] is t for name, t in self.tensors.items()):
+            return self
         return Segments(self.layout, self.calls, self.total, moved)
 
     def pin_memory(self) -> Segments:

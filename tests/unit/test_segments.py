@@ -60,7 +60,9 @@ def test_segments_from_position_ids():
 def test_to_moves_tensors_and_drops_the_cache():
     seg = packed_segments([2, 2])
     seg.cached("x", lambda: 1)
-    moved = seg.to("cpu")
+    assert seg.to("cpu") is seg  # already there: the same object, its cache kept
+    moved = seg.to("meta")
+    assert moved is not seg and moved.device == torch.device("meta")
     assert moved.calls == seg.calls and moved.tensors.keys() == seg.tensors.keys()
     assert moved._cache == {} and seg._cache == {"x": 1}
     calls = []
