@@ -16,7 +16,9 @@ What is measured (also printed with the results):
   ``(prompt + chosen) + (prompt + rejected)`` with no padding, as tokenized by orpo, divided by
   the wall time of the measured steps (data loading, forward, backward and optimizer step; the
   warm-up steps are excluded).  The same token count is used for every variant, so the ratio of
-  two variants' tokens/s is the inverse ratio of their step times.
+  two variants' tokens/s is the inverse ratio of their step times.  On CPU the process CPU time of
+  the same steps is recorded too (``tokens_per_cpu_s``): on a shared machine, where wall time
+  depends on what else runs, it is the steadier basis (use ``--threads 1``, so no thread spins).
 * peak memory: GPU: ``torch.cuda.max_memory_allocated`` over the training run (weights, gradients,
   optimizer states and activations), reset when training starts.  CPU: the process's peak
   resident set size (VmHWM) during training, reset when training starts through
@@ -231,6 +233,7 @@ def _timer_callback(settings: Settings):
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.step_ends: list[float] = []
+            self.cpu_ends: list[float] = []  # process CPU time (all threads): steadier on a shared CPU
             self.rss_start = 0
             self.rss_reset = False
 
@@ -246,10 +249,12 @@ def _timer_callback(settings: Settings):
             else:
                 torch.cuda.reset_peak_memory_stats()
             self.step_ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
 
         def on_step_end(self, args, state, control, **kwargs):
             self._sync()
             self.step_ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
 
     return StepTimer()
 
@@ -369,6 +374,8 @@ def run_variant(settings: Settings, name: str) -> dict[str, Any]:
         tokens_per_s=tokens / seconds,
         tflops=flops / seconds / 1e12,
         first_step_s=ends[1] - ends[0],
+        cpu_seconds=timer.cpu_ends[-1] - timer.cpu_ends[settings.warmup],
+        tokens_per_cpu_s=tokens / (timer.cpu_ends[-1] - timer.cpu_ends[settings.warmup]),
     )
     if settings.cpu:
         peak = _rss_kib()[1]

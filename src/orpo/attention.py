@@ -21,6 +21,7 @@ function other than these fails on its shape instead of attending across sequenc
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -103,7 +104,7 @@ def _eager_call(module, q, k, v, call: Call, dropout, scaling, window, softcap) 
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if softcap is not None:
         weights = torch.tanh(weights / softcap) * softcap
-    if _needs_mask(call, window) or call.length > 1:
+    if key.shape[2] > 1:  # one query seeing one key needs no mask
         visible = _visible(query.shape[2], key.shape[2], window, q.device)
         weights = weights.masked_fill(~visible, torch.finfo(weights.dtype).min)
     # float32 softmax as transformers' eager attention (float64 stays float64)
@@ -215,9 +216,39 @@ _KERNELS: dict[str, Callable[..., torch.Tensor]] = {
 # ---- registration ---------------------------------------------------------------------------
 
 
+def _flash_padded(base, module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' flash attention for a forward without segments, under the base name: its own
+    function reads the implementation to load from the module's config, which now names ours."""
+    from transformers.integrations.flash_attention import get_target_dtype
+    from transformers.modeling_flash_attention_utils import _flash_attention_forward, flash_attn_supports_top_left_mask
+
+    if query.shape[-1] != value.shape[-1]:
+        raise ValueError(f"{type(module).__name__}: per-segment flash attention needs equal query and value head dims")
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+    is_causal = kwargs.pop("is_causal", None)
+    out = _flash_attention_forward(
+        q,
+        k,
+        v,
+        attention_mask,
+        query_length=q.shape[1],
+        is_causal=is_causal if is_causal is not None else module.is_causal,
+        dropout=dropout,
+        softmax_scale=scaling,
+        use_top_left_mask=flash_attn_supports_top_left_mask(),
+        target_dtype=get_target_dtype(q, module),
+        attn_implementation=base,
+        layer_idx=getattr(module, "layer_idx", None),
+        **kwargs,
+    )
+    return out, None
+
+
 def _base_attention(base: str, module: torch.nn.Module) -> Callable[..., Any]:
     from transformers import AttentionInterface
 
+    if base.startswith("flash_attention"):
+        return functools.partial(_flash_padded, base)
     if base != "eager":
         return AttentionInterface()[base]
     # a model's eager attention is its own module-level function (softcap, sinks...); llama's is the common one

@@ -8,14 +8,21 @@ import itertools
 
 import pytest
 import torch
-from _packed_rows import SHARED_GRAD_TOLERANCE, assert_same, logits_and_grads, packed_rows, padded_rows, random_pairs
-from _packed_rows import shared_rows as shared_rows_
 
+from _packed_rows import (
+    SHARED_GRAD_TOLERANCE,
+    assert_same,
+    logits_and_grads,
+    packed_rows,
+    padded_rows,
+    random_pairs,
+    shared_rows,
+)
 from orpo import attention
 from orpo.attention import segment_forward_kwargs, use_segment_attention
 from orpo.testing import tiny_causal_lm
 
-LAYOUTS = {"packed": packed_rows, "shared": shared_rows_}
+LAYOUTS = {"packed": packed_rows, "shared": shared_rows}
 
 
 def _model(tokenizer, arch="llama", **config):
@@ -105,3 +112,32 @@ def test_flash_path_plumbing_equals_padded(tokenizer, monkeypatch, layout, windo
     else:  # prompt + chosen (3) and padding, then rejected against prompt + rejected (3)
         own = sum(len(p) + len(c) for p, c, _ in pairs) + 2
         assert calls == [(4, own), (3, sum(len(r) for _, _, r in pairs))] * layers
+
+
+def test_flash_padded_batches_load_the_base_kernels(tokenizer, monkeypatch):
+    """Without segments, orpo_fa2 runs transformers' flash path under the name flash_attention_2
+    (the config names orpo_fa2, which transformers could not load)."""
+    from transformers import modeling_flash_attention_utils as flash_utils
+
+    seen = []
+
+    def fake_flash(q, k, v, attention_mask, query_length, is_causal, attn_implementation, **kwargs):
+        seen.append((attn_implementation, is_causal, tuple(attention_mask.shape)))
+        query, key, value = (x.transpose(1, 2) for x in (q, k, v))
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+        causal = torch.ones(query_length, query_length, dtype=torch.bool).tril()
+        mask = causal & attention_mask.bool()[:, None, None, :]
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        return out.transpose(1, 2)
+
+    monkeypatch.setattr(flash_utils, "_flash_attention_forward", fake_flash)
+    model = _model(tokenizer, attn_implementation="sdpa")
+    rows = padded_rows(random_pairs(len(tokenizer), seed=14))
+    with torch.no_grad():
+        reference = model(**rows.inputs).logits
+        use_segment_attention(model, "orpo_fa2")
+        got = model(**rows.inputs).logits
+    real = rows.inputs["attention_mask"].bool()
+    torch.testing.assert_close(got[real], reference[real], rtol=1e-10, atol=1e-10)
+    assert seen and {s[:2] for s in seen} == {("flash_attention_2", True)}
