@@ -8,6 +8,7 @@ subprocess so that peak memory is its own (``--in-process`` runs them in this pr
 
     python benchmarks/bench_orpo.py                 # GPU: Qwen2-0.5B shape, bf16, 8 pairs/batch
     python benchmarks/bench_orpo.py --cpu           # tiny model on CPU, a couple of minutes
+    python benchmarks/bench_orpo.py --cpu --lengths ultrafeedback   # realistic lengths (bench_data.py)
 
 What is measured (also printed with the results):
 
@@ -15,7 +16,9 @@ What is measured (also printed with the results):
   ``(prompt + chosen) + (prompt + rejected)`` with no padding, as tokenized by orpo, divided by
   the wall time of the measured steps (data loading, forward, backward and optimizer step; the
   warm-up steps are excluded).  The same token count is used for every variant, so the ratio of
-  two variants' tokens/s is the inverse ratio of their step times.
+  two variants' tokens/s is the inverse ratio of their step times.  On CPU the process CPU time of
+  the same steps is recorded too (``tokens_per_cpu_s``): on a shared machine, where wall time
+  depends on what else runs, it is the steadier basis (use ``--threads 1``, so no thread spins).
 * peak memory: GPU: ``torch.cuda.max_memory_allocated`` over the training run (weights, gradients,
   optimizer states and activations), reset when training starts.  CPU: the process's peak
   resident set size (VmHWM) during training, reset when training starts through
@@ -27,8 +30,14 @@ What is measured (also printed with the results):
   (N = non-embedding parameters + the LM head, counted even when tied) plus ``6 * layers *
   heads * head_dim * s^2`` per sequence of length s for causal attention.  Work a trainer skips
   (padding, the LM head on unscored tokens) is still counted, work it adds (padding) is not, so
-  MFU compares like with like.  Peak: the chip's dense bf16 rate (H100/H200 SXM: 989 TFLOP/s;
-  ``--peak-tflops`` to override); on CPU the fp32 matmul rate measured at start.
+  MFU compares like with like (a shared prompt is counted twice, as the padded computation does
+  it).  Peak: the chip's dense bf16 rate (H100/H200 SXM: 989 TFLOP/s; ``--peak-tflops`` to
+  override); on CPU the fp32 matmul rate measured at start.
+* x TRL: against ``trl`` (TRL's ORPOTrainer at its defaults: gradient checkpointing on) and
+  ``trl-nogc`` (the same without it), whichever of the two ran.
+
+Variants ending in ``-seg`` preview the per-segment attention of :mod:`orpo.attention` through
+``bench_preview.py`` until the collators and the scorer are wired to it.
 """
 
 from __future__ import annotations
@@ -38,8 +47,8 @@ import contextlib
 import json
 import os
 import platform
-import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +59,8 @@ from typing import Any
 
 #: name -> (trainer, overrides of orpo's ORPOConfig).  "trl" is TRL's ORPOTrainer.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "trl": ("trl", {}),
+    "trl": ("trl", {"_gc": True}),  # TRL's defaults: gradient checkpointing on
+    "trl-nogc": ("trl", {"_gc": False}),
     "orpo": ("orpo", {}),  # defaults: fused LM head, padded batches
     "orpo-pf": ("orpo", {"padding_free": True}),
     "orpo-pf-trlnll": ("orpo", {"padding_free": True, "nll_scope": "prompt_and_completion"}),  # TRL's loss
@@ -59,8 +69,18 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "orpo-sp-flex": ("orpo", {"shared_prompt": True, "_attn": "flex_attention"}),
     "orpo-plain": ("orpo", {"fused_lm_head": False}),  # full logits, as TRL
     "orpo-grouped": ("orpo", {"train_sampling_strategy": "group_by_length"}),
+    # per-segment attention (orpo.attention), previewed by bench_preview.py
+    "orpo-pf-seg": ("orpo", {"padding_free": True, "_segments": "padding_free"}),
+    "orpo-sp-seg": ("orpo", {"shared_prompt": True, "_segments": "shared_prompt"}),
+    "orpo-pf-flexseg": ("orpo", {"padding_free": True, "_attn": "flex_attention", "_segments": "padding_free"}),
+    "orpo-sp-flexseg": ("orpo", {"shared_prompt": True, "_attn": "flex_attention", "_segments": "shared_prompt"}),
+    "orpo-sp-seg-gc": ("orpo", {"shared_prompt": True, "_segments": "shared_prompt", "_gc": True}),
+    "orpo-sp-flexseg-gc": (
+        "orpo",
+        {"shared_prompt": True, "_attn": "flex_attention", "_segments": "shared_prompt", "_gc": True},
+    ),
 }
-DEFAULT_VARIANTS = "trl,orpo,orpo-pf,orpo-sp,orpo-pf-trlnll"
+DEFAULT_VARIANTS = "trl,trl-nogc,orpo,orpo-pf,orpo-sp,orpo-pf-seg,orpo-sp-seg"
 
 #: Dense bf16 tensor-core peak (TFLOP/s) by device-name fragment.
 PEAK_TFLOPS = {"H200": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0}
@@ -88,6 +108,7 @@ class Settings:
     pairs: int
     steps: int
     warmup: int
+    lengths: str
     prompt_words: tuple[int, int]
     completion_words: tuple[int, int]
     max_length: int
@@ -103,34 +124,16 @@ class Settings:
     shape: Shape = field(default_factory=lambda: GPU_SHAPE)
 
 
-# ---- synthetic data ------------------------------------------------------------------------
-
-
-def _word_list(rng: random.Random, count: int = 4000) -> list[str]:
-    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"] + ["th", "ch", "st", "qu", "er", "an", "on"]
-    words = set()
-    while len(words) < count:
-        words.add("".join(rng.choice(syllables) for _ in range(rng.choice((1, 2, 2, 3)))))
-    return sorted(words)
+# ---- synthetic data (bench_data.py) ----------------------------------------------------------
 
 
 def make_pairs(settings: Settings) -> list[dict[str, str]]:
-    """Prompts and completions of uniformly drawn lengths (in words) from a fixed pseudo-word list."""
-    rng = random.Random(settings.seed)
-    words = _word_list(rng)
+    from bench_data import make_pairs as draw
+
     total = settings.pairs * (settings.steps + settings.warmup)
-
-    def text(bounds: tuple[int, int]) -> str:
-        return " ".join(rng.choice(words) for _ in range(rng.randint(*bounds)))
-
-    return [
-        {
-            "prompt": text(settings.prompt_words) + "?",
-            "chosen": " " + text(settings.completion_words) + ".",
-            "rejected": " " + text(settings.completion_words) + ".",
-        }
-        for _ in range(total)
-    ]
+    return draw(
+        total, settings.seed, settings.lengths, settings.prompt_words, settings.completion_words, settings.max_length
+    )
 
 
 def make_tokenizer(pairs: list[dict[str, str]]):
@@ -230,6 +233,7 @@ def _timer_callback(settings: Settings):
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.step_ends: list[float] = []
+            self.cpu_ends: list[float] = []  # process CPU time (all threads): steadier on a shared CPU
             self.rss_start = 0
             self.rss_reset = False
 
@@ -245,15 +249,17 @@ def _timer_callback(settings: Settings):
             else:
                 torch.cuda.reset_peak_memory_stats()
             self.step_ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
 
         def on_step_end(self, args, state, control, **kwargs):
             self._sync()
             self.step_ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
 
     return StepTimer()
 
 
-def _training_args(settings: Settings, output_dir: str) -> dict[str, Any]:
+def _training_args(settings: Settings, output_dir: str, gradient_checkpointing: bool) -> dict[str, Any]:
     args: dict[str, Any] = {
         "output_dir": output_dir,
         "per_device_train_batch_size": settings.pairs,
@@ -268,14 +274,14 @@ def _training_args(settings: Settings, output_dir: str) -> dict[str, Any]:
         "seed": settings.seed,
         "train_sampling_strategy": "sequential",
         "dataloader_num_workers": 0,
-        "gradient_checkpointing": settings.gradient_checkpointing,
+        "gradient_checkpointing": gradient_checkpointing,
         "bf16": settings.precision in ("bf16", "amp"),
         "use_cpu": settings.cpu,
         "max_length": settings.max_length,
         "use_liger_kernel": settings.liger,
         "torch_compile": settings.compile,
     }
-    if settings.gradient_checkpointing:
+    if gradient_checkpointing:
         args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     return args
 
@@ -289,12 +295,14 @@ def run_variant(settings: Settings, name: str) -> dict[str, Any]:
     kind, overrides = VARIANTS[name]
     overrides = dict(overrides)
     attn = overrides.pop("_attn", None)
+    segments = overrides.pop("_segments", None)
+    gradient_checkpointing = overrides.pop("_gc", settings.gradient_checkpointing)
     pairs = make_pairs(settings)
     tokenizer = make_tokenizer(pairs)
     model = make_model(settings, tokenizer, attn)
     timer = _timer_callback(settings)
     output_dir = tempfile.mkdtemp(prefix=f"bench-{name}-")
-    args = _training_args(settings, output_dir)
+    args = _training_args(settings, output_dir, gradient_checkpointing)
 
     # Token counts (orpo's tokenization) of the measured batches, the same for every variant.
     from orpo import ORPOConfig, ORPOTrainer
@@ -308,6 +316,10 @@ def run_variant(settings: Settings, name: str) -> dict[str, Any]:
             model=model, args=orpo_args, train_dataset=pairs, processing_class=tokenizer, callbacks=[timer]
         )
         prepared = trainer.train_dataset
+        if segments is not None:
+            from bench_preview import route_packed_forwards
+
+            attn = route_packed_forwards(trainer, segments)
     else:
         from orpo.data import prepare_preference_dataset
 
@@ -337,7 +349,15 @@ def run_variant(settings: Settings, name: str) -> dict[str, Any]:
     measured = lengths[settings.warmup * settings.pairs :]
     sequence_lengths = [s for pair in measured for s in pair]
 
-    result: dict[str, Any] = {"variant": name, "trainer": kind, "overrides": overrides, "attn": attn or settings.attn}
+    result: dict[str, Any] = {
+        "variant": name,
+        "trainer": kind,
+        "overrides": overrides,
+        "attn": attn or settings.attn,
+        "gradient_checkpointing": gradient_checkpointing,
+        "prompt_median": statistics.median(len(p) for p in prepared["prompt_input_ids"]),
+        "completion_median": statistics.median(len(c) for c in prepared["chosen_input_ids"]),
+    }
     try:
         trainer.train()
     except torch.OutOfMemoryError as err:
@@ -354,6 +374,8 @@ def run_variant(settings: Settings, name: str) -> dict[str, Any]:
         tokens_per_s=tokens / seconds,
         tflops=flops / seconds / 1e12,
         first_step_s=ends[1] - ends[0],
+        cpu_seconds=timer.cpu_ends[-1] - timer.cpu_ends[settings.warmup],
+        tokens_per_cpu_s=tokens / (timer.cpu_ends[-1] - timer.cpu_ends[settings.warmup]),
     )
     if settings.cpu:
         peak = _rss_kib()[1]
@@ -373,6 +395,8 @@ def run_variant(settings: Settings, name: str) -> dict[str, Any]:
         layout = "shared prompt" if scorer.uses_shared_prompt else "packed" if scorer.uses_packing else "padded"
         if scorer.uses_shared_prompt is False or scorer.uses_packing is False:
             layout = "padded (fallback)"
+        elif segments is not None:
+            layout += f" ({attn})"
         result.update(fused=scorer.uses_fused, layout=layout)
     return result
 
@@ -402,30 +426,30 @@ def _environment(settings: Settings) -> dict[str, Any]:
     return env
 
 
+def _ratio(value: float, base: dict[str, Any] | None, key: str) -> str:
+    return f"{value / base[key]:.2f}" if base and base.get(key) else "n/a"
+
+
 def _format_table(results: list[dict[str, Any]], settings: Settings, peak: float) -> str:
-    base = next((r for r in results if r["variant"] == "trl" and "error" not in r), None)
+    ok = {r["variant"]: r for r in results if "error" not in r}
+    base, nogc = ok.get("trl"), ok.get("trl-nogc")
     memory = "peak RSS GiB" if settings.cpu else "peak GiB"
-    head = f"| variant | tokens/s | x TRL | {memory} | "
-    head += "+train GiB | x TRL (+train) | " if settings.cpu else "x TRL | "
-    head += "MFU | s/step | fused head | layout |"
+    head = f"| variant | tokens/s | x TRL | x TRL no-GC | {memory} | "
+    head += "+train GiB | x TRL (+train) | " if settings.cpu else "x TRL (peak) | "
+    head += "MFU | s/step | GC | fused head | layout |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['variant']} | {r['error']} |")
             continue
-        speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "n/a"
-        row = f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {speed} | {r['peak_gib']:.2f} | "
+        row = f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {_ratio(r['tokens_per_s'], base, 'tokens_per_s')} | "
+        row += f"{_ratio(r['tokens_per_s'], nogc, 'tokens_per_s')} | {r['peak_gib']:.2f} | "
         if settings.cpu:
-            ratio = (
-                f"{r['train_extra_gib'] / base['train_extra_gib']:.2f}"
-                if base and base["train_extra_gib"] > 0
-                else "n/a"
-            )
-            row += f"{r['train_extra_gib']:.2f} | {ratio} | "
+            row += f"{r['train_extra_gib']:.2f} | {_ratio(r['train_extra_gib'], base, 'train_extra_gib')} | "
         else:
-            row += f"{r['peak_gib'] / base['peak_gib']:.2f} | " if base else "n/a | "
-        mfu = r["tflops"] / peak
-        row += f"{100 * mfu:.1f}% | {r['seconds'] / r['steps']:.3f} | {r.get('fused', '-')} | {r.get('layout', 'padded')} |"
+            row += f"{_ratio(r['peak_gib'], base, 'peak_gib')} | "
+        row += f"{100 * r['tflops'] / peak:.1f}% | {r['seconds'] / r['steps']:.3f} | "
+        row += f"{'on' if r.get('gradient_checkpointing') else 'off'} | {r.get('fused', '-')} | {r.get('layout', 'padded')} |"
         lines.append(row)
     return "\n".join(lines)
 
@@ -439,11 +463,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     parser.add_argument("--pairs", type=int, default=8, help="pairs per batch (default 8)")
     parser.add_argument("--steps", type=int, default=None, help="measured steps (default: GPU 20, CPU 6)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps, not timed (default: GPU 3, CPU 1)")
+    parser.add_argument(
+        "--lengths",
+        default="uniform",
+        choices=["uniform", "ultrafeedback", "long-prompt"],
+        help="length distribution (bench_data.py); uniform uses --prompt-words / --completion-words",
+    )
     parser.add_argument("--prompt-words", default=None, help="LO,HI words per prompt (default: GPU 100,200, CPU 40,80)")
     parser.add_argument(
         "--completion-words", default=None, help="LO,HI per completion (default: GPU 150,300, CPU 60,120)"
     )
-    parser.add_argument("--max-length", type=int, default=None, help="max tokens per sequence (default: 1024)")
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="max tokens per sequence (default: 1024; long-prompt 2048)"
+    )
     parser.add_argument(
         "--precision",
         choices=["bf16", "amp", "fp32"],
@@ -478,10 +510,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    max_length = ns.max_length or 1024
+    from bench_data import MAX_LENGTH
+
+    max_length = ns.max_length or MAX_LENGTH[ns.lengths]
     settings = Settings(
         cpu=cpu,
         variants=variants,
+        lengths=ns.lengths,
         pairs=ns.pairs,
         steps=ns.steps or (6 if cpu else 20),
         warmup=ns.warmup if ns.warmup is not None else (1 if cpu else 3),
@@ -557,9 +592,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# {name}: {summary}", flush=True)
     print(_format_table(results, settings, peak))
     if results and "tokens_per_pair" in results[-1]:
+        last = results[-1]
         print(
-            f"\n{results[-1]['tokens_per_pair']:.0f} tokens per pair ((prompt + chosen) + (prompt + rejected)), "
-            f"{settings.pairs} pairs per batch, {settings.steps} measured steps after {settings.warmup} warm-up"
+            f"\n{last['tokens_per_pair']:.0f} tokens per pair ((prompt + chosen) + (prompt + rejected)); "
+            f"lengths {settings.lengths}: median prompt {last['prompt_median']:.0f}, completion "
+            f"{last['completion_median']:.0f} tokens; {settings.pairs} pairs per batch, {settings.steps} measured "
+            f"steps after {settings.warmup} warm-up.\nMFU basis: 6 x (non-embedding params + LM head) x tokens + "
+            f"6 x layers x heads x head_dim x sum(len^2) per step (unpadded sequences, prompt counted per "
+            f"sequence), over {peak:.3g} TFLOP/s ({peak_source})."
         )
     if ns.json:
         Path(ns.json).write_text(

@@ -1,9 +1,10 @@
 """Log-probs of target tokens straight from hidden states, chunked through the LM head.
 
 Full-vocabulary logits are never held: each chunk of rows is projected, reduced to its
-logsumexp and target logit, and dropped; backward recomputes the chunk.  Gradients are exact
-(same math as ``log_softmax(h @ W.T + b)``), in float32 accumulation (float64 for float64 inputs).
-:class:`HeadCapture` takes those hidden states from a model's forward pass.
+logsumexp and target logit, and dropped; backward recomputes the chunk once.  Gradients are exact
+(same math as ``log_softmax(h @ W.T + b)``): the matmuls take the dtype forward's logits matmul
+took (bf16 under autocast or for bf16 weights), the logit gradient is formed in float32 (float64
+for float64 inputs), and the weight gradient accumulates in place in one float32 buffer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ def rows_per_chunk(columns: int, device: torch.device) -> int:
     """Rows of ``columns`` values processed at once: the chunk size of every chunked loop in orpo."""
     budget = CHUNK_ELEMENTS if device.type != "cpu" else CPU_CHUNK_ELEMENTS
     return max(1, budget // max(columns, 1))
+
+
+#: The head's chunks on CPU: ~16 MiB of float32 logits, and never fewer than 128 rows: each chunk
+#: reads the whole weight, so a few dozen rows per chunk leave the matmuls bound by memory
+#: (measured: 65-row chunks 1.24x slower than 128-256 rows, 512+ rows slower again).
+CPU_HEAD_CHUNK_ELEMENTS = 1 << 22
+CPU_HEAD_MIN_ROWS = 128
+
+
+def head_chunk_rows(device: torch.device, vocab_size: int) -> int:
+    """Rows of hidden states per chunk of the fused head."""
+    if device.type != "cpu":
+        return max(1, CHUNK_ELEMENTS // vocab_size)
+    return max(CPU_HEAD_MIN_ROWS, CPU_HEAD_CHUNK_ELEMENTS // vocab_size)
 
 
 def _accum_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -68,35 +83,29 @@ class _LinearSelectiveLogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logps, _grad_means):
         hidden, weight, bias, index, lse = ctx.saved_tensors
-        device_type, autocast_on, autocast_dtype = ctx.autocast
-        softcap, scale, chunk_rows = ctx.softcap, ctx.scale, ctx.chunk_rows
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.empty_like(hidden) if need_h else None
+        compute = _compute_dtype(hidden, weight, *ctx.autocast)
         accum = lse.dtype
+        # One copy of the weight in the matmul dtype (bf16 under autocast), not one per chunk.
+        weight_c = weight.detach().to(compute)
+        bias_dtype = torch.promote_types(hidden.dtype, weight.dtype)
+        grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=accum, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=accum, device=weight.device) if need_b else None
         grad_logps = grad_logps.to(accum)
-        for start in range(0, hidden.shape[0], chunk_rows):
-            stop = start + chunk_rows
-            h = hidden[start:stop]
-            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
-                logits = _project(h, weight, bias, scale)
-            if softcap is not None:
-                capped = torch.tanh(logits / softcap)
-                logits = softcap * capped
-            g = grad_logps[start:stop, None]
-            dz = -g * torch.exp(logits - lse[start:stop, None])
-            dz.scatter_add_(1, index[start:stop, None], g)
-            if softcap is not None:
-                dz = dz * (1 - capped * capped)
-            if scale is not None:
-                dz = dz * scale
+        for start in range(0, hidden.shape[0], ctx.chunk_rows):
+            stop = start + ctx.chunk_rows
+            h = hidden[start:stop].detach().to(compute)
+            dz = _logit_gradient(
+                ctx, h, weight_c, bias, bias_dtype, lse[start:stop], index[start:stop], grad_logps[start:stop]
+            )
             if grad_b is not None:
                 grad_b += dz.sum(0)
+            dz = dz.to(compute)
             if grad_h is not None:
-                grad_h[start:stop] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
+                _matmul_into(grad_h[start:stop], dz, weight_c)
             if grad_w is not None:
-                grad_w += dz.T @ h.to(accum)
+                _accumulate_matmul(grad_w, dz.T, h)
         return (
             grad_h,
             grad_w.to(weight.dtype) if grad_w is not None else None,
@@ -106,6 +115,72 @@ class _LinearSelectiveLogSoftmax(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _compute_dtype(
+    hidden: torch.Tensor, weight: torch.Tensor, device_type: str, autocast_on: bool, autocast_dtype: torch.dtype
+) -> torch.dtype:
+    """The dtype forward's logits matmul ran in: autocast's for non-float64 inputs, else the inputs'."""
+    dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    return autocast_dtype if autocast_on and dtype != torch.float64 else dtype
+
+
+def _logit_gradient(ctx, h, weight_c, bias, bias_dtype, lse, index, grad) -> torch.Tensor:
+    """d(sum grad * logp)/d(logits) of one chunk, in the accumulation dtype: the logits are
+    recomputed as forward computed them, then turned into the gradient in place."""
+    logits = torch.mm(h, weight_c.T)
+    if bias is not None:
+        logits = logits + bias.detach().to(bias_dtype)
+    logits = logits.to(lse.dtype)
+    if ctx.scale is not None:
+        logits = logits * ctx.scale
+    capped = None
+    if ctx.softcap is not None:
+        capped = torch.tanh(logits / ctx.softcap)
+        logits = capped * ctx.softcap
+    g = grad[:, None]
+    dz = logits.sub_(lse[:, None]).exp_().mul_(-g)
+    dz.scatter_add_(1, index[:, None], g)
+    if capped is not None:
+        dz.mul_(1 - capped * capped)
+    if ctx.scale is not None:
+        dz.mul_(ctx.scale)
+    return dz
+
+
+def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    if out.dtype == a.dtype and out.is_contiguous():
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(a @ b)
+
+
+#: Per device type: whether ``addmm(..., out_dtype=float32)`` takes bf16/fp16 operands (CUDA does).
+_OUT_DTYPE_MATMUL: dict[str, bool] = {}
+
+
+def _has_out_dtype_matmul(acc: torch.Tensor, operand_dtype: torch.dtype) -> bool:
+    device = acc.device.type
+    if device not in _OUT_DTYPE_MATMUL:
+        probe = torch.zeros((1, 1), dtype=acc.dtype, device=acc.device)
+        one = torch.ones((1, 1), dtype=operand_dtype, device=acc.device)
+        try:
+            torch.addmm(probe, one, one, out_dtype=acc.dtype, out=probe)
+            _OUT_DTYPE_MATMUL[device] = True
+        except (RuntimeError, NotImplementedError, TypeError):
+            _OUT_DTYPE_MATMUL[device] = False
+    return _OUT_DTYPE_MATMUL[device]
+
+
+def _accumulate_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` in place: float32 accumulation straight from bf16 operands where the
+    device has it (CUDA), else one activation-dtype product per chunk added to the accumulator."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif _has_out_dtype_matmul(acc, a.dtype):
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else:
+        acc.add_(a @ b)
 
 
 def linear_selective_log_softmax(
@@ -125,7 +200,7 @@ def linear_selective_log_softmax(
     backward recomputation alike, in the autocast dtype.
     """
     if chunk_rows is None:
-        chunk_rows = rows_per_chunk(weight.shape[0], hidden.device)
+        chunk_rows = head_chunk_rows(hidden.device, weight.shape[0])
     return _LinearSelectiveLogSoftmax.apply(hidden, weight, bias, index.long(), softcap, scale, chunk_rows)
 
 

@@ -77,8 +77,10 @@ def tiny_causal_lm(
     num_layers: int = 2,
     seed: int = 0,
     tie_word_embeddings: bool = False,
+    **config: object,
 ) -> PreTrainedModel:
-    """A random-init causal LM ("llama", "qwen2", "gemma2", "mistral") sized for CPU tests."""
+    """A random-init causal LM ("llama", "qwen2", "gemma2", "mistral") sized for CPU tests;
+    ``config`` overrides the config's values (head counts, ``sliding_window``, ``attn_implementation``...)."""
     from transformers import AutoConfig
 
     torch.manual_seed(seed)
@@ -97,8 +99,12 @@ def tiny_causal_lm(
     }
     if arch == "gemma2":
         common.update(head_dim=hidden_size // 4, final_logit_softcapping=5.0, query_pre_attn_scalar=hidden_size // 4)
-    config = AutoConfig.for_model(arch, **common)
-    model = AutoModelForCausalLM.from_config(config)
+    attn_implementation = config.pop("attn_implementation", None)
+    common.update(config)
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(arch, **common),
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+    )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -150,10 +156,10 @@ def build_vlm_processor(corpus: Iterable[str], style: str = "qwen2_vl", vocab_si
             {"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]},
             replace_extra_special_tokens=False,
         )
-        image_processor = Qwen2VLImageProcessorPil(
+        qwen_processor = Qwen2VLImageProcessorPil(
             patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=32 * 32
         )
-        return _qwen2_vl_image_only_processor_class()(image_processor, tokenizer, chat_template=QWEN2_VL_TEMPLATE)
+        return _qwen2_vl_image_only_processor_class()(qwen_processor, tokenizer, chat_template=QWEN2_VL_TEMPLATE)
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 

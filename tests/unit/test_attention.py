@@ -1,0 +1,196 @@
+"""Per-segment attention (orpo.attention) == the padded batch, in float64, values and gradients,
+on tiny Llama / Qwen2 / Mistral (sliding window) / Gemma2 (softcap) models called directly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _packed_rows import (
+    SHARED_GRAD_TOLERANCE,
+    assert_same,
+    logits_and_grads,
+    packed_rows,
+    padded_rows,
+    random_pairs,
+    shared_rows,
+)
+from orpo.attention import (
+    SEGMENT_MASK,
+    base_implementation,
+    segment_forward_kwargs,
+    segment_route,
+    use_segment_attention,
+)
+from orpo.host_syncs import detect_host_syncs
+from orpo.testing import tiny_causal_lm
+
+LAYOUTS = {"packed": packed_rows, "shared": shared_rows}
+
+
+def _model(tokenizer, arch="llama", attn="sdpa", hidden_size=32, **config):
+    return tiny_causal_lm(tokenizer, arch=arch, hidden_size=hidden_size, attn_implementation=attn, **config).double()
+
+
+def _upstream(rows, vocab, seed=1):
+    shape = (*rows.source.shape, vocab)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _compare(model, implementation, layout, pairs, padding=3, tol=1e-10, **forward):
+    """Padded with the model's own attention, then ``layout`` per segment; returns both results."""
+    padded = padded_rows(pairs)
+    upstream = _upstream(padded, model.config.vocab_size)
+    reference = logits_and_grads(model, padded, upstream)
+    previous = use_segment_attention(model, implementation)
+    rows = LAYOUTS[layout](pairs, padding)
+    got = logits_and_grads(model, rows, upstream, **segment_forward_kwargs(rows.segments), **forward)
+    assert_same(got, reference, tol, max(tol, SHARED_GRAD_TOLERANCE) if layout == "shared" else tol)
+    return previous
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+@pytest.mark.parametrize("implementation", ["orpo_sdpa", "orpo_eager"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_segment_attention_equals_padded(tokenizer, arch, implementation, layout):
+    model = _model(tokenizer, arch)
+    pairs = random_pairs(len(tokenizer), n=3, seed=2)
+    assert _compare(model, implementation, layout, pairs) == "sdpa"
+    assert model.config._attn_implementation == implementation
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+@pytest.mark.parametrize("implementation", ["orpo_sdpa", "orpo_eager"])
+def test_gqa_with_a_group_size_that_is_not_a_power_of_two(tokenizer, implementation, layout):
+    model = _model(tokenizer, hidden_size=48, num_attention_heads=6, num_key_value_heads=2)
+    _compare(model, implementation, layout, random_pairs(len(tokenizer), seed=3))
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+@pytest.mark.parametrize("implementation", ["orpo_sdpa", "orpo_eager"])
+def test_sliding_window_inside_long_sequences(tokenizer, implementation, layout):
+    """Mistral with a 5-token window: sequences and prompt + rejected run past it."""
+    model = _model(tokenizer, "mistral", sliding_window=5)
+    pairs = random_pairs(len(tokenizer), seed=4, prompt=(6, 10), completion=(4, 9))
+    _compare(model, implementation, layout, pairs)
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+def test_gemma2_softcap_and_alternating_windows_with_eager(tokenizer, layout):
+    model = _model(tokenizer, "gemma2", "eager", sliding_window=6)
+    assert model.config.attn_logit_softcapping is not None
+    pairs = random_pairs(len(tokenizer), seed=5, prompt=(5, 9), completion=(3, 8))
+    # the model's eager attention takes its softmax in float32; ours in the input dtype (float64)
+    assert _compare(model, "orpo_eager", layout, pairs, tol=2e-6) == "eager"
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+def test_gradient_checkpointing(tokenizer, layout):
+    """Recomputed layers see the same segments (kwargs travel through the checkpoint)."""
+    model = _model(tokenizer)
+    model.gradient_checkpointing_enable({"use_reentrant": False})
+    model.train()
+    _compare(model, "orpo_sdpa", layout, random_pairs(len(tokenizer), seed=6))
+
+
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize(("implementation", "attn"), [("orpo_sdpa", "sdpa"), ("orpo_eager", "eager")])
+def test_padded_batches_run_the_base_attention(tokenizer, implementation, attn, left):
+    model = _model(tokenizer, attn=attn)
+    rows = padded_rows(random_pairs(len(tokenizer), seed=7), left=left)
+    with torch.no_grad():
+        reference = model(**rows.inputs).logits
+        use_segment_attention(model, implementation)
+        assert base_implementation(model) == attn
+        got = model(**rows.inputs).logits
+    torch.testing.assert_close(got, reference, rtol=0, atol=0, equal_nan=True)  # eager: left-padding rows are NaN
+
+
+def test_segments_must_match_the_row(tokenizer):
+    model = _model(tokenizer)
+    use_segment_attention(model, "orpo_sdpa")
+    rows = packed_rows(random_pairs(len(tokenizer), seed=8))
+    wrong = packed_rows(random_pairs(len(tokenizer), seed=9)).segments
+    assert wrong.total != rows.segments.total
+    with pytest.raises(ValueError, match=f"orpo_segments describes a packed row of {wrong.total} tokens"):
+        model(**rows.inputs, **segment_forward_kwargs(wrong))
+
+
+def test_the_segment_mask_fails_loudly_under_another_attention(tokenizer):
+    """Never silently attending across sequences: plain sdpa rejects the placeholder mask."""
+    model = _model(tokenizer)
+    rows = packed_rows(random_pairs(len(tokenizer), seed=8))
+    with pytest.raises(RuntimeError):
+        model(**rows.inputs, attention_mask=SEGMENT_MASK)
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+def test_no_host_sync_in_a_segment_forward_and_backward(tokenizer, layout):
+    model = _model(tokenizer)
+    use_segment_attention(model, "orpo_sdpa")
+    rows = LAYOUTS[layout](random_pairs(len(tokenizer), seed=10), padding=2)
+    kwargs = segment_forward_kwargs(rows.segments)
+    with detect_host_syncs() as syncs:
+        model(**rows.inputs, **kwargs, use_cache=False).logits.sum().backward()
+    assert syncs.events == []
+    # the detector does see the syncs of transformers' own mask building on a padded batch
+    with torch.no_grad(), detect_host_syncs(raise_on_sync=False) as syncs:
+        model(**padded_rows(random_pairs(len(tokenizer), seed=10)).inputs)
+    assert syncs.events
+
+
+def test_route(tokenizer):
+    assert segment_route(_model(tokenizer), "padding_free").implementation == "orpo_sdpa"
+    assert segment_route(_model(tokenizer, attn="eager"), "shared_prompt").implementation == "orpo_eager"
+    flex = segment_route(_model(tokenizer, attn="flex_attention"), "padding_free")
+    assert flex.implementation is None and "no backward on CPU" in flex.reason
+    flash = _model(tokenizer)
+    flash.config._attn_implementation_internal = "flash_attention_2"
+    assert segment_route(flash, "padding_free") == (None, "flash_attention_2 is not installed")
+    with pytest.raises(ValueError, match="layout must be"):
+        segment_route(_model(tokenizer), "padded")
+    model = _model(tokenizer)
+    previous = use_segment_attention(model, "orpo_sdpa")
+    assert segment_route(model, "shared_prompt").implementation == "orpo_sdpa"  # seen through ours
+    model.set_attn_implementation(previous)
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="not a per-segment implementation"):
+        use_segment_attention(model, "sdpa")
+
+
+def test_choose_layout(tokenizer):
+    from orpo.attention import choose_layout
+
+    sdpa = _model(tokenizer)
+    assert choose_layout(sdpa) == ("shared_prompt", ("orpo_sdpa", ""))
+    assert choose_layout(sdpa, "padding_free")[0] == "padding_free"
+    assert choose_layout(sdpa, "padded") == ("padded", (None, "requested"))
+    layout, route = choose_layout(_model(tokenizer, attn="flex_attention"))
+    assert layout == "padded" and route.implementation is None
+    assert (
+        route.reason
+        == "shared_prompt: flex attention has no backward on CPU; padding_free: flex attention has no backward on CPU"
+    )
+    layout, route = choose_layout(_model(tokenizer, attn="flex_attention"), "shared_prompt")
+    assert (layout, route.reason) == ("padded", "shared_prompt: flex attention has no backward on CPU")
+    assert choose_layout(torch.nn.Linear(2, 2))[1].reason.startswith(
+        "shared_prompt: Linear is not a transformers model"
+    )
+    with pytest.raises(ValueError, match="layout must be 'auto', 'padded'"):
+        choose_layout(sdpa, "packed")
+
+
+def test_lora_wrapped_model(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert segment_route(model, "padding_free").implementation == "orpo_sdpa"
+    pairs = random_pairs(len(tokenizer), seed=13)
+    padded = padded_rows(pairs)
+    upstream = _upstream(padded, len(tokenizer))
+    reference = logits_and_grads(model, padded, upstream)
+    assert use_segment_attention(model, "orpo_sdpa") == "sdpa"
+    rows = packed_rows(pairs, padding=1)
+    got = logits_and_grads(model, rows, upstream, **segment_forward_kwargs(rows.segments))
+    assert all("lora" in name for name in got[1])  # only the adapters train
+    assert_same(got, reference, 1e-10)
