@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,3 +81,26 @@ class ORPOConfig(ORPOArguments, TrainingArguments):
         self.check_orpo_fields()
         compat.sync_activation_checkpointing(self)
         super().__post_init__()
+
+
+def resolve_config(args: TrainingArguments | None, model: Any) -> ORPOConfig:
+    """The trainer's own copy of the caller's config, which stays as given.
+
+    An ``ORPOConfig`` is copied (its dicts and lists too) without re-running ``__post_init__``; a
+    ``TrainingArguments`` becomes an ``ORPOConfig`` of its values.  ``remove_unused_columns`` is off:
+    the collators pick their columns, and the reports need the row index, which is no model input.
+    """
+    if args is None:
+        name = model if isinstance(model, str) else type(model).__name__ if model is not None else "model"
+        resolved = ORPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-ORPO")
+    elif isinstance(args, ORPOConfig):
+        resolved = copy.copy(args)
+        for field in dataclasses.fields(args):
+            setattr(resolved, field.name, copy.deepcopy(getattr(args, field.name)))
+    else:
+        names = {f.name for f in dataclasses.fields(ORPOConfig) if f.init}
+        resolved = ORPOConfig(
+            **{f.name: copy.deepcopy(getattr(args, f.name)) for f in dataclasses.fields(args) if f.name in names}
+        )
+    resolved.remove_unused_columns = False
+    return resolved

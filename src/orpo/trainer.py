@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import warnings
 from collections.abc import Callable
@@ -16,7 +14,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from . import compat
 from .card import write_model_card
 from .checkpoint import remove_stale_staging
-from .config import ORPOConfig
+from .config import ORPOConfig, resolve_config
 from .data import prepare_preference_dataset
 from .data.collate import choose_collator
 from .distributed import check_launch
@@ -40,29 +38,6 @@ from .reliability.wiring import Reliability
 from .scoring import TokenScorer, unwrap
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_config(args: TrainingArguments | None, model: Any) -> ORPOConfig:
-    """The trainer's own copy of the caller's config, which stays as given.
-
-    An ``ORPOConfig`` is copied (its dicts and lists too) without re-running ``__post_init__``; a
-    ``TrainingArguments`` becomes an ``ORPOConfig`` of its values.  ``remove_unused_columns`` is off:
-    the collators pick their columns, and the reports need the row index, which is no model input.
-    """
-    if args is None:
-        name = model if isinstance(model, str) else type(model).__name__ if model is not None else "model"
-        resolved = ORPOConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-ORPO")
-    elif isinstance(args, ORPOConfig):
-        resolved = copy.copy(args)
-        for field in dataclasses.fields(args):
-            setattr(resolved, field.name, copy.deepcopy(getattr(args, field.name)))
-    else:
-        names = {f.name for f in dataclasses.fields(ORPOConfig) if f.init}
-        resolved = ORPOConfig(
-            **{f.name: copy.deepcopy(getattr(args, f.name)) for f in dataclasses.fields(args) if f.name in names}
-        )
-    resolved.remove_unused_columns = False
-    return resolved
 
 
 class ORPOTrainer(Trainer):
@@ -100,35 +75,10 @@ class ORPOTrainer(Trainer):
         tokenizer: Any = None,
     ) -> None:
         args = resolve_config(args, model)
-        if tokenizer is not None:
-            if processing_class is not None and processing_class is not tokenizer:
-                raise ValueError("pass either processing_class or tokenizer, not both")
-            processing_class = tokenizer
-        init_kwargs = args.model_init_kwargs
-        assert not isinstance(init_kwargs, str), "ORPOConfig.__post_init__ parses it"
-        source = HubSource.split(init_kwargs or {}, args.trust_remote_code)[0]
-        if isinstance(model, str):
-            if processing_class is None:
-                processing_class = load_tokenizer(model, source=source)
-            model = load_model(model, init_kwargs, trust_remote_code=args.trust_remote_code)
-        elif args.model_init_kwargs:
-            warnings.warn("model_init_kwargs is ignored because the model is already instantiated", stacklevel=2)
-        if processing_class is None:
-            if model is None:
-                raise ValueError("ORPOTrainer needs processing_class (the tokenizer) to tokenize and pad the data")
-            processing_class = tokenizer_of(model, source)
+        model, processing_class, model_init = self._model_and_processor(
+            model, args, processing_class, tokenizer, peft_config, model_init
+        )
         tokenizer_ = getattr(processing_class, "tokenizer", processing_class)
-        prepare_tokenizer(tokenizer_)
-
-        if model is not None:
-            model = self._prepare_model(model, args, peft_config)
-        elif model_init is not None and (peft_config is not None or args.freeze_vision_tower):
-            user_init = model_init
-
-            def prepared_init() -> torch.nn.Module:  # wraps the user's initializer
-                return self._prepare_model(user_init(), args, peft_config)
-
-            model_init = prepared_init  # type: ignore[assignment]  # Trainer only calls it
 
         # "causal", "vision" (orpo.vision) or "seq2seq" (orpo.seq2seq): picks data preparation and collator.
         self.model_kind = model_kind(
@@ -137,25 +87,9 @@ class ORPOTrainer(Trainer):
         args.is_encoder_decoder = self.model_kind == "seq2seq"
         # What preparation tokenizes with: the processor itself for images, else its tokenizer.
         self.data_processor = processing_class if self.model_kind == "vision" else tokenizer_
-        data_processor = self.data_processor
 
         self.data_reports: dict[str, Any] = {}
-        if train_dataset is not None:
-            preflight.check_training_amounts(args)  # before the data is prepared
-        # Each node's main process prepares first; the others then read its datasets cache (file-backed data).
-        with args.main_process_first(desc="preparing the data"):
-            if train_dataset is not None:
-                train_dataset, self.data_reports["train"] = self._prepare_data(
-                    train_dataset, data_processor, args, "train"
-                )
-            if eval_dataset is not None:
-                if isinstance(eval_dataset, dict):
-                    eval_dataset = {
-                        name: self._prepare_eval(data, data_processor, args, f"eval[{name}]")
-                        for name, data in eval_dataset.items()
-                    }
-                else:
-                    eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
+        train_dataset, eval_dataset = self._prepare_datasets(train_dataset, eval_dataset, args)
 
         if data_collator is None:
             data_collator = choose_collator(
@@ -259,6 +193,67 @@ class ORPOTrainer(Trainer):
             write_model_card(self, str(self.args.output_dir), model_name=model_name, tags=extra)
 
     # ---- setup ------------------------------------------------------------------------
+    def _model_and_processor(
+        self,
+        model: PreTrainedModel | torch.nn.Module | str | None,
+        args: ORPOConfig,
+        processing_class: Any,
+        tokenizer: Any,
+        peft_config: Any,
+        model_init: Callable[[], PreTrainedModel] | None,
+    ) -> tuple[torch.nn.Module | None, Any, Callable[[], PreTrainedModel] | None]:
+        """TRL's model/tokenizer arguments -> the prepared model (or initializer) and its processing class."""
+        if tokenizer is not None:
+            if processing_class is not None and processing_class is not tokenizer:
+                raise ValueError("pass either processing_class or tokenizer, not both")
+            processing_class = tokenizer
+        init_kwargs = args.model_init_kwargs
+        assert not isinstance(init_kwargs, str), "ORPOConfig.__post_init__ parses it"
+        source = HubSource.split(init_kwargs or {}, args.trust_remote_code)[0]
+        if isinstance(model, str):
+            if processing_class is None:
+                processing_class = load_tokenizer(model, source=source)
+            model = load_model(model, init_kwargs, trust_remote_code=args.trust_remote_code)
+        elif args.model_init_kwargs:
+            warnings.warn("model_init_kwargs is ignored because the model is already instantiated", stacklevel=3)
+        if processing_class is None:
+            if model is None:
+                raise ValueError("ORPOTrainer needs processing_class (the tokenizer) to tokenize and pad the data")
+            processing_class = tokenizer_of(model, source)
+        prepare_tokenizer(getattr(processing_class, "tokenizer", processing_class))
+
+        if model is not None:
+            model = self._prepare_model(model, args, peft_config)
+        elif model_init is not None and (peft_config is not None or args.freeze_vision_tower):
+            user_init = model_init
+
+            def prepared_init() -> torch.nn.Module:  # wraps the user's initializer
+                return self._prepare_model(user_init(), args, peft_config)
+
+            model_init = prepared_init  # type: ignore[assignment]  # Trainer only calls it
+        return model, processing_class, model_init
+
+    def _prepare_datasets(self, train_dataset: Any, eval_dataset: Any, args: ORPOConfig) -> tuple[Any, Any]:
+        """Tokenized train and eval data (and their reports in ``self.data_reports``)."""
+        data_processor = self.data_processor
+        if train_dataset is not None:
+            preflight.check_training_amounts(args)  # before the data is prepared
+        # Each node's main process prepares first; the others then read its datasets cache (file-backed data).
+        with args.main_process_first(desc="preparing the data"):
+            if train_dataset is not None:
+                train_dataset, self.data_reports["train"] = self._prepare_data(
+                    train_dataset, data_processor, args, "train"
+                )
+            if eval_dataset is not None:
+                if isinstance(eval_dataset, dict):
+                    eval_dataset = {
+                        name: self._prepare_eval(data, data_processor, args, f"eval[{name}]")
+                        for name, data in eval_dataset.items()
+                    }
+                else:
+                    eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
+        return train_dataset, eval_dataset
+
     @staticmethod
     def _prepare_model(model: torch.nn.Module, args: ORPOConfig, peft_config: Any) -> torch.nn.Module:
         if peft_config is not None:
