@@ -70,9 +70,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "orpo-plain": ("orpo", {"fused_lm_head": False}),  # full logits, as TRL
     "orpo-grouped": ("orpo", {"train_sampling_strategy": "group_by_length"}),
     # per-segment attention (orpo.attention), previewed by bench_preview.py
-    "orpo-pf-seg": ("orpo", {"padding_free": True, "_segments": "padding_free"}),
+    "orpo-pf-seg": ("orpo", {"padding_free": True, "_segments": "packed"}),
     "orpo-sp-seg": ("orpo", {"shared_prompt": True, "_segments": "shared_prompt"}),
-    "orpo-pf-flexseg": ("orpo", {"padding_free": True, "_attn": "flex_attention", "_segments": "padding_free"}),
+    "orpo-pf-flexseg": ("orpo", {"padding_free": True, "_attn": "flex_attention", "_segments": "packed"}),
     "orpo-sp-flexseg": ("orpo", {"shared_prompt": True, "_attn": "flex_attention", "_segments": "shared_prompt"}),
     "orpo-sp-seg-gc": ("orpo", {"shared_prompt": True, "_segments": "shared_prompt", "_gc": True}),
     "orpo-sp-flexseg-gc": (

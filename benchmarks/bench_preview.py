@@ -24,27 +24,29 @@ def _shared_segments(batch: dict[str, Any]) -> Any:
     return shared_prompt_segments(*lengths, total=len(pairs))
 
 
-def route_packed_forwards(trainer: Any, layout: str) -> str:
-    """Make ``trainer``'s padding-free or shared-prompt batches attend per segment; returns the
-    implementation name, or raises SystemExit with the reason the model cannot."""
-    from orpo import attention, layouts
+def route_packed_forwards(trainer: Any, layout_name: str) -> str:
+    """Make ``trainer``'s packed ("packed") or shared-prompt ("shared_prompt") batches attend per
+    segment; returns the implementation name, or raises SystemExit with the reason it cannot."""
+    from orpo import attention, scoring
+    from orpo.layouts import Layout
     from orpo.segments import segments_from_position_ids
 
+    layout = Layout(layout_name)
     model = trainer.model
     route = attention.segment_route(model, layout)
     if route.implementation is None:
-        raise SystemExit(f"{layout}: no per-segment attention for this model: {route.reason}")
+        raise SystemExit(f"{layout.value}: no per-segment attention for this model: {route.reason}")
     attention.use_segment_attention(model, route.implementation)
-    # the layouts' own checks ask for the base implementation by name
-    layouts._attn_implementation = attention.base_implementation  # type: ignore[assignment]
-    if layout == "shared_prompt":
+    # the scorer's own checks ask for the base implementation by name
+    scoring._attn_implementation = attention.base_implementation  # type: ignore[assignment]
+    if layout is Layout.SHARED_PROMPT:
 
-        def shared_inputs(_model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        def shared_inputs(batch: dict[str, Any], _implementation: Any, _dtype: Any) -> dict[str, Any]:
             segments = _shared_segments(batch).to(batch["input_ids"].device)
             inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
             return {**inputs, **attention.segment_forward_kwargs(segments)}
 
-        layouts._shared_inputs = shared_inputs  # type: ignore[assignment]
+        scoring.shared_inputs = shared_inputs  # type: ignore[assignment]
         return route.implementation
     forward = model.forward
 

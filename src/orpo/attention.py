@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .segments import PADDING_FREE, SHARED_PROMPT, Call, Segments, flex_block_mask
+from .layouts import Layout
+from .segments import Call, Segments, flex_block_mask
 
 SEGMENTS_KWARG = "orpo_segments"
 #: base attn_implementation -> the per-segment implementation wrapping it
@@ -41,6 +42,9 @@ IMPLEMENTATIONS = {
 }
 BASES = {name: base for base, name in IMPLEMENTATIONS.items()}
 SEGMENT_MASK = torch.zeros((1, 1, 0, 0), dtype=torch.bool)
+#: The layouts that run per segment, in the order ``best_layout`` tries them: a shared prompt runs
+#: each prompt once, packed rows spend nothing on padding.
+AUTO_ORDER = (Layout.SHARED_PROMPT, Layout.PACKED)
 
 
 def segment_forward_kwargs(segments: Segments) -> dict[str, Any]:
@@ -335,12 +339,12 @@ def _flash_available(base: str) -> bool:
     return is_flash_attn_3_available() if base == "flash_attention_3" else is_flash_attn_2_available()
 
 
-def segment_route(model: torch.nn.Module, layout: str) -> AttentionRoute:
-    """Which per-segment implementation runs ``layout`` ("padding_free", "shared_prompt") on ``model``."""
+def segment_route(model: torch.nn.Module, layout: Layout) -> AttentionRoute:
+    """Which per-segment implementation runs ``layout`` (packed or shared prompt) on ``model``."""
     from transformers import PreTrainedModel
 
-    if layout not in (PADDING_FREE, SHARED_PROMPT):
-        raise ValueError(f"layout must be {PADDING_FREE!r} or {SHARED_PROMPT!r}, got {layout!r}")
+    if layout not in AUTO_ORDER:
+        raise ValueError(f"layout must be Layout.PACKED or Layout.SHARED_PROMPT, got {layout!r}")
     if not isinstance(_pretrained(model), PreTrainedModel):
         return AttentionRoute(None, f"{type(model).__name__} is not a transformers model")
     base = base_implementation(model)
@@ -354,7 +358,7 @@ def segment_route(model: torch.nn.Module, layout: str) -> AttentionRoute:
             return AttentionRoute(None, f"{base} is not installed")
         from transformers.modeling_flash_attention_utils import flash_attn_supports_top_left_mask
 
-        if layout == SHARED_PROMPT and flash_attn_supports_top_left_mask():
+        if layout is Layout.SHARED_PROMPT and flash_attn_supports_top_left_mask():
             return AttentionRoute(
                 None, "flash-attn < 2.1 aligns causal masks top-left; shared_prompt needs bottom-right"
             )
@@ -378,26 +382,19 @@ def use_segment_attention(model: torch.nn.Module, implementation: str) -> str:
     return previous
 
 
-#: What ``layout="auto"`` tries, best first: a shared prompt runs each prompt once, padding-free
-#: spends nothing on padding, padded always works.
-AUTO_ORDER = (SHARED_PROMPT, PADDING_FREE)
-
-
-def choose_layout(model: torch.nn.Module, requested: str = "auto") -> tuple[str, AttentionRoute]:
+def best_layout(model: torch.nn.Module, requested: Layout | None = None) -> tuple[Layout, AttentionRoute]:
     """The batch layout to train ``model`` with, and the attention route that runs it.
 
-    ``requested`` is "auto" (the first of :data:`AUTO_ORDER` the model's attention can run per
-    segment, else "padded"), "padded", or a layout that then runs padded only if it cannot run
-    here; the route's reason says why, for the one log line the caller writes.
+    ``requested`` None ("auto") takes the first of :data:`AUTO_ORDER` the model's attention can
+    run per segment, else padded; a requested layout runs padded only if it cannot run here.  The
+    route's reason says why, for the one log line the caller writes.
     """
-    if requested == "padded":
-        return "padded", AttentionRoute(None, "requested")
-    if requested not in ("auto", *AUTO_ORDER):
-        raise ValueError(f"layout must be 'auto', 'padded', {PADDING_FREE!r} or {SHARED_PROMPT!r}, got {requested!r}")
+    if requested is Layout.PADDED:
+        return Layout.PADDED, AttentionRoute(None, "requested")
     reasons = []
-    for layout in AUTO_ORDER if requested == "auto" else (requested,):
+    for layout in AUTO_ORDER if requested is None else (requested,):
         route = segment_route(model, layout)
         if route.implementation is not None:
             return layout, route
-        reasons.append(f"{layout}: {route.reason}")
-    return "padded", AttentionRoute(None, "; ".join(reasons))
+        reasons.append(f"{layout.value}: {route.reason}")
+    return Layout.PADDED, AttentionRoute(None, "; ".join(reasons))

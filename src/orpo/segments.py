@@ -26,8 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-PADDING_FREE = "padding_free"
-SHARED_PROMPT = "shared_prompt"
+from .layouts import Layout
 
 
 class Call(NamedTuple):
@@ -62,7 +61,7 @@ class Segments:
       same for the calls with a prefix, keys = prefix then own tokens (a second varlen call).
     """
 
-    layout: str
+    layout: Layout  # PACKED or SHARED_PROMPT
     calls: tuple[Call, ...]
     total: int
     tensors: dict[str, torch.Tensor]
@@ -131,7 +130,7 @@ def packed_segments(lengths: Sequence[int], total: int | None = None) -> Segment
         start += n
     total = start if total is None else int(total)
     _padding_call(calls, start, total)
-    return _build(PADDING_FREE, calls, total)
+    return _build(Layout.PACKED, calls, total)
 
 
 def shared_prompt_segments(
@@ -151,7 +150,7 @@ def shared_prompt_segments(
         start += np_ + nc + nr
     total = start if total is None else int(total)
     _padding_call(calls, start, total)
-    return _build(SHARED_PROMPT, calls, total)
+    return _build(Layout.SHARED_PROMPT, calls, total)
 
 
 def segments_from_position_ids(position_ids: torch.Tensor) -> Segments:
@@ -165,7 +164,7 @@ def segments_from_position_ids(position_ids: torch.Tensor) -> Segments:
     return packed_segments([b - a for a, b in itertools.pairwise(bounds)])
 
 
-def _build(layout: str, calls: list[Call], total: int) -> Segments:
+def _build(layout: Layout, calls: list[Call], total: int) -> Segments:
     return Segments(layout, tuple(calls), total, _index_tensors(calls, total))
 
 

@@ -25,6 +25,7 @@ from _packed_rows import (
 from orpo import attention, fused
 from orpo.attention import segment_forward_kwargs, segment_route, use_segment_attention
 from orpo.host_syncs import detect_host_syncs
+from orpo.layouts import Layout
 from orpo.testing import build_tokenizer, tiny_causal_lm
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -87,11 +88,9 @@ def test_compiled_flex_equals_padded_with_gqa_kept(tok, layout, monkeypatch):
 
     monkeypatch.setattr(attention, "_flex_function", spy)
     model = _model(tok)
-    assert segment_route(model, "shared_prompt").implementation == "orpo_sdpa"
+    assert segment_route(model, Layout.SHARED_PROMPT).implementation == "orpo_sdpa"
     model.set_attn_implementation("flex_attention")
-    assert segment_route(model, {"packed": "padding_free", "shared": "shared_prompt"}[layout]).implementation == (
-        "orpo_flex"
-    )
+    assert segment_route(model, {"packed": Layout.PACKED, "shared": Layout.SHARED_PROMPT}[layout])[0] == "orpo_flex"
     _compare(model, "orpo_flex", layout, 2e-4, 2e-3)
     assert shapes and set(shapes) == {(14, 2, True)}  # no repeat_kv copies
 
@@ -112,7 +111,7 @@ def test_sdpa_per_segment_equals_padded(tok, layout, dtype):
 def test_flash_varlen_equals_padded(tok, layout):
     model = _model(tok, dtype=torch.bfloat16)
     model.set_attn_implementation("flash_attention_2")
-    assert segment_route(model, "shared_prompt").implementation == "orpo_fa2"
+    assert segment_route(model, Layout.SHARED_PROMPT).implementation == "orpo_fa2"
     _compare(model, "orpo_fa2", layout, 2e-2, 5e-2)
 
 

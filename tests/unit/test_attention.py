@@ -23,6 +23,7 @@ from orpo.attention import (
     use_segment_attention,
 )
 from orpo.host_syncs import detect_host_syncs
+from orpo.layouts import Layout
 from orpo.testing import tiny_causal_lm
 
 LAYOUTS = {"packed": packed_rows, "shared": shared_rows}
@@ -140,51 +141,47 @@ def test_no_host_sync_in_a_segment_forward_and_backward(tokenizer, layout):
 
 
 def test_route(tokenizer):
-    assert segment_route(_model(tokenizer), "padding_free").implementation == "orpo_sdpa"
-    assert segment_route(_model(tokenizer, attn="eager"), "shared_prompt").implementation == "orpo_eager"
-    flex = segment_route(_model(tokenizer, attn="flex_attention"), "padding_free")
+    assert segment_route(_model(tokenizer), Layout.PACKED).implementation == "orpo_sdpa"
+    assert segment_route(_model(tokenizer, attn="eager"), Layout.SHARED_PROMPT).implementation == "orpo_eager"
+    flex = segment_route(_model(tokenizer, attn="flex_attention"), Layout.PACKED)
     assert flex.implementation is None and "no backward on CPU" in flex.reason
     flash = _model(tokenizer)
     flash.config._attn_implementation_internal = "flash_attention_2"
-    assert segment_route(flash, "padding_free") == (None, "flash_attention_2 is not installed")
-    with pytest.raises(ValueError, match="layout must be"):
-        segment_route(_model(tokenizer), "padded")
+    assert segment_route(flash, Layout.PACKED) == (None, "flash_attention_2 is not installed")
+    with pytest.raises(ValueError, match=r"layout must be Layout\.PACKED or Layout\.SHARED_PROMPT"):
+        segment_route(_model(tokenizer), Layout.PADDED)
     model = _model(tokenizer)
     previous = use_segment_attention(model, "orpo_sdpa")
-    assert segment_route(model, "shared_prompt").implementation == "orpo_sdpa"  # seen through ours
+    assert segment_route(model, Layout.SHARED_PROMPT).implementation == "orpo_sdpa"  # seen through ours
     model.set_attn_implementation(previous)
     assert model.config._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="not a per-segment implementation"):
         use_segment_attention(model, "sdpa")
 
 
-def test_choose_layout(tokenizer):
-    from orpo.attention import choose_layout
+def test_best_layout(tokenizer):
+    from orpo.attention import best_layout
 
     sdpa = _model(tokenizer)
-    assert choose_layout(sdpa) == ("shared_prompt", ("orpo_sdpa", ""))
-    assert choose_layout(sdpa, "padding_free")[0] == "padding_free"
-    assert choose_layout(sdpa, "padded") == ("padded", (None, "requested"))
-    layout, route = choose_layout(_model(tokenizer, attn="flex_attention"))
-    assert layout == "padded" and route.implementation is None
+    assert best_layout(sdpa) == (Layout.SHARED_PROMPT, ("orpo_sdpa", ""))
+    assert best_layout(sdpa, Layout.PACKED)[0] is Layout.PACKED
+    assert best_layout(sdpa, Layout.PADDED) == (Layout.PADDED, (None, "requested"))
+    layout, route = best_layout(_model(tokenizer, attn="flex_attention"))
+    assert layout is Layout.PADDED and route.implementation is None
     assert (
         route.reason
-        == "shared_prompt: flex attention has no backward on CPU; padding_free: flex attention has no backward on CPU"
+        == "shared_prompt: flex attention has no backward on CPU; packed: flex attention has no backward on CPU"
     )
-    layout, route = choose_layout(_model(tokenizer, attn="flex_attention"), "shared_prompt")
-    assert (layout, route.reason) == ("padded", "shared_prompt: flex attention has no backward on CPU")
-    assert choose_layout(torch.nn.Linear(2, 2))[1].reason.startswith(
-        "shared_prompt: Linear is not a transformers model"
-    )
-    with pytest.raises(ValueError, match="layout must be 'auto', 'padded'"):
-        choose_layout(sdpa, "packed")
+    layout, route = best_layout(_model(tokenizer, attn="flex_attention"), Layout.SHARED_PROMPT)
+    assert (layout, route.reason) == (Layout.PADDED, "shared_prompt: flex attention has no backward on CPU")
+    assert best_layout(torch.nn.Linear(2, 2))[1].reason.startswith("shared_prompt: Linear is not a transformers model")
 
 
 def test_lora_wrapped_model(tokenizer):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    assert segment_route(model, "padding_free").implementation == "orpo_sdpa"
+    assert segment_route(model, Layout.PACKED).implementation == "orpo_sdpa"
     pairs = random_pairs(len(tokenizer), seed=13)
     padded = padded_rows(pairs)
     upstream = _upstream(padded, len(tokenizer))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from orpo.layouts import Layout
 from orpo.segments import (
     Call,
     dense_mask,
@@ -18,7 +19,7 @@ from orpo.segments import (
 
 def test_packed_calls_and_varlen_tensors():
     seg = packed_segments([3, 0, 2], total=7)
-    assert seg.layout == "padding_free" and seg.total == 7
+    assert seg.layout is Layout.PACKED and seg.total == 7
     assert seg.calls == (Call(0, 3), Call(3, 5), Call(5, 7))  # the empty sequence has no call; padding has one
     assert seg.tiles_row
     assert seg.tensors["cu_self"].tolist() == [0, 3, 5, 7] and seg.tensors["cu_self"].dtype == torch.int32
@@ -30,7 +31,7 @@ def test_shared_prompt_calls_and_varlen_tensors():
     seg = shared_prompt_segments([2, 1], [3, 0], [1, 2], total=11)
     # pair 0: prompt 0-1, chosen 2-4, rejected 5; pair 1: prompt 6, chosen empty, rejected 7-8; padding 9-10
     assert seg.calls == (Call(0, 5), Call(5, 6, 0, 2), Call(6, 7), Call(7, 9, 6, 7), Call(9, 11))
-    assert not seg.tiles_row
+    assert seg.layout is Layout.SHARED_PROMPT and not seg.tiles_row
     t = seg.tensors
     assert t["positions"].tolist() == [0, 1, 2, 3, 4, 2, 0, 1, 2, 0, 1]
     assert t["self_index"].tolist() == [0, 1, 2, 3, 4, 6, 9, 10]
