@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -227,11 +227,57 @@ def tokenizer_of(model: Any, source: HubSource = HubSource()) -> Any:
     except (OSError, ValueError) as err:  # no tokenizer files: OSError or, for some, ValueError
         if "custom code" in str(err):
             raise
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(
-            f"no processing_class given, and none could be loaded from the model's name_or_path {name!r} ({first}); "
-            "pass processing_class (the tokenizer or processor)"
+            f"no processing_class given, and none could be loaded from the model's name_or_path {name!r} "
+            f"({_first_line(err)}); pass processing_class (the tokenizer or processor)"
         ) from None
+
+
+def load_model_and_processor(
+    model: str | torch.nn.Module,
+    processing_class: Any = None,
+    model_init_kwargs: dict[str, Any] | None = None,
+    *,
+    trust_remote_code: bool = False,
+    chat_template: str | None = None,
+    tokenizer_from: str | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """The model and its processing class: the one loader behind ``ORPOTrainer(model="id")`` and the run engine.
+
+    A model given by name is loaded with ``model_init_kwargs``; without ``processing_class`` its tokenizer (a
+    processor for a vision-language model) is loaded from ``tokenizer_from`` or the model's name, and for a model
+    object from the object's ``name_or_path`` (as TRL does). Every load gets the same :class:`HubSource`
+    (``revision`` / ``trust_remote_code`` of ``model_init_kwargs``, or ``trust_remote_code``). ``chat_template``
+    replaces the processing class's own; the tokenizer gets a pad token."""
+    source = HubSource.split(model_init_kwargs or {}, trust_remote_code)[0]
+    if isinstance(model, str):
+        if processing_class is None:
+            processing_class = _named_load("the tokenizer of", tokenizer_from or model, load_tokenizer, source=source)
+        loaded = _named_load("model", model, load_model, model_init_kwargs, trust_remote_code=trust_remote_code)
+    else:
+        loaded = model
+        if processing_class is None:
+            processing_class = tokenizer_of(model, source)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+        if tokenizer is not processing_class:  # a processor renders with its own template
+            processing_class.chat_template = chat_template
+    prepare_tokenizer(tokenizer)
+    return loaded, processing_class
+
+
+def _named_load(what: str, name: str, load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``load(name, ...)``; a missing file or repository is an ``OSError`` saying what could not be loaded."""
+    try:
+        return load(name, *args, **kwargs)
+    except OSError as err:
+        raise OSError(f"cannot load {what} {name!r}: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -168,39 +168,34 @@ def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
 
 
 def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: Any, tokenizer: Any) -> tuple[Any, Any]:
-    """The given model and tokenizer (with the chosen chat template), or both loaded by name."""
-    from .modeling import HubSource, load_model, load_tokenizer
+    """The given model and tokenizer, or those ``--model`` names (a start adapter: on its base), through the
+    loader ``ORPOTrainer(model="id")`` uses, with the chosen chat template."""
+    from .modeling import load_model_and_processor
 
     template = resolve_chat_template(model_args.chat_template)
-    if model is None:
-        name = model_args.model_name_or_path
-        if not name:
-            raise UsageError("no model: pass --model (a hub id or a local directory)")
-        base = start_adapter_base(model_args)
-        check_model_source(base or name)
-        kwargs = model_init_kwargs(model_args, config)
-        if tokenizer is None:
-            own_tokenizer = base is None or (Path(name).expanduser() / "tokenizer_config.json").is_file()
-            source = HubSource.split(kwargs)[0]
-            tokenizer = _load_tokenizer_or_fail(load_tokenizer, name if own_tokenizer else str(base), template, source)
-        try:
-            model = load_model(base or name, kwargs)
-        except OSError as err:
-            raise OSError(f"cannot load model {base or name!r}: {_first_line(err)}") from err
-        if base is not None:
-            model = attach_start_adapter(model, name, merge=model_args.merge_start_adapter)
-            how = "merged into its base" if model_args.merge_start_adapter else "trained on"
-            logger.info("start adapter %s on base %s: %s", name, base, how)
-    elif template is not None and tokenizer is not None:
-        getattr(tokenizer, "tokenizer", tokenizer).chat_template = template
-        if hasattr(tokenizer, "tokenizer"):
-            tokenizer.chat_template = template
-    if tokenizer is None:
-        from .modeling import tokenizer_of
-
-        tokenizer = tokenizer_of(model, HubSource.split(model_init_kwargs(model_args, config))[0])
-        if template is not None:
-            getattr(tokenizer, "tokenizer", tokenizer).chat_template = template
+    # Only where something is loaded: a quantization config needs a GPU.
+    kwargs = model_init_kwargs(model_args, config) if model is None or tokenizer is None else None
+    trust = config.trust_remote_code
+    if model is not None:
+        return load_model_and_processor(model, tokenizer, kwargs, trust_remote_code=trust, chat_template=template)
+    name = model_args.model_name_or_path
+    if not name:
+        raise UsageError("no model: pass --model (a hub id or a local directory)")
+    base = start_adapter_base(model_args)
+    check_model_source(base or name)
+    own_tokenizer = base is None or (Path(name).expanduser() / "tokenizer_config.json").is_file()
+    model, tokenizer = load_model_and_processor(
+        base or name,
+        tokenizer,
+        kwargs,
+        trust_remote_code=trust,
+        chat_template=template,
+        tokenizer_from=name if own_tokenizer else base,
+    )
+    if base is not None:
+        model = attach_start_adapter(model, name, merge=model_args.merge_start_adapter)
+        how = "merged into its base" if model_args.merge_start_adapter else "trained on"
+        logger.info("start adapter %s on base %s: %s", name, base, how)
     return model, tokenizer
 
 
@@ -239,18 +234,6 @@ def _has_accelerator() -> bool:
     import torch
 
     return torch.cuda.is_available() or bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-
-
-def _load_tokenizer_or_fail(load: Any, name: str, template: str | None, source: Any) -> Any:
-    try:
-        return load(name, chat_template=template, source=source)
-    except OSError as err:
-        raise OSError(f"cannot load the tokenizer of {name!r}: {_first_line(err)}") from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def finish_training(

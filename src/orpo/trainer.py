@@ -22,16 +22,13 @@ from .eval_generation import generate_samples
 from .loss import orpo_loss, pair_counts, pair_logps
 from .metrics import MetricWindows, window_loss
 from .modeling import (
-    HubSource,
     absolute_base_path,
     apply_peft,
     disable_dropout,
     is_peft_model,
-    load_model,
-    load_tokenizer,
+    load_model_and_processor,
     model_kind,
     prepare_tokenizer,
-    tokenizer_of,
 )
 from .reliability import preflight, trainer_internals
 from .reliability.wiring import Reliability
@@ -79,15 +76,7 @@ class ORPOTrainer(Trainer):
             model, args, processing_class, tokenizer, peft_config, model_init
         )
         tokenizer_ = getattr(processing_class, "tokenizer", processing_class)
-
-        # "causal", "vision" (orpo.vision) or "seq2seq" (orpo.seq2seq): picks data preparation and collator.
-        self.model_kind = model_kind(
-            unwrap(model) if model is not None else None, processing_class, args.is_encoder_decoder
-        )
-        args.is_encoder_decoder = self.model_kind == "seq2seq"
-        # What preparation tokenizes with: the processor itself for images, else its tokenizer.
-        self.data_processor = processing_class if self.model_kind == "vision" else tokenizer_
-
+        self._set_model_kind(model, processing_class, args)
         self.data_reports: dict[str, Any] = {}
         train_dataset, eval_dataset = self._prepare_datasets(train_dataset, eval_dataset, args)
 
@@ -209,29 +198,34 @@ class ORPOTrainer(Trainer):
             processing_class = tokenizer
         init_kwargs = args.model_init_kwargs
         assert not isinstance(init_kwargs, str), "ORPOConfig.__post_init__ parses it"
-        source = HubSource.split(init_kwargs or {}, args.trust_remote_code)[0]
-        if isinstance(model, str):
-            if processing_class is None:
-                processing_class = load_tokenizer(model, source=source)
-            model = load_model(model, init_kwargs, trust_remote_code=args.trust_remote_code)
-        elif args.model_init_kwargs:
+        if not isinstance(model, str) and init_kwargs:
             warnings.warn("model_init_kwargs is ignored because the model is already instantiated", stacklevel=3)
-        if processing_class is None:
-            if model is None:
-                raise ValueError("ORPOTrainer needs processing_class (the tokenizer) to tokenize and pad the data")
-            processing_class = tokenizer_of(model, source)
-        prepare_tokenizer(getattr(processing_class, "tokenizer", processing_class))
-
         if model is not None:
-            model = self._prepare_model(model, args, peft_config)
-        elif model_init is not None and (peft_config is not None or args.freeze_vision_tower):
+            model, processing_class = load_model_and_processor(
+                model, processing_class, init_kwargs, trust_remote_code=args.trust_remote_code
+            )
+            return self._prepare_model(model, args, peft_config), processing_class, model_init
+        if processing_class is None:
+            raise ValueError("ORPOTrainer needs processing_class (the tokenizer) to tokenize and pad the data")
+        prepare_tokenizer(getattr(processing_class, "tokenizer", processing_class))
+        if model_init is not None and (peft_config is not None or args.freeze_vision_tower):
             user_init = model_init
 
             def prepared_init() -> torch.nn.Module:  # wraps the user's initializer
                 return self._prepare_model(user_init(), args, peft_config)
 
             model_init = prepared_init  # type: ignore[assignment]  # Trainer only calls it
-        return model, processing_class, model_init
+        return None, processing_class, model_init
+
+    def _set_model_kind(self, model: torch.nn.Module | None, processing_class: Any, args: ORPOConfig) -> None:
+        """``model_kind`` ("causal", "vision": orpo.vision, "seq2seq": orpo.seq2seq) picks data preparation and
+        collator; ``data_processor`` is what preparation tokenizes with (the processor itself for images)."""
+        self.model_kind = model_kind(
+            unwrap(model) if model is not None else None, processing_class, args.is_encoder_decoder
+        )
+        args.is_encoder_decoder = self.model_kind == "seq2seq"
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        self.data_processor = processing_class if self.model_kind == "vision" else tokenizer
 
     def _prepare_datasets(self, train_dataset: Any, eval_dataset: Any, args: ORPOConfig) -> tuple[Any, Any]:
         """Tokenized train and eval data (and their reports in ``self.data_reports``)."""

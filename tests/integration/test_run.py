@@ -1,10 +1,12 @@
-"""The run engine leaves the caller's ORPOConfig as it was: what the run decides goes into a copy."""
+"""The run engine leaves the caller's ORPOConfig as it was (what the run decides goes into a copy) and loads
+the model and tokenizer, given or named, with the chosen chat template."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 
+import pytest
 from _cli_support import save_tiny_model, write_pairs
 
 from orpo import ModelArguments, ORPOConfig
@@ -86,3 +88,29 @@ def test_copy_config_validates_and_copies(tmp_path):
     assert copied.logging_steps == 3 and config.logging_steps == 10
     assert copied.fsdp_config == config.fsdp_config and copied.fsdp_config is not config.fsdp_config
     assert dataclasses.replace(copied, logging_steps=10) == config  # the same config but for the change
+
+
+@pytest.mark.parametrize("given", ["model and tokenizer", "model", "tokenizer", "neither"])
+def test_the_chosen_chat_template_reaches_the_tokenizer_on_every_route(tmp_path, given):
+    """Given or loaded (from --model, or from a model object's name_or_path), the tokenizer trains with
+    --chat-template, not the template saved with it (ChatML)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from orpo.loading import CHAT_TEMPLATES
+
+    path = str(save_tiny_model(tmp_path / "model"))
+    model = AutoModelForCausalLM.from_pretrained(path) if "model" in given else None
+    tokenizer = AutoTokenizer.from_pretrained(path) if "tokenizer" in given else None
+    rows = [{"prompt": "hello", "chosen": " yes", "rejected": " no"}] * 8
+    trainer = build_trainer(
+        ModelArguments(model_name_or_path=path, chat_template="zephyr"),
+        None,
+        _config(tmp_path),
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=rows,
+        console=False,
+    )
+    assert trainer.processing_class.chat_template == CHAT_TEMPLATES["zephyr"] != CHAT_TEMPLATES["chatml"]
+    assert tokenizer is None or trainer.processing_class is tokenizer
+    assert model is None or trainer.model is model

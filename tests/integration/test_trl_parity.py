@@ -301,18 +301,18 @@ def test_remote_code_is_refused_unless_trust_remote_code(remote_model, tokenizer
     assert trainer.state.log_history[-1]["train_loss"] > 0
 
 
-def test_trust_remote_code_and_revision_reach_every_load(remote_model, monkeypatch):
-    """The config probe, the model and the tokenizer all get the same source (a local folder has no
-    revisions, so the calls are recorded rather than fetched)."""
+def record_hub_loads(monkeypatch) -> list[tuple[str, str, dict]]:
+    """(class, path, its trust_remote_code and revision) of each config, tokenizer and model load orpo makes (a
+    local folder has no revisions, so the calls are recorded, then made without one)."""
     import orpo.modeling as modeling
 
-    calls: list[tuple[str, dict]] = []
+    calls: list[tuple[str, str, dict]] = []
     depth = [0]  # orpo's own calls only, not those transformers makes inside them
 
     def recording(name, real):
         def load(path, **kwargs):
             if depth[0] == 0:
-                calls.append((name, {k: kwargs.get(k) for k in ("trust_remote_code", "revision")}))
+                calls.append((name, str(path), {k: kwargs.get(k) for k in ("trust_remote_code", "revision")}))
             kwargs.pop("revision", None)
             depth[0] += 1
             try:
@@ -324,12 +324,60 @@ def test_trust_remote_code_and_revision_reach_every_load(remote_model, monkeypat
 
     for cls in (modeling.AutoConfig, modeling.AutoTokenizer, modeling.AutoModelForCausalLM):
         monkeypatch.setattr(cls, "from_pretrained", recording(cls.__name__, cls.from_pretrained))
+    return calls
+
+
+def test_trust_remote_code_and_revision_reach_every_load(remote_model, monkeypatch):
+    """The config probe, the model and the tokenizer all get the same source."""
+    calls = record_hub_loads(monkeypatch)
     source = {"trust_remote_code": True, "revision": "v1"}
     model = load_model(str(remote_model), {"revision": "v1"}, trust_remote_code=True)
     load_tokenizer(str(remote_model), source=HubSource(True, "v1"))
     assert type(model).__name__ == "RemoteForCausalLM"
-    assert {name for name, _ in calls} == {"AutoConfig", "AutoTokenizer", "AutoModelForCausalLM"}
-    assert all(kwargs == source for _, kwargs in calls), calls
+    assert {name for name, _, _ in calls} == {"AutoConfig", "AutoTokenizer", "AutoModelForCausalLM"}
+    assert all(kwargs == source for _, _, kwargs in calls), calls
+
+
+def test_the_trainer_and_the_run_engine_load_through_one_loader(remote_model, tmp_path, monkeypatch):
+    """``ORPOTrainer(model="path")`` and ``build_trainer`` (``orpo train``) call the one loader and make the
+    same loads, in the same order, with the same revision and trust_remote_code."""
+    import orpo.modeling as modeling
+    import orpo.trainer
+    from orpo import ModelArguments
+    from orpo.run import build_trainer
+
+    calls = record_hub_loads(monkeypatch)
+    given: list[str] = []
+    real_loader = modeling.load_model_and_processor
+
+    def loader(model, *args, **kwargs):
+        given.append(model if isinstance(model, str) else "a model object")
+        return real_loader(model, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "load_model_and_processor", loader)
+    monkeypatch.setattr(orpo.trainer, "load_model_and_processor", loader)
+    data = Dataset.from_list(preference_rows("standard"))
+    by_name = config(tmp_path, trust_remote_code=True, model_init_kwargs={"revision": "v1"})
+    trainer = ORPOTrainer(model=str(remote_model), args=by_name, train_dataset=data)
+    trainer_loads = list(calls)
+    calls.clear()
+    model_args = ModelArguments(model_name_or_path=str(remote_model), model_revision="v1")
+    run = build_trainer(model_args, None, config(tmp_path, trust_remote_code=True), train_dataset=data, console=False)
+
+    source = {"trust_remote_code": True, "revision": "v1"}
+    path = str(remote_model)
+    assert trainer_loads == [
+        ("AutoConfig", path, source),  # what the saved model is: a tokenizer, or a vision processor
+        ("AutoTokenizer", path, source),
+        ("AutoConfig", path, source),  # which auto class loads the model
+        ("AutoModelForCausalLM", path, source),
+    ]
+    assert calls == trainer_loads
+    # the run engine's trainer gets the loaded objects: its own pass loads nothing more
+    assert given == [path, path, "a model object"]
+    for built in (trainer, run):
+        assert type(built.model).__name__ == "RemoteForCausalLM" and built.model_kind == "causal"
+        assert built.processing_class.get_vocab() == trainer.processing_class.get_vocab()
 
 
 def test_the_cli_names_trust_remote_code_for_a_remote_model(remote_model, tmp_path):
