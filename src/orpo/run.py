@@ -80,54 +80,26 @@ def build_trainer(
     passes it).
     """
     import datasets
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from .callbacks import LineProgressCallback, TqdmProgressCallback, use_tqdm
     from .distributed import quiet_replicas
-    from .health import HealthCallback
-    from .reliability.preflight import check_training_amounts
     from .trainer import ORPOTrainer
 
-    if config.output_dir is None:
-        raise UsageError("no output directory: pass --output-dir (AutoTrain: --project-name)")
-    try:
-        check_training_amounts(config)  # before any data is loaded
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    _check_before_loading(model_args, config, model)
     quiet_replicas()
-    check_trackers(config.report_to)
-    if model is None:
-        check_start_adapter(model_args)
-    if model_args.use_peft:
-        lora_config(model_args)  # bad LoRA options fail here, not after the data is prepared
-    if train_dataset is None:
-        if data_args is None:
-            raise UsageError("no training data")
-        train_dataset, eval_loaded = load_data(data_args)
-        eval_dataset = eval_dataset if eval_dataset is not None else eval_loaded
+    train_dataset, eval_dataset = _training_data(data_args, train_dataset, eval_dataset)
     pairs = None if isinstance(train_dataset, datasets.IterableDataset) else len(train_dataset)
     config = run_config(config, pairs=pairs, has_eval=eval_dataset is not None, auto_logging=auto_logging)
 
     model, tokenizer = _model_and_tokenizer(model_args, config, model, tokenizer)
-    peft_config = None
-    if model_args.use_peft:
-        task = "SEQ_2_SEQ_LM" if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else "CAUSAL_LM"
-        peft_config = lora_config(model_args, task)
-    elif model_args.quantization is not None:
-        raise UsageError("a quantized model can only be trained with a LoRA adapter: add --peft")
-
-    own: list[TrainerCallback] = [HealthCallback(beta=config.beta, console=console)]
-    tqdm_bar = console and not config.disable_tqdm and use_tqdm()
-    if console:
-        own.insert(0, TqdmProgressCallback() if tqdm_bar else LineProgressCallback())
     trainer = ORPOTrainer(
         model=model,
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[*own, *(callbacks or [])],
+        peft_config=_peft_config(model_args, model),
+        callbacks=[*_own_callbacks(config, console), *(callbacks or [])],
     )
     if console:
         trainer.remove_callback(ProgressCallback)
@@ -136,6 +108,56 @@ def build_trainer(
     if data_args is not None and isinstance(data_args.dataset_name, str):
         trainer.train_source = data_args.dataset_name
     return trainer
+
+
+def _check_before_loading(model_args: ModelArguments, config: ORPOConfig, model: Any) -> None:
+    """Refuse settings that would fail or train nothing before any data or model is loaded."""
+    from .reliability.preflight import check_training_amounts
+
+    if config.output_dir is None:
+        raise UsageError("no output directory: pass --output-dir (AutoTrain: --project-name)")
+    try:
+        check_training_amounts(config)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    check_trackers(config.report_to)
+    if model is None:
+        check_start_adapter(model_args)
+    if model_args.use_peft:
+        lora_config(model_args)  # bad LoRA options fail here, not after the data is prepared
+
+
+def _training_data(data_args: DataArguments | None, train_dataset: Any, eval_dataset: Any) -> tuple[Any, Any]:
+    """The given datasets, or those ``data_args`` name (a given ``eval_dataset`` wins over the loaded one)."""
+    if train_dataset is not None:
+        return train_dataset, eval_dataset
+    if data_args is None:
+        raise UsageError("no training data")
+    train_dataset, eval_loaded = load_data(data_args)
+    return train_dataset, eval_dataset if eval_dataset is not None else eval_loaded
+
+
+def _peft_config(model_args: ModelArguments, model: Any) -> Any:
+    """The new LoRA adapter's config (its task from the model's kind), or None without ``--peft``."""
+    from .modeling import model_kind
+
+    if model_args.use_peft:
+        return lora_config(model_args, "SEQ_2_SEQ_LM" if model_kind(model) == "seq2seq" else "CAUSAL_LM")
+    if model_args.quantization is not None:
+        raise UsageError("a quantized model can only be trained with a LoRA adapter: add --peft")
+    return None
+
+
+def _own_callbacks(config: ORPOConfig, console: bool) -> list[Any]:
+    """orpo's callbacks: the health check and, on a console, a progress bar (or lines where tqdm cannot draw)."""
+    from .callbacks import LineProgressCallback, TqdmProgressCallback, use_tqdm
+    from .health import HealthCallback
+
+    own: list[Any] = [HealthCallback(beta=config.beta, console=console)]
+    if console:
+        tqdm_bar = not config.disable_tqdm and use_tqdm()
+        own.insert(0, TqdmProgressCallback() if tqdm_bar else LineProgressCallback())
+    return own
 
 
 def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
