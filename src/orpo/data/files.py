@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,75 +129,86 @@ def _check_same_columns(files: list[DataFile]) -> None:
 
 
 def _load_segment(files: list[DataFile], cache_dir: str | None, tracker: TypeTracker, start_row: int) -> Any:
-    """Load files of one kind with one datasets builder call, then attach row locations.
-
-    JSON is read strictly first: a column whose rows mix types (text and numbers, text and
-    lists) stops the builder, and a scan names the row.  Only when the mixing is confined to
-    columns orpo does not read is the file read again with datasets' JSON-typed columns: in
-    those, a text value like " 5" would come back as the number 5.
-    """
+    """Load files of one kind with one datasets builder call, then attach row locations."""
     import datasets
 
-    kind = files[0].kind
+    builder, kwargs = _builder_of(files)
     paths = [str(file.path.resolve()) for file in files]
-    kwargs: dict[str, Any] = {}
-    if kind in ("jsonl", "json_list"):
-        builder = "json"
-    elif kind == "json_object":
-        builder, kwargs["field"] = "json", "data"
-    elif kind in ("csv", "tsv"):
-        builder = "csv"
-        # Every CSV cell is text: no type guessing ("42" stays "42"), an empty cell is "".
-        columns = files[0].columns or []
-        kwargs.update(
-            features=datasets.Features({name: datasets.Value("string") for name in columns}),
-            na_filter=False,
-            sep="\t" if kind == "tsv" else ",",
-        )
-    else:
-        builder = "parquet"
 
     def load(**extra: Any) -> Any:
         return datasets.load_dataset(builder, data_files=paths, split="train", cache_dir=cache_dir, **kwargs, **extra)
 
-    # The json builder logs its own (less precise) error before raising; the scan below names the spot.
-    builder_logger = logging.getLogger("datasets.packaged_modules.json.json")
-    level = builder_logger.level
-    builder_logger.setLevel(logging.CRITICAL)
     try:
-        if builder != "json":
-            dataset = load()
-        else:
-            try:
-                dataset = load(on_mixed_types=None)
-            except Exception:
-                row = start_row
-                for file in files:
-                    row += diagnose_json(file, tracker, row)
-                dataset = load()  # mixed types only in columns orpo does not read
-            mixed = [
-                name
-                for name in tracker.columns
-                if name in dataset.column_names and _is_json_feature(dataset.features[name])
-            ]
-            if mixed:  # pragma: no cover - the scan above reports these first
-                raise DataError(
-                    f"{files[0].display}: column {mixed[0]!r} mixes types across rows; use text or messages"
-                )
+        with _json_builder_quiet():
+            dataset = _load_json_strictly(load, files, tracker, start_row) if builder == "json" else load()
     except DataError:
         raise
     except Exception as err:
         names = ", ".join(file.display for file in files[:3])
         cause = err.__cause__ or err
         raise DataError(f"{names}: could not be loaded ({type(cause).__name__}: {cause})") from None
+    return dataset, _row_locations(files, dataset, paths)
+
+
+def _builder_of(files: list[DataFile]) -> tuple[str, dict[str, Any]]:
+    """The ``datasets`` builder for files of one kind, and its options."""
+    import datasets
+
+    kind = files[0].kind
+    if kind in ("jsonl", "json_list"):
+        return "json", {}
+    if kind == "json_object":
+        return "json", {"field": "data"}
+    if kind in ("csv", "tsv"):
+        # Every CSV cell is text: no type guessing ("42" stays "42"), an empty cell is "".
+        columns = files[0].columns or []
+        return "csv", {
+            "features": datasets.Features({name: datasets.Value("string") for name in columns}),
+            "na_filter": False,
+            "sep": "\t" if kind == "tsv" else ",",
+        }
+    return "parquet", {}
+
+
+@contextlib.contextmanager
+def _json_builder_quiet() -> Iterator[None]:
+    """The json builder logs its own (less precise) error before raising; orpo's scan names the spot instead."""
+    builder_logger = logging.getLogger("datasets.packaged_modules.json.json")
+    level = builder_logger.level
+    builder_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
         builder_logger.setLevel(level)
+
+
+def _load_json_strictly(load: Callable[..., Any], files: list[DataFile], tracker: TypeTracker, start_row: int) -> Any:
+    """JSON is read strictly first: a column whose rows mix types (text and numbers, text and lists) stops the
+    builder, and a scan names the row.  Only when the mixing is confined to columns orpo does not read is the
+    file read again with datasets' JSON-typed columns: in those, a text value like " 5" would come back as the
+    number 5."""
+    try:
+        dataset = load(on_mixed_types=None)
+    except Exception:
+        row = start_row
+        for file in files:
+            row += diagnose_json(file, tracker, row)
+        dataset = load()  # mixed types only in columns orpo does not read
+    mixed = [
+        name for name in tracker.columns if name in dataset.column_names and _is_json_feature(dataset.features[name])
+    ]
+    if mixed:  # pragma: no cover - the scan above reports these first
+        raise DataError(f"{files[0].display}: column {mixed[0]!r} mixes types across rows; use text or messages")
+    return dataset
+
+
+def _row_locations(files: list[DataFile], dataset: Any, paths: list[str]) -> list[str]:
+    """Where each loaded row came from (file and record); file-level labels where the counts disagree."""
     locations: list[str] = []
     for file in files:
         if file.locations is None:
             count = file.rows if file.rows is not None else len(dataset)
-            label = "record"
-            file.locations = [f"{file.display}, {label} {i}" for i in range(count)]
+            file.locations = [f"{file.display}, record {i}" for i in range(count)]
         locations.extend(file.locations)
     if len(locations) != len(dataset):
         logger.debug(
@@ -204,7 +217,7 @@ def _load_segment(files: list[DataFile], cache_dir: str | None, tracker: TypeTra
         locations = [
             f"{files[0].display}" + (" ..." if len(files) > 1 else "") + f", record {i}" for i in range(len(dataset))
         ]
-    return dataset, locations
+    return locations
 
 
 def _is_json_feature(feature: Any) -> bool:
