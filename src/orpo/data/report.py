@@ -173,17 +173,7 @@ def inspect_dataset(
 ) -> InspectReport:
     """The report for ``dataset`` (canonical columns, e.g. from :func:`load_preference_data`)."""
     from .normalise import EMPTY_COLUMN, EMPTY_PROMPT_COLUMN, FORMAT_COLUMN, Normaliser, normalise_dataset
-    from .prepare import tokenize_dataset
-    from .tokenize import (
-        CHOSEN_TRUNCATED,
-        NO_ROOM_FOR_COMPLETION,
-        PROMPT_TRUNCATED,
-        REJECTED_TRUNCATED,
-        LengthLimits,
-        PairTokenizer,
-        truncate_pair,
-    )
-    from .validate import check_dataset, column_values, find_row_issues
+    from .validate import check_dataset, column_values
 
     defaults = config_defaults()
     report = InspectReport(source=source, split=split, rows=len(dataset), limits=limits)
@@ -193,6 +183,22 @@ def inspect_dataset(
     check_dataset(dataset, split)
     normalised = normalise_dataset(dataset, Normaliser(tokenizer), split, num_proc)
     report.formats = Counter(column_values(normalised, FORMAT_COLUMN))
+    _count_row_issues(report, normalised)
+    texts = normalised.remove_columns([FORMAT_COLUMN, EMPTY_COLUMN, EMPTY_PROMPT_COLUMN])
+    _measure_lengths(report, texts, tokenizer, num_proc)
+
+    if not 0 <= example_row < len(texts):
+        raise DataError(f"--example {example_row}: the {split} data has rows 0..{len(texts) - 1}")
+    report.example, report.warnings = render_example(texts[example_row], tokenizer, limits, report.formats)
+    report.warnings.extend(_signal_warnings(report))
+    return report
+
+
+def _count_row_issues(report: InspectReport, normalised: Any) -> None:
+    """Identical, empty and duplicate pairs, empty prompts and prompt repeats, as training would count them."""
+    from .normalise import EMPTY_COLUMN, EMPTY_PROMPT_COLUMN
+    from .validate import column_values, find_row_issues
+
     prompts, chosens, rejecteds, empty, empty_prompts = (
         column_values(normalised, name) for name in ("prompt", "chosen", "rejected", EMPTY_COLUMN, EMPTY_PROMPT_COLUMN)
     )
@@ -201,10 +207,16 @@ def inspect_dataset(
     report.empty_prompts = len(issues.empty_prompts)
     report.distinct_prompts, report.max_prompt_repeats = issues.distinct_prompts, issues.max_prompt_repeats
 
-    texts = normalised.remove_columns([FORMAT_COLUMN, EMPTY_COLUMN, EMPTY_PROMPT_COLUMN])
+
+def _measure_lengths(report: InspectReport, texts: Any, tokenizer: Any, num_proc: int | None) -> None:
+    """Token lengths at full length (no truncation), then what ``report.limits`` would truncate or drop."""
+    from .prepare import tokenize_dataset
+    from .tokenize import LengthLimits, PairTokenizer
+
+    limits = report.limits
     unlimited = LengthLimits(None, None, None, limits.truncation_mode)
     full, _ = tokenize_dataset(
-        texts, PairTokenizer(tokenizer, unlimited), "truncate", num_proc, f"{split} (full length)"
+        texts, PairTokenizer(tokenizer, unlimited), "truncate", num_proc, f"{report.split} (full length)"
     )
     prompt_len = _list_lengths(full, "prompt_input_ids")
     chosen_len = _list_lengths(full, "chosen_input_ids")
@@ -217,37 +229,44 @@ def inspect_dataset(
         "pair": LengthStats.of(pair_len),
     }
     for p, c, r in zip(prompt_len, chosen_len, rejected_len, strict=True):
-        # range objects stand in for the ids: truncate_pair only slices and measures them.
-        flags = truncate_pair(range(p), range(c), range(r), limits)[3]
-        report.prompt_truncated += bool(flags & PROMPT_TRUNCATED)
-        report.chosen_truncated += bool(flags & CHOSEN_TRUNCATED)
-        report.rejected_truncated += bool(flags & REJECTED_TRUNCATED)
-        if flags & NO_ROOM_FOR_COMPLETION:
-            report.no_room += 1
-        elif flags:
-            report.over_limit += 1
-        report.chosen_longer += c > r
-        report.rejected_longer += r > c
-        report.same_length += c == r
+        _count_truncation(report, p, c, r)
 
-    if not 0 <= example_row < len(texts):
-        raise DataError(f"--example {example_row}: the {split} data has rows 0..{len(texts) - 1}")
-    example = texts[example_row]
-    report.example, report.warnings = render_example(example, tokenizer, limits, report.formats)
+
+def _count_truncation(report: InspectReport, prompt: int, chosen: int, rejected: int) -> None:
+    """One pair's lengths: what the limits truncate, whether its completion has room, which side is longer."""
+    from .tokenize import CHOSEN_TRUNCATED, NO_ROOM_FOR_COMPLETION, PROMPT_TRUNCATED, REJECTED_TRUNCATED, truncate_pair
+
+    # range objects stand in for the ids: truncate_pair only slices and measures them.
+    flags = truncate_pair(range(prompt), range(chosen), range(rejected), report.limits)[3]
+    report.prompt_truncated += bool(flags & PROMPT_TRUNCATED)
+    report.chosen_truncated += bool(flags & CHOSEN_TRUNCATED)
+    report.rejected_truncated += bool(flags & REJECTED_TRUNCATED)
+    if flags & NO_ROOM_FOR_COMPLETION:
+        report.no_room += 1
+    elif flags:
+        report.over_limit += 1
+    report.chosen_longer += chosen > rejected
+    report.rejected_longer += rejected > chosen
+    report.same_length += chosen == rejected
+
+
+def _signal_warnings(report: InspectReport) -> list[str]:
+    """Warnings about the preference signal: a length bias, pairs without a preference, empty prompts."""
+    warnings: list[str] = []
     bias = report.length_bias
     if report.rows >= 10 and (bias >= 0.7 or report.rejected_longer / report.rows >= 0.7):
         longer = "chosen" if bias >= 0.7 else "rejected"
-        report.warnings.append(
+        warnings.append(
             f"{longer} is longer in most rows: ORPO may learn length rather than quality; consider balancing lengths"
         )
     if report.identical or report.empty:
-        report.warnings.append("some rows carry no preference signal (identical or empty completions); see above")
+        warnings.append("some rows carry no preference signal (identical or empty completions); see above")
     if report.empty_prompts:
-        report.warnings.append(
+        warnings.append(
             f"{report.empty_prompts} row(s) have an empty or whitespace-only prompt: they train as unconditional "
             "pairs; check the prompt column mapping (--prompt-text-column)"
         )
-    return report
+    return warnings
 
 
 def _token_text(tokenizer: Any, token_id: int) -> str:
