@@ -6,10 +6,14 @@ given text, the models are built from a config.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from transformers import LlavaConfig, Qwen2VLConfig
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 
@@ -178,7 +182,6 @@ def build_vlm_processor(corpus: Iterable[str], style: str = "qwen2_vl", vocab_si
 def tiny_vlm(processor: object, style: str = "qwen2_vl", hidden_size: int = 32, seed: int = 0) -> PreTrainedModel:
     """A random-init image-text-to-text model matching ``build_vlm_processor(style=...)``."""
     tokenizer = processor.tokenizer  # type: ignore[attr-defined]
-    ids = tokenizer.convert_tokens_to_ids
     text = {
         "vocab_size": len(tokenizer),
         "hidden_size": hidden_size,
@@ -192,55 +195,69 @@ def tiny_vlm(processor: object, style: str = "qwen2_vl", hidden_size: int = 32, 
         "eos_token_id": tokenizer.eos_token_id,
     }
     torch.manual_seed(seed)
-    config: PretrainedConfig
     model: PreTrainedModel
     if style == "qwen2_vl":
-        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+        from transformers import Qwen2VLForConditionalGeneration
 
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
-        config = Qwen2VLConfig(
-            text_config=text,
-            vision_config={
-                "depth": 2,
-                "embed_dim": hidden_size,
-                "hidden_size": hidden_size,
-                "num_heads": 4,
-                "mlp_ratio": 2,
-                "patch_size": 4,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-            },
-            image_token_id=ids("<|image_pad|>"),
-            video_token_id=ids("<|video_pad|>"),
-            vision_start_token_id=ids("<|vision_start|>"),
-            vision_end_token_id=ids("<|vision_end|>"),
-        )
-        model = Qwen2VLForConditionalGeneration(config)
+        model = Qwen2VLForConditionalGeneration(_qwen2_vl_config(text, hidden_size, tokenizer.convert_tokens_to_ids))
     elif style == "llava":
-        from transformers import LlavaConfig, LlavaForConditionalGeneration
+        from transformers import LlavaForConditionalGeneration
 
-        config = LlavaConfig(
-            text_config={"model_type": "llama", **text},
-            vision_config={
-                "model_type": "clip_vision_model",
-                "hidden_size": hidden_size,
-                "intermediate_size": hidden_size * 2,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "image_size": 16,
-                "patch_size": 4,
-                "projection_dim": hidden_size,
-            },
-            # LlavaConfig's own name is image_token_index; image_token_id reaches it through **kwargs.
-            **{"image_token_id": ids("<image>")},
-            vision_feature_select_strategy="default",
-            vision_feature_layer=-1,
+        model = LlavaForConditionalGeneration(
+            _llava_config(text, hidden_size, tokenizer.convert_tokens_to_ids("<image>"))
         )
-        model = LlavaForConditionalGeneration(config)
     else:
         raise ValueError(f"style must be one of {VLM_STYLES}, got {style!r}")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _qwen2_vl_config(text: dict[str, Any], hidden_size: int, ids: Callable[[str], int]) -> Qwen2VLConfig:
+    """Qwen2-VL's config: its multimodal rope, a 2-block vision tower and the processor's special tokens."""
+    from transformers import Qwen2VLConfig
+
+    text = {**text, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}}
+    return Qwen2VLConfig(
+        text_config=text,
+        vision_config={
+            "depth": 2,
+            "embed_dim": hidden_size,
+            "hidden_size": hidden_size,
+            "num_heads": 4,
+            "mlp_ratio": 2,
+            "patch_size": 4,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+
+
+def _llava_config(text: dict[str, Any], hidden_size: int, image_token_id: int) -> LlavaConfig:
+    """LLaVA's config: a Llama text model and a 2-layer CLIP vision tower for 16x16 images."""
+    from transformers import LlavaConfig
+
+    # LlavaConfig's own name is image_token_index; image_token_id reaches it through **kwargs.
+    image_token: dict[str, Any] = {"image_token_id": image_token_id}
+    return LlavaConfig(
+        text_config={"model_type": "llama", **text},
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": hidden_size,
+            "intermediate_size": hidden_size * 2,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 16,
+            "patch_size": 4,
+            "projection_dim": hidden_size,
+        },
+        **image_token,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
 
 
 def make_image(size: tuple[int, int] = (20, 24), color: tuple[int, int, int] = (255, 0, 0), path: str | None = None):
