@@ -18,6 +18,7 @@ from .errors import UsageError
 
 if TYPE_CHECKING:
     from .arguments import DataArguments, ModelArguments
+    from .modeling import HubSource
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +84,25 @@ def check_data_source(name: str) -> None:
         raise FileNotFoundError(f"data not found: {name} (no such file or directory, and not a hub dataset id)")
 
 
-def model_init_kwargs(model_args: ModelArguments, config: Any) -> dict[str, Any]:
-    kwargs: dict[str, Any] = dict(config.model_init_kwargs or {})
-    if model_args.dtype is not None:
-        kwargs["dtype"] = model_args.dtype
+def model_source(model_args: ModelArguments, config: Any) -> HubSource:
+    """The revision and trust_remote_code of every load of ``--model`` (config, weights, tokenizer, the resume
+    check): ``--model-revision`` over ``model_init_kwargs``' revision; remote code allowed by either switch."""
+    from .modeling import HubSource
+
+    kwargs = dict(config.model_init_kwargs or {})
     if model_args.model_revision is not None:
         kwargs["revision"] = model_args.model_revision
-    if config.trust_remote_code:
-        kwargs["trust_remote_code"] = True
+    return HubSource.split(kwargs, config.trust_remote_code)[0]
+
+
+def model_init_kwargs(model_args: ModelArguments, config: Any) -> dict[str, Any]:
+    """``from_pretrained`` kwargs of ``--model``: ``model_init_kwargs``, orpo's model options, :func:`model_source`."""
+    from .modeling import HubSource
+
+    kwargs = HubSource.split(config.model_init_kwargs or {})[1]
+    if model_args.dtype is not None:
+        kwargs["dtype"] = model_args.dtype
+    kwargs.update(model_source(model_args, config).kwargs())
     if model_args.attn_implementation is not None:
         kwargs["attn_implementation"] = model_args.attn_implementation
     if model_args.quantization is not None:

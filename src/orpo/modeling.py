@@ -93,6 +93,12 @@ def _config_of(name_or_path: str, source: HubSource, required: bool = True) -> A
         return None
 
 
+def saved_config(name_or_path: str, source: HubSource = HubSource()) -> Any:
+    """The model config saved at ``name_or_path``, or None where there is none; remote code it would run without
+    ``trust_remote_code`` is refused (in orpo's words)."""
+    return _config_of(name_or_path, source, required=False)
+
+
 def is_vision_processor(processing_class: Any) -> bool:
     """Whether ``processing_class`` is a multimodal processor: an image processor and a tokenizer."""
     return (
@@ -166,7 +172,7 @@ def load_processor(name_or_path: str, chat_template: str | None = None, source: 
 
 def _saved_kind(name_or_path: str, source: HubSource) -> ModelKind:
     """The kind of model saved at ``name_or_path``; "causal" where there is no model config (a tokenizer only)."""
-    return model_kind(_config_of(name_or_path, source, required=False))
+    return model_kind(saved_config(name_or_path, source))
 
 
 def load_tokenizer(

@@ -26,6 +26,7 @@ from .loading import (
     load_data,
     lora_config,
     model_init_kwargs,
+    model_source,
     resolve_chat_template,
 )
 from .trackers import check_trackers
@@ -177,15 +178,10 @@ def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
     fit.check_kind(path, adapter=adapter)
     name = base or model_args.model_name_or_path
     if name and fit.checkpoint_kind(path) == "full":
-        from transformers import AutoConfig
+        from .modeling import saved_config
 
-        try:
-            model_config = AutoConfig.from_pretrained(
-                name, revision=model_args.model_revision, trust_remote_code=config.trust_remote_code
-            )
-        except (OSError, ValueError):
-            model_config = None  # loading the model names the problem
-        fit.check_model(path, model_config)
+        # None where there is no readable config: loading the model names the problem.
+        fit.check_model(path, saved_config(name, model_source(model_args, config)))
     return path
 
 
@@ -195,11 +191,11 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
     from .modeling import load_model_and_processor
 
     template = resolve_chat_template(model_args.chat_template)
-    # Only where something is loaded: a quantization config needs a GPU.
+    # Only where something is loaded (a quantization config needs a GPU); they carry model_source's revision and
+    # trust_remote_code.
     kwargs = model_init_kwargs(model_args, config) if model is None or tokenizer is None else None
-    trust = config.trust_remote_code
     if model is not None:
-        return load_model_and_processor(model, tokenizer, kwargs, trust_remote_code=trust, chat_template=template)
+        return load_model_and_processor(model, tokenizer, kwargs, chat_template=template)
     name = model_args.model_name_or_path
     if not name:
         raise UsageError("no model: pass --model (a hub id or a local directory)")
@@ -210,7 +206,6 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
         base or name,
         tokenizer,
         kwargs,
-        trust_remote_code=trust,
         chat_template=template,
         tokenizer_from=name if own_tokenizer else base,
     )

@@ -380,6 +380,35 @@ def test_the_trainer_and_the_run_engine_load_through_one_loader(remote_model, tm
         assert built.processing_class.get_vocab() == trainer.processing_class.get_vocab()
 
 
+def test_the_resume_check_reads_the_model_config_with_the_same_source(remote_model, tmp_path, monkeypatch):
+    """A full checkpoint is checked against the model's config before any data is read: that config read gets
+    the run's revision (``model_init_kwargs``) and trust_remote_code too, and refuses remote code without it."""
+    from safetensors.torch import save_file
+
+    from orpo import ModelArguments
+    from orpo.reliability.commit import CheckpointCommitter
+    from orpo.run import check_resume
+
+    saved = json.loads((remote_model / "config.json").read_text(encoding="utf-8"))
+
+    def write(staging):
+        Path(staging).mkdir()
+        save_file({"weight": torch.zeros(1)}, str(Path(staging) / "model.safetensors"))
+        (Path(staging) / "trainer_state.json").write_text("{}")
+        other = {**saved, "hidden_size": saved["hidden_size"] * 2}
+        (Path(staging) / "config.json").write_text(json.dumps(other), encoding="utf-8")
+
+    CheckpointCommitter(lambda: None, True, lambda: "").save(str(tmp_path / "out"), 2, write)
+    model_args = ModelArguments(model_name_or_path=str(remote_model))
+    resume = {"resume_from_checkpoint": "latest", "model_init_kwargs": {"revision": "v1"}}
+    with pytest.raises(ValueError, match=r"contains custom code.*trust_remote_code=True"):
+        check_resume(model_args, config(tmp_path, **resume))
+    calls = record_hub_loads(monkeypatch)
+    with pytest.raises(ValueError, match=r"checkpoint-2 was trained from another model \(hidden_size"):
+        check_resume(model_args, config(tmp_path, trust_remote_code=True, **resume))
+    assert calls == [("AutoConfig", str(remote_model), {"trust_remote_code": True, "revision": "v1"})]
+
+
 def test_the_cli_names_trust_remote_code_for_a_remote_model(remote_model, tmp_path):
     from orpo.generation import load_for_inference
 
