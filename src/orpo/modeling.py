@@ -218,7 +218,7 @@ def _load_tokenizer(name_or_path: str, chat_template: str | None, source: HubSou
     return prepare_tokenizer(tokenizer)
 
 
-def tokenizer_of(model: Any, source: HubSource = HubSource()) -> Any:
+def _tokenizer_of(model: Any, source: HubSource = HubSource()) -> Any:
     """The processing class of a model object given without one, loaded from the model's ``name_or_path``
     (as TRL's trainers do)."""
     config = getattr(model, "config", None)
@@ -263,7 +263,7 @@ def load_model_and_processor(
     else:
         loaded = model
         if processing_class is None:
-            processing_class = tokenizer_of(model, source)
+            processing_class = _tokenizer_of(model, source)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     if chat_template is not None:
         tokenizer.chat_template = chat_template
