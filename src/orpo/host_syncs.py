@@ -57,11 +57,14 @@ def _unsized_bincount(args: tuple, kwargs: dict) -> bool:
 
 
 def _to_host(args: tuple, kwargs: dict) -> bool:
-    """``.to("cpu")`` waits for the device; ``non_blocking=True`` does not (the copy is read later)."""
+    """``.to("cpu")`` waits for the device (``non_blocking=True`` does not: the copy is read later).  Spelled
+    ``"cpu"``, or a device off the tensor's own: ``.to(tensor.device)`` in code run on CPU is not a move."""
     if kwargs.get("non_blocking") or any(a is True for a in args[1:]):
         return False
     target = kwargs.get("device", next((a for a in args[1:] if isinstance(a, (str, torch.device))), None))
-    return target is not None and torch.device(target).type == "cpu"
+    if isinstance(target, str):
+        return torch.device(target).type == "cpu"
+    return isinstance(target, torch.device) and target.type == "cpu" != args[0].device.type
 
 
 #: torch functions and Tensor methods that read values back to the host or whose output shape
@@ -98,15 +101,21 @@ class HostSyncError(AssertionError):
 class HostSyncs(TorchFunctionMode):
     """What :func:`detect_host_syncs` saw: one ``"name at file:line"`` per call."""
 
-    def __init__(self, raise_on_sync: bool) -> None:
+    def __init__(self, raise_on_sync: bool, within: str | tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.raise_on_sync = raise_on_sync
+        self.within = within
         self.events: list[str] = []
+        #: syncs named by a caller outside ``within`` (e.g. transformers' own): kept, never raised on
+        self.outside: list[str] = []
 
     def record(self, label: str) -> None:
         frames = reversed(traceback.extract_stack()[:-1])
         frame = next((f for f in frames if f.filename != __file__ and not f.filename.startswith(_TORCH)), None)
         event = f"{label} at {frame.filename}:{frame.lineno}" if frame else label
+        if self.within is not None and (frame is None or not frame.filename.startswith(self.within)):
+            self.outside.append(event)
+            return
         self.events.append(event)
         if self.raise_on_sync:
             raise HostSyncError(f"host sync: {event}")
@@ -120,12 +129,14 @@ class HostSyncs(TorchFunctionMode):
 
 
 @contextmanager
-def detect_host_syncs(raise_on_sync: bool = True) -> Iterator[HostSyncs]:
+def detect_host_syncs(raise_on_sync: bool = True, within: str | tuple[str, ...] | None = None) -> Iterator[HostSyncs]:
     """Within the block, record (or raise :class:`HostSyncError` on) every host sync made from
-    Python: value reads (``.item()``, ``.tolist()``, ``bool(t)``, ``int(t)``...), ``nonzero``-like
-    ops, boolean-mask indexing and assignment of tensors, ``repeat_interleave`` without
-    ``output_size`` and ``torch.cuda.synchronize``."""
-    syncs = HostSyncs(raise_on_sync)
+    Python: value reads (``.item()``, ``.tolist()``, ``bool(t)``, ``int(t)``, formatting...),
+    ``nonzero``-like ops (``torch.where(condition)`` included), boolean-mask indexing and assignment of
+    tensors, ``repeat_interleave`` and ``bincount`` without a size, ``.to("cpu")`` and
+    ``torch.cuda.synchronize``.  With ``within`` (a folder or file, e.g. orpo's package, or a tuple of them), only syncs whose first
+    caller outside torch lies there count; the others are kept in ``outside``."""
+    syncs = HostSyncs(raise_on_sync, within)
     synchronize = torch.cuda.synchronize
 
     def counted_synchronize(*args: Any, **kwargs: Any) -> None:

@@ -76,7 +76,9 @@ class MetricWindows:
         for key in list(store):
             new = store[key]
             if torch.is_tensor(new):
-                old = torch.as_tensor(snapshot.get(key, 0.0), dtype=new.dtype, device=new.device)
+                before = snapshot.get(key, 0.0)
+                # a Python number is filled in on the device: torch.as_tensor(number, device=...) would copy and wait
+                old = before.to(new) if torch.is_tensor(before) else torch.full_like(new, before)
                 store[key] = torch.where(keep.to(new.device), new, old)
 
     def export(self, mode: str) -> dict[str, float]:

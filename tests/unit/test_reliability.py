@@ -70,7 +70,9 @@ def feed(g, losses, gradients=None):
         g.begin_micro_batch()
         last = i == len(losses) - 1
         g.end_micro_batch(torch.tensor(loss), batch(2 * i, 2 * i + 1), gradients if last else None)
-    return g.local_flags("cpu").tolist()
+    flags = g.local_flags("cpu")
+    g.close_window(flags)  # the gate now holds the update if a flag is set; judge() reports on the flags
+    return flags.tolist()
 
 
 def param_with_grad(value):
