@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 
 import pytest
 import torch
 from _reliability import make_trainer, max_diff, weights
 from transformers import TrainerCallback
 
-from orpo.reliability import NonFiniteError
+from orpo.reliability import NonFiniteError, TrainingInterrupted
 
 POISON_ROW = 5
 MARK = "<|im_start|>"  # a special token no other row contains
@@ -187,3 +188,29 @@ def test_a_late_diagnosis_leaves_the_next_steps_gradients_alone(tokenizer, tmp_p
         assert trainer.reliability.guard.skipped == 1, name
         final[name] = weights(trainer.model)
     assert max_diff(final["same step"], final["a step late"]) == 0.0
+
+
+class SignalAt(TrainerCallback):
+    """A SIGTERM arriving during optimizer step ``step``; records what each checkpoint saved as skipped."""
+
+    def __init__(self, trainer, step: int) -> None:
+        self.trainer, self.step = trainer, step
+        self.saved_skipped: list[int] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            self.trainer.reliability.signals.requested = signal.SIGTERM
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved_skipped.append(self.trainer.reliability.guard.skipped)
+
+
+def test_a_signal_between_logs_saves_the_skip_it_made(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, on_nonfinite="skip", **QUIET)
+    param = dict(trainer.model.named_parameters())["model.layers.0.mlp.down_proj.weight"]
+    trainer.add_callback(InfGradientAt(param, step=2))
+    signal_at = SignalAt(trainer, step=2)
+    trainer.add_callback(signal_at)
+    with pytest.raises(TrainingInterrupted):
+        trainer.train()
+    assert trainer.state.global_step == 2 and signal_at.saved_skipped == [1]

@@ -70,8 +70,14 @@ class ReliabilityCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_log = True  # the last step is always logged: no summary without a point
-        if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop:
-            self.read_back(state)  # the same on every process: their controls agree
+        if (
+            control.should_log
+            or control.should_save
+            or control.should_evaluate
+            or control.should_training_stop
+            or self.signals.agreed  # about to save and stop
+        ):
+            self.read_back(state)  # the same on every process: their controls and agreed signals agree
         if self.signals.agreed:
             control.should_save = True
             control.should_training_stop = True
