@@ -76,7 +76,17 @@ SYNCS: dict[Callable[..., Any], tuple[str, Callable[[tuple, dict], bool]]] = {
     },
     **{
         getattr(Tensor, name): (f"Tensor.{name}", _always)
-        for name in ("__bool__", "__int__", "__float__", "__complex__", "__index__", "__format__", "__repr__")
+        for name in (
+            "__bool__",
+            "__int__",
+            "__float__",
+            "__complex__",
+            "__index__",
+            "__format__",
+            "__repr__",
+            "__contains__",
+            "__array__",
+        )
     },
     **{getattr(torch, name): (f"torch.{name}", _always) for name in ("nonzero", "argwhere", "equal", "allclose")},
     **{

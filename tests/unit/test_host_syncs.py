@@ -3,6 +3,7 @@ device-side work through, and leaves torch as it found it."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,8 @@ SYNCS = {
     "where(condition)": lambda x: torch.where(x > 1),
     "bincount unsized": lambda x: torch.bincount(x.long()),
     "unique_consecutive": lambda x: torch.unique_consecutive(x),
+    "in": lambda x: 2.0 in x,
+    "numpy array": lambda x: np.asarray(x),
     "cuda.synchronize": lambda x: torch.cuda.synchronize(),
 }
 
