@@ -8,6 +8,7 @@ logged ``loss`` is built from the same window (:func:`window_loss`), so
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ import torch
 if TYPE_CHECKING:
     from .loss import ORPOLossOutput, PairLogps
     from .scoring import TokenScores
+
+logger = logging.getLogger(__name__)
 
 #: The metrics logged at every logging step (``eval_``-prefixed during evaluation).
 METRIC_NAMES = (
@@ -42,7 +45,8 @@ def window_loss(metrics: dict[str, float], beta: float) -> float:
 
 
 class MetricWindows:
-    """Per-mode ("train", "eval") sums since the last log.
+    """Per-mode ("train", "eval") sums since the last log, kept on the device: :meth:`record` never
+    reads a value back (no host sync in a training step), :meth:`pop` reads them once per log.
 
     ``sums`` has the structure checkpoints save and restore (see :mod:`orpo.reliability`):
     ``{mode: defaultdict(float, {key: float64 tensor})}``.
@@ -72,7 +76,9 @@ class MetricWindows:
         for key in list(store):
             new = store[key]
             if torch.is_tensor(new):
-                old = torch.as_tensor(snapshot.get(key, 0.0), dtype=new.dtype, device=new.device)
+                before = snapshot.get(key, 0.0)
+                # a Python number is filled in on the device: torch.as_tensor(number, device=...) would copy and wait
+                old = before.to(new) if torch.is_tensor(before) else torch.full_like(new, before)
                 store[key] = torch.where(keep.to(new.device), new, old)
 
     def export(self, mode: str) -> dict[str, float]:
@@ -95,6 +101,7 @@ class MetricWindows:
             lm = scores.logit_means * completion
             sums = {
                 "pairs": valid.sum(),
+                "pairs/excluded": (~pairs.valid).sum(),  # an empty completion: counted here, reported by pop()
                 # average log-probs themselves, not rewards / beta: those are 0/0 when beta == 0
                 "logps/chosen": (pairs.chosen.mean.detach() * valid).sum(),
                 "logps/rejected": (pairs.rejected.mean.detach() * valid).sum(),
@@ -129,6 +136,10 @@ class MetricWindows:
             values = reduce(values)
         totals = dict(zip(keys, values.tolist(), strict=True))
         self.sums[mode] = defaultdict(float)
+        excluded = int(totals.get("pairs/excluded", 0.0))
+        if excluded:
+            where = "since the last log" if mode == "train" else "in this evaluation"
+            logger.warning("%d pair(s) %s have an empty completion and are excluded", excluded, where)
         pairs = max(totals["pairs"], 1.0)
         metrics = {
             name: totals[name] / pairs

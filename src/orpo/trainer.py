@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -33,8 +32,6 @@ from .modeling import (
 from .reliability import preflight, trainer_internals
 from .reliability.wiring import Reliability
 from .scoring import TokenScorer, unwrap
-
-logger = logging.getLogger(__name__)
 
 
 class ORPOTrainer(Trainer):
@@ -314,9 +311,6 @@ class ORPOTrainer(Trainer):
         else:
             nll_tokens, pair_count = pairs.counts
         out = orpo_loss(pairs.chosen, pairs.rejected, self.args.beta, pairs.nll_logp_sum, nll_tokens, pair_count)
-        if not bool(pairs.valid.all()):
-            excluded = int((~pairs.valid).sum())
-            logger.warning("%d pair(s) in this batch have an empty completion and are excluded", excluded)
         self.metric_windows.record(mode, out, pairs, scores)
         loss = out.loss * scale
         if return_outputs:

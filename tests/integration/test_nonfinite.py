@@ -6,12 +6,16 @@ an overflow would); a gradient hook makes one parameter's gradient infinite at o
 
 from __future__ import annotations
 
+import logging
+import re
+import signal
+
 import pytest
 import torch
 from _reliability import make_trainer, max_diff, weights
 from transformers import TrainerCallback
 
-from orpo.reliability import NonFiniteError
+from orpo.reliability import NonFiniteError, TrainingInterrupted
 
 POISON_ROW = 5
 MARK = "<|im_start|>"  # a special token no other row contains
@@ -126,3 +130,87 @@ def test_nonfinite_gradient_skipped(tokenizer, tmp_path):
     assert trainer.state.global_step == 4
     assert trainer.recorder.logs[-1]["skipped_batches"] == 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+# ---- between logs: the flags are read back one step late, and nothing held back is applied meanwhile ---------
+QUIET = {**RUN, "logging_steps": 100}  # only the last step logs
+
+
+class StepsBegun(TrainerCallback):
+    def __init__(self) -> None:
+        self.last = 0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.last = state.global_step + 1
+
+
+def test_nonfinite_loss_between_logs_stops_a_step_later_with_nothing_applied(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, data=rows(), **QUIET)
+    poison(trainer, tokenizer)
+    snapshots, begun = Snapshots(trainer), StepsBegun()
+    trainer.add_callback(snapshots)
+    trainer.add_callback(begun)
+    with pytest.raises(NonFiniteError) as info:
+        trainer.train()
+    message = str(info.value)
+    bad = trainer.state.global_step + 1  # the state counts the updates applied, as when the check ran in the step
+    assert bad < 4 and begun.last == bad + 1  # read back in the next step, before its update
+    assert message.startswith("non-finite loss") and f"at optimizer step {bad} " in message
+    assert f"chosen of row {POISON_ROW}" in message and "The update was not applied" in message
+    assert max_diff(weights(trainer.model), snapshots.by_step[bad - 1][0]) == 0.0  # neither update applied
+
+
+def test_nonfinite_batches_between_logs_are_skipped_and_counted(tokenizer, tmp_path, caplog):
+    trainer = make_trainer(tokenizer, tmp_path, data=rows(), on_nonfinite="skip", **QUIET)
+    poison(trainer, tokenizer)
+    snapshots = Snapshots(trainer)
+    trainer.add_callback(snapshots)
+    with caplog.at_level(logging.WARNING, logger="orpo.reliability.guard"):
+        trainer.train()
+    skipped = [int(step) for step in re.findall(r"non-finite loss[a-z ]* at optimizer step (\d+) ", caplog.text)]
+    assert len(skipped) == 2 and trainer.recorder.logs[-1]["skipped_batches"] == 2
+    for step in range(1, 5):
+        change = max_diff(snapshots.by_step[step - 1][0], snapshots.by_step[step][0])
+        assert (change == 0.0) == (step in skipped), (step, skipped, change)
+
+
+def test_a_late_diagnosis_leaves_the_next_steps_gradients_alone(tokenizer, tmp_path):
+    """Read one step late, the report re-runs the bad step's backward while the next step's gradients wait:
+    they are put back, so the run ends with the weights of one whose report came in the step itself."""
+    final = {}
+    for name, logging_steps in (("same step", 1), ("a step late", 100)):
+        trainer = make_trainer(
+            tokenizer, tmp_path / str(logging_steps), on_nonfinite="skip", **{**RUN, "logging_steps": logging_steps}
+        )
+        param = dict(trainer.model.named_parameters())["model.layers.0.mlp.down_proj.weight"]
+        trainer.add_callback(InfGradientAt(param, step=2))
+        trainer.train()
+        assert trainer.reliability.guard.skipped == 1, name
+        final[name] = weights(trainer.model)
+    assert max_diff(final["same step"], final["a step late"]) == 0.0
+
+
+class SignalAt(TrainerCallback):
+    """A SIGTERM arriving during optimizer step ``step``; records what each checkpoint saved as skipped."""
+
+    def __init__(self, trainer, step: int) -> None:
+        self.trainer, self.step = trainer, step
+        self.saved_skipped: list[int] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            self.trainer.reliability.signals.requested = signal.SIGTERM
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved_skipped.append(self.trainer.reliability.guard.skipped)
+
+
+def test_a_signal_between_logs_saves_the_skip_it_made(tokenizer, tmp_path):
+    trainer = make_trainer(tokenizer, tmp_path, on_nonfinite="skip", **QUIET)
+    param = dict(trainer.model.named_parameters())["model.layers.0.mlp.down_proj.weight"]
+    trainer.add_callback(InfGradientAt(param, step=2))
+    signal_at = SignalAt(trainer, step=2)
+    trainer.add_callback(signal_at)
+    with pytest.raises(TrainingInterrupted):
+        trainer.train()
+    assert trainer.state.global_step == 2 and signal_at.saved_skipped == [1]

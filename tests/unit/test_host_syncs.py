@@ -3,10 +3,11 @@ device-side work through, and leaves torch as it found it."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from orpo.host_syncs import HostSyncError, detect_host_syncs
+from orpo.host_syncs import DeferredRead, HostSyncError, detect_host_syncs
 
 SYNCS = {
     "item": lambda x: x.sum().item(),
@@ -23,6 +24,14 @@ SYNCS = {
     "allclose": lambda x: torch.allclose(x, x),
     "repeat_interleave by tensor": lambda x: torch.repeat_interleave(x, torch.ones(5, dtype=torch.long)),
     "cpu": lambda x: x.cpu(),
+    "to cpu": lambda x: x.to("cpu"),
+    "format": lambda x: f"{x.sum()}",
+    "repr": lambda x: repr(x),
+    "where(condition)": lambda x: torch.where(x > 1),
+    "bincount unsized": lambda x: torch.bincount(x.long()),
+    "unique_consecutive": lambda x: torch.unique_consecutive(x),
+    "in": lambda x: 2.0 in x,
+    "numpy array": lambda x: np.asarray(x),
     "cuda.synchronize": lambda x: torch.cuda.synchronize(),
 }
 
@@ -35,6 +44,10 @@ FREE = {
     "shape": lambda x: x.reshape(5, 1).shape[0] + len(x),
     "repeat_interleave sized": lambda x: torch.repeat_interleave(x, torch.ones(5, dtype=torch.long), output_size=5),
     "backward": lambda x: x.clone().requires_grad_().pow(2).sum().backward(),
+    "to its own device": lambda x: x.to(x.device),
+    "to cpu, not waiting": lambda x: x.to("cpu", non_blocking=True),
+    "bincount sized": lambda x: torch.bincount(x.long(), minlength=5),
+    "a deferred read": lambda x: DeferredRead(x.sum()).values(),
 }
 
 
@@ -76,3 +89,19 @@ def test_nothing_is_left_behind():
     assert "__getitem__" not in vars(torch.Tensor)  # torch.Tensor itself is never patched
     assert torch.ones(3)[torch.tensor([True, False, True])].tolist() == [1.0, 1.0]
     assert torch.tensor([torch.tensor(1.0), torch.tensor(2.0)]).tolist() == [1.0, 2.0]
+
+
+def test_within_counts_only_the_named_code():
+    x = torch.arange(5.0)
+    with detect_host_syncs(within="/nowhere/") as syncs:  # raises only on syncs made there
+        x.sum().item()
+    assert syncs.events == [] and [e.split(" at ")[0] for e in syncs.outside] == ["Tensor.item"]
+    with pytest.raises(HostSyncError), detect_host_syncs(within=("/nowhere/", __file__)):
+        x.sum().item()
+
+
+def test_a_deferred_read_keeps_the_values_it_was_given():
+    values = torch.tensor([0.0, 1.0])
+    read = DeferredRead(values)
+    values.add_(5.0)  # later work on the same tensor does not show
+    assert read.values() == [0.0, 1.0]

@@ -20,6 +20,7 @@ from orpo.checkpoint import (
     free_bytes,
     verify_checkpoint,
 )
+from orpo.host_syncs import detect_host_syncs
 from orpo.metrics import MetricWindows
 from orpo.reliability import NonFiniteError, TrainingInterrupted
 from orpo.reliability.commit import CheckpointCommitter
@@ -70,7 +71,9 @@ def feed(g, losses, gradients=None):
         g.begin_micro_batch()
         last = i == len(losses) - 1
         g.end_micro_batch(torch.tensor(loss), batch(2 * i, 2 * i + 1), gradients if last else None)
-    return g.local_flags("cpu").tolist()
+    flags = g.local_flags("cpu")
+    g.close_window(flags)  # the gate now holds the update if a flag is set; judge() reports on the flags
+    return flags.tolist()
 
 
 def param_with_grad(value):
@@ -176,6 +179,50 @@ def test_gated_optimizer_under_an_lr_scheduler():
     restored = torch.optim.AdamW([torch.nn.Parameter(torch.ones(4))], lr=0.1)
     GatedOptimizer(restored, lambda: True).load_state_dict(gated.state_dict())
     assert int(restored.state_dict()["state"][0]["step"]) == 2
+
+
+def test_a_gate_on_the_device_holds_a_fused_step_without_reading_it():
+    """torch's fused AdamW skips on the device (found_inf): weights, moments and step count stay, no sync."""
+    allowed = [torch.tensor(False)]
+    param = torch.nn.Parameter(torch.ones(4))
+    inner = torch.optim.AdamW([param], lr=0.1, weight_decay=0.5, fused=True)
+    gated = GatedOptimizer(inner, lambda: allowed[0])
+    assert gated.skips_on_device
+    param.grad = torch.ones(4)
+    with detect_host_syncs():
+        gated.step()
+    assert torch.equal(param.detach(), torch.ones(4)) and not hasattr(inner, "found_inf")
+    state = inner.state[param]  # created at its initial values by the fused step
+    assert float(state["step"]) == 0.0 and not state["exp_avg"].any() and not state["exp_avg_sq"].any()
+    allowed[0] = torch.tensor(True)
+    gated.step()
+    reference = torch.nn.Parameter(torch.ones(4))
+    reference.grad = torch.ones(4)
+    torch.optim.AdamW([reference], lr=0.1, weight_decay=0.5).step()  # one step, as if the held one never was
+    assert torch.equal(param.detach(), reference.detach()) and float(state["step"]) == 1.0
+
+
+def test_a_gate_on_the_device_is_read_for_an_optimizer_without_a_device_switch():
+    allowed = [torch.tensor(False)]
+    param, inner, gated = _adam_with_gate(allowed)  # unfused AdamW
+    assert not gated.skips_on_device
+    param.grad = torch.ones(4)
+    with detect_host_syncs(raise_on_sync=False) as syncs:
+        gated.step()
+    assert [event.split(" at ")[0] for event in syncs.events] == ["Tensor.__bool__"]
+    assert torch.equal(param.detach(), torch.ones(4)) and inner.state == {}
+
+
+def test_the_guard_gate_follows_the_closed_windows_flags():
+    g = guard("skip")
+    assert g.allow_step() is True  # no window closed: nothing to hold
+    g.end_micro_batch(torch.tensor(NAN), batch(0))
+    with detect_host_syncs():  # decided on the device
+        g.close_window(g.local_flags(torch.device("cpu")))
+        allowed = g.allow_step()
+    assert isinstance(allowed, torch.Tensor) and not allowed
+    g.step_done()
+    assert g.allow_step() is True
 
 
 # ---- the checkpoint commit ------------------------------------------------------------------------

@@ -18,7 +18,8 @@ by one callback (:mod:`~orpo.reliability.callback`):
   resumable checkpoint is saved and :class:`TrainingInterrupted` (a ``SystemExit`` with code
   128 + signal number) is raised.  The same signal again stops at once, saying so.
 * **Non-finite guard** (:mod:`~orpo.reliability.guard`, ``ORPOConfig.on_nonfinite``): before every
-  optimizer update the window's losses and gradient norm are checked (agreed across processes).
+  optimizer update the window's losses and gradient norm are checked (agreed across processes), on the
+  device: the update is held back there and the flags read on the host at a logging step or one step late.
   ``"error"`` raises :class:`NonFiniteError` naming the step, the micro-batch, the dataset rows and
   the parameters (:mod:`~orpo.reliability.diagnose`); ``"skip"`` holds the update back
   (:mod:`~orpo.reliability.optimizer`), logs why, and counts ``skipped_batches`` in the logs.

@@ -93,9 +93,12 @@ class Diagnosis:
         return "non-finite log-probs in " + ", ".join(found) + self.preview(bad_rows)
 
     def bad_gradients(self, inputs: list[Batch]) -> list[str]:
-        """Re-run each micro-batch's backward alone to find which one, and which parameters, go non-finite."""
+        """Re-run each micro-batch's backward alone to find which one, and which parameters, go non-finite.
+
+        The gradients already accumulated (a later step's, when the report comes a step late) are put back."""
         model = self.model()
         snapshot = self.windows.snapshot("train")
+        accumulated = [(p, p.grad) for p in model.parameters()]
         lines = []
         try:
             for i, batch in enumerate(inputs):
@@ -114,6 +117,7 @@ class Diagnosis:
                         f"gives non-finite gradients in {shown}"
                     )
         finally:
-            model.zero_grad(set_to_none=True)
+            for param, grad in accumulated:
+                param.grad = grad
             self.windows.restore("train", snapshot)
         return lines or ["  no single micro-batch reproduces it: the accumulated gradient overflowed"]

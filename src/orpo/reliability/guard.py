@@ -1,10 +1,13 @@
 """The non-finite guard: check every optimizer update's losses and gradients before it is applied.
 
 The trainer feeds it each micro-batch (:meth:`NonFiniteGuard.begin_micro_batch` /
-:meth:`~NonFiniteGuard.end_micro_batch`, from ``training_step``); before the optimizer step the
-callback agrees its flags across processes and calls :meth:`~NonFiniteGuard.judge`, which lets the
-update through, holds it back (the :class:`~orpo.reliability.optimizer.GatedOptimizer` asks
-:meth:`~NonFiniteGuard.allow_step`) or raises :class:`NonFiniteError` with a report.
+:meth:`~NonFiniteGuard.end_micro_batch`, from ``training_step``).  Before the optimizer step the
+callback agrees its flags across processes and closes the window (:meth:`~NonFiniteGuard.close_window`):
+the decision to hold the update back stays on the device, where the
+:class:`~orpo.reliability.optimizer.GatedOptimizer` applies it (:meth:`~NonFiniteGuard.allow_step`),
+so the step never waits for the device.  The flags are read on the host later (at the step's end
+when it logs, saves, evaluates or stops, else one step late) and :meth:`~NonFiniteGuard.judge`
+reports the held update, counts it, or raises :class:`NonFiniteError`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -47,6 +51,15 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
         if isinstance(tensor, DTensor):
             return tensor.to_local()
     return tensor
+
+
+@dataclass
+class _Window:
+    """One optimizer step's micro-batches: what a report names."""
+
+    losses: list[torch.Tensor] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    grad_norm: torch.Tensor | None = None
 
 
 class NonFiniteGuard:
@@ -93,11 +106,10 @@ class NonFiniteGuard:
         self._clear_window()
 
     def _clear_window(self) -> None:
-        self._losses: list[torch.Tensor] = []
-        self._inputs: list[dict[str, Any]] = []
-        self._grad_norm: torch.Tensor | None = None
+        self._current = _Window()  # being filled by training_step
+        self._closed: _Window | None = None  # its flags not yet judged
         self._snapshot: dict[str, Any] | None = None
-        self._hold = False
+        self._allowed: torch.Tensor | None = None  # 0-d bool on device: the coming update may be applied
 
     # ---- fed by training_step ---------------------------------------------------------------
     def begin_micro_batch(self) -> None:
@@ -109,28 +121,38 @@ class NonFiniteGuard:
     ) -> None:
         """Record a micro-batch's loss; ``gradients`` after the accumulation window's last backward."""
         loss = loss.detach()
-        self._losses.append(loss)
-        self._inputs.append(inputs)
+        self._current.losses.append(loss)
+        self._current.inputs.append(inputs)
         if self._snapshot is not None:
             self.windows.keep_if("train", self._snapshot, torch.isfinite(loss))  # on device, no host sync
             self._snapshot = None
         if gradients is not None and self.check_gradients:
-            self._grad_norm = gradient_norm(gradients)
+            self._current.grad_norm = gradient_norm(gradients)
 
     # ---- before and at the optimizer step ---------------------------------------------------
     def local_flags(self, device: Any) -> torch.Tensor:
-        """[non-finite loss, non-finite gradient] on this process, as floats on ``device``."""
+        """[non-finite loss, non-finite gradient] on this process, as floats on ``device`` (no host sync)."""
         zero = torch.zeros((), device=device)
-        loss_bad = (~torch.isfinite(torch.stack(self._losses))).any().float().to(device) if self._losses else zero
-        norm = self._grad_norm
+        losses = self._current.losses
+        loss_bad = (~torch.isfinite(torch.stack(losses))).any().float().to(device) if losses else zero
+        norm = self._current.grad_norm
         grad_bad = (~torch.isfinite(norm)).float().to(device) if norm is not None else zero
         return torch.stack([loss_bad, grad_bad])
 
+    def close_window(self, flags: torch.Tensor) -> None:
+        """The step's micro-batches are in and ``flags`` (``local_flags``, agreed across processes) say whether
+        its update may be applied: decided on the device, for the gate; :meth:`judge` reads them later."""
+        self._allowed = flags.amax() <= 0
+        self._closed = self._current
+        self._current = _Window()
+
     def judge(self, loss_bad: bool, grad_bad: bool, step: int, epoch: float) -> None:
-        """Apply, hold back or stop the coming update; flags agreed across processes. Clears the window."""
+        """Report, count or stop on the closed window's update (the gate applied or held it already on the
+        device); the flags read back from :meth:`close_window`'s."""
+        assert self._closed is not None, "close_window() comes first"
         verdict = decide(loss_bad, grad_bad, self.policy)
         report = self.report(step, epoch) if verdict != "apply" else ""
-        self._clear_window()
+        self._closed = None
         if verdict == "apply":
             return
         if self.deepspeed:  # the engine stepped inside backward: nothing can be held back any more
@@ -141,7 +163,6 @@ class NonFiniteGuard:
             )
         if verdict == "skip":
             self.skipped += 1
-            self._hold = True
             logger.warning("%s\nSkipped this update (on_nonfinite='skip'; %d skipped so far).", report, self.skipped)
             return
         raise NonFiniteError(
@@ -149,12 +170,13 @@ class NonFiniteGuard:
             "learning_rate; set on_nonfinite='skip' to skip such batches instead."
         )
 
-    def allow_step(self) -> bool:
-        """The gate of :class:`~orpo.reliability.optimizer.GatedOptimizer`: False for a held-back update."""
-        return not self._hold
+    def allow_step(self) -> torch.Tensor | bool:
+        """The gate of :class:`~orpo.reliability.optimizer.GatedOptimizer`: a 0-d bool tensor on the device
+        (False: hold the update back) once :meth:`close_window` ran, else True."""
+        return True if self._allowed is None else self._allowed
 
     def step_done(self) -> None:
-        self._hold = False
+        self._allowed = None
 
     def log_fields(self, logs: dict[str, float]) -> dict[str, float]:
         """``skipped_batches`` for a training log under the ``"skip"`` policy."""
@@ -165,9 +187,11 @@ class NonFiniteGuard:
     # ---- the report -------------------------------------------------------------------------
     def report(self, step: int, epoch: float) -> str:
         """What went non-finite at optimizer step ``step`` (1-based), and where."""
-        losses, inputs = self._losses, self._inputs
+        window = self._closed
+        assert window is not None, "close_window() comes first"
+        losses, inputs = window.losses, window.inputs
         loss_ok = torch.isfinite(torch.stack(losses)).tolist() if losses else []
-        norm = float(self._grad_norm) if self._grad_norm is not None else None
+        norm = float(window.grad_norm) if window.grad_norm is not None else None
         grad_ok = norm is None or math.isfinite(norm)
         what = " and ".join(w for w, bad in (("loss", not all(loss_ok)), ("gradient", not grad_ok)) if bad)
         where = f" on process {self.process_index}" if self.world_size > 1 else ""
