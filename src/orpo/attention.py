@@ -321,9 +321,9 @@ def _pretrained(model: torch.nn.Module) -> Any:
     from transformers import PreTrainedModel
 
     while True:
-        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # torch.compile's
             model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), torch.nn.Module):
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP's, accelerate's
             model = model.module  # type: ignore[assignment]
         else:
             break

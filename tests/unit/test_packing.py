@@ -433,3 +433,23 @@ def test_scoring_a_row_batch_makes_no_host_sync(tokenizer, collator, fused):
     with detect_host_syncs(raise_on_sync=False) as syncs:
         scorer(model, padded)  # the padded path still selects by mask: the detector sees it here
     assert any(event.startswith("boolean-mask indexing at ") for event in syncs.events)
+
+
+@pytest.mark.parametrize("collator", [ORPOPackingCollator, ORPOSharedPromptCollator])
+def test_row_scoring_attends_per_sequence_without_a_row_mask(tokenizer, monkeypatch, collator):
+    model = tiny_causal_lm(tokenizer)  # sdpa
+    row = collator(pad_token_id=tokenizer.pad_token_id)(_features(tokenizer, seed=15))
+    scorer = TokenScorer(False)
+    scorer(model, row)  # the first batch's checks
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def spy(query, key, value, attn_mask=None, **kwargs):
+        calls.append((query.shape[-2], key.shape[-2], None if attn_mask is None else tuple(attn_mask.shape)))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    scorer(model, row)
+    expected = [(c.length, c.prefix + c.length) for c in row[SEGMENTS_KEY].calls] * model.config.num_hidden_layers
+    assert [(q, k) for q, k, _ in calls] == expected  # one call per sequence and layer, never the whole row
+    assert all(mask is None or mask == (q, k) for q, k, mask in calls)  # masks only within a call
