@@ -274,12 +274,35 @@ def test_choose_collator_for_seq2seq_and_vision_models(tmp_path):
     assert type(vision) is VisionORPODataCollator and vision.processor is processor
 
 
-def test_streamed_training_data_takes_padded_batches(tokenizer, caplog):
-    reason = "streamed training data takes padded batches only"
+def test_where_batches_are_split_by_rows_they_are_padded(tokenizer, caplog):
+    reason = "streamed training data: accelerate splits its batches by rows"
     with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
-        assert choose_layout("causal", "auto", _tiny(tokenizer, "sdpa"), streamed=True) == (Layout.PADDED, None, reason)
-        choose_layout("causal", "shared_prompt", _tiny(tokenizer, "sdpa"), streamed=True)
+        choice = choose_layout("causal", "auto", _tiny(tokenizer, "sdpa"), rows_split=reason)
+        assert choice == (Layout.PADDED, None, reason)
+        choose_layout("causal", "shared_prompt", _tiny(tokenizer, "sdpa"), rows_split=reason)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.INFO, f"layout: padded ({reason})"),
         (logging.WARNING, f"layout shared_prompt is not supported: {reason}; using padded batches"),
     ]
+
+
+def test_a_streamed_trainer_collates_padded(tokenizer, tmp_path, caplog):
+    import datasets
+
+    from orpo import ORPOTrainer
+
+    rows = [{"prompt": f"q{i}?", "chosen": " yes", "rejected": " no"} for i in range(8)]
+    stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
+    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+        trainer = ORPOTrainer(
+            model=_tiny(tokenizer, "sdpa"),
+            args=_config(tmp_path, max_steps=1, use_cpu=True),
+            train_dataset=stream,
+            processing_class=tokenizer,
+        )
+    assert type(trainer.data_collator) is ORPODataCollator
+    assert trainer.layout_choice == (
+        Layout.PADDED,
+        None,
+        "streamed training data: accelerate splits its batches by rows",
+    )

@@ -82,22 +82,23 @@ class LayoutChoice(NamedTuple):
         return model
 
 
-def choose_layout(model_kind: str, requested: str, model: torch.nn.Module, streamed: bool = False) -> LayoutChoice:
+def choose_layout(
+    model_kind: str, requested: str, model: torch.nn.Module, rows_split: str | None = None
+) -> LayoutChoice:
     """The batch layout for a model kind ("causal", "vision", "seq2seq"), the requested layout
     (``ORPOArguments.requested_layout``: "auto" or a layout's name) and the model, logged in one line.
 
     "auto" takes shared_prompt where the model's attention runs it per segment, else
-    padding_free, else padded (:func:`orpo.attention.best_layout`); a requested row layout the
-    model cannot run, and any row layout for vision-language and encoder-decoder models (whose
-    rows hold more than token sequences) or for ``streamed`` training data (accelerate slices a
-    streamed batch by rows of its first tensor, one row in a row layout), run padded with a
-    warning saying why.
+    padding_free, else padded (:func:`orpo.attention.best_layout`).  A requested row layout the
+    model cannot run runs padded, with a warning saying why; so does any row layout for
+    vision-language and encoder-decoder models (whose rows hold more than token sequences) and
+    where something splits batches by rows (``rows_split`` says what: a row layout has one row).
     """
     from ..attention import best_layout
 
-    if model_kind != "causal" or streamed:
-        why = f"{model_kind} models take" if model_kind != "causal" else "streamed training data takes"
-        choice = LayoutChoice(Layout.PADDED, None, f"{why} padded batches only")
+    if model_kind != "causal" or rows_split:
+        why = f"{model_kind} models take padded batches only" if model_kind != "causal" else rows_split
+        choice = LayoutChoice(Layout.PADDED, None, str(why))
         if requested in ("auto", "padded"):
             logger.info("layout: padded (%s)", choice.reason)
         else:
@@ -133,8 +134,12 @@ def layout_and_collator(
     import datasets
 
     assert model is not None, "Trainer.__init__ resolves model or model_init to a model"
-    streamed = isinstance(train_dataset, datasets.IterableDataset | torch.utils.data.IterableDataset)
-    choice = choose_layout(model_kind, args.requested_layout(), model, streamed)
+    rows_split = None
+    if isinstance(train_dataset, datasets.IterableDataset | torch.utils.data.IterableDataset):
+        rows_split = "streamed training data: accelerate splits its batches by rows"
+    elif args.n_gpu > 1:
+        rows_split = f"{args.n_gpu} GPUs in one process: torch.nn.DataParallel splits batches by rows"
+    choice = choose_layout(model_kind, args.requested_layout(), model, rows_split)
     choice.apply(model)
     if choice.layout is Layout.PADDED:
         return choice, padded
