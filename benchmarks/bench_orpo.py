@@ -36,8 +36,8 @@ What is measured (also printed with the results):
 * x TRL: against ``trl`` (TRL's ORPOTrainer at its defaults: gradient checkpointing on) and
   ``trl-nogc`` (the same without it), whichever of the two ran.
 
-Variants ending in ``-seg`` preview the per-segment attention of :mod:`orpo.attention` through
-``bench_preview.py`` until the collators and the scorer are wired to it.
+``orpo`` runs the default layout (auto: the one the trainer logs); ``orpo-padded``, ``orpo-pf``
+and ``orpo-sp`` force padded, padding-free and shared-prompt batches.
 """
 
 from __future__ import annotations
@@ -61,26 +61,19 @@ from typing import Any
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "trl": ("trl", {"_gc": True}),  # TRL's defaults: gradient checkpointing on
     "trl-nogc": ("trl", {"_gc": False}),
-    "orpo": ("orpo", {}),  # defaults: fused LM head, padded batches
-    "orpo-pf": ("orpo", {"padding_free": True}),
-    "orpo-pf-trlnll": ("orpo", {"padding_free": True, "nll_scope": "prompt_and_completion"}),  # TRL's loss
-    "orpo-sp": ("orpo", {"shared_prompt": True}),  # prompt run once per pair
-    "orpo-pf-flex": ("orpo", {"padding_free": True, "_attn": "flex_attention"}),  # GPU: skips masked blocks
-    "orpo-sp-flex": ("orpo", {"shared_prompt": True, "_attn": "flex_attention"}),
+    "orpo": ("orpo", {}),  # defaults: fused LM head, layout auto
+    "orpo-padded": ("orpo", {"layout": "padded"}),
+    "orpo-pf": ("orpo", {"layout": "padding_free"}),
+    "orpo-pf-trlnll": ("orpo", {"layout": "padding_free", "nll_scope": "prompt_and_completion"}),  # TRL's loss
+    "orpo-sp": ("orpo", {"layout": "shared_prompt"}),  # prompt run once per pair
+    "orpo-pf-flex": ("orpo", {"layout": "padding_free", "_attn": "flex_attention"}),  # GPU: a BlockMask
+    "orpo-sp-flex": ("orpo", {"layout": "shared_prompt", "_attn": "flex_attention"}),
+    "orpo-sp-gc": ("orpo", {"layout": "shared_prompt", "_gc": True}),
+    "orpo-sp-flex-gc": ("orpo", {"layout": "shared_prompt", "_attn": "flex_attention", "_gc": True}),
     "orpo-plain": ("orpo", {"fused_lm_head": False}),  # full logits, as TRL
     "orpo-grouped": ("orpo", {"train_sampling_strategy": "group_by_length"}),
-    # per-segment attention (orpo.attention), previewed by bench_preview.py
-    "orpo-pf-seg": ("orpo", {"padding_free": True, "_segments": "packed"}),
-    "orpo-sp-seg": ("orpo", {"shared_prompt": True, "_segments": "shared_prompt"}),
-    "orpo-pf-flexseg": ("orpo", {"padding_free": True, "_attn": "flex_attention", "_segments": "packed"}),
-    "orpo-sp-flexseg": ("orpo", {"shared_prompt": True, "_attn": "flex_attention", "_segments": "shared_prompt"}),
-    "orpo-sp-seg-gc": ("orpo", {"shared_prompt": True, "_segments": "shared_prompt", "_gc": True}),
-    "orpo-sp-flexseg-gc": (
-        "orpo",
-        {"shared_prompt": True, "_attn": "flex_attention", "_segments": "shared_prompt", "_gc": True},
-    ),
 }
-DEFAULT_VARIANTS = "trl,trl-nogc,orpo,orpo-pf,orpo-sp,orpo-pf-seg,orpo-sp-seg"
+DEFAULT_VARIANTS = "trl,trl-nogc,orpo,orpo-padded,orpo-pf,orpo-sp"
 
 #: Dense bf16 tensor-core peak (TFLOP/s) by device-name fragment.
 PEAK_TFLOPS = {"H200": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0}
@@ -295,7 +288,6 @@ def run_variant(settings: Settings, name: str) -> dict[str, Any]:
     kind, overrides = VARIANTS[name]
     overrides = dict(overrides)
     attn = overrides.pop("_attn", None)
-    segments = overrides.pop("_segments", None)
     gradient_checkpointing = overrides.pop("_gc", settings.gradient_checkpointing)
     pairs = make_pairs(settings)
     tokenizer = make_tokenizer(pairs)
@@ -316,10 +308,6 @@ def run_variant(settings: Settings, name: str) -> dict[str, Any]:
             model=model, args=orpo_args, train_dataset=pairs, processing_class=tokenizer, callbacks=[timer]
         )
         prepared = trainer.train_dataset
-        if segments is not None:
-            from bench_preview import route_packed_forwards
-
-            attn = route_packed_forwards(trainer, segments)
     else:
         from orpo.data import prepare_preference_dataset
 
@@ -391,12 +379,10 @@ def run_variant(settings: Settings, name: str) -> dict[str, Any]:
             peak_kind="max_memory_allocated",
         )
     if kind == "orpo":
-        scorer = trainer.scorer
-        layout = "shared prompt" if scorer.uses_shared_prompt else "packed" if scorer.uses_packing else "padded"
+        scorer, choice = trainer.scorer, trainer.layout_choice
+        layout = choice.layout.value + (f" ({choice.implementation})" if choice.implementation else "")
         if scorer.uses_shared_prompt is False or scorer.uses_packing is False:
             layout = "padded (fallback)"
-        elif segments is not None:
-            layout += f" ({attn})"
         result.update(fused=scorer.uses_fused, layout=layout)
     return result
 

@@ -41,13 +41,13 @@ tail -n 30 "$OUT/tests.log"
 
 stamp "bench: UltraFeedback-like lengths"
 timeout 200 "$PY" benchmarks/bench_orpo.py --lengths ultrafeedback --steps 8 --warmup 2 \
-    --variants trl,trl-nogc,orpo,orpo-pf-seg,orpo-sp-seg,orpo-sp-flexseg --json "$OUT/bench_uf.json" \
+    --variants trl,trl-nogc,orpo,orpo-padded,orpo-pf,orpo-sp,orpo-sp-flex --json "$OUT/bench_uf.json" \
     > "$OUT/bench_uf.md" 2> "$OUT/bench_uf.err"
 echo "bench (ultrafeedback) exit $?"
 
 stamp "bench: 8 pairs x ~4096 tokens"
 timeout 130 "$PY" benchmarks/bench_orpo.py --prompt-words 1990,2010 --completion-words 2030,2070 --max-length 4224 \
-    --steps 3 --warmup 1 --variants trl,orpo-sp-flexseg-gc,orpo-sp-flexseg --json "$OUT/bench_4k.json" \
+    --steps 3 --warmup 1 --variants trl,orpo-sp-flex-gc,orpo-sp-flex --json "$OUT/bench_4k.json" \
     > "$OUT/bench_4k.md" 2> "$OUT/bench_4k.err"
 echo "bench (4096) exit $?"
 stamp "done"

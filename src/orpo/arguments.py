@@ -24,6 +24,8 @@ ROW_POLICIES = ("error", "drop", "keep")
 LENGTH_POLICIES = ("error", "drop", "truncate")
 NONFINITE_POLICIES = ("error", "skip")
 MIXINGS = ("fractions", "probabilities")
+#: ``layout`` values: "auto", then orpo.layouts.Layout's values
+LAYOUTS = ("auto", "padded", "padding_free", "shared_prompt")
 
 
 def aliases(*names: str) -> list[str]:
@@ -269,12 +271,22 @@ class ORPOArguments:
             "full-vocabulary logits (exact; falls back to the plain path for models it does not support)."
         ),
     )
+    layout: str = field(
+        default="auto",
+        metadata=meta(
+            "How a batch lays out its pairs (same loss in every layout): padded rows; padding_free, all "
+            "sequences in one row; shared_prompt, each pair as prompt|chosen|rejected in one row, the prompt run "
+            "once. Row layouts run attention per sequence (sdpa, eager, flash_attention_2/3, flex_attention on "
+            "GPU). auto: shared_prompt where the model's attention can run it, else padding_free, else padded; "
+            "the choice and its reason are logged once.",
+            LAYOUTS,
+        ),
+    )
     padding_free: bool = field(
         default=False,
         metadata=meta(
-            "Pack the chosen and rejected sequences of all pairs of a batch into one row with position ids "
-            "restarting per sequence, so no compute goes to padding (same loss as padded batches; fast with "
-            "attn_implementation flash_attention_2 or flex_attention, correct with sdpa and eager)."
+            "Ask for layout padding_free (all sequences of a batch in one row, no compute on padding); "
+            "with layout auto only (or a layout that agrees)."
         ),
     )
     freeze_vision_tower: bool = field(
@@ -287,10 +299,8 @@ class ORPOArguments:
     shared_prompt: bool = field(
         default=False,
         metadata=meta(
-            "Run each pair's prompt once for both completions: pairs packed as prompt|chosen|rejected in one "
-            "row, with an attention mask that hides chosen from rejected (same loss; padding-free too, so it "
-            "overrides padding_free; needs attn_implementation sdpa, eager or flex_attention, and flex_attention "
-            "to save attention compute on GPU)."
+            "Ask for layout shared_prompt (each pair's prompt run once for both completions; padding-free "
+            "too, so it may be combined with padding_free); with layout auto or shared_prompt."
         ),
     )
     on_identical_pair: str = field(
@@ -334,8 +344,10 @@ class ORPOArguments:
             ("on_empty_prompt", ROW_POLICIES),
             ("on_too_long", LENGTH_POLICIES),
             ("on_nonfinite", NONFINITE_POLICIES),
+            ("layout", LAYOUTS),
         ):
             check_choice(owner, name, getattr(self, name), allowed)
+        self.requested_layout(owner)
         if self.beta < 0:
             raise ValueError(f"{owner}.beta must be >= 0, got {self.beta}")
         for name in ("max_length", "max_prompt_length", "max_completion_length", "pad_to_multiple_of"):
@@ -354,3 +366,32 @@ class ORPOArguments:
                     raise ValueError(f"{owner}.{name} is not valid JSON: {err}") from None
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{owner}.{name} must be a mapping (JSON object), got {getattr(self, name)!r}")
+
+    def requested_layout(self, owner: str | None = None) -> str:
+        """The one layout asked for: ``layout`` unless "auto", else the one a switch asks for.
+
+        ``shared_prompt: true`` asks for shared_prompt, ``padding_free: true`` for a padding-free
+        layout (padding_free, or shared_prompt, which is padding-free too); a ``layout`` they
+        contradict is a :class:`~orpo.errors.UsageError` naming the options.
+        """
+        from .errors import UsageError
+
+        owner = owner or type(self).__name__
+        requested = self.layout
+        if requested == "auto":
+            requested = "shared_prompt" if self.shared_prompt else "padding_free" if self.padding_free else "auto"
+        contradicted = [
+            switch
+            for switch, on, agrees in (
+                ("shared_prompt", self.shared_prompt, ("shared_prompt",)),
+                ("padding_free", self.padding_free, ("padding_free", "shared_prompt")),
+            )
+            if on and requested not in agrees
+        ]
+        if contradicted:
+            switches = " and ".join(f"{owner}.{name}=True" for name in contradicted)
+            raise UsageError(
+                f"{owner}.layout={self.layout!r} contradicts {switches}: set layout alone "
+                f"(one of {', '.join(LAYOUTS)}) or leave it 'auto'"
+            )
+        return requested

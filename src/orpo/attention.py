@@ -320,8 +320,13 @@ def _pretrained(model: torch.nn.Module) -> Any:
     """The transformers model under DDP / compile / PEFT wrappers."""
     from transformers import PreTrainedModel
 
-    while isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module  # type: ignore[assignment]
+    while True:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # torch.compile's
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP's, accelerate's
+            model = model.module  # type: ignore[assignment]
+        else:
+            break
     if not isinstance(model, PreTrainedModel) and callable(getattr(model, "get_base_model", None)):
         model = model.get_base_model()  # type: ignore[operator]
     return model

@@ -1,36 +1,45 @@
-"""Batch layouts: the marker every collator puts in its batches, and conversions between layouts.
+"""Batch layouts: the marker every collator puts in its batches, and what scoring reads from them.
 
 The loss and the metrics read one layout only, the *padded* one: rows are sequences, chosen
-0..B-1 then rejected B..2B-1.  A *packed* batch (:class:`orpo.data.packing.ORPOPackingCollator`)
+0..B-1 then rejected B..2B-1.  A *padding-free* batch (:class:`orpo.data.packing.ORPOPackingCollator`)
 holds all 2B sequences in one row; a *shared-prompt* batch
-(:class:`orpo.data.packing.ORPOSharedPromptCollator`) holds each pair as prompt | chosen |
-rejected.  This module moves ids, labels and scores between those layouts and builds the
-shared-prompt attention mask; it runs no model (:mod:`orpo.scoring` does).
+(:class:`orpo.data.packing.ORPOSharedPromptCollator`) holds each pair as prompt | chosen | rejected.
+Both *row* layouts carry their :class:`orpo.segments.Segments` (the attention calls, known on the
+host) and the index tensors that move scores between the row and the padded layout, so that
+scoring needs no mask and reads nothing back from the device.  This module builds the views and
+probes of such batches; it runs no model (:mod:`orpo.scoring` does).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .segments import Segments
 
 
 class Layout(Enum):
-    """How a collated batch lays out its sequences; carried as ``batch[LAYOUT_KEY]``."""
+    """How a collated batch lays out its sequences; carried as ``batch[LAYOUT_KEY]``.  The values
+    are the names of the ``layout`` option (``ORPOConfig.layout``)."""
 
     PADDED = "padded"
-    PACKED = "packed"
+    PACKED = "padding_free"
     SHARED_PROMPT = "shared_prompt"
 
 
 #: The batch key of the layout marker.  A plain Python value: ``Trainer._prepare_inputs`` and
 #: accelerate's ``send_to_device`` pass it through unchanged, and reading it costs no host sync.
 LAYOUT_KEY = "orpo_layout"
+#: The batch key of a row layout's :class:`~orpo.segments.Segments` (also the forward kwarg the
+#: per-segment attention reads).  accelerate's ``send_to_device`` moves it with ``Segments.to``.
+SEGMENTS_KEY = "orpo_segments"
+#: Per scored position of the padded layout (row-major over ``labels[:, 1:]``): its flat index
+#: there, and the position in the row whose hidden state predicts it.
+SCORE_INDEX_KEY = "score_index"
+SCORE_SOURCE_KEY = "score_source"
 
 
 def layout_of(batch: dict[str, Any]) -> Layout:
@@ -41,121 +50,23 @@ def layout_of(batch: dict[str, Any]) -> Layout:
     return marker
 
 
-# ---- packed batches: all sequences in one row, position ids restarting per sequence ----------
+def segments_of(batch: dict[str, Any]) -> Segments:
+    """The segments of a row batch, on the device of its ids (a no-op once the loader moved them)."""
+    segments = batch[SEGMENTS_KEY]
+    return segments.to(batch["input_ids"].device)
 
 
-def packed_view(batch: dict[str, Any]) -> dict[str, Any]:
-    """The packed row as a one-row batch: model inputs and the packed row's own labels."""
-    view = {key: batch[key] for key in ("input_ids", "position_ids")}
-    view["labels"] = batch["packed_labels"]
-    if "packed_nll_labels" in batch:
-        view["nll_labels"] = batch["packed_nll_labels"]
-    view[LAYOUT_KEY] = Layout.PADDED  # one row; its position ids keep the sequences apart
-    return view
+def place_scored(values: torch.Tensor, index: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``values`` of the scored positions at their flat ``index`` in a zero tensor of ``shape``.
 
-
-def packed_to_padded(batch: dict[str, Any], scored: torch.Tensor, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Move per-position values of the packed row ``[1, T-1]`` to the padded layout ``[2B, L-1]``.
-
-    ``scored`` marks the packed positions that carry a value.  The target at packed position t+1
-    is token ``p = position_ids[t+1]`` (p >= 1: first tokens carry no label) of row
-    ``sequence_index[t+1]``; in the padded layout the same prediction sits at shifted column p-1.
-    The move is an index_put, so gradients flow back unchanged.
+    An ``index_copy``: gradients flow back as a gather, with no mask to count on the host.
     """
-    where = scored[0]
-    rows = batch["sequence_index"][0, 1:][where]
-    cols = batch["position_ids"][0, 1:][where] - 1
-    shape = batch["labels"][:, 1:].shape
-    out = []
-    for value in values:
-        zeros = torch.zeros(shape, dtype=value.dtype, device=value.device)
-        out.append(zeros.index_put((rows, cols), value[0][where]))
-    return out
+    flat = torch.zeros(shape.numel(), dtype=values.dtype, device=values.device)
+    return flat.index_copy(0, index, values).view(shape)
 
 
-def unpack_batch(batch: dict[str, Any], pad_token_id: int = 0) -> dict[str, Any]:
-    """The right-padded batch (rows = sequences) holding the same sequences as a packed one."""
-    labels = batch["labels"]
-    index, positions = batch["sequence_index"][0], batch["position_ids"][0]
-    real = index >= 0
-    where = (index[real], positions[real])
-    input_ids = torch.full(labels.shape, pad_token_id, dtype=torch.long, device=labels.device)
-    input_ids = input_ids.index_put(where, batch["input_ids"][0][real])
-    attention_mask = torch.zeros_like(input_ids).index_put(where, torch.ones_like(positions[real]))
-    out: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-    if "nll_labels" in batch:
-        out["nll_labels"] = batch["nll_labels"]
-    out[LAYOUT_KEY] = Layout.PADDED
-    return out
-
-
-def packing_probe(batch: dict[str, Any], probe_tokens: int = 24) -> tuple[dict[str, Any], int, torch.Tensor]:
-    """The first ``probe_tokens`` of the batch's first two sequences packed in one row, where the
-    second one starts in that row, and the second one's ids alone (to run unpacked)."""
-    index, positions, ids = batch["sequence_index"][0], batch["position_ids"][0], batch["input_ids"][0]
-    first = ids[(index == 0) & (positions < probe_tokens)]
-    second = ids[(index == 1) & (positions < probe_tokens)]
-    device = ids.device
-    restart = torch.cat([torch.arange(len(first), device=device), torch.arange(len(second), device=device)])
-    packed = {"input_ids": torch.cat([first, second])[None], "position_ids": restart[None]}
-    return packed, len(first), second[None]
-
-
-# ---- shared-prompt batches: prompt | chosen | rejected, the prompt run once ----------------------
-
-
-def shared_prompt_mask(batch: dict[str, Any], implementation: str | None, dtype: torch.dtype) -> Any:
-    """The attention mask of a shared-prompt row, in the form the model's attention takes.
-
-    Query q may see key k iff both belong to the same pair, k is not later (by position) and k
-    is in the prompt or in q's own completion.  flex_attention gets a BlockMask (blocks with
-    nothing to see are skipped), sdpa a boolean ``[1, 1, T, T]`` mask, eager an additive one in
-    ``dtype`` (the dtype the model computes in).
-    """
-    pair, kind, position = batch["shared_pair"][0], batch["shared_kind"][0], batch["position_ids"][0]
-    if implementation == "flex_attention":
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(_b: Any, _h: Any, q: Any, k: Any) -> Any:
-            return (pair[q] == pair[k]) & (position[k] <= position[q]) & ((kind[k] == 0) | (kind[k] == kind[q]))
-
-        length = pair.shape[0]
-        return create_block_mask(mask_mod, None, None, length, length, device=pair.device)
-    allowed = (
-        (pair[:, None] == pair[None, :])
-        & (position[None, :] <= position[:, None])
-        & ((kind[None, :] == 0) | (kind[None, :] == kind[:, None]))
-    )[None, None]
-    if implementation == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=pair.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def shared_inputs(batch: dict[str, Any], implementation: str | None, dtype: torch.dtype) -> dict[str, Any]:
-    """Model inputs of a shared-prompt row: ids, positions and the shared-prompt mask."""
-    return {
-        "input_ids": batch["input_ids"],
-        "position_ids": batch["position_ids"],
-        "attention_mask": shared_prompt_mask(batch, implementation, dtype),
-    }
-
-
-def beyond_sliding_window(batch: dict[str, Any], window: int | None) -> bool:
-    """Whether a sequence of the shared-prompt batch is longer than the model's sliding window.
-
-    The shared-prompt mask replaces the model's own masks, its sliding-window ones included, so
-    such a batch runs padded (exact); shorter sequences never reach the window.
-    """
-    if not window:
-        return False
-    beyond = int(batch["position_ids"].max()) >= int(window)
-    if beyond:
-        logger.info("shared_prompt: a sequence is longer than the sliding window (%d); this batch runs padded", window)
-    return beyond
-
-
-def padded_from_shared(batch: dict[str, Any]) -> dict[str, Any]:
-    """The ordinary padded batch of the same pairs (for models that cannot take the mask)."""
+def padded_of(batch: dict[str, Any]) -> dict[str, Any]:
+    """The ordinary padded batch of the same pairs (for a model that cannot run the row)."""
     out: dict[str, Any] = {
         "input_ids": batch["padded_input_ids"],
         "attention_mask": batch["padded_attention_mask"],
@@ -167,17 +78,57 @@ def padded_from_shared(batch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def shared_prompt_probe(batch: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor] | None:
-    """The batch's first pair as its own shared-prompt row, and the ids of prompt + rejected alone.
+def row_view(batch: dict[str, Any], start: int, stop: int, segments: Segments | None) -> dict[str, Any]:
+    """Tokens ``[start, stop)`` of a row batch as a one-row batch, with the ``segments`` that describe them."""
+    view = {key: batch[key][:, start:stop] for key in ("input_ids", "position_ids")}
+    if segments is not None:
+        view[SEGMENTS_KEY] = segments.to(batch["input_ids"].device)
+    return view
 
-    Returns ``(row, alone_ids, rejected)`` with ``rejected`` marking the rejected tokens within
-    ``alone_ids``, or None when the pair has no rejected token to compare.
-    """
-    first = (batch["shared_pair"][0] == 0).nonzero().flatten()
-    row = {key: batch[key][:, first] for key in ("input_ids", "position_ids", "shared_pair", "shared_kind")}
-    kind = row["shared_kind"][0]
-    alone = row["input_ids"][:, kind != 1]
-    rejected = kind[kind != 1] == 2
-    if not bool(rejected.any()):
+
+def first_sequence(batch: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """The first ``tokens`` of the row's first sequence: a one-row padded batch (the fused head's probe)."""
+    first = segments_of(batch).calls[0]  # always a sequence of its own starting the row
+    view = row_view(batch, 0, min(tokens, first.length), None)
+    view["labels"] = view["input_ids"].clone()
+    return view
+
+
+def packing_probe(batch: dict[str, Any], probe_tokens: int = 24) -> tuple[dict[str, Any], int, torch.Tensor] | None:
+    """The first ``probe_tokens`` of the row's first two sequences packed in one row, where the
+    second one starts in that row, and the second one's ids alone; None if the row has one sequence."""
+    from .segments import packed_segments
+
+    calls = segments_of(batch).calls
+    if len(calls) < 2:
         return None
-    return row, alone, rejected
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    spans = [(call.start, call.start + min(probe_tokens, call.length)) for call in calls[:2]]
+    lengths = [stop - start for start, stop in spans]
+    probe = {
+        "input_ids": torch.cat([ids[:, a:b] for a, b in spans], dim=1),
+        "position_ids": torch.cat([positions[:, a:b] for a, b in spans], dim=1),
+        SEGMENTS_KEY: packed_segments(lengths).to(ids.device),
+    }
+    second = spans[1]
+    return probe, lengths[0], ids[:, second[0] : second[1]]
+
+
+def shared_prompt_probe(batch: dict[str, Any]) -> tuple[dict[str, Any], int, torch.Tensor, int] | None:
+    """The first pair with a prompt and a rejected completion as its own shared-prompt row, and
+    the ids of that prompt + rejected alone.
+
+    Returns ``(row, rejected_start, alone_ids, prompt_length)``: the rejected tokens are
+    ``row[rejected_start:]`` and ``alone_ids[prompt_length:]``; None when no pair has both.
+    """
+    from .segments import shared_prompt_segments
+
+    call = next((call for call in segments_of(batch).calls if call.prefix), None)
+    if call is None:
+        return None
+    prompt, chosen, rejected = call.prefix, call.start - call.prefix_stop, call.length
+    segments = shared_prompt_segments([prompt], [chosen], [rejected])
+    row = row_view(batch, call.prefix_start, call.stop, segments)
+    ids = batch["input_ids"]
+    alone = torch.cat([ids[:, call.prefix_start : call.prefix_stop], ids[:, call.start : call.stop]], dim=1)
+    return row, prompt + chosen, alone, prompt

@@ -2,8 +2,8 @@
 
 Two ways to the same numbers: *plain* reads the model's logits; *fused* captures the final
 hidden states at the LM head and computes log-probs chunked through the head, only on scored
-tokens (see :mod:`orpo.fused`).  Packed and shared-prompt batches (see :mod:`orpo.layouts`)
-run in their own layout and come back in the padded one.  Each faster way is checked once,
+tokens (see :mod:`orpo.fused`).  Padding-free and shared-prompt batches (see :mod:`orpo.layouts`)
+run as one row, attention per segment (:mod:`orpo.attention`), and come back in the padded layout.  Each faster way is checked once,
 by :func:`verify`, against the plain padded way and replaced by it, with a warning, for a
 model where the two differ.  :class:`TokenScorer` makes these choices.
 """
@@ -16,18 +16,20 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .attention import segment_forward_kwargs, segment_route, use_segment_attention
 from .fused import HeadCapture, linear_selective_log_softmax, rows_per_chunk
 from .layouts import (
+    SCORE_INDEX_KEY,
+    SCORE_SOURCE_KEY,
+    SEGMENTS_KEY,
     Layout,
-    beyond_sliding_window,
+    first_sequence,
     layout_of,
-    packed_to_padded,
-    packed_view,
     packing_probe,
-    padded_from_shared,
-    shared_inputs,
+    padded_of,
+    place_scored,
+    segments_of,
     shared_prompt_probe,
-    unpack_batch,
 )
 from .loss import selective_log_softmax
 
@@ -167,25 +169,33 @@ def fused_scores(
     return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
 
 
-def rows_from_packed(scores: TokenScores, batch: dict[str, Any], ignore_index: int) -> TokenScores:
-    """Scores of the packed row ``[1, T-1]`` moved to the padded layout ``[2B, L-1]``."""
-    targets, mask = shifted_targets(batch, ignore_index)
-    logps, means = packed_to_padded(batch, scores.mask, (scores.logps, scores.logit_means))
-    return TokenScores(logps, means, mask, targets)
+def row_inputs(row: dict[str, Any]) -> dict[str, Any]:
+    """Model inputs of a padding-free or shared-prompt row: ids, positions and its segments
+    (attention per segment, no mask built)."""
+    return {
+        "input_ids": row["input_ids"],
+        "position_ids": row["position_ids"],
+        **segment_forward_kwargs(row[SEGMENTS_KEY]),
+    }
 
 
-def shared_prompt_scores(
+def row_scores(
     model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear | None
 ) -> TokenScores:
-    """Scores of a shared-prompt batch in the padded layout; fused through ``head`` if given."""
+    """Scores of a padding-free or shared-prompt batch in the padded layout; fused through ``head`` if given.
+
+    The collator's ``score_source`` picks the predicting positions of the row, ``score_index``
+    places their scores in the padded layout: gathers and an ``index_copy``, no host sync.
+    """
     targets, mask = shifted_targets(batch, ignore_index)
-    source = batch["score_source"]
-    inputs = shared_inputs(batch, _attn_implementation(model), _compute_dtype(model, source.device))
+    index, source = batch[SCORE_INDEX_KEY], batch[SCORE_SOURCE_KEY]
+    scored = targets.reshape(-1)[index]
+    inputs = row_inputs({**batch, SEGMENTS_KEY: segments_of(batch)})
     if head is None:
-        logps, means = _from_logits(model(**inputs, use_cache=False).logits[0, source], targets[mask])
+        logps, means = _from_logits(model(**inputs, use_cache=False).logits[0, source], scored)
     else:
-        logps, means = _from_hidden(model, head, run_capturing_head(model, inputs, head)[0, source], targets[mask])
-    return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
+        logps, means = _from_hidden(model, head, run_capturing_head(model, inputs, head)[0, source], scored)
+    return TokenScores(place_scored(logps, index, mask.shape), place_scored(means, index, mask.shape), mask, targets)
 
 
 # ---- the one check: does a faster way compute what the reference way does? --------------------
@@ -256,92 +266,94 @@ def verify_fused(
     )
 
 
-def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: int = 24) -> bool | None:
-    """Whether the model keeps packed sequences apart (attention and positions).
+def _problem(model: torch.nn.Module, layout: Layout, what: str) -> str:
+    return f"{layout.value}: {type(unwrap(model)).__name__} with attn_implementation={_attn_implementation(model)!r} {what}"
 
-    Attention implementations that ignore position-id resets let the second sequence of a packed
-    probe see the first one and fail; such batches are then unpacked and run padded.
-    """
-    packed, offset, alone = packing_probe(batch, probe_tokens)
+
+def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: int = 24) -> bool | None:
+    """Whether the model keeps the sequences of a padding-free row apart (attention and positions):
+    the row's second sequence, packed after its first, against the second one run alone."""
+    probe = packing_probe(batch, probe_tokens)
+    if probe is None:
+        return True  # one sequence: nothing to keep apart
+    packed, offset, alone = probe
     return verify(
         model,
         lambda: model(input_ids=alone, use_cache=False).logits[0],
-        lambda: model(**packed, use_cache=False).logits[0, offset:],
+        lambda: model(**row_inputs(packed), use_cache=False).logits[0, offset:],
         _layout_tolerance(model, alone.device),
-        f"padding_free: {type(unwrap(model)).__name__} with attn_implementation={_attn_implementation(model)!r} "
-        "does not keep packed sequences apart",
-        "running these batches padded instead (use sdpa, flex_attention or flash_attention_2)",
+        _problem(model, Layout.PACKED, "does not keep packed sequences apart"),
+        "running these batches padded instead",
     )
 
 
 def verify_shared_prompt(model: torch.nn.Module, batch: dict[str, Any]) -> bool | None:
-    """Whether the model honours the shared-prompt mask and positions: the first pair's rejected
-    tokens, run as prompt | chosen | rejected, against prompt + rejected run alone."""
-    implementation = _attn_implementation(model)
-    if implementation not in ("sdpa", "eager", "flex_attention"):
-        logger.warning(
-            "shared_prompt needs attn_implementation sdpa, eager or flex_attention, not %r; running these batches "
-            "padded instead",
-            implementation,
-        )
-        return False
+    """Whether the model runs a shared-prompt row exactly: a pair's rejected tokens, run as
+    prompt | chosen | rejected, against prompt + rejected run alone."""
     probe = shared_prompt_probe(batch)
     if probe is None:
         return True  # nothing to compare; the padded fallback would not be safer
-    row, alone, rejected = probe
-    dtype = _compute_dtype(model, alone.device)
+    row, rejected_start, alone, prompt = probe
     return verify(
         model,
-        lambda: model(input_ids=alone, use_cache=False).logits[0, rejected],
-        lambda: model(**shared_inputs(row, implementation, dtype), use_cache=False).logits[
-            0, row["shared_kind"][0] == 2
-        ],
+        lambda: model(input_ids=alone, use_cache=False).logits[0, prompt:],
+        lambda: model(**row_inputs(row), use_cache=False).logits[0, rejected_start:],
         _layout_tolerance(model, alone.device),
-        f"shared_prompt: {type(unwrap(model)).__name__} with attn_implementation={implementation!r} does not honour "
-        "the shared-prompt mask",
-        "running these batches padded instead (use sdpa, eager or flex_attention)",
+        _problem(model, Layout.SHARED_PROMPT, "does not run shared-prompt rows exactly"),
+        "running these batches padded instead",
     )
+
+
+VERIFIERS: dict[Layout, Callable[[torch.nn.Module, dict[str, Any]], bool | None]] = {
+    Layout.PACKED: verify_packing,
+    Layout.SHARED_PROMPT: verify_shared_prompt,
+}
+
+
+def route_rows(model: torch.nn.Module, layout: Layout) -> bool:
+    """Switch ``model`` to the per-segment attention that runs ``layout``; False, with a warning,
+    where none does (the caller runs such batches padded)."""
+    route = segment_route(model, layout)
+    if route.implementation is None:
+        logger.warning("%s: %s; running these batches padded instead", layout.value, route.reason)
+        return False
+    if _attn_implementation(model) != route.implementation:
+        use_segment_attention(model, route.implementation)
+    return True
 
 
 class TokenScorer:
     """Scores a batch of any layout the fastest way verified exact for this model.
 
     ``__call__`` returns :class:`TokenScores` laid out as the padded batch: rows = 2B sequences,
-    chosen 0..B-1 then rejected.  Each choice (fused head, packed rows, shared prompt) is made
-    on the first batch that needs it and kept.
+    chosen 0..B-1 then rejected.  Each choice (fused head, padding-free rows, shared prompt) is
+    made on the first batch that needs it and kept; a row layout switches the model to the
+    per-segment attention that runs it (padded batches still run the model's own attention).
     """
 
     def __init__(self, fused: bool, ignore_index: int = -100, allow_fused: bool = True) -> None:
         self.want_fused = fused and allow_fused
         self.ignore_index = ignore_index
         self._verified: bool | None = None
-        self._packing_ok: bool | None = None
-        self._shared_ok: bool | None = None
+        self._rows_ok: dict[Layout, bool | None] = {}
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
         if self.want_fused and self._verified is None and (head := output_head(model)) is not None:
             HeadCapture.of(head)  # before the model's first forward, so a compiled model traces the hook
         layout = layout_of(batch)
-        if layout is Layout.SHARED_PROMPT:
-            return self._score_shared(model, batch)
-        if layout is Layout.PACKED:
-            return self._score_packed(model, batch)
-        return self._score(model, batch)
+        if layout is Layout.PADDED:
+            return self._score(model, batch)
+        if not self._runs_rows(model, batch, layout):
+            return self._score(model, padded_of(batch))
+        head = self._usable_head(model, first_sequence(batch, 32))
+        return row_scores(model, batch, self.ignore_index, head)
 
-    def _score_shared(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
-        if self._shared_ok is None:
-            self._shared_ok = verify_shared_prompt(model, batch)
-        if not self._shared_ok or beyond_sliding_window(batch, getattr(_config(model), "sliding_window", None)):
-            return self._score(model, padded_from_shared(batch))
-        view = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-        return shared_prompt_scores(model, batch, self.ignore_index, self._usable_head(model, view))
-
-    def _score_packed(self, model: torch.nn.Module, batch: dict[str, Any]) -> TokenScores:
-        if self._packing_ok is None:
-            self._packing_ok = verify_packing(model, batch)
-        if not self._packing_ok:
-            return self._score(model, unpack_batch(batch))
-        return rows_from_packed(self._score(model, packed_view(batch)), batch, self.ignore_index)
+    def _runs_rows(self, model: torch.nn.Module, batch: dict[str, Any], layout: Layout) -> bool:
+        """Whether this row layout runs as a row (checked on its first batch; None: asked again)."""
+        if self._rows_ok.get(layout) is None:
+            routed = route_rows(model, layout)
+            self._rows_ok[layout] = VERIFIERS[layout](model, batch) if routed else False
+        return bool(self._rows_ok[layout])
 
     def _usable_head(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.nn.Linear | None:
         """The LM head to fuse through, or None for the plain way (verified on the first batch)."""
@@ -370,10 +382,10 @@ class TokenScorer:
 
     @property
     def uses_packing(self) -> bool | None:
-        """None before the first padding-free batch, then whether packed batches run packed."""
-        return self._packing_ok
+        """None before the first padding-free batch, then whether such batches run packed."""
+        return self._rows_ok.get(Layout.PACKED)
 
     @property
     def uses_shared_prompt(self) -> bool | None:
         """None before the first shared-prompt batch, then whether such batches run shared."""
-        return self._shared_ok
+        return self._rows_ok.get(Layout.SHARED_PROMPT)

@@ -15,7 +15,7 @@ from .card import write_model_card
 from .checkpoint import remove_stale_staging
 from .config import ORPOConfig, resolve_config
 from .data import prepare_preference_dataset
-from .data.collate import choose_collator
+from .data.collate import LayoutChoice, choose_collator, layout_and_collator
 from .distributed import check_launch
 from .eval_generation import generate_samples
 from .loss import orpo_loss, pair_counts, pair_logps
@@ -51,6 +51,8 @@ class ORPOTrainer(Trainer):
     resume_command: str | None = None
     #: Where the training data came from (a path or hub id), for the model card; ``orpo train`` sets it.
     train_source: str | None = None
+    #: The batch layout chosen for the model, logged once (None with the caller's own data collator).
+    layout_choice: LayoutChoice | None = None
 
     def __init__(
         self,
@@ -77,7 +79,8 @@ class ORPOTrainer(Trainer):
         self.data_reports: dict[str, Any] = {}
         train_dataset, eval_dataset = self._prepare_datasets(train_dataset, eval_dataset, args)
 
-        if data_collator is None:
+        chooses_layout = data_collator is None  # padded until the model is known (model_init's too), below
+        if chooses_layout:
             data_collator = choose_collator(
                 self.model_kind, args, processing_class, tokenizer_, unwrap(model) if model is not None else None
             )
@@ -99,6 +102,10 @@ class ORPOTrainer(Trainer):
             optimizers=optimizers,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+        if chooses_layout:
+            self.layout_choice, self.data_collator = layout_and_collator(
+                self.model_kind, args, processing_class, tokenizer_, self.model, self.data_collator, self.train_dataset
+            )
         # compute_loss already normalises by the whole accumulation window.
         self.loss_is_scaled_for_ga = True
         sharded = bool(getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False))
@@ -126,6 +133,11 @@ class ORPOTrainer(Trainer):
             output = super().train(resume, trial, ignore_keys_for_eval, **kwargs)
         self.reliability.after_train()
         return output
+
+    def call_model_init(self, trial: Any = None) -> Any:
+        """Trainer's, with the chosen layout's attention: each run of model_init makes a new model."""
+        model = super().call_model_init(trial)
+        return self.layout_choice.apply(model) if self.layout_choice is not None else model
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """Trainer's optimizer, behind the gate the non-finite guard closes to hold an update back."""

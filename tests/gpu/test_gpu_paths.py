@@ -113,18 +113,24 @@ def _assert_grads_close(got, ref, min_cosine=0.999, max_rel=3e-2):
         assert cosine >= min_cosine and rel <= max_rel, f"{name}: cosine {cosine:.5f}, relative diff {rel:.4f}"
 
 
-@pytest.mark.parametrize("padding_free", [False, True])
+def _uses_layout(trainer, layout: str) -> None:
+    """The trainer chose ``layout`` and its batches ran in it (no fallback)."""
+    scorer = trainer.scorer
+    assert trainer.layout_choice.layout.value == layout
+    assert scorer.uses_packing is (True if layout == "padding_free" else None)
+    assert scorer.uses_shared_prompt is (True if layout == "shared_prompt" else None)
+
+
+@pytest.mark.parametrize("layout", ["padded", "padding_free", "shared_prompt"])
 @pytest.mark.parametrize("gradient_checkpointing", [False, True])
-def test_bf16_training(tok, tmp_path, padding_free, gradient_checkpointing):
-    trainer = _trainer(
-        tok, tmp_path, _model(tok), padding_free=padding_free, gradient_checkpointing=gradient_checkpointing
-    )
+def test_bf16_training(tok, tmp_path, layout, gradient_checkpointing):
+    trainer = _trainer(tok, tmp_path, _model(tok), layout=layout, gradient_checkpointing=gradient_checkpointing)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     losses = _losses(trainer)
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     assert trainer.scorer.uses_fused is True
-    assert trainer.scorer.uses_packing is (True if padding_free else None)
+    _uses_layout(trainer, layout)
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
 
 
@@ -185,16 +191,16 @@ def test_liger_kernels_train_and_keep_the_fused_head(tok, tmp_path):
     assert losses[0] == pytest.approx(_losses(reference)[0], rel=2e-2)
 
 
-@pytest.mark.parametrize("padding_free", [False, True])
-def test_torch_compile_trains(tok, tmp_path, padding_free):
-    reference = _trainer(tok, tmp_path, _model(tok), max_steps=1)
+@pytest.mark.parametrize("layout", ["padded", "padding_free", "shared_prompt"])
+def test_torch_compile_trains(tok, tmp_path, layout):
+    reference = _trainer(tok, tmp_path, _model(tok), max_steps=1, layout="padded")
     reference.train()
-    trainer = _trainer(tok, tmp_path, _model(tok), max_steps=3, torch_compile=True, padding_free=padding_free)
+    trainer = _trainer(tok, tmp_path, _model(tok), max_steps=3, torch_compile=True, layout=layout)
     trainer.train()
     losses = _losses(trainer)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert trainer.scorer.uses_fused is True
-    assert trainer.scorer.uses_packing is (True if padding_free else None)
+    _uses_layout(trainer, layout)
     assert losses[0] == pytest.approx(_losses(reference)[0], rel=2e-2)
 
 

@@ -1,5 +1,5 @@
-"""ORPOTrainer with padding_free=True or shared_prompt=True trains exactly like the padded trainer;
-group_by_length groups pairs of similar length."""
+"""ORPOTrainer in every layout (chosen by `layout`, by the padding_free / shared_prompt switches, or
+automatically) trains exactly like the padded trainer; group_by_length groups pairs of similar length."""
 
 from __future__ import annotations
 
@@ -60,31 +60,42 @@ def _first_batch(trainer):
     return trainer.data_collator(features)
 
 
+COLLATORS = {"padded": ORPODataCollator, "padding_free": ORPOPackingCollator, "shared_prompt": ORPOSharedPromptCollator}
+
+
+def _uses_rows(trainer) -> bool | None:
+    layout = trainer.layout_choice.layout.value
+    return trainer.scorer.uses_packing if layout == "padding_free" else trainer.scorer.uses_shared_prompt
+
+
+def _loss_grads_metrics(trainer):
+    batch = _first_batch(trainer)
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, trainer._pop_metrics("train")
+
+
 @pytest.mark.parametrize(
-    ("arch", "nll_scope", "switch"),
+    ("arch", "nll_scope", "option", "layout"),
     [
-        ("llama", "completion", "padding_free"),
-        ("qwen2", "prompt_and_completion", "padding_free"),
-        ("qwen2", "prompt_and_completion", "shared_prompt"),
-        ("llama", "completion", "shared_prompt"),
+        ("llama", "completion", {"padding_free": True}, "padding_free"),
+        ("qwen2", "prompt_and_completion", {"layout": "padding_free"}, "padding_free"),
+        ("qwen2", "prompt_and_completion", {"shared_prompt": True}, "shared_prompt"),
+        ("llama", "completion", {"layout": "shared_prompt", "padding_free": True}, "shared_prompt"),
+        ("llama", "prompt_and_completion", {}, "shared_prompt"),  # auto
     ],
 )
-def test_packed_loss_and_gradients_match_padded(tokenizer, tmp_path, arch, nll_scope, switch):
-    padded = _trainer(tokenizer, tmp_path, "padded", arch=arch, nll_scope=nll_scope)
-    packed = _trainer(tokenizer, tmp_path, "packed", arch=arch, nll_scope=nll_scope, **{switch: True})
+def test_packed_loss_and_gradients_match_padded(tokenizer, tmp_path, arch, nll_scope, option, layout):
+    padded = _trainer(tokenizer, tmp_path, "padded", arch=arch, nll_scope=nll_scope, layout="padded")
+    packed = _trainer(tokenizer, tmp_path, "packed", arch=arch, nll_scope=nll_scope, **option)
     assert type(padded.data_collator) is ORPODataCollator
-    expected = ORPOPackingCollator if switch == "padding_free" else ORPOSharedPromptCollator
-    assert type(packed.data_collator) is expected
-    results = []
-    for trainer in (padded, packed):
-        batch = _first_batch(trainer)
-        trainer.model.zero_grad(set_to_none=True)
-        loss = trainer.compute_loss(trainer.model, batch)
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        results.append((loss.detach(), grads, trainer._pop_metrics("train")))
-    (loss_a, grads_a, metrics_a), (loss_b, grads_b, metrics_b) = results
-    assert (packed.scorer.uses_packing if switch == "padding_free" else packed.scorer.uses_shared_prompt) is True
+    assert type(packed.data_collator) is COLLATORS[layout]
+    assert packed.layout_choice.layout.value == layout
+    loss_a, grads_a, metrics_a = _loss_grads_metrics(padded)
+    loss_b, grads_b, metrics_b = _loss_grads_metrics(packed)
+    assert _uses_rows(packed) is True
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-6)
     for name, grad in grads_a.items():
         torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-6, msg=name)
@@ -92,17 +103,17 @@ def test_packed_loss_and_gradients_match_padded(tokenizer, tmp_path, arch, nll_s
         assert metrics_b[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
-@pytest.mark.parametrize("switch", ["padding_free", "shared_prompt"])
-def test_packed_training_matches_padded_run(tokenizer, tmp_path, switch):
+@pytest.mark.parametrize("layout", ["padding_free", "shared_prompt"])
+def test_packed_training_matches_padded_run(tokenizer, tmp_path, layout):
     runs = []
-    for name, extra in (("padded", {}), ("packed", {switch: True})):
-        trainer = _trainer(tokenizer, tmp_path, name, gradient_accumulation_steps=2, **extra)
+    for name in ("padded", layout):
+        trainer = _trainer(tokenizer, tmp_path, name, gradient_accumulation_steps=2, layout=name)
         trainer.train()
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         runs.append((losses, params, trainer))
     (losses_a, params_a, _), (losses_b, params_b, packed) = runs
-    assert (packed.scorer.uses_packing if switch == "padding_free" else packed.scorer.uses_shared_prompt) is True
+    assert _uses_rows(packed) is True
     assert len(losses_a) == len(losses_b) == 3
     assert losses_b[0] == pytest.approx(losses_a[0], rel=1e-6)
     assert losses_b == pytest.approx(losses_a, rel=1e-4)
@@ -115,7 +126,13 @@ def test_packed_training_matches_padded_run(tokenizer, tmp_path, switch):
 def test_group_by_length_groups_pairs_of_similar_length(tokenizer, tmp_path):
     # LengthGroupedSampler sorts "megabatches" of up to 50 batches; 200 pairs in batches of 4 make 12.
     trainer = _trainer(
-        tokenizer, tmp_path, "grouped", pairs=200, train_sampling_strategy="group_by_length", max_steps=2
+        tokenizer,
+        tmp_path,
+        "grouped",
+        pairs=200,
+        train_sampling_strategy="group_by_length",
+        max_steps=2,
+        layout="padded",
     )
     dataset = trainer.train_dataset
     assert "length" in dataset.column_names

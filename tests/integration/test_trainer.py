@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from conftest import learnable_pairs
 from orpo import METRIC_NAMES, ORPOConfig, ORPOTrainer
+from orpo.layouts import Layout, layout_of, padded_of
 from orpo.testing import tiny_causal_lm
 
 BASE = {
@@ -83,6 +84,8 @@ def reference(model, batch, beta: float, nll_scope: str) -> dict[str, torch.Tens
 
     Returns sums and counts (for window averages) and the loss of this batch alone.
     """
+    if layout_of(batch) is not Layout.PADDED:  # a row batch (the default layout): the same pairs, padded
+        batch = padded_of(batch)
     ref = copy.deepcopy(model).double().eval()
     with torch.no_grad():
         logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]

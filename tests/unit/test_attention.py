@@ -170,7 +170,7 @@ def test_best_layout(tokenizer):
     assert layout is Layout.PADDED and route.implementation is None
     assert (
         route.reason
-        == "shared_prompt: flex attention has no backward on CPU; packed: flex attention has no backward on CPU"
+        == "shared_prompt: flex attention has no backward on CPU; padding_free: flex attention has no backward on CPU"
     )
     layout, route = best_layout(_model(tokenizer, attn="flex_attention"), Layout.SHARED_PROMPT)
     assert (layout, route.reason) == (Layout.PADDED, "shared_prompt: flex attention has no backward on CPU")

@@ -98,67 +98,160 @@ def test_a_batch_without_a_marker_is_padded_and_a_bad_marker_is_named():
         layout_of({**batch, LAYOUT_KEY: "packed"})
 
 
-def test_the_marker_survives_the_trainer_and_accelerate_device_moves(tmp_path):
+def test_the_marker_and_segments_survive_the_trainer_and_accelerate_device_moves(tmp_path):
     from accelerate.utils import send_to_device
     from transformers import Trainer, TrainingArguments
 
-    batch = ORPOPackingCollator(pad_token_id=PAD)(PAIRS)
-    moved = send_to_device(batch, torch.device("cpu"))
-    assert moved[LAYOUT_KEY] is Layout.PACKED
-    trainer = Trainer(model=torch.nn.Linear(1, 1), args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]))
-    prepared = trainer._prepare_inputs(moved)
-    assert prepared[LAYOUT_KEY] is Layout.PACKED
-    assert torch.equal(prepared["input_ids"], batch["input_ids"])
+    from orpo.layouts import SEGMENTS_KEY
+
+    for collator, layout in (
+        (ORPOPackingCollator(pad_token_id=PAD), Layout.PACKED),
+        (ORPOSharedPromptCollator(pad_token_id=PAD), Layout.SHARED_PROMPT),
+    ):
+        batch = collator(PAIRS)
+        moved = send_to_device(batch, torch.device("cpu"))
+        trainer = Trainer(
+            model=torch.nn.Linear(1, 1), args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[])
+        )
+        prepared = trainer._prepare_inputs(moved)
+        assert prepared[LAYOUT_KEY] is layout
+        assert prepared[SEGMENTS_KEY] is batch[SEGMENTS_KEY]  # on its device already: the same object
+        assert prepared[SEGMENTS_KEY].layout is layout
+        assert torch.equal(prepared["input_ids"], batch["input_ids"])
+        pinned = batch[SEGMENTS_KEY].pin_memory() if torch.cuda.is_available() else batch[SEGMENTS_KEY]
+        assert pinned.calls == batch[SEGMENTS_KEY].calls
 
 
-CHOICES = [  # (model kind, padding_free, shared_prompt) -> layout, the switches ignored with a warning
-    ("causal", False, False, Layout.PADDED, None),
-    ("causal", True, False, Layout.PACKED, None),
-    ("causal", False, True, Layout.SHARED_PROMPT, None),
-    ("causal", True, True, Layout.SHARED_PROMPT, None),  # shared_prompt overrides padding_free
-    ("vision", False, False, Layout.PADDED, None),
-    ("vision", True, False, Layout.PADDED, "padding_free is not supported for vision models"),
-    ("vision", False, True, Layout.PADDED, "shared_prompt is not supported for vision models"),
-    ("vision", True, True, Layout.PADDED, "padding_free and shared_prompt are not supported for vision models"),
-    ("seq2seq", False, False, Layout.PADDED, None),
-    ("seq2seq", True, False, Layout.PADDED, "padding_free is not supported for seq2seq models"),
-    ("seq2seq", False, True, Layout.PADDED, "shared_prompt is not supported for seq2seq models"),
-    ("seq2seq", True, True, Layout.PADDED, "padding_free and shared_prompt are not supported for seq2seq models"),
+def _config(tmp_path, **fields):
+    return ORPOConfig(output_dir=str(tmp_path), report_to=[], **fields)
+
+
+REQUESTS = [  # (layout, padding_free, shared_prompt) -> the one layout asked for
+    ("auto", False, False, "auto"),
+    ("auto", True, False, "padding_free"),
+    ("auto", False, True, "shared_prompt"),
+    ("auto", True, True, "shared_prompt"),  # a shared-prompt row is padding-free too
+    ("padded", False, False, "padded"),
+    ("padding_free", True, False, "padding_free"),
+    ("shared_prompt", True, True, "shared_prompt"),
 ]
 
 
-@pytest.mark.parametrize(("kind", "padding_free", "shared_prompt", "layout", "warning"), CHOICES)
-def test_choose_layout_table(caplog, kind, padding_free, shared_prompt, layout, warning):
-    with caplog.at_level(logging.WARNING, logger="orpo.data.collate"):
-        assert choose_layout(kind, padding_free, shared_prompt) is layout
-    messages = [record.getMessage() for record in caplog.records]
-    assert messages == ([f"{warning}; using padded batches"] if warning else [])
+@pytest.mark.parametrize(("layout", "padding_free", "shared_prompt", "requested"), REQUESTS)
+def test_the_requested_layout(tmp_path, layout, padding_free, shared_prompt, requested):
+    args = _config(tmp_path, layout=layout, padding_free=padding_free, shared_prompt=shared_prompt)
+    assert args.requested_layout() == requested
+    assert (args.layout, args.padding_free, args.shared_prompt) == (layout, padding_free, shared_prompt)
 
 
 @pytest.mark.parametrize(
-    ("padding_free", "shared_prompt", "expected"),
+    ("fields", "switches"),
     [
-        (False, False, ORPODataCollator),
-        (True, False, ORPOPackingCollator),
-        (False, True, ORPOSharedPromptCollator),
-        (True, True, ORPOSharedPromptCollator),
+        ({"layout": "padded", "padding_free": True}, "ORPOConfig.padding_free=True"),
+        ({"layout": "padded", "shared_prompt": True}, "ORPOConfig.shared_prompt=True"),
+        ({"layout": "padding_free", "shared_prompt": True}, "ORPOConfig.shared_prompt=True"),
+        (
+            {"layout": "padded", "shared_prompt": True, "padding_free": True},
+            "ORPOConfig.shared_prompt=True and ORPOConfig.padding_free=True",
+        ),
     ],
 )
-def test_choose_collator_for_causal_models(tmp_path, padding_free, shared_prompt, expected):
-    args = ORPOConfig(
-        output_dir=str(tmp_path),
-        report_to=[],
-        padding_free=padding_free,
-        shared_prompt=shared_prompt,
-        pad_to_multiple_of=4,
-        label_pad_token_id=-1,
-        nll_scope="prompt_and_completion",
+def test_contradicting_layout_options_are_one_usage_error(tmp_path, fields, switches):
+    from orpo.errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        _config(tmp_path, **fields)
+    assert str(caught.value) == (
+        f"ORPOConfig.layout={fields['layout']!r} contradicts {switches}: set layout alone "
+        "(one of auto, padded, padding_free, shared_prompt) or leave it 'auto'"
     )
-    collator = choose_collator("causal", args, _Tokenizer(), _Tokenizer())
+
+
+def test_an_unknown_layout_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"ORPOConfig.layout='packed' is not one of auto, padded, padding_free"):
+        _config(tmp_path, layout="packed")
+
+
+def _tiny(tokenizer, attn):
+    from orpo.testing import tiny_causal_lm
+
+    return tiny_causal_lm(tokenizer, attn_implementation=attn)
+
+
+CHOICES = [  # (attn_implementation, requested) -> layout, implementation, reason
+    ("sdpa", "auto", Layout.SHARED_PROMPT, "orpo_sdpa", "auto: attention orpo_sdpa runs it"),
+    ("eager", "auto", Layout.SHARED_PROMPT, "orpo_eager", "auto: attention orpo_eager runs it"),
+    ("sdpa", "padding_free", Layout.PACKED, "orpo_sdpa", "requested: attention orpo_sdpa runs it"),
+    ("eager", "shared_prompt", Layout.SHARED_PROMPT, "orpo_eager", "requested: attention orpo_eager runs it"),
+    ("sdpa", "padded", Layout.PADDED, None, "requested"),
+    (
+        "flex_attention",
+        "auto",
+        Layout.PADDED,
+        None,
+        "auto: no per-segment attention for this model (shared_prompt: flex attention has no backward on CPU; "
+        "padding_free: flex attention has no backward on CPU)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("attn", "requested", "layout", "implementation", "reason"), CHOICES)
+def test_choose_layout_logs_one_line(tokenizer, caplog, attn, requested, layout, implementation, reason):
+    model = _tiny(tokenizer, attn)
+    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+        choice = choose_layout("causal", requested, model)
+    assert choice == (layout, implementation, reason)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, f"layout: {layout.value} ({reason})")
+    ]
+    assert model.config._attn_implementation == attn  # choosing switches nothing; apply() does
+    assert choice.apply(model) is model
+    assert model.config._attn_implementation == (implementation or attn)
+
+
+def test_a_requested_layout_that_cannot_run_is_padded_with_a_warning(tokenizer, caplog):
+    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+        choice = choose_layout("causal", "shared_prompt", _tiny(tokenizer, "flex_attention"))
+    assert choice.layout is Layout.PADDED and choice.implementation is None
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            "layout shared_prompt cannot run here (shared_prompt: flex attention has no backward on CPU); "
+            "using padded batches",
+        )
+    ]
+
+
+@pytest.mark.parametrize("kind", ["vision", "seq2seq"])
+@pytest.mark.parametrize("requested", ["auto", "padded", "padding_free", "shared_prompt"])
+def test_vision_and_seq2seq_models_take_padded_batches(caplog, kind, requested):
+    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+        choice = choose_layout(kind, requested, torch.nn.Linear(1, 1))
+    reason = f"{kind} models take padded batches only"
+    assert choice == (Layout.PADDED, None, reason)
+    expected = (
+        (logging.INFO, f"layout: padded ({reason})")
+        if requested in ("auto", "padded")
+        else (logging.WARNING, f"layout {requested} is not supported: {reason}; using padded batches")
+    )
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        (Layout.PADDED, ORPODataCollator),
+        (Layout.PACKED, ORPOPackingCollator),
+        (Layout.SHARED_PROMPT, ORPOSharedPromptCollator),
+    ],
+)
+def test_choose_collator_for_causal_models(tmp_path, layout, expected):
+    args = _config(tmp_path, pad_to_multiple_of=4, label_pad_token_id=-1, nll_scope="prompt_and_completion")
+    collator = choose_collator("causal", args, _Tokenizer(), _Tokenizer(), layout=layout)
     assert type(collator) is expected
     assert (collator.pad_token_id, collator.label_pad_token_id, collator.pad_to_multiple_of) == (9, -1, 4)
     assert collator.nll_scope == "prompt_and_completion"
-    padding_value = ORPOConfig(output_dir=str(tmp_path), report_to=[], padding_value=3)
+    padding_value = _config(tmp_path, padding_value=3)
     assert choose_collator("causal", padding_value, _Tokenizer(), _Tokenizer()).pad_token_id == 3
 
 
@@ -166,22 +259,50 @@ class _Tokenizer:
     pad_token_id = 9
 
 
-def test_choose_collator_for_seq2seq_and_vision_models(tmp_path, caplog):
+def test_choose_collator_for_seq2seq_and_vision_models(tmp_path):
     from orpo.seq2seq import Seq2SeqORPODataCollator
     from orpo.testing import build_seq2seq_tokenizer, build_vlm_processor, tiny_seq2seq_lm
     from orpo.vision import VisionORPODataCollator
 
-    args = ORPOConfig(output_dir=str(tmp_path), report_to=[], padding_free=True)
+    args = _config(tmp_path)
     tokenizer = build_seq2seq_tokenizer(["hello world yes no"] * 4, "bart")
-    with caplog.at_level(logging.WARNING, logger="orpo.data.collate"):
-        seq2seq = choose_collator("seq2seq", args, tokenizer, tokenizer, tiny_seq2seq_lm(tokenizer, "bart"))
+    seq2seq = choose_collator("seq2seq", args, tokenizer, tokenizer, tiny_seq2seq_lm(tokenizer, "bart"))
     assert type(seq2seq) is Seq2SeqORPODataCollator
     assert seq2seq.decoder_prefix == (tokenizer.eos_token_id, tokenizer.bos_token_id)
     processor = build_vlm_processor(["What color is it? red blue yes no"] * 4)
-    with caplog.at_level(logging.WARNING, logger="orpo.data.collate"):
-        vision = choose_collator("vision", args, processor, processor.tokenizer)
+    vision = choose_collator("vision", args, processor, processor.tokenizer)
     assert type(vision) is VisionORPODataCollator and vision.processor is processor
-    assert [record.getMessage() for record in caplog.records] == [
-        "padding_free is not supported for seq2seq models; using padded batches",
-        "padding_free is not supported for vision models; using padded batches",
+
+
+def test_where_batches_are_split_by_rows_they_are_padded(tokenizer, caplog):
+    reason = "streamed training data: accelerate splits its batches by rows"
+    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+        choice = choose_layout("causal", "auto", _tiny(tokenizer, "sdpa"), rows_split=reason)
+        assert choice == (Layout.PADDED, None, reason)
+        choose_layout("causal", "shared_prompt", _tiny(tokenizer, "sdpa"), rows_split=reason)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, f"layout: padded ({reason})"),
+        (logging.WARNING, f"layout shared_prompt is not supported: {reason}; using padded batches"),
     ]
+
+
+def test_a_streamed_trainer_collates_padded(tokenizer, tmp_path, caplog):
+    import datasets
+
+    from orpo import ORPOTrainer
+
+    rows = [{"prompt": f"q{i}?", "chosen": " yes", "rejected": " no"} for i in range(8)]
+    stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
+    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+        trainer = ORPOTrainer(
+            model=_tiny(tokenizer, "sdpa"),
+            args=_config(tmp_path, max_steps=1, use_cpu=True),
+            train_dataset=stream,
+            processing_class=tokenizer,
+        )
+    assert type(trainer.data_collator) is ORPODataCollator
+    assert trainer.layout_choice == (
+        Layout.PADDED,
+        None,
+        "streamed training data: accelerate splits its batches by rows",
+    )

@@ -1,4 +1,5 @@
-"""Padding-free batches: the packing collator, and packed scores == padded scores (fp32, exact)."""
+"""Row batches (padding-free, shared prompt): the collators, and row scores == padded scores (fp32, exact),
+attention per segment, without host syncs."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import random
 import pytest
 import torch
 
+from orpo.attention import use_segment_attention
 from orpo.data.collate import ORPODataCollator
 from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
-from orpo.layouts import LAYOUT_KEY, Layout, beyond_sliding_window, layout_of, packed_view, unpack_batch
-from orpo.scoring import TokenScorer, plain_scores, rows_from_packed, verify_packing
+from orpo.host_syncs import detect_host_syncs
+from orpo.layouts import LAYOUT_KEY, SEGMENTS_KEY, Layout, layout_of, padded_of
+from orpo.scoring import TokenScorer, plain_scores, row_scores, verify_packing
+from orpo.segments import Call
 from orpo.testing import tiny_causal_lm
 
 
@@ -37,28 +41,39 @@ def _collate(tokenizer, features, nll_scope="completion", multiple=None):
     return ORPODataCollator(**kwargs)(features), ORPOPackingCollator(**kwargs)(features)
 
 
+def _assert_scored_positions(row, padded, nll_scope):
+    """score_index lists the padded layout's scored positions (row-major); score_source the row token
+    that predicts each: the token before the target in its own sequence."""
+    targets = padded["labels"][:, 1:]
+    if nll_scope == "prompt_and_completion":
+        targets = torch.where(targets != -100, targets, padded["nll_labels"][:, 1:])
+    rows, cols = (targets != -100).nonzero(as_tuple=True)
+    assert torch.equal(row["score_index"], rows * targets.shape[1] + cols)
+    assert torch.equal(row["input_ids"][0, row["score_source"]], padded["input_ids"][rows, cols])
+    # ... and the token after the source, in the same sequence, is the target (positions go up by one)
+    assert torch.equal(row["position_ids"][0, row["score_source"]], cols)
+
+
 @pytest.mark.parametrize("nll_scope", ["completion", "prompt_and_completion"])
 def test_packed_row_layout(tokenizer, nll_scope):
     features = _features(tokenizer)
     padded, packed = _collate(tokenizer, features, nll_scope)
     assert layout_of(packed) is Layout.PACKED and layout_of(padded) is Layout.PADDED
     assert "attention_mask" not in packed
-    ids, pos, idx, lab = (packed[k][0] for k in ("input_ids", "position_ids", "sequence_index", "packed_labels"))
+    ids, pos = packed["input_ids"][0], packed["position_ids"][0]
     lengths = padded["attention_mask"].sum(-1).tolist()
-    assert ids.shape[0] == sum(lengths) == pos.shape[0] == idx.shape[0] == lab.shape[0]
-    start = 0
+    assert ids.shape[0] == sum(lengths) == pos.shape[0]
+    segments = packed[SEGMENTS_KEY]
+    assert segments.layout is Layout.PACKED and segments.total == sum(lengths)
+    start, calls = 0, []
     for row, length in enumerate(lengths):  # chosen 0..B-1 then rejected 0..B-1, in row order
         span = slice(start, start + length)
         assert torch.equal(ids[span], padded["input_ids"][row, :length])
         assert torch.equal(pos[span], torch.arange(length))
-        assert (idx[span] == row).all()
-        assert lab[start] == -100  # nothing predicts a sequence's first token across the boundary
-        assert torch.equal(lab[span][1:], padded["labels"][row, 1:length])
-        if nll_scope == "prompt_and_completion":
-            nll = packed["packed_nll_labels"][0]
-            assert nll[start] == -100
-            assert torch.equal(nll[span][1:], padded["nll_labels"][row, 1:length])
+        calls.append(Call(start, start + length))
         start += length
+    assert segments.calls == tuple(calls)  # one causal call per sequence
+    _assert_scored_positions(packed, padded, nll_scope)
     # The padded layout's labels travel unchanged (the loss and the window counts read them).
     assert torch.equal(packed["labels"], padded["labels"])
     assert ("nll_labels" in packed) == (nll_scope == "prompt_and_completion")
@@ -69,23 +84,26 @@ def test_pad_to_multiple_of_pads_the_row_as_its_own_sequence(tokenizer):
     padded, packed = _collate(tokenizer, features, multiple=16)
     real = int(padded["attention_mask"].sum())
     total = packed["input_ids"].shape[1]
-    assert total % 16 == 0 and real <= total < real + 16
-    tail = slice(real, total)
-    assert (packed["sequence_index"][0, tail] == -1).all()
-    assert (packed["packed_labels"][0, tail] == -100).all()
-    if total > real:
-        assert packed["position_ids"][0, real] == 0
+    assert total % 16 == 0 and real < total < real + 16  # seed 1 leaves a remainder
+    assert packed[SEGMENTS_KEY].total == total
+    assert packed[SEGMENTS_KEY].calls[-1] == Call(real, total)
+    assert torch.equal(packed["position_ids"][0, real:], torch.arange(total - real))
+    assert (packed["input_ids"][0, real:] == tokenizer.pad_token_id).all()
+    assert int(packed["score_source"].max()) < real  # nothing scored on padding
 
 
 @pytest.mark.parametrize("nll_scope", ["completion", "prompt_and_completion"])
-def test_unpack_restores_the_padded_batch(tokenizer, nll_scope):
-    padded, packed = _collate(tokenizer, _features(tokenizer, seed=2), nll_scope, multiple=8)
-    unpacked = unpack_batch(packed, pad_token_id=tokenizer.pad_token_id)
-    assert set(unpacked) == set(padded)
-    assert unpacked[LAYOUT_KEY] is padded[LAYOUT_KEY] is Layout.PADDED
+@pytest.mark.parametrize("collator", [ORPOPackingCollator, ORPOSharedPromptCollator])
+def test_padded_of_restores_the_padded_batch(tokenizer, nll_scope, collator):
+    features = _features(tokenizer, seed=2)
+    kwargs = {"pad_token_id": tokenizer.pad_token_id, "nll_scope": nll_scope, "pad_to_multiple_of": 8}
+    padded, row = ORPODataCollator(**kwargs)(features), collator(**kwargs)(features)
+    restored = padded_of(row)
+    assert set(restored) == set(padded)
+    assert restored[LAYOUT_KEY] is padded[LAYOUT_KEY] is Layout.PADDED
     for key, value in padded.items():
         if key != LAYOUT_KEY:
-            assert torch.equal(unpacked[key], value), key
+            assert torch.equal(restored[key], value), key
 
 
 def _scores_and_grads(model, batch, fused, weights):
@@ -123,18 +141,22 @@ def test_packed_scores_and_gradients_match_padded(tokenizer, arch, attn, fused, 
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_rows_from_packed_places_every_scored_token(tokenizer):
+@pytest.mark.parametrize("collator", [ORPOPackingCollator, ORPOSharedPromptCollator])
+def test_row_scores_place_every_scored_token(tokenizer, collator):
     model = tiny_causal_lm(tokenizer)
-    _, packed = _collate(tokenizer, _features(tokenizer, seed=4))
-    flat = plain_scores(model, packed_view(packed), -100)
-    rows = rows_from_packed(flat, packed, -100)
-    assert int(flat.mask.sum()) == int(rows.mask.sum())
-    assert torch.equal(rows.logps != 0, rows.mask)
-    torch.testing.assert_close(rows.logps.sum(), flat.logps.sum())
+    features = _features(tokenizer, seed=4)
+    padded = ORPODataCollator(pad_token_id=tokenizer.pad_token_id)(features)
+    row = collator(pad_token_id=tokenizer.pad_token_id)(features)
+    use_segment_attention(model, "orpo_sdpa")
+    ref = plain_scores(model, padded, -100)
+    got = row_scores(model, row, -100, None)
+    assert torch.equal(got.mask, ref.mask) and torch.equal(got.targets, ref.targets)
+    assert torch.equal(got.logps != 0, got.mask)
+    torch.testing.assert_close(got.logps, ref.logps, rtol=1e-5, atol=1e-5)
 
 
-class _IgnoresPositions(torch.nn.Module):
-    """A model whose forward drops position_ids: packed sequences would see each other."""
+class _MixesSequences(torch.nn.Module):
+    """A model whose forward drops the segments, the mask and the position ids: the sequences of a row see each other."""
 
     def __init__(self, inner: torch.nn.Module) -> None:
         super().__init__()
@@ -142,19 +164,22 @@ class _IgnoresPositions(torch.nn.Module):
         self.config = inner.config
 
     def forward(self, input_ids, position_ids=None, **kwargs):
+        kwargs.pop("attention_mask", None)
+        kwargs.pop(SEGMENTS_KEY, None)
         return self.inner(input_ids=input_ids, **kwargs)
 
 
 def test_verify_packing_detects_a_model_that_mixes_sequences(tokenizer):
     model = tiny_causal_lm(tokenizer)
+    use_segment_attention(model, "orpo_sdpa")
     _, packed = _collate(tokenizer, _features(tokenizer, seed=5))
     assert verify_packing(model, packed)
-    assert not verify_packing(_IgnoresPositions(model), packed)
+    assert not verify_packing(_MixesSequences(model), packed)
 
 
 def test_unsupported_model_falls_back_to_padded_with_a_warning(tokenizer, caplog):
     inner = tiny_causal_lm(tokenizer)
-    model = _IgnoresPositions(inner)
+    model = _MixesSequences(inner)
     padded, packed = _collate(tokenizer, _features(tokenizer, seed=6))
     weights = torch.ones(padded["labels"][:, 1:].shape)
     _, ref, ref_grads = _scores_and_grads(model, padded, False, weights)
@@ -194,25 +219,30 @@ def _shared(tokenizer, features, nll_scope="completion", multiple=None):
     return ORPOSharedPromptCollator(**kwargs)(features)
 
 
-def test_shared_prompt_row_layout(tokenizer):
+@pytest.mark.parametrize("nll_scope", ["completion", "prompt_and_completion"])
+def test_shared_prompt_row_layout(tokenizer, nll_scope):
     features = _features(tokenizer, seed=8)
-    padded = ORPODataCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8)(features)
-    shared = _shared(tokenizer, features, multiple=8)
+    padded = ORPODataCollator(pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8, nll_scope=nll_scope)(features)
+    shared = _shared(tokenizer, features, nll_scope, multiple=8)
     assert layout_of(shared) is Layout.SHARED_PROMPT
-    ids, pos, pair, kind = (shared[k][0] for k in ("input_ids", "position_ids", "shared_pair", "shared_kind"))
+    ids, pos = shared["input_ids"][0], shared["position_ids"][0]
     real = sum(len(f["prompt_input_ids"]) + len(f["chosen_input_ids"]) + len(f["rejected_input_ids"]) for f in features)
-    assert ids.shape[0] % 8 == 0 and (pair[real:] == -1).all() and (pair[:real] >= 0).all()
-    for i, feature in enumerate(features):
-        prompt = feature["prompt_input_ids"]
-        for k, key in ((0, "prompt_input_ids"), (1, "chosen_input_ids"), (2, "rejected_input_ids")):
-            where = (pair == i) & (kind == k)
-            assert ids[where].tolist() == list(feature[key])
-            first = 0 if k == 0 else len(prompt)
-            assert pos[where].tolist() == list(range(first, first + len(feature[key])))
-    # Each scored token's predictor is the token before it in its own sequence.
-    targets = padded["labels"][:, 1:]
-    rows, cols = (targets != -100).nonzero(as_tuple=True)
-    assert torch.equal(ids[shared["score_source"]], padded["input_ids"][rows, cols])
+    assert ids.shape[0] % 8 == 0 and ids.shape[0] > real
+    start, calls = 0, []
+    for feature in features:
+        p, c, r = (list(feature[k]) for k in ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids"))
+        assert ids[start : start + len(p + c + r)].tolist() == p + c + r
+        assert pos[start : start + len(p + c + r)].tolist() == [*range(len(p + c)), *range(len(p), len(p + r))]
+        # prompt + chosen causal; rejected sees the prompt, then itself causally
+        calls += [
+            Call(start, start + len(p + c)),
+            Call(start + len(p + c), start + len(p + c + r), start, start + len(p)),
+        ]
+        start += len(p + c + r)
+    calls.append(Call(real, ids.shape[0]))  # padding: a sequence of its own
+    assert shared[SEGMENTS_KEY].calls == tuple(calls)
+    assert torch.equal(pos[real:], torch.arange(ids.shape[0] - real))
+    _assert_scored_positions(shared, padded, nll_scope)
     assert torch.equal(shared["labels"], padded["labels"])
     assert torch.equal(shared["padded_input_ids"], padded["input_ids"])
 
@@ -245,7 +275,7 @@ def test_shared_prompt_scores_and_gradients_match_padded(tokenizer, arch, attn, 
 
 
 def test_shared_prompt_falls_back_to_padded_for_a_model_that_ignores_it(tokenizer, caplog):
-    model = _IgnoresPositions(tiny_causal_lm(tokenizer))
+    model = _MixesSequences(tiny_causal_lm(tokenizer))
     features = _features(tokenizer, seed=10)
     padded = ORPODataCollator(pad_token_id=tokenizer.pad_token_id)(features)
     weights = torch.ones(padded["labels"][:, 1:].shape)
@@ -261,7 +291,12 @@ def test_speed_switches_are_config_fields(tmp_path):
     from orpo import ORPOConfig
 
     defaults = ORPOConfig(output_dir=str(tmp_path), report_to="none")
-    assert (defaults.padding_free, defaults.shared_prompt, defaults.fused_lm_head) == (False, False, True)
+    assert (defaults.layout, defaults.padding_free, defaults.shared_prompt, defaults.fused_lm_head) == (
+        "auto",
+        False,
+        False,
+        True,
+    )
     assert (defaults.use_liger_kernel, defaults.torch_compile) == (False, False)
     on = ORPOConfig(
         output_dir=str(tmp_path),
@@ -276,22 +311,22 @@ def test_speed_switches_are_config_fields(tmp_path):
     assert on.length_column_name == "length"  # the column prepare_preference_dataset adds
 
 
-def test_shared_prompt_runs_padded_beyond_a_sliding_window(tokenizer):
-    """The shared-prompt mask replaces the model's masks: past a sliding window it would not be exact,
-    so a batch with a sequence that long runs padded (a short first batch passes the probe)."""
+def test_shared_prompt_stays_exact_beyond_a_sliding_window(tokenizer):
+    """Attention per segment applies the model's sliding window inside each call: a batch with
+    sequences longer than the window runs shared too, and exactly."""
     model = tiny_causal_lm(tokenizer, arch="mistral")
     model.config.sliding_window = 10
     short = [{"prompt_input_ids": [1, 7, 8], "chosen_input_ids": [9, 10], "rejected_input_ids": [11, 12, 13]}] * 2
     long = _features(tokenizer, seed=11)
     assert max(len(f["prompt_input_ids"]) + len(f["rejected_input_ids"]) for f in long) > 10
     scorer = TokenScorer(True)
-    for features, shared_used in ((short, True), (long, False)):
+    for features in (short, long):
         padded = ORPODataCollator(pad_token_id=tokenizer.pad_token_id)(features)
         ref = TokenScorer(True)(model, padded)
         got = scorer(model, _shared(tokenizer, features))
         assert scorer.uses_shared_prompt is True
         torch.testing.assert_close(got.logps, ref.logps, rtol=1e-5, atol=1e-5)
-        assert beyond_sliding_window(_shared(tokenizer, features), model.config.sliding_window) is not shared_used
+    assert model.config._attn_implementation == "orpo_sdpa"
 
 
 # ---- the one verifier behind the fused head, packing and the shared prompt ------------------------------
@@ -353,23 +388,22 @@ def test_every_path_check_goes_through_the_one_verifier(tokenizer, monkeypatch):
         torch.testing.assert_close(got.logps, expected, rtol=1e-6, atol=1e-6)
 
 
-class _NonFiniteFirst(torch.nn.Module):
-    """Returns NaN logits on its first ``calls`` forwards (e.g. a bad first batch), then the real ones."""
+def _non_finite_first(model, calls: int):
+    """NaN logits on the model's first ``calls`` forwards (e.g. a bad first batch), then the real ones."""
+    left = [calls]
 
-    def __init__(self, inner: torch.nn.Module, calls: int) -> None:
-        super().__init__()
-        self.inner, self.config, self.calls = inner, inner.config, calls
-
-    def forward(self, **kwargs):
-        out = self.inner(**kwargs)
-        if self.calls > 0:
-            self.calls -= 1
+    def hook(_module, _args, out):
+        if left[0] > 0:
+            left[0] -= 1
             out.logits = out.logits * float("nan")
         return out
 
+    model.register_forward_hook(hook)
+    return model
+
 
 def test_a_non_finite_probe_runs_padded_and_is_asked_again(tokenizer):
-    model = _NonFiniteFirst(tiny_causal_lm(tokenizer), calls=2)  # both runs of the packing probe
+    model = _non_finite_first(tiny_causal_lm(tokenizer), calls=2)  # both runs of the packing probe
     padded, packed = _collate(tokenizer, _features(tokenizer, seed=13))
     scorer = TokenScorer(fused=False)
     first = scorer(model, packed)
@@ -378,3 +412,44 @@ def test_a_non_finite_probe_runs_padded_and_is_asked_again(tokenizer):
     second = scorer(model, packed)
     assert scorer.uses_packing is True
     torch.testing.assert_close(second.logps, first.logps, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("collator", [ORPOPackingCollator, ORPOSharedPromptCollator])
+def test_scoring_a_row_batch_makes_no_host_sync(tokenizer, collator, fused):
+    """After the first batch's checks, scoring a row batch (forward and backward) reads nothing
+    back from the device: indices come from the collator, attention slices by host ints."""
+    model = tiny_causal_lm(tokenizer)
+    features = _features(tokenizer, seed=14)
+    row = collator(pad_token_id=tokenizer.pad_token_id, nll_scope="prompt_and_completion")(features)
+    scorer = TokenScorer(fused)
+    scorer(model, row)  # the checks (probes may sync; they run once)
+    assert scorer.uses_fused is fused and (scorer.uses_packing or scorer.uses_shared_prompt)
+    with detect_host_syncs() as syncs:
+        scores = scorer(model, row)
+        scores.logps.sum().backward()
+    assert syncs.events == []
+    padded = ORPODataCollator(pad_token_id=tokenizer.pad_token_id)(features)
+    with detect_host_syncs(raise_on_sync=False) as syncs:
+        scorer(model, padded)  # the padded path still selects by mask: the detector sees it here
+    assert any(event.startswith("boolean-mask indexing at ") for event in syncs.events)
+
+
+@pytest.mark.parametrize("collator", [ORPOPackingCollator, ORPOSharedPromptCollator])
+def test_row_scoring_attends_per_sequence_without_a_row_mask(tokenizer, monkeypatch, collator):
+    model = tiny_causal_lm(tokenizer)  # sdpa
+    row = collator(pad_token_id=tokenizer.pad_token_id)(_features(tokenizer, seed=15))
+    scorer = TokenScorer(False)
+    scorer(model, row)  # the first batch's checks
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def spy(query, key, value, attn_mask=None, **kwargs):
+        calls.append((query.shape[-2], key.shape[-2], None if attn_mask is None else tuple(attn_mask.shape)))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    scorer(model, row)
+    expected = [(c.length, c.prefix + c.length) for c in row[SEGMENTS_KEY].calls] * model.config.num_hidden_layers
+    assert [(q, k) for q, k, _ in calls] == expected  # one call per sequence and layer, never the whole row
+    assert all(mask is None or mask == (q, k) for q, k, mask in calls)  # masks only within a call

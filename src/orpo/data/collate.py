@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -66,33 +66,100 @@ class ORPODataCollator:
         return batch
 
 
-def choose_layout(model_kind: str, padding_free: bool, shared_prompt: bool) -> Layout:
-    """The batch layout for a model kind ("causal", "vision", "seq2seq") and the speed switches.
+class LayoutChoice(NamedTuple):
+    """The layout a trainer collates in, the per-segment attention that runs it, and why."""
 
-    ``shared_prompt`` overrides ``padding_free``; vision-language and encoder-decoder models take
-    padded batches only, with a warning naming the switch that is ignored.
+    layout: Layout
+    implementation: str | None  # one of orpo.attention.IMPLEMENTATIONS' names; None for padded
+    reason: str
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` switched to the attention that runs the layout (padded forwards keep the model's own)."""
+        if self.implementation is not None:
+            from ..attention import use_segment_attention
+
+            use_segment_attention(model, self.implementation)
+        return model
+
+
+def choose_layout(
+    model_kind: str, requested: str, model: torch.nn.Module, rows_split: str | None = None
+) -> LayoutChoice:
+    """The batch layout for a model kind ("causal", "vision", "seq2seq"), the requested layout
+    (``ORPOArguments.requested_layout``: "auto" or a layout's name) and the model, logged in one line.
+
+    "auto" takes shared_prompt where the model's attention runs it per segment, else
+    padding_free, else padded (:func:`orpo.attention.best_layout`).  A requested row layout the
+    model cannot run runs padded, with a warning saying why; so does any row layout for
+    vision-language and encoder-decoder models (whose rows hold more than token sequences) and
+    where something splits batches by rows (``rows_split`` says what: a row layout has one row).
     """
-    if model_kind == "causal":
-        return Layout.SHARED_PROMPT if shared_prompt else Layout.PACKED if padding_free else Layout.PADDED
-    ignored = [name for name, on in (("padding_free", padding_free), ("shared_prompt", shared_prompt)) if on]
-    if ignored:
-        logger.warning(
-            "%s %s not supported for %s models; using padded batches",
-            " and ".join(ignored),
-            "is" if len(ignored) == 1 else "are",
-            model_kind,
-        )
-    return Layout.PADDED
+    from ..attention import best_layout
+
+    if model_kind != "causal" or rows_split:
+        why = f"{model_kind} models take padded batches only" if model_kind != "causal" else rows_split
+        choice = LayoutChoice(Layout.PADDED, None, str(why))
+        if requested in ("auto", "padded"):
+            logger.info("layout: padded (%s)", choice.reason)
+        else:
+            logger.warning("layout %s is not supported: %s; using padded batches", requested, choice.reason)
+        return choice
+    wanted = None if requested == "auto" else Layout(requested)
+    layout, route = best_layout(model, wanted)
+    origin = "auto" if wanted is None else "requested"
+    if route.implementation is not None:
+        choice = LayoutChoice(layout, route.implementation, f"{origin}: attention {route.implementation} runs it")
+    elif wanted is Layout.PADDED:
+        choice = LayoutChoice(layout, None, origin)
+    else:
+        choice = LayoutChoice(layout, None, f"{origin}: no per-segment attention for this model ({route.reason})")
+        if wanted is not None:
+            logger.warning("layout %s cannot run here (%s); using padded batches", requested, route.reason)
+            return choice
+    logger.info("layout: %s (%s)", choice.layout.value, choice.reason)
+    return choice
 
 
-def choose_collator(model_kind: str, args: ORPOConfig, processor: Any, tokenizer: Any, model: Any = None) -> Collator:
-    """The default collator of a trainer: for (model kind) x (padding_free, shared_prompt).
+def layout_and_collator(
+    model_kind: str,
+    args: ORPOConfig,
+    processor: Any,
+    tokenizer: Any,
+    model: torch.nn.Module | None,
+    padded: Collator,
+    train_dataset: Any = None,
+) -> tuple[LayoutChoice, Collator]:
+    """A trainer's layout (:func:`choose_layout`), its ``model`` switched to the attention that runs
+    it, and the collator of that layout (``padded``, the padded one already built, if padded)."""
+    import datasets
+
+    assert model is not None, "Trainer.__init__ resolves model or model_init to a model"
+    rows_split = None
+    if isinstance(train_dataset, datasets.IterableDataset | torch.utils.data.IterableDataset):
+        rows_split = "streamed training data: accelerate splits its batches by rows"
+    elif args.n_gpu > 1:
+        rows_split = f"{args.n_gpu} GPUs in one process: torch.nn.DataParallel splits batches by rows"
+    choice = choose_layout(model_kind, args.requested_layout(), model, rows_split)
+    choice.apply(model)
+    if choice.layout is Layout.PADDED:
+        return choice, padded
+    return choice, choose_collator(model_kind, args, processor, tokenizer, layout=choice.layout)
+
+
+def choose_collator(
+    model_kind: str,
+    args: ORPOConfig,
+    processor: Any,
+    tokenizer: Any,
+    model: Any = None,
+    layout: Layout = Layout.PADDED,
+) -> Collator:
+    """The default collator of a trainer: for (model kind) x layout.
 
     ``processor`` is the trainer's processing class (the image processor's owner for vision
     models), ``tokenizer`` its text tokenizer, ``model`` the unwrapped model (None with
     ``model_init``; an encoder-decoder collator reads its decoder start token from it).
     """
-    layout = choose_layout(model_kind, args.padding_free, args.shared_prompt)
     if model_kind == "vision":
         from ..vision import VisionORPODataCollator
 
