@@ -24,6 +24,8 @@ import zipfile
 from collections.abc import Iterable
 from typing import Any
 
+from .errors import first_line
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "orpo_manifest.json"
@@ -129,7 +131,7 @@ def describe_write_error(err: BaseException, directory: str) -> str:
     """What went wrong writing into ``directory``, in a few words; with the free space for a full disk."""
     free = free_bytes(directory)
     free_text = f"has {format_bytes(free)} free" if free is not None else "has an unknown amount of free space"
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    first = first_line(err)
     if isinstance(err, OSError):
         detail = (err.strerror or first) + (f" writing {err.filename}" if err.filename else "")
     else:

@@ -56,52 +56,39 @@ def load_for_inference(
 
     ``source`` (revision, trust_remote_code) applies to the model loaded: ``path``, or an adapter's base."""
     from .loading import check_model_source, resolve_chat_template
-    from .modeling import load_model, load_tokenizer
+    from .modeling import load_model_and_processor
 
     template = resolve_chat_template(chat_template)
-    kwargs = _init_kwargs(dtype, source)
     check_model_source(path)
-    if is_adapter_dir(path):
+    adapter = is_adapter_dir(path)
+    name, tokenizer_from = _adapter_sources(path, base) if adapter else (path, path)
+    model, tokenizer = load_model_and_processor(
+        name, None, _init_kwargs(dtype, source), chat_template=template, tokenizer_from=tokenizer_from
+    )
+    if adapter:
         from peft import PeftModel
 
-        base = base or adapter_base(path)
-        if not base:
-            raise ValueError(f"{path}/adapter_config.json names no base model; pass --base")
-        check_model_source(base)
-        tokenizer = _load_tok(load_tokenizer, path if _has_tokenizer(path) else base, template, source)
-        model = PeftModel.from_pretrained(_load(load_model, base, kwargs), path)
-    else:
-        tokenizer = _load_tok(load_tokenizer, path, template, source)
-        model = _load(load_model, path, kwargs)
+        model = PeftModel.from_pretrained(model, path)
     model.to(device or default_device())
     model.eval()
     return model, tokenizer
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def _adapter_sources(adapter_dir: str, base: str | None) -> tuple[str, str]:
+    """(the base model, where the tokenizer is) of a LoRA adapter directory: the tokenizer saved beside the
+    adapter (training may have changed it), else the base's."""
+    from .loading import check_model_source
+
+    base = base or adapter_base(adapter_dir)
+    if not base:
+        raise ValueError(f"{adapter_dir}/adapter_config.json names no base model; pass --base")
+    check_model_source(base)
+    return base, adapter_dir if _has_tokenizer(adapter_dir) else base
 
 
 def _init_kwargs(dtype: str | None, source: HubSource | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype else {}
     return {**kwargs, **source.kwargs()} if source is not None else kwargs
-
-
-def _load_tok(load_tokenizer: Any, name: str, template: str | None, source: HubSource | None) -> Any:
-    from .modeling import HubSource
-
-    try:
-        return load_tokenizer(name, chat_template=template, source=source or HubSource())
-    except OSError as err:
-        raise OSError(f"cannot load the tokenizer of {name!r}: {_first_line(err)}") from err
-
-
-def _load(load_model: Any, name: str, kwargs: dict[str, Any]) -> Any:
-    try:
-        return load_model(name, kwargs)
-    except OSError as err:
-        raise OSError(f"cannot load model {name!r}: {_first_line(err)}") from err
 
 
 def render_prompt(
@@ -345,21 +332,16 @@ def merge_adapter(
     ``source`` (revision, trust_remote_code) applies to the base model."""
     from peft import PeftModel
 
-    from .loading import check_model_source
-    from .modeling import load_model, load_tokenizer
+    from .modeling import load_model_and_processor
 
     if not Path(adapter_dir).is_dir():
         raise FileNotFoundError(f"adapter directory not found: {adapter_dir}")
     if not is_adapter_dir(adapter_dir):
         raise ValueError(f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)")
-    base = base or adapter_base(adapter_dir)
-    if not base:
-        raise ValueError(f"{adapter_dir}/adapter_config.json names no base model; pass --base")
-    check_model_source(base)
-    model = PeftModel.from_pretrained(_load(load_model, base, _init_kwargs(dtype, source)), adapter_dir)
-    merged = model.merge_and_unload()
+    base, tokenizer_from = _adapter_sources(adapter_dir, base)
+    model, tokenizer = load_model_and_processor(base, None, _init_kwargs(dtype, source), tokenizer_from=tokenizer_from)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     out = Path(output_dir)
-    tokenizer = _load_tok(load_tokenizer, adapter_dir if _has_tokenizer(adapter_dir) else base, None, source)
     try:
         out.mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(str(out))

@@ -19,6 +19,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .errors import first_line
+
 logger = logging.getLogger(__name__)
 
 #: "causal" (orpo.data), "vision" (orpo.vision) or "seq2seq" (orpo.seq2seq).
@@ -235,7 +237,7 @@ def _tokenizer_of(model: Any, source: HubSource = HubSource()) -> Any:
             raise
         raise ValueError(
             f"no processing_class given, and none could be loaded from the model's name_or_path {name!r} "
-            f"({_first_line(err)}); pass processing_class (the tokenizer or processor)"
+            f"({first_line(err)}); pass processing_class (the tokenizer or processor)"
         ) from None
 
 
@@ -258,8 +260,8 @@ def load_model_and_processor(
     source = HubSource.split(model_init_kwargs or {}, trust_remote_code)[0]
     if isinstance(model, str):
         if processing_class is None:
-            processing_class = _named_load("the tokenizer of", tokenizer_from or model, load_tokenizer, source=source)
-        loaded = _named_load("model", model, load_model, model_init_kwargs, trust_remote_code=trust_remote_code)
+            processing_class = named_load("the tokenizer of", tokenizer_from or model, load_tokenizer, source=source)
+        loaded = named_load("model", model, load_model, model_init_kwargs, trust_remote_code=trust_remote_code)
     else:
         loaded = model
         if processing_class is None:
@@ -273,17 +275,12 @@ def load_model_and_processor(
     return loaded, processing_class
 
 
-def _named_load(what: str, name: str, load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def named_load(what: str, name: str, load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``load(name, ...)``; a missing file or repository is an ``OSError`` saying what could not be loaded."""
     try:
         return load(name, *args, **kwargs)
     except OSError as err:
-        raise OSError(f"cannot load {what} {name!r}: {_first_line(err)}") from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise OSError(f"cannot load {what} {name!r}: {first_line(err)}") from err
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -161,6 +161,10 @@ def test_cli_without_a_model_says_the_counts_are_indicative(capsys):
         ([str(REPORT), "--text-column", "answer"], "no column 'answer' (given as the chosen column"),
         ([str(REPORT), "--example", "99"], "--example 99: the train data has rows 0..9"),
         ([str(REPORT), "--max-length", "0"], "--max-length must be a positive integer, got 0"),
+        (
+            [str(REPORT), "--model", "{tmp}"],
+            "cannot load the tokenizer of '{tmp}': no tokenizer files in {tmp} (it has bad.jsonl): save the tokenizer",
+        ),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys, argv, expected):

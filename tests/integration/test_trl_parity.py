@@ -13,7 +13,7 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orpo import ORPOConfig, ORPOTrainer
 from orpo.modeling import HubSource, load_model, load_tokenizer
@@ -416,3 +416,75 @@ def test_the_cli_names_trust_remote_code_for_a_remote_model(remote_model, tmp_pa
         load_for_inference(str(remote_model), device="cpu")
     model, _ = load_for_inference(str(remote_model), device="cpu", source=HubSource(trust_remote_code=True))
     assert type(model).__name__ == "RemoteForCausalLM"
+
+
+def test_generate_chat_and_merge_load_through_the_one_loader(remote_model, tmp_path, monkeypatch):
+    """``orpo generate|chat`` (load_for_inference) and ``orpo merge`` (merge_adapter) call the one loader, for a
+    saved model and for LoRA adapters on it: every load gets the revision and trust_remote_code, an adapter's
+    model is its base, its tokenizer the one saved beside it, else the base's."""
+    import shutil
+
+    from peft import get_peft_model
+
+    import orpo.modeling as modeling
+    from orpo.generation import load_for_inference, merge_adapter
+    from orpo.testing import build_tokenizer
+
+    path = str(remote_model)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=TARGETS, init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(load_model(path, trust_remote_code=True), lora).save_pretrained(tmp_path / "bare")
+    own, bare = tmp_path / "own", str(tmp_path / "bare")
+    shutil.copytree(bare, own)
+    beside = build_tokenizer(["another vocabulary entirely"], vocab_size=300)
+    beside.save_pretrained(own)
+    given: list[tuple[str, str | None]] = []
+    real_loader = modeling.load_model_and_processor
+
+    def loader(model, *args, **kwargs):
+        given.append((model, kwargs.get("tokenizer_from")))
+        return real_loader(model, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "load_model_and_processor", loader)
+    calls = record_hub_loads(monkeypatch)
+    source = HubSource(trust_remote_code=True, revision="v1")
+    model, tokenizer = load_for_inference(path, device="cpu", source=source)
+    on_bare, bare_tokenizer = load_for_inference(bare, device="cpu", source=source)
+    on_own, own_tokenizer = load_for_inference(str(own), device="cpu", source=source)
+    merged = merge_adapter(str(own), str(tmp_path / "merged"), source=source)
+
+    assert given == [(path, path), (path, path), (path, str(own)), (path, str(own))]
+    hub = {"trust_remote_code": True, "revision": "v1"}
+    model_loads = [("AutoConfig", path, hub), ("AutoModelForCausalLM", path, hub)]
+    own_loads = [("AutoConfig", str(own), hub), ("AutoTokenizer", str(own), hub), *model_loads]
+    base_loads = [("AutoConfig", path, hub), ("AutoTokenizer", path, hub), *model_loads]
+    assert calls == base_loads + base_loads + own_loads + own_loads
+    for loaded in (model, on_bare.base_model.model, on_own.base_model.model):
+        assert type(loaded).__name__ == "RemoteForCausalLM" and not loaded.training
+    assert tokenizer.get_vocab() == bare_tokenizer.get_vocab() != own_tokenizer.get_vocab() == beside.get_vocab()
+    assert merged == str(tmp_path / "merged")
+    assert AutoTokenizer.from_pretrained(merged).get_vocab() == beside.get_vocab()
+
+
+def test_an_adapter_whose_base_has_no_tokenizer_names_the_base(saved_model, tmp_path):
+    """Neither beside the adapter nor in its base: the error names the base and what it holds instead."""
+    from peft import get_peft_model
+
+    from orpo.generation import load_for_inference, merge_adapter
+
+    base = tmp_path / "weights-only"
+    base.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        (base / name).write_bytes((saved_model / name).read_bytes())
+    lora = LoraConfig(r=4, target_modules=TARGETS, task_type="CAUSAL_LM")
+    get_peft_model(load_model(str(base)), lora).save_pretrained(tmp_path / "adapter")
+    message = (
+        f"cannot load the tokenizer of {str(base)!r}: no tokenizer files in {base} (it has config.json, "
+        "generation_config.json, model.safetensors): save the tokenizer there too"
+    )
+    with pytest.raises(OSError) as inference:
+        load_for_inference(str(tmp_path / "adapter"), device="cpu")
+    with pytest.raises(OSError) as merge:
+        merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged"))
+    assert str(inference.value).startswith(message) and str(merge.value).startswith(message)
+    assert not (tmp_path / "merged").exists()

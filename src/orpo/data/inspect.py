@@ -45,16 +45,6 @@ def default_tokenizer(dataset: Any, rows: int = 2000) -> Any:
     return build_tokenizer(corpus, vocab_size=1000)
 
 
-def _load_tokenizer(model: str, chat_template: str | None, source: Any) -> Any:
-    from ..modeling import load_tokenizer
-
-    try:
-        tokenizer = load_tokenizer(model, chat_template, source)
-    except OSError as err:
-        raise DataError(f"--model {model}: could not load its tokenizer ({' '.join(str(err).split())[:300]})") from None
-    return getattr(tokenizer, "tokenizer", tokenizer)
-
-
 def run(args: argparse.Namespace) -> InspectReport:
     from .load import ColumnMapping, load_preference_data
     from .tokenize import LengthLimits
@@ -70,10 +60,11 @@ def run(args: argparse.Namespace) -> InspectReport:
 
     template = resolve_chat_template(args.chat_template)  # a name, file or Jinja text, as `orpo train` reads it
     if args.model_name_or_path:
-        from ..modeling import HubSource
+        from ..modeling import HubSource, load_tokenizer, named_load
 
         source = HubSource(bool(args.trust_remote_code), args.model_revision)
-        tokenizer = _load_tokenizer(args.model_name_or_path, template, source)
+        loaded = named_load("the tokenizer of", args.model_name_or_path, load_tokenizer, template, source)
+        tokenizer = getattr(loaded, "tokenizer", loaded)  # a vision model's processor: its text tokenizer
         name, note = args.model_name_or_path, ""
     else:
         tokenizer = default_tokenizer(dataset)

@@ -37,28 +37,19 @@ def load_tokenizer() -> Any:
 
 
 def build_model(tokenizer: Any, seed: int = 0) -> Any:
-    """A small Llama, random init: 2 layers, hidden size 64 (~0.1M parameters)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """A small Llama, random init: 2 layers, hidden size 64 (~0.1M parameters), tied embeddings."""
+    from ..testing import tiny_causal_lm
 
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(
+    return tiny_causal_lm(
+        tokenizer,
         "llama",
-        vocab_size=len(tokenizer),
         hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        num_layers=2,
+        seed=seed,
+        tie_word_embeddings=True,
         num_key_value_heads=4,
         max_position_embeddings=128,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
 
 
 def run_demo(
