@@ -42,6 +42,17 @@ SCORE_INDEX_KEY = "score_index"
 SCORE_SOURCE_KEY = "score_source"
 
 
+def score_positions(batch: dict[str, Any], ignore: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, cols, flat index)`` of the positions the padded layout scores, row-major over
+    ``labels[:, 1:]`` (and ``nll_labels``): computed by the collator on host tensors, so that
+    scoring gathers by index instead of selecting by a mask (which waits for the device)."""
+    targets = batch["labels"][:, 1:]
+    if "nll_labels" in batch:
+        targets = torch.where(targets != ignore, targets, batch["nll_labels"][:, 1:])
+    rows, cols = (targets != ignore).nonzero(as_tuple=True)
+    return rows, cols, rows * targets.shape[1] + cols
+
+
 def layout_of(batch: dict[str, Any]) -> Layout:
     """The layout a batch is marked with; a batch without a marker (a user's collator) is padded."""
     marker = batch.get(LAYOUT_KEY, Layout.PADDED)
@@ -72,8 +83,9 @@ def padded_of(batch: dict[str, Any]) -> dict[str, Any]:
         "attention_mask": batch["padded_attention_mask"],
         "labels": batch["labels"],
     }
-    if "nll_labels" in batch:
-        out["nll_labels"] = batch["nll_labels"]
+    for key in ("nll_labels", SCORE_INDEX_KEY):  # the index is over the padded layout already
+        if key in batch:
+            out[key] = batch[key]
     out[LAYOUT_KEY] = Layout.PADDED
     return out
 

@@ -151,22 +151,41 @@ def _from_logits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
 # ---- the ways to score -------------------------------------------------------------------------
 
 
+def _scored_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of ``values`` ``[rows, L, D]`` at the scored positions ``index`` (flat over ``[rows, L-1]``:
+    ``r * (L-1) + c``, i.e. ``r * L + c - r`` in ``values``): a gather, no host sync."""
+    return values.reshape(-1, values.shape[-1]).index_select(0, index + index // (values.shape[1] - 1))
+
+
+def _padded_scores(
+    batch: dict[str, Any], ignore_index: int, values: torch.Tensor, score: Callable[..., tuple[torch.Tensor, ...]]
+) -> TokenScores:
+    """``score(rows of values, their targets)`` at the scored positions of a padded batch, in its layout.
+
+    Our collators give the positions as ``score_index`` (gathered, no host sync); a batch from
+    another collator is selected by its mask, which makes the host wait for the device.
+    """
+    targets, mask = shifted_targets(batch, ignore_index)
+    index = batch.get(SCORE_INDEX_KEY)
+    if index is None:
+        logps, means = score(values[:, :-1][mask], targets[mask])
+        return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
+    logps, means = score(_scored_rows(values, index), targets.reshape(-1)[index])
+    return TokenScores(place_scored(logps, index, mask.shape), place_scored(means, index, mask.shape), mask, targets)
+
+
 def plain_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int) -> TokenScores:
     """Scores of a padded batch from the model's logits."""
-    targets, mask = shifted_targets(batch, ignore_index)
-    logits = model(**_model_inputs(batch), use_cache=False).logits[:, :-1]
-    logps, means = _from_logits(logits[mask], targets[mask])
-    return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
+    logits = model(**_model_inputs(batch), use_cache=False).logits
+    return _padded_scores(batch, ignore_index, logits, _from_logits)
 
 
 def fused_scores(
     model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear
 ) -> TokenScores:
     """Scores of a padded batch through the LM head ``head``, on scored positions only."""
-    targets, mask = shifted_targets(batch, ignore_index)
-    hidden = run_capturing_head(model, _model_inputs(batch), head)[:, :-1]
-    logps, means = _from_hidden(model, head, hidden[mask], targets[mask])
-    return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
+    hidden = run_capturing_head(model, _model_inputs(batch), head)
+    return _padded_scores(batch, ignore_index, hidden, lambda rows, targets: _from_hidden(model, head, rows, targets))
 
 
 def row_inputs(row: dict[str, Any]) -> dict[str, Any]:

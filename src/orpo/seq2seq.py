@@ -43,7 +43,7 @@ from .data.tokenize import (
     truncate_pair,
     whitespace_token_ids,
 )
-from .layouts import LAYOUT_KEY, Layout
+from .layouts import LAYOUT_KEY, SCORE_INDEX_KEY, Layout
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +251,7 @@ class Seq2SeqORPODataCollator:
         }
         if "orpo_row_index" in features[0]:  # dataset rows, for reports on bad batches (orpo.reliability)
             batch["orpo_row_index"] = torch.tensor([int(f["orpo_row_index"]) for f in features], dtype=torch.long)
+        batch[SCORE_INDEX_KEY] = decoder[SCORE_INDEX_KEY]  # over the decoder's labels, which the scores follow
         batch[LAYOUT_KEY] = Layout.PADDED
         return batch
 

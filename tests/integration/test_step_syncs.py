@@ -25,40 +25,44 @@ import orpo.trainer
 from orpo.callbacks import LineProgressCallback, TqdmProgressCallback
 from orpo.health import HealthCallback
 from orpo.host_syncs import detect_host_syncs
+from orpo.layouts import Layout
 from orpo.reliability.guard import NonFiniteGuard
 from orpo.reliability.optimizer import GatedOptimizer
 
-#: The batch layouts a step is checked with (ORPOConfig overrides).  Only the padded layout for now: the
-#: packed layouts' scoring is made sync-free separately (issue 11 item 3, scoring/layouts/collators).
-#: INTEGRATOR: once that is merged, add pytest.param({"padding_free": True}, id="padding-free") and
-#: pytest.param({"shared_prompt": True}, id="shared-prompt") here; they are not skipped, just not listed yet.
-LAYOUTS = [pytest.param({}, id="padded")]
+#: The batch layouts a step is checked with (ORPOConfig overrides): every layout, the default (auto) included.
+LAYOUTS = [
+    pytest.param({"layout": "padded"}, id="padded"),
+    pytest.param({"layout": "padding_free"}, id="padding-free"),
+    pytest.param({"layout": "shared_prompt"}, id="shared-prompt"),
+    pytest.param({}, id="auto"),
+]
 
 #: The code whose syncs count: orpo's package, and this file (where the tests put a sync back).
 PACKAGE = os.path.dirname(orpo.__file__) + os.sep
 WATCHED = (PACKAGE, __file__)
-#: orpo's modules whose syncs are removed separately (issue 11 item 3: scoring, layouts, collators; today
-#: the padded path's boolean-mask indexing and bool() in scoring.py).  INTEGRATOR: empty this once that is
-#: merged; test_no_module_is_left_out_any_more then passes and its strict xfail mark must go.
-NOT_YET_SYNC_FREE = ("scoring.py",)
-
-
-def outside_not_yet(events: list[Any]) -> list[Any]:
-    """The syncs (strings, or tuples ending in one) not made in a NOT_YET_SYNC_FREE module."""
-    marks = tuple(f"{PACKAGE}{name}:" for name in NOT_YET_SYNC_FREE)
-    return [e for e in events if not any(mark in (e if isinstance(e, str) else e[-1]) for mark in marks)]
-
-
 HEADS = [pytest.param(True, id="fused-head"), pytest.param(False, id="plain-head")]
 
 
 def _padded_batch(trainer: Any) -> dict[str, Any]:
-    """Four pairs of different lengths, one with an empty rejected completion (left out of the loss)."""
+    """Four pairs of different lengths, one with an empty rejected completion (left out of the loss),
+    in the trainer's layout."""
     features = [trainer.train_dataset[i] for i in range(4)]
     features[2] = {**features[2], "rejected_input_ids": []}
     batch = trainer.data_collator(features)
-    assert batch["input_ids"].shape[0] == 8 and (batch["attention_mask"] == 0).any()  # padded rows
+    if batch["orpo_layout"] is Layout.PADDED:
+        assert batch["input_ids"].shape[0] == 8 and (batch["attention_mask"] == 0).any()  # padded rows
+    else:
+        assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one row, no mask
     return batch
+
+
+def _run_first_batch_checks(trainer: Any) -> None:
+    """The scorer's one-time checks (the fused head and a row layout against the plain, padded way)
+    compare results on the host, on the first batch only: run them before the watch starts."""
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    with torch.no_grad():
+        trainer.scorer(trainer.model, batch)
+    assert trainer.scorer.uses_fused is not None
 
 
 def _compute_loss_syncs(tokenizer: Any, tmp_path: Any, layout: dict[str, Any], fused: bool) -> list[str]:
@@ -80,13 +84,7 @@ def _compute_loss_syncs(tokenizer: Any, tmp_path: Any, layout: dict[str, Any], f
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("fused", HEADS)
 def test_compute_loss_and_backward_make_no_host_sync(tokenizer, tmp_path, layout, fused):
-    assert outside_not_yet(_compute_loss_syncs(tokenizer, tmp_path, layout, fused)) == []
-
-
-@pytest.mark.xfail(strict=True, reason="scoring.py still syncs (issue 11 item 3, merged separately)")
-@pytest.mark.parametrize("fused", HEADS)
-def test_no_module_is_left_out_any_more(tokenizer, tmp_path, fused):
-    assert _compute_loss_syncs(tokenizer, tmp_path, {}, fused) == []
+    assert _compute_loss_syncs(tokenizer, tmp_path, layout, fused) == []
 
 
 def test_a_sync_in_compute_loss_is_caught(tokenizer, tmp_path, monkeypatch):
@@ -99,10 +97,11 @@ def test_a_sync_in_compute_loss_is_caught(tokenizer, tmp_path, monkeypatch):
         bool(pairs.valid.all())  # what compute_loss did before issue 11
         return pairs
 
+    _run_first_batch_checks(trainer)
     monkeypatch.setattr(orpo.trainer, "pair_logps", checking)
     with detect_host_syncs(raise_on_sync=False, within=WATCHED) as syncs:
         trainer.compute_loss(trainer.model.train(), batch)
-    assert [event.split(":")[0] for event in outside_not_yet(syncs.events)] == [f"Tensor.__bool__ at {__file__}"]
+    assert [event.split(":")[0] for event in syncs.events] == [f"Tensor.__bool__ at {__file__}"]
 
 
 # ---- a whole run: orpo's code in every step, watched ------------------------------------------------
@@ -155,6 +154,7 @@ def _watched_run(tokenizer, tmp_path, monkeypatch, **overrides: Any) -> SyncWatc
     trainer = make_trainer(tokenizer, tmp_path, callbacks=[watch], **{**RUN, **overrides})
     for callback in (HealthCallback(beta=trainer.args.beta), TqdmProgressCallback(), LineProgressCallback()):
         trainer.add_callback(callback)
+    _run_first_batch_checks(trainer)
     watch.attach(trainer, monkeypatch)
     trainer.train()
     assert trainer.state.global_step == 4
@@ -178,20 +178,16 @@ def test_a_training_step_makes_no_host_sync_in_orpos_code(tokenizer, tmp_path, m
     """Default optimizer (torch's fused AdamW): the guard's gate holds an update back on the device."""
     watch = _watched_run(tokenizer, tmp_path, monkeypatch, on_nonfinite=policy, fused_lm_head=fused, **layout)
     _expected_calls(watch)
-    assert outside_not_yet([sync for sync in watch.syncs if sync[0] in QUIET_STEPS]) == []
+    assert [sync for sync in watch.syncs if sync[0] in QUIET_STEPS] == []
     # Logging steps read the flags back through a DeferredRead, which is not a wait: nothing counted there either.
-    assert outside_not_yet(watch.syncs) == []
+    assert watch.syncs == []
 
 
 def test_an_optimizer_without_a_device_switch_reads_the_gate_once_per_step(tokenizer, tmp_path, monkeypatch):
     """torch's SGD (unfused) cannot skip on the device: the gate is read on the host, and only there."""
     watch = _watched_run(tokenizer, tmp_path, monkeypatch, optim="sgd")
     _expected_calls(watch)
-    quiet = [
-        (step, where, sync.split(" at ")[0])
-        for step, where, sync in outside_not_yet(watch.syncs)
-        if step in QUIET_STEPS
-    ]
+    quiet = [(step, where, sync.split(" at ")[0]) for step, where, sync in watch.syncs if step in QUIET_STEPS]
     assert quiet == [(step, "GatedOptimizer.step", "Tensor.__bool__") for step in QUIET_STEPS]
 
 

@@ -22,7 +22,7 @@ PAIRS = [
 
 def test_exact_tensors_for_two_pairs():
     batch = ORPODataCollator(pad_token_id=PAD)(PAIRS)
-    assert set(batch) == {"input_ids", "attention_mask", "labels", LAYOUT_KEY}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "score_index", LAYOUT_KEY}
     assert batch[LAYOUT_KEY] is Layout.PADDED
     expected_ids = [
         [1, 10, 11, 20, 21, 4],  # chosen 0
@@ -40,7 +40,9 @@ def test_exact_tensors_for_two_pairs():
     assert batch["input_ids"].tolist() == expected_ids
     assert batch["attention_mask"].tolist() == expected_mask
     assert batch["labels"].tolist() == expected_labels
-    assert all(batch[key].dtype == torch.long for key in ("input_ids", "attention_mask", "labels"))
+    # the scored positions of labels[:, 1:] (5 wide), row-major: what scoring gathers instead of masking
+    assert batch["score_index"].tolist() == [2, 3, 4, 6, 7, 12, 13, 16, 17, 18, 19]
+    assert all(batch[key].dtype == torch.long for key in ("input_ids", "attention_mask", "labels", "score_index"))
 
 
 def test_pad_to_multiple_of_and_custom_pad_values():

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from ..layouts import LAYOUT_KEY, Layout
+from ..layouts import LAYOUT_KEY, SCORE_INDEX_KEY, Layout, score_positions
 
 if TYPE_CHECKING:
     from ..config import ORPOConfig
@@ -28,6 +28,7 @@ class ORPODataCollator:
     ``labels`` score the completion tokens only.  With ``nll_scope="prompt_and_completion"``
     an extra ``nll_labels`` tensor also scores the prompt (never a sequence's first token,
     which nothing predicts).  One forward pass then serves both halves of every pair.
+    ``score_index`` lists the scored positions (:func:`orpo.layouts.score_positions`).
     """
 
     pad_token_id: int
@@ -62,6 +63,7 @@ class ORPODataCollator:
             batch["nll_labels"] = nll_labels
         if "orpo_row_index" in features[0]:  # dataset rows, for reports on bad batches (orpo.reliability)
             batch["orpo_row_index"] = torch.tensor([int(f["orpo_row_index"]) for f in features], dtype=torch.long)
+        batch[SCORE_INDEX_KEY] = score_positions(batch, self.label_pad_token_id)[2]
         batch[LAYOUT_KEY] = Layout.PADDED
         return batch
 

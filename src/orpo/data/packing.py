@@ -26,22 +26,13 @@ from typing import Any
 
 import torch
 
-from ..layouts import LAYOUT_KEY, SCORE_INDEX_KEY, SCORE_SOURCE_KEY, SEGMENTS_KEY
+from ..layouts import LAYOUT_KEY, SCORE_INDEX_KEY, SCORE_SOURCE_KEY, SEGMENTS_KEY, score_positions
 from ..segments import Segments, packed_segments, shared_prompt_segments
 from .collate import ORPODataCollator
 
 
 def _padded_total(length: int, multiple: int | None) -> int:
     return -(-length // multiple) * multiple if multiple else length
-
-
-def _scored(padded: dict[str, Any], ignore: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(rows, cols, flat index)`` of the positions the padded layout scores, row-major (host tensors)."""
-    targets = padded["labels"][:, 1:]
-    if "nll_labels" in padded:
-        targets = torch.where(targets != ignore, targets, padded["nll_labels"][:, 1:])
-    rows, cols = (targets != ignore).nonzero(as_tuple=True)
-    return rows, cols, rows * targets.shape[1] + cols
 
 
 def _row_batch(
@@ -81,7 +72,7 @@ class ORPOPackingCollator(ORPODataCollator):
         for row, length in enumerate(lengths):
             ids += padded["input_ids"][row, :length].tolist()
         segments = packed_segments(lengths, _padded_total(len(ids), self.pad_to_multiple_of))
-        rows, cols, index = _scored(padded, self.label_pad_token_id)
+        rows, cols, index = score_positions(padded, self.label_pad_token_id)
         starts = torch.tensor([0, *lengths], dtype=torch.long).cumsum(0)
         return _row_batch(ids, padded, segments, index, starts[rows] + cols, self.pad_token_id)
 
@@ -114,7 +105,7 @@ class ORPOSharedPromptCollator(ORPODataCollator):
                 ids += tokens
         segments = shared_prompt_segments(*lengths, total=_padded_total(len(ids), self.pad_to_multiple_of))
         # Row r, shifted column c predicts token c+1 from the hidden state of token c of that row.
-        rows, cols, index = _scored(padded, self.label_pad_token_id)
+        rows, cols, index = score_positions(padded, self.label_pad_token_id)
         prompt_len = torch.tensor(lengths[0], dtype=torch.long)
         pair, completion = rows % pairs, rows // pairs
         source = torch.where(

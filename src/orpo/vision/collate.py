@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..data.collate import ORPODataCollator
+from ..layouts import SCORE_INDEX_KEY, score_positions
 from .images import IMAGE_COLUMN, load_images
 from .placeholders import placeholder_token_ids
 
@@ -41,6 +42,7 @@ class VisionORPODataCollator:
         for key in ("labels", "nll_labels"):
             if key in batch:
                 batch[key] = batch[key].masked_fill(placeholder, self.label_pad_token_id)
+        batch[SCORE_INDEX_KEY] = score_positions(batch, self.label_pad_token_id)[2]  # the labels changed
         per_row = [
             load_images(f.get(IMAGE_COLUMN), f"batch row {i}, column '{IMAGE_COLUMN}'")[0]
             for i, f in enumerate(features)
