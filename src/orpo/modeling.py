@@ -333,3 +333,21 @@ def is_peft_model(model: Any) -> bool:
     except ImportError:  # pragma: no cover - peft is a dependency
         return False
     return isinstance(model, PeftModel)
+
+
+def prepare_model(model: torch.nn.Module, args: Any, peft_config: Any) -> torch.nn.Module:
+    """``model`` as ORPOConfig ``args`` trains it: the LoRA adapter of ``peft_config`` (a model that
+    has one already is refused: which adapter trains would be ambiguous), dropout off, vision tower frozen."""
+    if peft_config is not None:
+        if is_peft_model(model):
+            raise ValueError("the model already has a PEFT adapter; pass peft_config=None to train it as is")
+        model = apply_peft(model, peft_config, gradient_checkpointing=bool(args.activation_checkpointing))
+    if is_peft_model(model):
+        absolute_base_path(model)
+    if args.disable_dropout:
+        disable_dropout(model)
+    if args.freeze_vision_tower:
+        from .vision import freeze_vision_tower
+
+        freeze_vision_tower(model)
+    return model

@@ -22,11 +22,10 @@ from .loss import orpo_loss, pair_counts, pair_logps
 from .metrics import MetricWindows, window_loss
 from .modeling import (
     absolute_base_path,
-    apply_peft,
-    disable_dropout,
     is_peft_model,
     load_model_and_processor,
     model_kind,
+    prepare_model,
     prepare_tokenizer,
 )
 from .reliability import preflight, trainer_internals
@@ -213,7 +212,7 @@ class ORPOTrainer(Trainer):
             model, processing_class = load_model_and_processor(
                 model, processing_class, init_kwargs, trust_remote_code=args.trust_remote_code
             )
-            return self._prepare_model(model, args, peft_config), processing_class, model_init
+            return prepare_model(model, args, peft_config), processing_class, model_init
         if processing_class is None:
             raise ValueError("ORPOTrainer needs processing_class (the tokenizer) to tokenize and pad the data")
         prepare_tokenizer(getattr(processing_class, "tokenizer", processing_class))
@@ -221,7 +220,7 @@ class ORPOTrainer(Trainer):
             user_init = model_init
 
             def prepared_init() -> torch.nn.Module:  # wraps the user's initializer
-                return self._prepare_model(user_init(), args, peft_config)
+                return prepare_model(user_init(), args, peft_config)
 
             model_init = prepared_init  # type: ignore[assignment]  # Trainer only calls it
         return None, processing_class, model_init
@@ -256,22 +255,6 @@ class ORPOTrainer(Trainer):
                 else:
                     eval_dataset = self._prepare_eval(eval_dataset, data_processor, args, "eval")
         return train_dataset, eval_dataset
-
-    @staticmethod
-    def _prepare_model(model: torch.nn.Module, args: ORPOConfig, peft_config: Any) -> torch.nn.Module:
-        if peft_config is not None:
-            if is_peft_model(model):
-                raise ValueError("the model already has a PEFT adapter; pass peft_config=None to train it as is")
-            model = apply_peft(model, peft_config, gradient_checkpointing=bool(args.activation_checkpointing))
-        if is_peft_model(model):
-            absolute_base_path(model)
-        if args.disable_dropout:
-            disable_dropout(model)
-        if args.freeze_vision_tower:
-            from .vision import freeze_vision_tower
-
-            freeze_vision_tower(model)
-        return model
 
     def _prepare_data(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> tuple[Any, Any]:
         """Preference data -> tokenized pairs: the one pipeline, with this kind of model's row tokenizer."""
