@@ -85,6 +85,7 @@ def test_encoder_input_labels_and_decoder_prefix(tmp_path, tokenizers, arch):
         "decoder_input_ids",
         "decoder_attention_mask",
         "labels",
+        "score_index",
         LAYOUT_KEY,
     }
     assert batch[LAYOUT_KEY] is Layout.PADDED
@@ -99,6 +100,10 @@ def test_encoder_input_labels_and_decoder_prefix(tmp_path, tokenizers, arch):
         assert batch["decoder_attention_mask"][index].tolist() == [1] * len(decoder) + [0] * (width - len(decoder))
         labels = [-100] * len(prefix) + list(completion) + [-100] * (width - len(decoder))
         assert batch["labels"][index].tolist() == labels
+        scored = [index * (width - 1) + col - 1 for col, label in enumerate(labels) if col and label != -100]
+        assert [
+            i for i in batch["score_index"].tolist() if index * (width - 1) <= i < (index + 1) * (width - 1)
+        ] == scored
         prompt = feature["prompt_input_ids"]
         assert batch["input_ids"][index, : len(prompt)].tolist() == prompt
         assert batch["attention_mask"][index].sum() == len(prompt)

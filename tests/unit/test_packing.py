@@ -16,7 +16,7 @@ from orpo.data.collate import ORPODataCollator
 from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
 from orpo.host_syncs import detect_host_syncs
 from orpo.layouts import LAYOUT_KEY, SEGMENTS_KEY, Layout, layout_of, padded_of
-from orpo.scoring import TokenScorer, plain_scores, row_scores, verify_packing
+from orpo.scoring import TokenScorer, fused_scores, plain_scores, row_scores, verify_packing
 from orpo.segments import Call
 from orpo.testing import tiny_causal_lm
 
@@ -460,3 +460,25 @@ def test_row_scoring_attends_per_sequence_without_a_row_mask(tokenizer, monkeypa
     expected = [(c.length, c.prefix + c.length) for c in row[SEGMENTS_KEY].calls] * model.config.num_hidden_layers
     assert [(q, k) for q, k, _ in calls] == expected  # one call per sequence and layer, never the whole row
     assert all(mask is None or mask == (q, k) for q, k, mask in calls)  # masks only within a call
+
+
+@pytest.mark.parametrize("nll_scope", ["completion", "prompt_and_completion"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_padded_scores_gathered_by_index_equal_those_selected_by_mask(tokenizer, fused, nll_scope):
+    """The padded collator's score_index (gathered) and a caller's batch without one (masked) give
+    the same scores and the same gradients, in float64, bit for bit."""
+    model = tiny_causal_lm(tokenizer).double()
+    padded, _ = _collate(tokenizer, _features(tokenizer, n=4, seed=16), nll_scope=nll_scope)
+    without = {key: value for key, value in padded.items() if key != "score_index"}
+    head = model.get_output_embeddings()
+
+    def scored(batch):
+        model.zero_grad()
+        scores = fused_scores(model, batch, -100, head) if fused else plain_scores(model, batch, -100)
+        (scores.logps * torch.linspace(0.5, 1.5, scores.logps.numel()).view_as(scores.logps)).sum().backward()
+        return scores, [p.grad.clone() for p in model.parameters()]
+
+    (by_index, index_grads), (by_mask, mask_grads) = scored(padded), scored(without)
+    assert torch.equal(by_index.mask, by_mask.mask) and int(by_index.mask.sum()) == padded["score_index"].numel()
+    assert torch.equal(by_index.logps, by_mask.logps) and torch.equal(by_index.logit_means, by_mask.logit_means)
+    assert all(torch.equal(a, b) for a, b in zip(index_grads, mask_grads, strict=True))
