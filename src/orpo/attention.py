@@ -24,11 +24,10 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from .layouts import Layout
 from .segments import Call, Segments, flex_block_mask
 
 SEGMENTS_KWARG = "orpo_segments"
@@ -42,9 +41,6 @@ IMPLEMENTATIONS = {
 }
 BASES = {name: base for base, name in IMPLEMENTATIONS.items()}
 SEGMENT_MASK = torch.zeros((1, 1, 0, 0), dtype=torch.bool)
-#: The layouts that run per segment, in the order ``best_layout`` tries them: a shared prompt runs
-#: each prompt once, packed rows spend nothing on padding.
-AUTO_ORDER = (Layout.SHARED_PROMPT, Layout.PACKED)
 
 
 def segment_forward_kwargs(segments: Segments) -> dict[str, Any]:
@@ -159,9 +155,9 @@ def _flex_segments(module, q, k, v, segments: Segments, dropout, scaling, window
 def varlen_attention(query, key, value, cu_q, cu_k, max_q: int, max_k: int, **options: Any) -> torch.Tensor:
     """Flash varlen attention over ``[1, total, heads, dim]`` inputs (bottom-right causal), through
     transformers' flash integration so its dtype and sliding-window handling apply."""
-    from transformers.modeling_flash_attention_utils import _flash_attention_forward
+    from .internals import flash_attention_forward
 
-    return _flash_attention_forward(
+    return flash_attention_forward(
         query,
         key,
         value,
@@ -224,13 +220,15 @@ def _flash_padded(base, module, query, key, value, attention_mask, dropout=0.0, 
     """transformers' flash attention for a forward without segments, under the base name: its own
     function reads the implementation to load from the module's config, which now names ours."""
     from transformers.integrations.flash_attention import get_target_dtype
-    from transformers.modeling_flash_attention_utils import _flash_attention_forward, flash_attn_supports_top_left_mask
+    from transformers.modeling_flash_attention_utils import flash_attn_supports_top_left_mask
+
+    from .internals import flash_attention_forward
 
     if query.shape[-1] != value.shape[-1]:
         raise ValueError(f"{type(module).__name__}: per-segment flash attention needs equal query and value head dims")
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
     is_causal = kwargs.pop("is_causal", None)
-    out = _flash_attention_forward(
+    out = flash_attention_forward(
         q,
         k,
         v,
@@ -300,106 +298,9 @@ def register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
+    from .internals import attention_registered
+
     for base, name in IMPLEMENTATIONS.items():
-        if name not in AttentionInterface._global_mapping:
+        if not attention_registered(name):
             AttentionInterface.register(name, _segment_attention(base))
             AttentionMaskInterface.register(name, _base_mask(base))
-
-
-# ---- choosing ------------------------------------------------------------------------------
-
-
-class AttentionRoute(NamedTuple):
-    """The implementation that runs a layout per segment on a model, or None and why not."""
-
-    implementation: str | None
-    reason: str = ""
-
-
-def _pretrained(model: torch.nn.Module) -> Any:
-    """The transformers model under DDP / compile / PEFT wrappers."""
-    from transformers import PreTrainedModel
-
-    while True:
-        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # torch.compile's
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP's, accelerate's
-            model = model.module  # type: ignore[assignment]
-        else:
-            break
-    if not isinstance(model, PreTrainedModel) and callable(getattr(model, "get_base_model", None)):
-        model = model.get_base_model()  # type: ignore[operator]
-    return model
-
-
-def base_implementation(model: torch.nn.Module) -> str | None:
-    """The model's attn_implementation, seen through ours (``orpo_sdpa`` -> ``sdpa``)."""
-    name = getattr(getattr(_pretrained(model), "config", None), "_attn_implementation", None)
-    return BASES.get(name, name) if name is not None else None
-
-
-def _flash_available(base: str) -> bool:
-    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
-
-    return is_flash_attn_3_available() if base == "flash_attention_3" else is_flash_attn_2_available()
-
-
-def segment_route(model: torch.nn.Module, layout: Layout) -> AttentionRoute:
-    """Which per-segment implementation runs ``layout`` (packed or shared prompt) on ``model``."""
-    from transformers import PreTrainedModel
-
-    if layout not in AUTO_ORDER:
-        raise ValueError(f"layout must be Layout.PACKED or Layout.SHARED_PROMPT, got {layout!r}")
-    if not isinstance(_pretrained(model), PreTrainedModel):
-        return AttentionRoute(None, f"{type(model).__name__} is not a transformers model")
-    base = base_implementation(model)
-    if base not in IMPLEMENTATIONS:
-        return AttentionRoute(None, f"attn_implementation {base!r} has no per-segment path")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if base == "flex_attention" and device.type == "cpu":
-        return AttentionRoute(None, "flex attention has no backward on CPU")
-    if base.startswith("flash_attention"):
-        if not _flash_available(base):
-            return AttentionRoute(None, f"{base} is not installed")
-        from transformers.modeling_flash_attention_utils import flash_attn_supports_top_left_mask
-
-        if layout is Layout.SHARED_PROMPT and flash_attn_supports_top_left_mask():
-            return AttentionRoute(
-                None, "flash-attn < 2.1 aligns causal masks top-left; shared_prompt needs bottom-right"
-            )
-    return AttentionRoute(IMPLEMENTATIONS[base])
-
-
-def use_segment_attention(model: torch.nn.Module, implementation: str) -> str:
-    """Switch ``model`` to one of :data:`IMPLEMENTATIONS`' names; returns the previous name (to restore).
-
-    Padded forwards still run the base attention, so the switch can last the whole training
-    run (gradient checkpointing recomputes layers outside any per-call scope).
-    """
-    if implementation not in BASES:
-        raise ValueError(f"not a per-segment implementation: {implementation!r}; one of {sorted(BASES)}")
-    register()
-    pretrained = _pretrained(model)
-    previous = pretrained.config._attn_implementation
-    pretrained.set_attn_implementation(implementation)
-    if pretrained.config._attn_implementation != implementation:
-        raise ValueError(f"{type(pretrained).__name__} does not dispatch attention through AttentionInterface")
-    return previous
-
-
-def best_layout(model: torch.nn.Module, requested: Layout | None = None) -> tuple[Layout, AttentionRoute]:
-    """The batch layout to train ``model`` with, and the attention route that runs it.
-
-    ``requested`` None ("auto") takes the first of :data:`AUTO_ORDER` the model's attention can
-    run per segment, else padded; a requested layout runs padded only if it cannot run here.  The
-    route's reason says why, for the one log line the caller writes.
-    """
-    if requested is Layout.PADDED:
-        return Layout.PADDED, AttentionRoute(None, "requested")
-    reasons = []
-    for layout in AUTO_ORDER if requested is None else (requested,):
-        route = segment_route(model, layout)
-        if route.implementation is not None:
-            return layout, route
-        reasons.append(f"{layout.value}: {route.reason}")
-    return Layout.PADDED, AttentionRoute(None, "; ".join(reasons))

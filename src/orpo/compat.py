@@ -1,7 +1,7 @@
 """What differs between the transformers releases orpo supports (see ``.ci/floors.txt`` for the oldest).
 
 Every version-dependent touch of a *public* API lives here, detected from the installed package rather
-than from its version number; private ``Trainer`` internals stay in :mod:`orpo.reliability.trainer_internals`.
+than from its version number; private ``Trainer`` internals stay in :mod:`orpo.internals`.
 """
 
 from __future__ import annotations

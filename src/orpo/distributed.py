@@ -89,11 +89,11 @@ def save_model(trainer: ORPOTrainer, output_dir: str) -> None:
     ``SHARDED_STATE_DICT``, ``Trainer.save_model`` writes no weights); DeepSpeed's ``save_model``
     gathers ZeRO-3 weights itself.  Only the processes that ``should_save`` write.
     """
-    from .reliability import trainer_internals
+    from . import internals
 
     if trainer.is_fsdp_enabled:
         state_dict = trainer.accelerator.get_state_dict(trainer.model)  # a collective: every process
-        trainer_internals.save_weights(trainer, output_dir, state_dict)
+        internals.save_weights(trainer, output_dir, state_dict)
     else:
         trainer.save_model(output_dir)
     trainer.accelerator.wait_for_everyone()

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .attention import segment_forward_kwargs, segment_route, use_segment_attention
+from .attention import segment_forward_kwargs
 from .fused import HeadCapture, linear_selective_log_softmax, rows_per_chunk
 from .layouts import (
     SCORE_INDEX_KEY,
@@ -32,6 +32,7 @@ from .layouts import (
     shared_prompt_probe,
 )
 from .loss import selective_log_softmax
+from .routing import segment_route, use_segment_attention
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,9 @@ def output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
 
 
 def _attn_implementation(model: torch.nn.Module) -> str | None:
-    return getattr(_config(model), "_attn_implementation", None)
+    from .internals import attn_implementation  # imports transformers' Trainer: not at import time
+
+    return attn_implementation(_config(model))
 
 
 def _compute_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:

@@ -18,7 +18,6 @@ the device with the batch (``Segments.to``, which accelerate's data loader calls
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -151,17 +150,6 @@ def shared_prompt_segments(
     total = start if total is None else int(total)
     _padding_call(calls, start, total)
     return _build(Layout.SHARED_PROMPT, calls, total)
-
-
-def segments_from_position_ids(position_ids: torch.Tensor) -> Segments:
-    """Padding-free segments read from a packed row's position ids (a new sequence wherever they
-    restart at 0).  Reads the tensor on the host: for collators and tests, not the training step."""
-    positions = position_ids.reshape(-1).cpu()
-    starts = (positions == 0).nonzero().flatten().tolist()
-    if not starts or starts[0] != 0:
-        raise ValueError("position_ids of a packed row must start at 0")
-    bounds = [*starts, positions.numel()]
-    return packed_segments([b - a for a, b in itertools.pairwise(bounds)])
 
 
 def _build(layout: Layout, calls: list[Call], total: int) -> Segments:

@@ -10,7 +10,7 @@ import datasets
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from . import compat
+from . import compat, internals
 from .card import write_model_card
 from .checkpoint import remove_stale_staging
 from .config import ORPOConfig, resolve_config
@@ -28,7 +28,7 @@ from .modeling import (
     prepare_model,
     prepare_tokenizer,
 )
-from .reliability import preflight, trainer_internals
+from .reliability import preflight
 from .reliability.wiring import Reliability
 from .scoring import TokenScorer, unwrap
 
@@ -153,7 +153,7 @@ class ORPOTrainer(Trainer):
         return loss
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """Where Trainer saves (``trainer_internals.OVERRIDDEN``): the same files, committed atomically."""
+        """Where Trainer saves (``internals.OVERRIDDEN``): the same files, committed atomically."""
         self.reliability.save_checkpoint(trial)
 
     # ---- saving: every saved model carries its card, every adapter an absolute base path ------------
@@ -377,7 +377,7 @@ class ORPOTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        inputs = trainer_internals.prepare_inputs(self, inputs)
+        inputs = internals.prepare_inputs(self, inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, extra = self.compute_loss(model, inputs, return_outputs=True)
         loss = loss.detach()

@@ -23,9 +23,10 @@ from _packed_rows import (
     shared_rows,
 )
 from orpo import attention, fused
-from orpo.attention import segment_forward_kwargs, segment_route, use_segment_attention
+from orpo.attention import segment_forward_kwargs
 from orpo.host_syncs import detect_host_syncs
 from orpo.layouts import Layout
+from orpo.routing import segment_route, use_segment_attention
 from orpo.testing import build_tokenizer, tiny_causal_lm
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

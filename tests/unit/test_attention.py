@@ -15,15 +15,10 @@ from _packed_rows import (
     random_pairs,
     shared_rows,
 )
-from orpo.attention import (
-    SEGMENT_MASK,
-    base_implementation,
-    segment_forward_kwargs,
-    segment_route,
-    use_segment_attention,
-)
+from orpo.attention import SEGMENT_MASK, segment_forward_kwargs
 from orpo.host_syncs import detect_host_syncs
 from orpo.layouts import Layout
+from orpo.routing import base_implementation, segment_route, use_segment_attention
 from orpo.testing import tiny_causal_lm
 
 LAYOUTS = {"packed": packed_rows, "shared": shared_rows}
@@ -160,7 +155,7 @@ def test_route(tokenizer):
 
 
 def test_best_layout(tokenizer):
-    from orpo.attention import best_layout
+    from orpo.routing import best_layout
 
     sdpa = _model(tokenizer)
     assert best_layout(sdpa) == (Layout.SHARED_PROMPT, ("orpo_sdpa", ""))

@@ -19,7 +19,8 @@ from _packed_rows import (
     shared_rows,
 )
 from orpo import attention
-from orpo.attention import segment_forward_kwargs, use_segment_attention
+from orpo.attention import segment_forward_kwargs
+from orpo.routing import use_segment_attention
 from orpo.testing import tiny_causal_lm
 
 LAYOUTS = {"packed": packed_rows, "shared": shared_rows}

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import orpo
-from orpo.attention import use_segment_attention
 from orpo.data.collate import ORPODataCollator
 from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
 from orpo.host_syncs import detect_host_syncs
 from orpo.layouts import LAYOUT_KEY, SEGMENTS_KEY, Layout, layout_of, padded_of
+from orpo.routing import use_segment_attention
 from orpo.scoring import TokenScorer, fused_scores, plain_scores, row_scores, verify_packing
 from orpo.segments import Call
 from orpo.testing import tiny_causal_lm

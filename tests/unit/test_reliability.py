@@ -163,7 +163,7 @@ def test_a_held_step_leaves_weights_and_adam_state_untouched():
 
 
 def test_gated_optimizer_under_an_lr_scheduler():
-    """(Under accelerate's wrapper inside a real Trainer: tests/unit/test_trainer_internals.py.)"""
+    """(Under accelerate's wrapper inside a real Trainer: tests/unit/test_internals.py.)"""
     gate = [True]
     param, inner, gated = _adam_with_gate(gate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(gated, lambda step: 0.5**step)

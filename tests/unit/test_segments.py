@@ -12,7 +12,6 @@ from orpo.segments import (
     dense_mask,
     flex_block_mask,
     packed_segments,
-    segments_from_position_ids,
     shared_prompt_segments,
 )
 
@@ -49,13 +48,6 @@ def test_errors_name_the_problem():
         packed_segments([3, 2], total=4)
     with pytest.raises(ValueError, match="2 prompts, 1 chosen and 2 rejected"):
         shared_prompt_segments([1, 2], [1], [1, 1])
-    with pytest.raises(ValueError, match="must start at 0"):
-        segments_from_position_ids(torch.tensor([[1, 2, 0]]))
-
-
-def test_segments_from_position_ids():
-    seg = segments_from_position_ids(torch.tensor([[0, 1, 2, 0, 1, 0]]))
-    assert seg.calls == (Call(0, 3), Call(3, 5), Call(5, 6))
 
 
 def test_to_moves_tensors_and_drops_the_cache():

@@ -78,7 +78,7 @@ class LayoutChoice(NamedTuple):
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` switched to the attention that runs the layout (padded forwards keep the model's own)."""
         if self.implementation is not None:
-            from ..attention import use_segment_attention
+            from ..routing import use_segment_attention
 
             use_segment_attention(model, self.implementation)
         return model
@@ -91,12 +91,12 @@ def choose_layout(
     (``ORPOArguments.requested_layout``: "auto" or a layout's name) and the model, logged in one line.
 
     "auto" takes shared_prompt where the model's attention runs it per segment, else
-    padding_free, else padded (:func:`orpo.attention.best_layout`).  A requested row layout the
+    padding_free, else padded (:func:`orpo.routing.best_layout`).  A requested row layout the
     model cannot run runs padded, with a warning saying why; so does any row layout for
     vision-language and encoder-decoder models (whose rows hold more than token sequences) and
     where something splits batches by rows (``rows_split`` says what: a row layout has one row).
     """
-    from ..attention import best_layout
+    from ..routing import best_layout
 
     if model_kind != "causal" or rows_split:
         why = f"{model_kind} models take padded batches only" if model_kind != "causal" else rows_split

@@ -27,7 +27,7 @@ by one callback (:mod:`~orpo.reliability.callback`):
   nothing, an output dir that cannot be written (or sits on a full disk), or a dataset smaller than
   one batch with ``dataloader_drop_last``.
 
-What this relies on in ``Trainer`` beyond its public API is in :mod:`~orpo.reliability.trainer_internals`.
+What this relies on in ``Trainer`` beyond its public API is in :mod:`~orpo.internals`.
 """
 
 from ..checkpoint import CheckpointError

@@ -2,7 +2,7 @@
 
 :class:`CheckpointCommitter` knows nothing of ``Trainer``: it is handed a ``write(staging)``
 function that writes every file of the checkpoint (``ORPOTrainer`` binds it to Trainer's savers,
-see :mod:`orpo.reliability.trainer_internals`), a ``barrier`` for several processes, whether
+see :mod:`orpo.internals`), a ``barrier`` for several processes, whether
 this process is the one that writes shared files, and how to tell the user to resume.  A
 ``checkpoint-<step>`` folder therefore only ever appears complete; a failed save (an ``OSError``,
 or the ``RuntimeError`` torch's writer raises when the disk fills mid-file) removes the partial

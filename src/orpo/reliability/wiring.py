@@ -4,7 +4,7 @@ The objects (``guard``, ``checkpoints``, ``signals``) know nothing of ``Trainer`
 builds them from the trainer's args and accelerator, passes each what it needs, and runs the
 few steps the trainer's hooks delegate to it (``train``, ``create_optimizer``, ``training_step``,
 ``_save_checkpoint``).  What it needs of ``Trainer`` beyond the public API goes through
-:mod:`~orpo.reliability.trainer_internals`.
+:mod:`~orpo.internals`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate.optimizer import AcceleratedOptimizer
 
+from .. import internals
 from ..checkpoint import CheckpointError, remove_stale_staging
 from ..errors import UsageError
 from ..modeling import is_peft_model
 from . import fit, preflight
-from . import trainer_internals as internals
 from .callback import ReliabilityCallback
 from .commit import CheckpointCommitter, elect_committer, save_failure
 from .diagnose import Diagnosis

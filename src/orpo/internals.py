@@ -1,9 +1,10 @@
-"""Every place orpo relies on ``transformers.Trainer``'s private API or undocumented behaviour.
+"""Every place orpo relies on transformers' private API or undocumented behaviour.
 
-Nothing else in orpo touches a ``Trainer`` member whose name starts with ``_`` (besides overriding
-``_save_checkpoint``, listed in :data:`OVERRIDDEN`).  Each function says what it relies on;
-``tests/unit/test_trainer_internals.py`` checks every one of them against the installed
-transformers and fails naming the version and the piece that changed.
+Nothing else in orpo touches a name of transformers that starts with ``_``: ``Trainer`` members (besides
+overriding ``_save_checkpoint``, listed in :data:`OVERRIDDEN`), the flash-attention forward and the
+attention registry that :mod:`orpo.attention` builds on, a model config's ``_attn_implementation``.  Each
+function says what it relies on; ``tests/unit/test_internals.py`` checks every one of them against the
+installed transformers and fails naming the version and the piece that changed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from transformers import Trainer
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import SaveStrategy, rotate_checkpoints
 
-from ..checkpoint import TRAINER_STATE_NAME, checkpoint_dir
+from .checkpoint import TRAINER_STATE_NAME, checkpoint_dir
 
 #: Private ``Trainer`` methods ``ORPOTrainer`` overrides, with the parameters Trainer calls them with.
 #: ``_save_checkpoint`` is where ``Trainer`` saves when ``control.should_save``; it offers no public hook
@@ -126,3 +127,46 @@ def prepare_inputs(trainer: Trainer, inputs: dict[str, Any]) -> dict[str, Any]:
     """``Trainer._prepare_inputs``: a batch moved to the device (and cast for DeepSpeed), as
     ``training_step`` prepares it; for ``prediction_step``, which runs ``compute_loss`` itself."""
     return trainer._prepare_inputs(inputs)
+
+
+# ---- attention (orpo.attention) -----------------------------------------------------------------
+#: Keyword arguments :func:`flash_attention_forward` passes through, by the caller that needs them.
+FLASH_KWARGS = (
+    "attention_mask",
+    "query_length",
+    "is_causal",
+    "dropout",
+    "softmax_scale",
+    "sliding_window",
+    "softcap",
+    "use_top_left_mask",
+    "target_dtype",
+    "attn_implementation",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+)
+
+
+def flash_attention_forward(*args: Any, **kwargs: Any) -> Any:
+    """``transformers.modeling_flash_attention_utils._flash_attention_forward``: the flash entry point
+    transformers' own layers call (dtype casts, sliding window, varlen from ``cu_seq_lens_*``); it has
+    no public name, and going through it keeps flash-attn 2/3 and kernels-hub versions alike."""
+    from transformers.modeling_flash_attention_utils import _flash_attention_forward
+
+    return _flash_attention_forward(*args, **kwargs)
+
+
+def attention_registered(name: str) -> bool:
+    """Whether ``AttentionInterface`` globally knows ``name`` (its ``_global_mapping``), so that
+    registering orpo's implementations stays idempotent."""
+    from transformers import AttentionInterface
+
+    return name in AttentionInterface._global_mapping
+
+
+def attn_implementation(config: Any) -> str | None:
+    """``PretrainedConfig._attn_implementation``: the attention a model dispatches to now (after
+    ``set_attn_implementation``); the public ``attn_implementation`` argument is only what it loaded with."""
+    return getattr(config, "_attn_implementation", None)

@@ -1,4 +1,4 @@
-"""The contract with ``transformers.Trainer`` that :mod:`orpo.reliability.trainer_internals` relies on.
+"""The contract with ``transformers.Trainer`` that :mod:`orpo.internals` relies on.
 
 Each test names the transformers version and the piece that changed, so an upgrade that breaks
 orpo's checkpoints, exact resume or non-finite guard fails here, loudly, before anywhere else.
@@ -17,8 +17,8 @@ import torch
 import transformers
 from transformers import Trainer, TrainerCallback, TrainingArguments, trainer_utils
 
+from orpo import internals
 from orpo.checkpoint import CHECKPOINT_PREFIX, TRAINER_STATE_NAME
-from orpo.reliability import trainer_internals as internals
 from orpo.reliability.optimizer import GatedOptimizer
 
 VERSION = transformers.__version__
@@ -26,7 +26,7 @@ VERSION = transformers.__version__
 
 def broken(piece: str, relied_on_by: str) -> str:
     return (
-        f"transformers {VERSION}: {piece} - orpo.reliability.trainer_internals.{relied_on_by} relies on it; "
+        f"transformers {VERSION}: {piece} - orpo.internals.{relied_on_by} relies on it; "
         "adapt that function (and only it) to this version"
     )
 
@@ -270,3 +270,41 @@ def test_save_weights_writes_what_save_model_writes(tmp_path):
             assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), broken(
                 f"{name} differs from save_model's", "save_weights"
             )
+
+
+# ---- attention (orpo.attention, orpo.routing) ---------------------------------------------------
+def test_the_flash_attention_forward_takes_what_orpo_passes():
+    from transformers import modeling_flash_attention_utils as flash
+
+    function = getattr(flash, "_flash_attention_forward", None)
+    assert callable(function), broken(
+        "modeling_flash_attention_utils._flash_attention_forward is gone", "flash_attention_forward"
+    )
+    parameters = inspect.signature(function).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    positional = list(parameters)[:5]
+    assert positional == ["query_states", "key_states", "value_states", "attention_mask", "query_length"], broken(
+        f"_flash_attention_forward's leading parameters are now {positional}", "flash_attention_forward"
+    )
+    missing = [name for name in internals.FLASH_KWARGS if name not in parameters and not takes_any]
+    assert not missing, broken(f"_flash_attention_forward lost keyword(s) {missing}", "flash_attention_forward")
+
+
+def test_the_attention_registry_and_the_configs_current_implementation():
+    from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig
+
+    assert isinstance(getattr(AttentionInterface, "_global_mapping", None), dict), broken(
+        "AttentionInterface._global_mapping is gone", "attention_registered"
+    )
+    assert internals.attention_registered("sdpa") and not internals.attention_registered("orpo_nothing")
+    AttentionInterface.register("orpo_contract_probe", AttentionInterface()["sdpa"])
+    assert internals.attention_registered("orpo_contract_probe")
+    config = LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    assert internals.attn_implementation(model.config) == "eager", broken(
+        "PretrainedConfig._attn_implementation no longer names the loaded attention", "attn_implementation"
+    )
+    model.set_attn_implementation("orpo_contract_probe")
+    assert internals.attn_implementation(model.config) == "orpo_contract_probe", broken(
+        "set_attn_implementation no longer shows in config._attn_implementation", "attn_implementation"
+    )
