@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
-from transformers.trainer_utils import SchedulerType
+from transformers.trainer_utils import FSDPOption, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from . import compat
@@ -73,6 +73,12 @@ class ORPOConfig(ORPOArguments, TrainingArguments):
         activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
             default=None,
             metadata={"help": "Keyword arguments for gradient_checkpointing_enable() (transformers' own name)."},
+        )
+    if not compat.FSDP_HAS_CONST:
+        # transformers 5.5's own type (mypy sees the newer one).
+        fsdp: list[FSDPOption] | str | None = field(  # type: ignore[assignment,unused-ignore]
+            default=None,
+            metadata={**TrainingArguments.__dataclass_fields__["fsdp"].metadata, "nargs": "?", "const": True},
         )
     if compat.HAS_WARMUP_RATIO_FIELD:
         warmup_ratio: float | None = field(default=None, init=False, repr=False)  # spelled as warmup_steps
