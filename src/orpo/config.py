@@ -75,7 +75,7 @@ class ORPOConfig(ORPOArguments, TrainingArguments):
             metadata={"help": "Keyword arguments for gradient_checkpointing_enable() (transformers' own name)."},
         )
     if not compat.FSDP_HAS_CONST:
-        # transformers 5.5's own type (mypy sees the newer one).
+        # transformers 5.3-5.5's own type (mypy sees the newer one).
         fsdp: list[FSDPOption] | str | None = field(  # type: ignore[assignment,unused-ignore]
             default=None,
             metadata={**TrainingArguments.__dataclass_fields__["fsdp"].metadata, "nargs": "?", "const": True},

@@ -182,7 +182,7 @@ def test_fsdp_alone_and_fsdp_true_in_yaml(tmp_path):
     recipe = tmp_path / "fsdp.yaml"
     recipe.write_text("model: m\ndata: d.jsonl\nfsdp: true\nfsdp_config:\n  version: 2\n", encoding="utf-8")
     config = resolve(*train_sources(["--config", str(recipe)])[0]).config
-    # How TrainingArguments spells "on" once resolved: True, or (transformers 5.5) its list of options.
+    # How TrainingArguments spells "on" once resolved: True, or (transformers 5.3-5.5) its list of options.
     on = True if compat.FSDP_HAS_CONST else [FSDPOption.FULL_SHARD]
     assert config.fsdp == on and type(config.fsdp) is type(on) and config.fsdp_config["version"] == 2
     flag = resolve(*train_sources(["--model", "m", "--data", "d", "--fsdp"])[0]).config.fsdp

@@ -47,7 +47,7 @@ class VisionORPODataCollator:
         ]
         images = [image for row in per_row for image in row] * 2  # chosen rows, then rejected rows
         if images:
-            # The image processor itself: at transformers 5.5 the Qwen2-VL and LLaVA processors need text too.
+            # The image processor itself: at transformers 5.3-5.5 the Qwen2-VL and LLaVA processors need text too.
             pixels = self.processor.image_processor(images=images, return_tensors="pt")
             unused = set(getattr(self.processor, "unused_input_names", None) or ())
             batch.update({key: value for key, value in pixels.items() if key not in unused})
