@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from typing import Any
 
+import torch
+from accelerate.utils import DistributedType
 from transformers import Trainer, TrainingArguments
 
 _TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -24,8 +27,33 @@ HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in _TRAINING_FIELDS
 #: ORPOConfig hides the old field from the option table.
 HAS_WARMUP_RATIO_FIELD = "warmup_ratio" in _TRAINING_FIELDS
 
+#: Newer transformers declare ``fsdp: str | None`` with argparse's ``const=True`` (a bare ``--fsdp`` turns it on);
+#: older ones (5.3-5.5) ``list[FSDPOption] | str | None`` without it, though they take ``fsdp=True`` too.  ORPOConfig
+#: gives the older field the newer metadata, so ``--fsdp`` and YAML ``fsdp: true`` mean the same everywhere.
+FSDP_HAS_CONST = "const" in TrainingArguments.__dataclass_fields__["fsdp"].metadata
+
 #: transformers >= 5.? passes the model to ``Trainer.create_optimizer(model)``; older releases call it bare.
 CREATE_OPTIMIZER_TAKES_MODEL = "model" in inspect.signature(Trainer.create_optimizer).parameters
+
+#: Newer transformers read ``Trainer.loss_is_scaled_for_ga``; older ones (5.3-5.5) skip their own division by the
+#: accumulation steps only when ``model_accepts_loss_kwargs`` (the loss was normalised by ``num_items_in_batch``).
+HAS_LOSS_IS_SCALED_FOR_GA = hasattr(Trainer, "loss_is_scaled_for_ga")
+
+
+def loss_is_scaled_for_ga(trainer: Any) -> None:
+    """Tell ``trainer`` that its loss is already normalised over the whole accumulation window, so neither it
+    nor accelerate divides it by the number of micro-batches again.
+
+    Older transformers (5.3-5.5) also create the Accelerator with the accumulation steps, whose ``backward`` then
+    divides a second time; newer ones give it 1 and accumulate themselves, as is done here.  DeepSpeed scales
+    in its own engine, where the Trainer already turns that off.
+    """
+    trainer.loss_is_scaled_for_ga = True
+    if not HAS_LOSS_IS_SCALED_FOR_GA:
+        trainer.model_accepts_loss_kwargs = True
+    accelerator = trainer.accelerator
+    if accelerator.gradient_accumulation_steps > 1 and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        accelerator.gradient_accumulation_steps = 1
 
 
 def sync_activation_checkpointing(args: Any) -> None:
@@ -48,3 +76,16 @@ def enable_activation_checkpointing(model: Any, kwargs: dict[str, Any] | None = 
         enable(kwargs)
     else:
         model.gradient_checkpointing_enable(kwargs)
+
+
+def _restore_indexed_cpu(storage: Any, location: str) -> Any:
+    return storage if re.fullmatch(r"cpu:\d+", location) else None
+
+
+def restore_indexed_cpu_locations() -> None:
+    """Let ``torch.load(map_location="cpu:0")`` work: transformers 5.3-5.5 resume a multi-process CPU (gloo) run
+    with ``map_location=args.device``, ``cpu:0``, which torch cannot restore; newer releases map to ``cpu``."""
+    try:
+        torch.serialization.default_restore_location(torch.UntypedStorage(0), "cpu:0")
+    except RuntimeError:
+        torch.serialization.register_package(100, lambda _storage: None, _restore_indexed_cpu)

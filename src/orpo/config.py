@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
-from transformers.trainer_utils import SchedulerType
+from transformers.trainer_utils import FSDPOption, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from . import compat
@@ -54,6 +54,8 @@ class ORPOConfig(ORPOArguments, TrainingArguments):
     )
     warmup_steps: float = field(default=0, metadata=_named("warmup_steps", "warmup_ratio"))
     lr_scheduler_type: SchedulerType | str = field(default="linear", metadata=_named("lr_scheduler_type", "scheduler"))
+    # transformers' default from torch 2.8, kept on older torch too: there transformers falls back to the plain
+    # AdamW, whose float16 state goes non-finite on float16 parameters (tests/integration/test_trl_parity.py).
     optim: OptimizerNames | str = field(default="adamw_torch_fused", metadata=_named("optim", "optimizer"))
     # transformers' own order of the union: HfArgumentParser relies on it.
     report_to: None | str | list[str] = field(default="none", metadata=_named("report_to", "log"))  # noqa: RUF036
@@ -73,6 +75,12 @@ class ORPOConfig(ORPOArguments, TrainingArguments):
         activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
             default=None,
             metadata={"help": "Keyword arguments for gradient_checkpointing_enable() (transformers' own name)."},
+        )
+    if not compat.FSDP_HAS_CONST:
+        # transformers 5.3-5.5's own type (mypy sees the newer one).
+        fsdp: list[FSDPOption] | str | None = field(  # type: ignore[assignment,unused-ignore]
+            default=None,
+            metadata={**TrainingArguments.__dataclass_fields__["fsdp"].metadata, "nargs": "?", "const": True},
         )
     if compat.HAS_WARMUP_RATIO_FIELD:
         warmup_ratio: float | None = field(default=None, init=False, repr=False)  # spelled as warmup_steps

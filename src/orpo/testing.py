@@ -6,6 +6,8 @@ given text, the models are built from a config.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -143,6 +145,15 @@ def _qwen2_vl_image_only_processor_class() -> type:
     return TinyQwen2VLProcessor
 
 
+def _pil_image_processor(model: str, name: str) -> Any:
+    """The PIL (not torchvision) image processor of ``model``: ``<name>Pil`` in transformers >= 5.4, before
+    that the plain ``<name>``, which was the PIL one then."""
+    package = f"transformers.models.{model}"
+    if importlib.util.find_spec(f"{package}.image_processing_pil_{model}") is not None:
+        return getattr(importlib.import_module(f"{package}.image_processing_pil_{model}"), f"{name}Pil")
+    return getattr(importlib.import_module(f"{package}.image_processing_{model}"), name)
+
+
 def build_vlm_processor(corpus: Iterable[str], style: str = "qwen2_vl", vocab_size: int = 400) -> object:
     """A processor (tokenizer + PIL image processor + chat template) for a tiny VLM of ``style``.
 
@@ -154,21 +165,21 @@ def build_vlm_processor(corpus: Iterable[str], style: str = "qwen2_vl", vocab_si
         raise ValueError(f"style must be one of {VLM_STYLES}, got {style!r}")
     tokenizer = build_tokenizer(corpus, vocab_size=vocab_size, chat_template=None)
     if style == "qwen2_vl":
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
+        qwen2_vl_images = _pil_image_processor("qwen2_vl", "Qwen2VLImageProcessor")
         tokenizer.add_special_tokens(
             {"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]},
             replace_extra_special_tokens=False,
         )
-        qwen_processor = Qwen2VLImageProcessorPil(
+        qwen_processor = qwen2_vl_images(
             patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=32 * 32
         )
         return _qwen2_vl_image_only_processor_class()(qwen_processor, tokenizer, chat_template=QWEN2_VL_TEMPLATE)
     from transformers import LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
-    clip = CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    clip = _pil_image_processor("clip", "CLIPImageProcessor")(
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
+    )
     return LlavaProcessor(
         clip,
         tokenizer,

@@ -105,8 +105,8 @@ class ORPOTrainer(Trainer):
             self.layout_choice, self.data_collator = layout_and_collator(
                 self.model_kind, args, processing_class, tokenizer_, self.model, self.data_collator, self.train_dataset
             )
-        # compute_loss already normalises by the whole accumulation window.
-        self.loss_is_scaled_for_ga = True
+        compat.loss_is_scaled_for_ga(self)  # compute_loss already normalises by the whole accumulation window
+        compat.restore_indexed_cpu_locations()
         sharded = bool(getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False))
         self.scorer = TokenScorer(args.fused_lm_head, args.label_pad_token_id, allow_fused=not sharded)
         self.metric_windows = MetricWindows()

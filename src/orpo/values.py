@@ -176,6 +176,8 @@ def value_kind(tp: Any, metadata: dict[str, Any]) -> ValueKind:
     origins = [typing.get_origin(m) or m for m in members]
     if members == [bool]:
         return ValueKind(lambda v: to_bool(v, optional), "BOOL", nargs="?", const=True, is_bool=True)
+    if list in origins and "const" in metadata and str in members:  # ORPOConfig.fsdp on transformers 5.3-5.5
+        return _text_kind([str], optional, literals, metadata)
     if list in origins:
         single = str in members
         return ValueKind(lambda v: to_list(v, single, optional), "VALUE", nargs="+")

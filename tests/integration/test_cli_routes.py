@@ -12,8 +12,9 @@ import dataclasses
 import pytest
 import yaml
 from _cli_support import assert_one_line_error, orpo_command, run
+from transformers.trainer_utils import FSDPOption
 
-from orpo import LLMTrainingParams
+from orpo import LLMTrainingParams, compat
 from orpo.cli.autotrain import autotrain_options, parse_aitraining
 from orpo.cli.train import train_sources
 from orpo.errors import UsageError
@@ -181,8 +182,11 @@ def test_fsdp_alone_and_fsdp_true_in_yaml(tmp_path):
     recipe = tmp_path / "fsdp.yaml"
     recipe.write_text("model: m\ndata: d.jsonl\nfsdp: true\nfsdp_config:\n  version: 2\n", encoding="utf-8")
     config = resolve(*train_sources(["--config", str(recipe)])[0]).config
-    assert config.fsdp is True and config.fsdp_config["version"] == 2
-    assert resolve(*train_sources(["--model", "m", "--data", "d", "--fsdp"])[0]).config.fsdp is True
+    # How TrainingArguments spells "on" once resolved: True, or (transformers 5.3-5.5) its list of options.
+    on = True if compat.FSDP_HAS_CONST else [FSDPOption.FULL_SHARD]
+    assert config.fsdp == on and type(config.fsdp) is type(on) and config.fsdp_config["version"] == 2
+    flag = resolve(*train_sources(["--model", "m", "--data", "d", "--fsdp"])[0]).config.fsdp
+    assert flag == on and type(flag) is type(on)
 
 
 def test_optional_flag_values_and_enums():

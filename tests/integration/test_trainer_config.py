@@ -9,7 +9,7 @@ import pytest
 from _reliability import learnable_pairs, max_diff, weights
 from transformers import TrainingArguments
 
-from orpo import ORPOConfig, ORPOTrainer
+from orpo import ORPOConfig, ORPOTrainer, compat
 from orpo.testing import tiny_causal_lm
 
 COMMON = {
@@ -30,9 +30,13 @@ def snapshot(config):
 
 @pytest.mark.parametrize("kind", [ORPOConfig, TrainingArguments], ids=["ORPOConfig", "TrainingArguments"])
 def test_training_leaves_the_callers_config_unchanged(tokenizer, tmp_path, kind):
-    config = kind(
-        output_dir=str(tmp_path), activation_checkpointing=True, remove_unused_columns=True, logging_steps=1, **COMMON
+    # TrainingArguments before 5.23 names the switch gradient_checkpointing only; ORPOConfig takes both names.
+    switch = (
+        "activation_checkpointing"
+        if kind is ORPOConfig or compat.HAS_ACTIVATION_CHECKPOINTING
+        else "gradient_checkpointing"
     )
+    config = kind(output_dir=str(tmp_path), remove_unused_columns=True, logging_steps=1, **{switch: True}, **COMMON)
     before = snapshot(config)
     trainer = ORPOTrainer(
         model=tiny_causal_lm(tokenizer), args=config, train_dataset=learnable_pairs(8), processing_class=tokenizer
@@ -45,7 +49,7 @@ def test_training_leaves_the_callers_config_unchanged(tokenizer, tmp_path, kind)
     if kind is ORPOConfig:
         assert config.is_encoder_decoder is None
     assert config.remove_unused_columns is True
-    assert config.activation_checkpointing_kwargs is None and config.gradient_checkpointing_kwargs is None
+    assert getattr(config, f"{switch}_kwargs") is None and config.gradient_checkpointing_kwargs is None
     assert trainer.model.is_gradient_checkpointing
 
 

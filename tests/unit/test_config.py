@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from transformers import HfArgumentParser, TrainingArguments
 
-from orpo import ORPOConfig, ORPOTrainer
+from orpo import ORPOConfig, ORPOTrainer, compat
 from orpo.testing import tiny_causal_lm
 
 #: The defaults TRL documents for its ORPOConfig (trl/trainer/orpo_config.py).
@@ -132,6 +132,10 @@ def test_redeclared_training_arguments_fields_keep_transformers_types_and_defaul
     redeclared = [
         f for f in dataclasses.fields(ORPOConfig) if f.name in base and f.metadata is not base[f.name].metadata
     ]
+    # transformers < 5.17 still has warmup_ratio, hidden by ORPOConfig (orpo spells it as warmup_steps).
+    hidden = {"warmup_ratio"} if compat.HAS_WARMUP_RATIO_FIELD else set()
+    # transformers' older fsdp field, given the bare-flag metadata of newer releases.
+    bare_flag = set() if compat.FSDP_HAS_CONST else {"fsdp"}
     assert {f.name for f in redeclared} == own | {
         "output_dir",
         "num_train_epochs",
@@ -143,12 +147,18 @@ def test_redeclared_training_arguments_fields_keep_transformers_types_and_defaul
         "report_to",
         "hub_model_id",
         "hub_token",
-    }
+    } | hidden | bare_flag
     for f in redeclared:
         assert ours[f.name] == theirs[f.name], f.name
-        if f.name not in own:
-            assert f.default == base[f.name].default, f.name
+        if f.name in hidden:
+            assert not f.init and f.default == base[f.name].default, f.name
+        elif f.name not in own:
+            # transformers' optim default is adamw_torch_fused from torch 2.8; orpo keeps it on older torch.
+            expected = "adamw_torch_fused" if f.name == "optim" else base[f.name].default
+            assert f.default == expected, f.name
             assert f.metadata["help"] == base[f.name].metadata["help"], f.name
+        if f.name in bare_flag:
+            assert f.metadata["nargs"] == "?" and f.metadata["const"] is True, f.name
     names = [f.name for f in dataclasses.fields(ORPOConfig)]
     assert names[: len(base)] == list(base)  # transformers' fields first, in their order, then ORPO's
 

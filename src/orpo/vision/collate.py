@@ -49,12 +49,11 @@ class VisionORPODataCollator:
         ]
         images = [image for row in per_row for image in row] * 2  # chosen rows, then rejected rows
         if images:
-            pixels = self.processor(images=images, return_tensors="pt")
+            # The image processor itself: at transformers 5.3-5.5 the Qwen2-VL and LLaVA processors need text too.
+            pixels = self.processor.image_processor(images=images, return_tensors="pt")
             unused = set(getattr(self.processor, "unused_input_names", None) or ())
             batch.update({key: value for key, value in pixels.items() if key not in unused})
-        if getattr(self.processor, "return_mm_token_type_ids", False) and hasattr(
-            self.processor, "create_mm_token_type_ids"
-        ):
+        if _wants_mm_token_type_ids(self.processor):
             types = self.processor.create_mm_token_type_ids(batch["input_ids"].tolist())
             batch["mm_token_type_ids"] = torch.tensor(types, dtype=torch.long)
         return batch
@@ -63,3 +62,10 @@ class VisionORPODataCollator:
     def from_args(cls, processor: Any, args: Any) -> VisionORPODataCollator:
         pad = args.padding_value if args.padding_value is not None else processor.tokenizer.pad_token_id
         return cls(processor, pad, args.label_pad_token_id, args.pad_to_multiple_of, args.nll_scope)
+
+
+def _wants_mm_token_type_ids(processor: Any) -> bool:
+    """Qwen2-VL-style models need ``mm_token_type_ids`` for their multimodal RoPE.  The processor says so by
+    listing it in ``model_input_names`` (every 5.x release) or by ``return_mm_token_type_ids`` (newer ones)."""
+    wanted = "mm_token_type_ids" in processor.model_input_names or getattr(processor, "return_mm_token_type_ids", False)
+    return bool(wanted) and hasattr(processor, "create_mm_token_type_ids")
