@@ -8,8 +8,8 @@
 #      flex per segment, with and without gradient checkpointing, 130 s;
 # then prints the two tables last.  Everything is also written under $OUT (default /tmp/gpu_check).
 #
-# Prepare the wheels here first (transformers 5.24.0, orpo's floor being 5.20; datasets, TRL,
-# liger-kernel): bash benchmarks/device_wheels.sh  -> .whl/, carried with the call.
+# Prepare the wheels here first (datasets, TRL, liger-kernel; the machine's transformers 5.17 is
+# within orpo's range): bash benchmarks/device_wheels.sh  -> .whl/, carried with the call.
 #
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
