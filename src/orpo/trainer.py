@@ -30,7 +30,8 @@ from .modeling import (
 )
 from .reliability import preflight
 from .reliability.wiring import Reliability
-from .scoring import TokenScorer, unwrap
+from .scorer import TokenScorer
+from .scoring import unwrap
 
 
 class ORPOTrainer(Trainer):

@@ -15,7 +15,7 @@ import torch
 from orpo import ORPOConfig, ORPOTrainer
 from orpo.data.collate import ORPODataCollator
 from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
-from orpo.scoring import TokenScorer
+from orpo.scorer import TokenScorer
 from orpo.testing import build_tokenizer
 
 pytestmark = [

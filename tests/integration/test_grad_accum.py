@@ -16,7 +16,7 @@ import torch
 from _reliability import make_trainer, max_diff, weights
 
 from orpo.loss import orpo_loss, pair_logps
-from orpo.scoring import TokenScorer
+from orpo.scorer import TokenScorer
 
 WORDS = ["sky", "grass", "hello", "world", "numbers", "answer", "color", "green"]
 

@@ -12,7 +12,8 @@ import torch
 from conftest import learnable_pairs
 from orpo.data import LengthLimits, ORPODataCollator, PairTokenizer
 from orpo.fused import linear_selective_log_softmax
-from orpo.scoring import TokenScorer, fused_scores, output_head, plain_scores
+from orpo.scorer import TokenScorer
+from orpo.scoring import fused_scores, output_head, plain_scores
 from orpo.testing import tiny_causal_lm
 
 

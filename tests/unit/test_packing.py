@@ -16,7 +16,8 @@ from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
 from orpo.host_syncs import detect_host_syncs
 from orpo.layouts import LAYOUT_KEY, SEGMENTS_KEY, Layout, layout_of, padded_of
 from orpo.routing import use_segment_attention
-from orpo.scoring import TokenScorer, fused_scores, plain_scores, row_scores, verify_packing
+from orpo.scorer import TokenScorer
+from orpo.scoring import fused_scores, plain_scores, row_scores, verify_packing
 from orpo.segments import Call
 from orpo.testing import tiny_causal_lm
 
