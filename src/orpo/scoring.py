@@ -156,6 +156,15 @@ def _scored_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, values.shape[-1]).index_select(0, index + index // (values.shape[1] - 1))
 
 
+def _placed(
+    scores: tuple[torch.Tensor, ...], index: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor
+) -> TokenScores:
+    """Log-probs and mean logits of the positions ``index`` in the padded layout (an ``index_copy``,
+    whose backward is a gather): where padded and row batches meet."""
+    logps, means = scores
+    return TokenScores(place_scored(logps, index, mask.shape), place_scored(means, index, mask.shape), mask, targets)
+
+
 def _padded_scores(
     batch: dict[str, Any], ignore_index: int, values: torch.Tensor, score: Callable[..., tuple[torch.Tensor, ...]]
 ) -> TokenScores:
@@ -169,8 +178,7 @@ def _padded_scores(
     if index is None:
         logps, means = score(values[:, :-1][mask], targets[mask])
         return TokenScores(_scatter(logps, mask), _scatter(means, mask), mask, targets)
-    logps, means = score(_scored_rows(values, index), targets.reshape(-1)[index])
-    return TokenScores(place_scored(logps, index, mask.shape), place_scored(means, index, mask.shape), mask, targets)
+    return _placed(score(_scored_rows(values, index), targets.reshape(-1)[index]), index, mask, targets)
 
 
 def plain_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int) -> TokenScores:
@@ -210,10 +218,10 @@ def row_scores(
     scored = targets.reshape(-1)[index]
     inputs = row_inputs({**batch, SEGMENTS_KEY: segments_of(batch)})
     if head is None:
-        logps, means = _from_logits(model(**inputs, use_cache=False).logits[0, source], scored)
+        scores = _from_logits(model(**inputs, use_cache=False).logits[0, source], scored)
     else:
-        logps, means = _from_hidden(model, head, run_capturing_head(model, inputs, head)[0, source], scored)
-    return TokenScores(place_scored(logps, index, mask.shape), place_scored(means, index, mask.shape), mask, targets)
+        scores = _from_hidden(model, head, run_capturing_head(model, inputs, head)[0, source], scored)
+    return _placed(scores, index, mask, targets)
 
 
 # ---- the one check: does a faster way compute what the reference way does? --------------------
