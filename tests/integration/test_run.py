@@ -114,3 +114,22 @@ def test_the_chosen_chat_template_reaches_the_tokenizer_on_every_route(tmp_path,
     assert trainer.processing_class.chat_template == CHAT_TEMPLATES["zephyr"] != CHAT_TEMPLATES["chatml"]
     assert tokenizer is None or trainer.processing_class is tokenizer
     assert model is None or trainer.model is model
+
+
+@pytest.mark.parametrize("revision", ["v1", None])
+def test_a_revision_for_a_local_model_folder_is_warned_about(tmp_path, caplog, revision):
+    """A local folder has no revisions: --model-revision would be ignored, so the run says so (once)."""
+    import logging
+
+    path = str(save_tiny_model(tmp_path / "model"))
+    rows = [{"prompt": "hello", "chosen": " yes", "rejected": " no"}] * 8
+    with caplog.at_level(logging.WARNING, logger="orpo.run"):
+        build_trainer(
+            ModelArguments(model_name_or_path=path, model_revision=revision),
+            None,
+            _config(tmp_path),
+            train_dataset=rows,
+            console=False,
+        )
+    said = [r.getMessage() for r in caplog.records if "model-revision" in r.getMessage()]
+    assert said == ([f"--model-revision v1 has no effect: --model {path} is a local folder"] if revision else [])
