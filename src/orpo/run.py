@@ -203,7 +203,9 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
     check_model_source(base or name)
     if model_args.model_revision is not None and Path(name).expanduser().exists():
         # a local folder has no branches or commits: the revision would be dropped without a word
-        logger.warning("--model-revision %s has no effect: --model %s is a local folder", model_args.model_revision, name)
+        logger.warning(
+            "--model-revision %s has no effect: --model %s is a local folder", model_args.model_revision, name
+        )
     own_tokenizer = base is None or (Path(name).expanduser() / "tokenizer_config.json").is_file()
     model, tokenizer = load_model_and_processor(
         base or name,
