@@ -26,7 +26,7 @@ import torch
 
 def load(path: str | None) -> Any:
     if path is None:
-        from orpo import fused
+        from orpo.scoring import fused
 
         return fused
     spec = importlib.util.spec_from_file_location("fused_under_test", path)
@@ -74,7 +74,7 @@ def measure(fused: Any, args: argparse.Namespace, chunk_rows: int | None) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", action="store_true")
-    parser.add_argument("--impl", default=None, help="path of a fused.py to time instead of orpo.fused")
+    parser.add_argument("--impl", default=None, help="path of a fused.py to time instead of orpo.scoring.fused")
     parser.add_argument("--tokens", type=int, default=None, help="scored rows (default: CPU 1536, GPU 16384)")
     parser.add_argument("--hidden", type=int, default=None, help="default: CPU 256, GPU 896")
     parser.add_argument("--vocab", type=int, default=None, help="default: CPU 32000, GPU 151936")
@@ -91,7 +91,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     fused = load(args.impl)
     flops = 8.0 * args.tokens * args.vocab * args.hidden
-    print(f"# impl: {args.impl or 'orpo.fused'}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    print(f"# impl: {args.impl or 'orpo.scoring.fused'}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print(f"# N {args.tokens}, H {args.hidden}, V {args.vocab}, {args.precision}, median of {args.repeats}")
     print("| chunk rows | s/step | process CPU s/step | TFLOP/s (8NVH, wall) | peak GiB |")
     print("|---|---|---|---|---|")

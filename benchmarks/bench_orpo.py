@@ -130,7 +130,7 @@ def make_pairs(settings: Settings) -> list[dict[str, str]]:
 
 
 def make_tokenizer(pairs: list[dict[str, str]]):
-    from orpo.testing import build_tokenizer
+    from orpo.demo.tiny import build_tokenizer
 
     corpus = [row[key] for row in pairs[:512] for key in ("prompt", "chosen", "rejected")]
     return build_tokenizer(corpus, vocab_size=8192)

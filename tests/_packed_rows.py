@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from orpo.segments import Segments, packed_segments, shared_prompt_segments
+from orpo.scoring.segments import Segments, packed_segments, shared_prompt_segments
 
 Pair = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
 

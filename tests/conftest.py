@@ -23,7 +23,7 @@ CORPUS = [
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from orpo.testing import build_tokenizer
+    from orpo.demo.tiny import build_tokenizer
 
     return build_tokenizer(CORPUS)
 

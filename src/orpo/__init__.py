@@ -11,26 +11,26 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it (the conversion itself is ``orpo.resolve.resolve``: a name
+#: public name -> the module that defines it (the conversion itself is ``orpo.config.resolve.resolve``: a name
 #: ``resolve`` here would be shadowed by the submodule)
 _WHERE = {
-    "AutoTrainProject": "autotrain",
-    "LLMTrainingParams": "autotrain",
-    "DataArguments": "arguments",
-    "ModelArguments": "arguments",
-    "ORPOConfig": "config",
+    "AutoTrainProject": "training.autotrain",
+    "LLMTrainingParams": "training.autotrain",
+    "DataArguments": "config.arguments",
+    "ModelArguments": "config.arguments",
+    "ORPOConfig": "config.orpo_config",
     "log1mexp": "loss",
     "odds_ratio_loss": "loss",
     "orpo_loss": "loss",
     "sequence_logps": "loss",
-    "CheckpointError": "reliability",
-    "NonFiniteError": "reliability",
-    "TrainingInterrupted": "reliability",
-    "ResolvedArgs": "resolve",
-    "TrainResult": "run",
-    "run_training": "run",
-    "METRIC_NAMES": "metrics",
-    "ORPOTrainer": "trainer",
+    "CheckpointError": "training.reliability",
+    "NonFiniteError": "training.reliability",
+    "TrainingInterrupted": "training.reliability",
+    "ResolvedArgs": "config.resolve",
+    "TrainResult": "training.run",
+    "run_training": "training.run",
+    "METRIC_NAMES": "training.metrics",
+    "ORPOTrainer": "training.trainer",
 }
 
 __all__ = [
@@ -55,15 +55,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .arguments import DataArguments, ModelArguments
-    from .autotrain import AutoTrainProject, LLMTrainingParams
-    from .config import ORPOConfig
-    from .loss import log1mexp, odds_ratio_loss, orpo_loss, sequence_logps
-    from .metrics import METRIC_NAMES
-    from .reliability import CheckpointError, NonFiniteError, TrainingInterrupted
-    from .resolve import ResolvedArgs
-    from .run import TrainResult, run_training
-    from .trainer import ORPOTrainer
+    from orpo.config.arguments import DataArguments, ModelArguments
+    from orpo.config.orpo_config import ORPOConfig
+    from orpo.config.resolve import ResolvedArgs
+    from orpo.loss import log1mexp, odds_ratio_loss, orpo_loss, sequence_logps
+    from orpo.training.autotrain import AutoTrainProject, LLMTrainingParams
+    from orpo.training.metrics import METRIC_NAMES
+    from orpo.training.reliability import CheckpointError, NonFiniteError, TrainingInterrupted
+    from orpo.training.run import TrainResult, run_training
+    from orpo.training.trainer import ORPOTrainer
 
 
 def __getattr__(name: str) -> Any:

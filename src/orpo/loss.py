@@ -16,7 +16,17 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .fused import rows_per_chunk
+# Float32 elements of one chunk of logits: ~256 MiB on GPU whatever the vocabulary size.  On CPU
+# a fresh 256 MiB buffer per chunk costs more in page faults than the matmul; 8 MiB chunks are faster.
+CHUNK_ELEMENTS = 1 << 26
+CPU_CHUNK_ELEMENTS = 1 << 21
+
+
+def rows_per_chunk(columns: int, device: torch.device) -> int:
+    """Rows of ``columns`` values processed at once: the chunk size of every chunked loop in orpo."""
+    budget = CHUNK_ELEMENTS if device.type != "cpu" else CPU_CHUNK_ELEMENTS
+    return max(1, budget // max(columns, 1))
+
 
 __all__ = [
     "MAX_AVG_LOGP",
@@ -217,7 +227,7 @@ def pair_logps(
 
     ``token_logps`` is ``[2B, L-1]`` in the shifted convention of :func:`token_logps` (position t
     scores ``labels[:, t+1]``) and covers every position that ``labels`` or ``nll_labels``
-    label (as :class:`orpo.scoring.TokenScores` does).  Sequence log-probs use the ``labels``
+    label (as :class:`orpo.scoring.logps.TokenScores` does).  Sequence log-probs use the ``labels``
     tokens (the completions); the NLL uses the chosen rows' ``nll_labels`` tokens when given
     (``nll_scope="prompt_and_completion"``), else their completion tokens.
     """

@@ -1,4 +1,4 @@
-"""GPU checks of orpo.attention: compiled flex with a BlockMask from segment bounds (gradients,
+"""GPU checks of orpo.scoring.attention: compiled flex with a BlockMask from segment bounds (gradients,
 GQA kept for a group size of 7 as in Qwen2-0.5B), sdpa per segment, flash varlen (if flash-attn
 is installed), no host sync in a packed step, and the fused head's float32-output weight gradient.
 
@@ -22,12 +22,12 @@ from _packed_rows import (
     random_pairs,
     shared_rows,
 )
-from orpo import attention, fused
-from orpo.attention import segment_forward_kwargs
-from orpo.host_syncs import detect_host_syncs
-from orpo.layouts import Layout
-from orpo.routing import segment_route, use_segment_attention
-from orpo.testing import build_tokenizer, tiny_causal_lm
+from orpo.demo.tiny import build_tokenizer, tiny_causal_lm
+from orpo.scoring import attention, fused
+from orpo.scoring.attention import segment_forward_kwargs
+from orpo.scoring.layouts import Layout
+from orpo.scoring.routing import segment_route, use_segment_attention
+from orpo.training.reliability.host_syncs import detect_host_syncs
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 LAYOUTS = {"packed": packed_rows, "shared": shared_rows}

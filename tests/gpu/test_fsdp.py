@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from orpo.checkpoint import verify_checkpoint
+from orpo.training.reliability.checkpoint import verify_checkpoint
 
 pytestmark = [
     pytest.mark.gpu,

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from orpo import ORPOConfig, ORPOTrainer
-from orpo.data.collate import ORPODataCollator
-from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
-from orpo.scorer import TokenScorer
-from orpo.testing import build_tokenizer
+from orpo.demo.tiny import build_tokenizer
+from orpo.scoring.collate import ORPODataCollator
+from orpo.scoring.packing import ORPOPackingCollator, ORPOSharedPromptCollator
+from orpo.scoring.scorer import TokenScorer
 
 pytestmark = [
     pytest.mark.gpu,

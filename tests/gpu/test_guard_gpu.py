@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orpo.host_syncs import DeferredRead
-from orpo.reliability.optimizer import GatedOptimizer
+from orpo.training.reliability.host_syncs import DeferredRead
+from orpo.training.reliability.optimizer import GatedOptimizer
 
 pytestmark = [
     pytest.mark.gpu,

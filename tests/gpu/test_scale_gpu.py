@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orpo.checkpoint import verify_checkpoint
+from orpo.training.reliability.checkpoint import verify_checkpoint
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))

@@ -51,7 +51,7 @@ def run(
 
 def save_tiny_model(path: Path, seed: int = 0) -> Path:
     """A 1-layer random Llama and its local tokenizer (ChatML template), saved like a hub model."""
-    from orpo.testing import build_tokenizer, tiny_causal_lm
+    from orpo.demo.tiny import build_tokenizer, tiny_causal_lm
 
     tokenizer = build_tokenizer(CORPUS)
     model = tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, seed=seed)

@@ -61,7 +61,7 @@ def make_trainer(
     **overrides: Any,
 ) -> Any:
     from orpo import ORPOTrainer
-    from orpo.testing import tiny_causal_lm
+    from orpo.demo.tiny import tiny_causal_lm
 
     peft_config = None
     if peft:

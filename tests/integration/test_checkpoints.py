@@ -10,7 +10,7 @@ import os
 import pytest
 from _reliability import StopAt, make_trainer, max_diff, weights
 
-from orpo.checkpoint import (
+from orpo.training.reliability.checkpoint import (
     MANIFEST_NAME,
     CheckpointError,
     check_structure,
@@ -167,7 +167,7 @@ def test_a_leftover_partial_save_is_removed_before_the_disk_is_checked(tokenizer
     """The leftover of a save that filled the disk must not make the next run fail its writability check."""
     import tempfile
 
-    from orpo.reliability import preflight
+    from orpo.training.reliability import preflight
 
     out = tmp_path / "run"
     _interrupted(tokenizer, out, 2)
@@ -190,7 +190,7 @@ def test_a_leftover_partial_save_is_removed_before_the_disk_is_checked(tokenizer
 
 
 def test_a_full_disk_is_named_as_such_before_training(tmp_path, monkeypatch):
-    from orpo.reliability import preflight
+    from orpo.training.reliability import preflight
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

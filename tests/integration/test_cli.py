@@ -12,9 +12,9 @@ from _cli_support import assert_one_line_error, orpo_command, run, save_tiny_mod
 from orpo import ORPOConfig
 from orpo.cli import main
 from orpo.cli.train import build_train_parser, train_sources
-from orpo.errors import UsageError
-from orpo.options import merge, option_table
-from orpo.resolve import recipe_source, resolve
+from orpo.config.options import merge, option_table
+from orpo.config.resolve import recipe_source, resolve
+from orpo.config.usage import UsageError
 
 RECIPES = Path(__file__).resolve().parents[2] / "src" / "orpo" / "recipes"
 
@@ -272,7 +272,7 @@ def test_the_resume_hint_is_the_same_command_with_resume(monkeypatch):
         seen.update(kwargs)
         raise Stop
 
-    monkeypatch.setattr("orpo.run.run_training", fake_run)
+    monkeypatch.setattr("orpo.training.run.run_training", fake_run)
     with pytest.raises(Stop):
         cmd_train(["--model", "m", "--data-path", "d.jsonl"])
     assert seen["resume_command"] == "orpo train --model m --data-path d.jsonl --resume-from-checkpoint latest"
@@ -443,7 +443,7 @@ def test_help_and_version(capsys):
 
 
 def test_data_inspect_is_delegated(workspace, capsys, monkeypatch):
-    import orpo.data.inspect as inspect_module
+    import orpo.cli.inspect as inspect_module
 
     seen = []
     monkeypatch.setattr(inspect_module, "print_report", lambda args: seen.append(args) or 0)

@@ -49,7 +49,7 @@ def test_generate_with_an_adapter_matches_in_process(adapter):
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [row["prompt"] for row in rows] == prompts
     # the same model in process (base + adapter, greedy, chat template) gives the same completions
-    from orpo.generation import generate, load_for_inference
+    from orpo.models.generation import generate, load_for_inference
 
     model, tokenizer = load_for_inference(str(adapter / "adapter"), device="cpu")
     assert [row["completion"] for row in rows] == generate(model, tokenizer, prompts, max_new_tokens=6)
@@ -58,7 +58,7 @@ def test_generate_with_an_adapter_matches_in_process(adapter):
 def test_render_prompt_uses_the_chat_template(adapter):
     from transformers import AutoTokenizer
 
-    from orpo.generation import encode_prompt, render_prompt
+    from orpo.models.generation import encode_prompt, render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(str(adapter / "base"))
     text = render_prompt(tokenizer, "hi", system="be brief")
@@ -71,7 +71,7 @@ def test_render_prompt_uses_the_chat_template(adapter):
 def test_chat_reads_turns_from_stdin(adapter):
     import io
 
-    from orpo.generation import chat, load_for_inference
+    from orpo.models.generation import chat, load_for_inference
 
     model, tokenizer = load_for_inference(str(adapter / "base"), device="cpu")
     out = io.StringIO()
@@ -85,7 +85,7 @@ def test_chat_reads_turns_from_stdin(adapter):
 def test_chat_answers_help_itself_and_streams_replies(adapter):
     import io
 
-    from orpo.generation import chat, generate, load_for_inference
+    from orpo.models.generation import chat, generate, load_for_inference
 
     model, tokenizer = load_for_inference(str(adapter / "base"), device="cpu")
     out = io.StringIO()
@@ -101,7 +101,7 @@ def test_chat_answers_help_itself_and_streams_replies(adapter):
 def test_streamed_text_is_the_returned_completion(adapter):
     import io
 
-    from orpo.generation import generate, load_for_inference
+    from orpo.models.generation import generate, load_for_inference
 
     model, tokenizer = load_for_inference(str(adapter / "adapter"), device="cpu")
     prompts = ["What is the color of the sky?", "hello"]
@@ -114,7 +114,7 @@ def test_streamed_text_is_the_returned_completion(adapter):
 
 
 def test_generation_is_bounded_by_the_context(adapter, caplog):
-    from orpo.generation import context_length, encode_prompt, generate, load_for_inference, render_prompt
+    from orpo.models.generation import context_length, encode_prompt, generate, load_for_inference, render_prompt
 
     model, tokenizer = load_for_inference(str(adapter / "base"), device="cpu")
     assert context_length(model) == 1024
@@ -128,7 +128,7 @@ def test_generation_is_bounded_by_the_context(adapter, caplog):
         return out
 
     model.generate = spy
-    with caplog.at_level("WARNING", logger="orpo.generation"):
+    with caplog.at_level("WARNING", logger="orpo.models.generation"):
         generate(model, tokenizer, ["hello"], max_new_tokens=100_000)
     assert caplog.messages == [
         f"max_new_tokens=100000 does not fit the model's context ({prompt_tokens + 3} tokens, {prompt_tokens} of them "

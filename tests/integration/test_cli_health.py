@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from orpo.health import HealthCallback, health_check
-from orpo.report import plot_training_curves, summary_table
-from orpo.run import TrainResult
+from orpo.training.health import HealthCallback, health_check
+from orpo.training.run import TrainResult
+from orpo.training.summary import plot_training_curves, summary_table
 
 
 def logs(chosen, rejected, accuracies=None, nll=None, evals=()):
@@ -179,7 +179,7 @@ def test_orpo_plot_redraws_from_trainer_state(tmp_path, capsys):
 
 
 def test_progress_bar_shows_loss_and_accuracy(capsys):
-    from orpo.callbacks import TqdmProgressCallback
+    from orpo.training.callbacks import TqdmProgressCallback
 
     class State:
         is_world_process_zero = True

@@ -14,12 +14,13 @@ import yaml
 from _cli_support import assert_one_line_error, orpo_command, run
 from transformers.trainer_utils import FSDPOption
 
-from orpo import LLMTrainingParams, compat
-from orpo.cli.autotrain import autotrain_options, parse_aitraining
+from orpo import LLMTrainingParams
+from orpo.cli.aitraining import autotrain_options, parse_aitraining
 from orpo.cli.train import train_sources
-from orpo.errors import UsageError
-from orpo.options import merge, option_table
-from orpo.resolve import resolve
+from orpo.config.options import merge, option_table
+from orpo.config.resolve import resolve
+from orpo.config.usage import UsageError
+from orpo.internals import releases as compat
 
 #: (orpo's field, AutoTrain's field, value): the same setting in both vocabularies.
 SETTINGS = [

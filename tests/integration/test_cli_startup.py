@@ -18,7 +18,7 @@ try:
     status = main(sys.argv[1:])
 except SystemExit as exit_:
     status = exit_.code
-heavy = sorted(name for name in ("torch", "transformers", "datasets", "orpo.trainer") if name in sys.modules)
+heavy = sorted(name for name in ("torch", "transformers", "datasets", "orpo.training.trainer") if name in sys.modules)
 print(json.dumps({"status": status, "heavy": heavy}))
 """
 
@@ -49,7 +49,7 @@ def test_help_and_version_import_no_torch(argv):
 
 
 def test_import_orpo_loss_does_not_import_the_trainer():
-    code = "import sys, orpo.loss; print('orpo.trainer' in sys.modules, 'transformers' in sys.modules)"
+    code = "import sys, orpo.loss; print('orpo.training.trainer' in sys.modules, 'transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
 

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from _cli_support import save_tiny_model, write_pairs
 
-from orpo import shipped
 from orpo.cli import main
 from orpo.cli.train import train_sources
-from orpo.errors import UsageError
-from orpo.resolve import resolve
+from orpo.config import shipped
+from orpo.config.resolve import resolve
+from orpo.config.usage import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,11 +105,13 @@ def test_orpo_env_text_and_json(capsys, monkeypatch):
 def test_missing_tracker_fails_before_data_preparation(tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    import orpo.run
+    import orpo.training.run
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    monkeypatch.setattr(orpo.run, "load_data", lambda *a: pytest.fail("data prepared before the tracker check"))
+    monkeypatch.setattr(
+        orpo.training.run, "load_data", lambda *a: pytest.fail("data prepared before the tracker check")
+    )
     save_tiny_model(tmp_path / "model")
     write_pairs(tmp_path / "prefs.jsonl", 4)
     argv = ["train", "--model", str(tmp_path / "model"), "--data-path", str(tmp_path / "prefs.jsonl")]

@@ -26,9 +26,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from orpo.data.inspect import main
+from orpo.cli.inspect import main
+from orpo.cli.inspect_stats import LengthStats, inspect_dataset, percentile
 from orpo.data.load import load_preference_data
-from orpo.data.report import LengthStats, inspect_dataset, percentile
 from orpo.data.tokenize import LengthLimits
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
@@ -217,7 +217,7 @@ def test_bad_flags_are_one_line_errors_with_exit_2(capsys, argv, expected):
 
 def test_flags_are_orpo_trains(word_tokenizer_dir):
     """The same spellings as `orpo train` (AutoTrain's and the handbook's too), and ORPOConfig's defaults."""
-    from orpo.cli.inspect import parse_args
+    from orpo.cli.inspect_flags import parse_args
 
     args = parse_args(
         [str(REPORT), "--model", word_tokenizer_dir, "--subset", "s", "--train-split", "train[:5]", "--num-proc", "2"]
@@ -243,7 +243,7 @@ def test_python_dash_m_entry_point(tmp_path):
         "HF_HUB_OFFLINE": "1",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "orpo.data.inspect", str(tmp_path / "conv.jsonl")],
+        [sys.executable, "-m", "orpo.cli.inspect", str(tmp_path / "conv.jsonl")],
         capture_output=True,
         text=True,
         env=env,

@@ -10,14 +10,14 @@ import pytest
 from _cli_support import save_tiny_model
 
 from orpo import ModelArguments, ORPOConfig
-from orpo.arguments import DataArguments
+from orpo.config.arguments import DataArguments
+from orpo.config.options import Source
+from orpo.config.resolve import recipe_source, resolve
+from orpo.config.usage import UsageError
 from orpo.data import DataError
 from orpo.data.stream import MIX_COLUMN
-from orpo.errors import UsageError
-from orpo.loading import load_data
-from orpo.options import Source
-from orpo.resolve import recipe_source, resolve
-from orpo.run import run_training
+from orpo.training.inputs import load_data
+from orpo.training.run import run_training
 
 
 def _rows(tag: str, n: int) -> list[dict[str, str]]:

@@ -10,7 +10,7 @@ import pytest
 
 from orpo import ORPOConfig, ORPOTrainer
 from orpo.data import load_preference_data
-from orpo.testing import tiny_causal_lm
+from orpo.demo.tiny import tiny_causal_lm
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 

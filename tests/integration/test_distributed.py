@@ -17,7 +17,7 @@ import pytest
 from _reliability import HERE, learnable_pairs, make_trainer, weights
 from safetensors.torch import load_file
 
-from orpo.checkpoint import verify_checkpoint
+from orpo.training.reliability.checkpoint import verify_checkpoint
 
 COMMON = {"max_steps": 4, "gradient_accumulation_steps": 2, "use_cpu": True, "save_steps": 4}
 

@@ -2,7 +2,7 @@
 
 Launched *without* ``--use-cpu``: on a machine without GPUs the processes must still form one gloo
 group (else each would train alone, on a quarter of the global batch, racing on the output dir).
-The final model is saved by every process taking part (:mod:`orpo.distributed`) and must load with
+The final model is saved by every process taking part (:mod:`orpo.training.distributed`) and must load with
 ``from_pretrained`` and equal the single-process run with the same global batch (8 pairs per step:
 2 per process x 2 processes x GA 2, or 4 x GA 2).  A third run resumes from the 2-process
 checkpoint at step 2 (its per-process RNG and loop-state files) and must end at the same weights.
@@ -19,7 +19,7 @@ import pytest
 import torch
 from _cli_support import ENV, orpo_command, run, save_tiny_model, write_pairs
 
-from orpo.checkpoint import verify_checkpoint
+from orpo.training.reliability.checkpoint import verify_checkpoint
 
 pytestmark = pytest.mark.slow
 

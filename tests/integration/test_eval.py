@@ -11,8 +11,8 @@ import torch
 
 from orpo.cli.eval import build_parser, main, run
 from orpo.data import DataError
-from orpo.evaluation import METRICS, compare, sample_completions
-from orpo.loading import UsageError
+from orpo.training.evaluation import METRICS, compare, sample_completions
+from orpo.training.inputs import UsageError
 
 CORPUS = [
     "Question about the sky and the grass? yes no maybe blue green",
@@ -29,7 +29,7 @@ ROWS = [
 
 
 def save_model(path: Path, seed: int) -> Path:
-    from orpo.testing import build_tokenizer, tiny_causal_lm
+    from orpo.demo.tiny import build_tokenizer, tiny_causal_lm
 
     tokenizer = build_tokenizer(CORPUS, vocab_size=300)
     tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, seed=seed).save_pretrained(str(path))
@@ -156,7 +156,7 @@ def test_compare_scores_both_models_and_counts_pairs(setup, capsys):
 
 
 def test_compare_lines_up_pairs_by_source_row():
-    from orpo.evaluation import PairScores
+    from orpo.training.evaluation import PairScores
 
     first = PairScores(torch.tensor([0.0, -1.0, -1.0]), torch.tensor([-1.0, 0.0, 0.0]), ["r0", "r1", "r2"])
     second = PairScores(torch.tensor([0.0, -1.0]), torch.tensor([-1.0, -2.0]), ["r1", "r0"])
@@ -164,7 +164,7 @@ def test_compare_lines_up_pairs_by_source_row():
 
 
 def test_generations_side_by_side_are_the_models_greedy_completions(setup, capsys):
-    from orpo.generation import generate, load_for_inference
+    from orpo.models.generation import generate, load_for_inference
 
     model_a, model_b, data = setup
     result = eval_json(
@@ -183,7 +183,7 @@ def test_generations_side_by_side_are_the_models_greedy_completions(setup, capsy
 
 def test_batched_sampling_matches_one_prompt_at_a_time(setup):
     """Left padding changes nothing: greedy batches equal unpadded single runs; sampling is seeded."""
-    from orpo.generation import encode_prompt, load_for_inference
+    from orpo.models.generation import encode_prompt, load_for_inference
 
     model, tokenizer = load_for_inference(str(setup[0]), device="cpu")
     prompts = [encode_prompt(tokenizer, text) for text in ("hello world", "What is two plus two? four five six")]
@@ -259,7 +259,7 @@ def test_errors_are_one_line_naming_the_problem(setup, tmp_path, argv, error, me
 
 
 def test_encoder_decoder_models_are_refused(tmp_path, setup):
-    from orpo.testing import build_seq2seq_tokenizer, tiny_seq2seq_lm
+    from orpo.demo.tiny import build_seq2seq_tokenizer, tiny_seq2seq_lm
 
     tokenizer = build_seq2seq_tokenizer(CORPUS)
     tiny_seq2seq_lm(tokenizer).save_pretrained(str(tmp_path / "t5"))

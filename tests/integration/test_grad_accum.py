@@ -16,7 +16,7 @@ import torch
 from _reliability import make_trainer, max_diff, weights
 
 from orpo.loss import orpo_loss, pair_logps
-from orpo.scorer import TokenScorer
+from orpo.scoring.scorer import TokenScorer
 
 WORDS = ["sky", "grass", "hello", "world", "numbers", "answer", "color", "green"]
 
@@ -122,7 +122,7 @@ def test_compute_loss_is_orpo_loss_of_pair_logps(tokenizer, tmp_path, caplog, nl
     loss = trainer.compute_loss(model, batch)
     expected = orpo_loss(pairs.chosen, pairs.rejected, 0.3, pairs.nll_logp_sum, *pairs.counts)
     assert torch.equal(loss, expected.loss)
-    with caplog.at_level(logging.WARNING, logger="orpo.metrics"):  # counted on device, reported once per log
+    with caplog.at_level(logging.WARNING, logger="orpo.training.metrics"):  # counted on device, reported once per log
         metrics = trainer._pop_metrics("train")
     assert "1 pair(s) since the last log have an empty completion and are excluded" in caplog.text
     assert metrics["nll_loss"] == pytest.approx(expected.nll_loss.item(), rel=1e-6)

@@ -12,7 +12,7 @@ from test_trainer import BASE, Recorder, params, uneven_pairs
 
 from conftest import learnable_pairs
 from orpo import ORPOConfig, ORPOTrainer
-from orpo.testing import tiny_causal_lm
+from orpo.demo.tiny import tiny_causal_lm
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -9,9 +9,9 @@ import yaml
 from _cli_support import save_tiny_model, write_pairs
 
 from orpo import ModelArguments, ORPOConfig
-from orpo.arguments import DataArguments
-from orpo.card import PAPER, VERSIONED, versions
-from orpo.run import build_trainer, finish_training
+from orpo.config.arguments import DataArguments
+from orpo.training.card import PAPER, VERSIONED, versions
+from orpo.training.run import build_trainer, finish_training
 
 
 def _config(tmp_path, **kwargs) -> ORPOConfig:
@@ -115,7 +115,7 @@ def test_push_card_adds_the_callers_tags_and_hub_metadata(lora_run, tmp_path):
 
 def test_full_model_card_names_a_hub_base_in_metadata(tmp_path, tokenizer):
     from orpo import ORPOTrainer
-    from orpo.testing import tiny_causal_lm
+    from orpo.demo.tiny import tiny_causal_lm
 
     model = tiny_causal_lm(tokenizer, hidden_size=32)
     model.name_or_path = "org/base-model"

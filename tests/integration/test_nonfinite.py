@@ -15,7 +15,7 @@ import torch
 from _reliability import make_trainer, max_diff, weights
 from transformers import TrainerCallback
 
-from orpo.reliability import NonFiniteError, TrainingInterrupted
+from orpo.training.reliability import NonFiniteError, TrainingInterrupted
 
 POISON_ROW = 5
 MARK = "<|im_start|>"  # a special token no other row contains
@@ -165,7 +165,7 @@ def test_nonfinite_batches_between_logs_are_skipped_and_counted(tokenizer, tmp_p
     poison(trainer, tokenizer)
     snapshots = Snapshots(trainer)
     trainer.add_callback(snapshots)
-    with caplog.at_level(logging.WARNING, logger="orpo.reliability.guard"):
+    with caplog.at_level(logging.WARNING, logger="orpo.training.reliability.guard"):
         trainer.train()
     skipped = [int(step) for step in re.findall(r"non-finite loss[a-z ]* at optimizer step (\d+) ", caplog.text)]
     assert len(skipped) == 2 and trainer.recorder.logs[-1]["skipped_batches"] == 2

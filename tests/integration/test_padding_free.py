@@ -10,9 +10,9 @@ import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from orpo import ORPOConfig, ORPOTrainer
-from orpo.data.collate import ORPODataCollator
-from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
-from orpo.testing import tiny_causal_lm
+from orpo.demo.tiny import tiny_causal_lm
+from orpo.scoring.collate import ORPODataCollator
+from orpo.scoring.packing import ORPOPackingCollator, ORPOSharedPromptCollator
 
 WORDS = ["sky", "grass", "hello", "world", "numbers", "answer", "color", "green", "blue", "yes", "no"]
 

@@ -9,7 +9,7 @@ import pytest
 from _cli_support import save_tiny_model, write_pairs
 
 from orpo import AutoTrainProject, LLMTrainingParams
-from orpo.errors import UsageError
+from orpo.config.usage import UsageError
 
 
 def test_defaults_are_autotrains():

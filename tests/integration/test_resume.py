@@ -13,7 +13,7 @@ import pytest
 import torch
 from _reliability import StopAt, make_trainer, max_diff, weights
 
-from orpo.checkpoint import MANIFEST_NAME, verify_checkpoint
+from orpo.training.reliability.checkpoint import MANIFEST_NAME, verify_checkpoint
 
 COMMON = {"max_steps": 9, "logging_steps": 2}  # 24 pairs / 4 per step: 6 steps per epoch
 

@@ -14,7 +14,7 @@ import pytest
 from _reliability import make_trainer
 
 from conftest import learnable_pairs
-from orpo.reliability.fit import FINGERPRINT_NAME, describe_load_error
+from orpo.training.reliability.fit import FINGERPRINT_NAME, describe_load_error
 
 RUN = {"max_steps": 2, "save_steps": 2, "logging_steps": 1}
 
@@ -59,11 +59,11 @@ def test_a_lora_checkpoint_without_lora_and_the_reverse(tokenizer, checkpoints, 
 
 
 def test_another_models_checkpoint_is_named_in_one_line(tokenizer, checkpoints, tmp_path, monkeypatch):
-    import orpo.testing
+    import orpo.demo.tiny
 
     full, lora = _copy(checkpoints, "full", tmp_path), _copy(checkpoints, "lora", tmp_path)
-    tiny = orpo.testing.tiny_causal_lm
-    monkeypatch.setattr(orpo.testing, "tiny_causal_lm", lambda tok, seed=0: tiny(tok, hidden_size=32, seed=seed))
+    tiny = orpo.demo.tiny.tiny_causal_lm
+    monkeypatch.setattr(orpo.demo.tiny, "tiny_causal_lm", lambda tok, seed=0: tiny(tok, hidden_size=32, seed=seed))
     with pytest.raises(ValueError) as info:
         _resume(tokenizer, full)
     assert str(info.value) == (
@@ -91,10 +91,10 @@ def test_changed_data_or_settings_are_warned_about_and_the_resume_logged(tokeniz
     full = _copy(checkpoints, "full", tmp_path)
     saved = json.loads((full / "checkpoint-2" / FINGERPRINT_NAME).read_text())
     assert saved["settings"]["beta"] == 0.1 and saved["data"]["pairs"] == 24
-    caplog.set_level(logging.INFO, logger="orpo.reliability")
+    caplog.set_level(logging.INFO, logger="orpo.training.reliability")
     resumed = _resume(tokenizer, full, data=learnable_pairs(30, seed=3), beta=0.2)
     assert resumed.state.global_step == 4
-    messages = [r.getMessage() for r in caplog.records if r.name.startswith("orpo.reliability")]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("orpo.training.reliability")]
     assert f"resuming from {full / 'checkpoint-2'}" in messages
     assert (
         f"resuming from {full / 'checkpoint-2'} with changes since it was written: beta 0.1 -> 0.2; max_steps 2 -> 4; "
@@ -111,8 +111,8 @@ def test_changed_data_or_settings_are_warned_about_and_the_resume_logged(tokeniz
 
 
 def test_the_summary_counts_the_steps_of_this_session(tokenizer, checkpoints, tmp_path):
-    from orpo.report import summary_table
-    from orpo.run import finish_training
+    from orpo.training.run import finish_training
+    from orpo.training.summary import summary_table
 
     full = _copy(checkpoints, "full", tmp_path)
     trainer = make_trainer(tokenizer, full, **{**RUN, "max_steps": 5})
@@ -128,9 +128,9 @@ def test_a_start_adapter_run_resumes_its_lora_checkpoint_without_peft(tmp_path):
     from safetensors.torch import save_file
 
     from orpo import ORPOConfig
-    from orpo.arguments import ModelArguments
-    from orpo.reliability.commit import CheckpointCommitter
-    from orpo.run import check_resume
+    from orpo.config.arguments import ModelArguments
+    from orpo.training.reliability.commit import CheckpointCommitter
+    from orpo.training.run import check_resume
 
     start = tmp_path / "sft-adapter"
     start.mkdir()

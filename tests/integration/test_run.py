@@ -10,9 +10,9 @@ import pytest
 from _cli_support import save_tiny_model, write_pairs
 
 from orpo import ModelArguments, ORPOConfig
-from orpo.arguments import DataArguments
-from orpo.loading import auto_logging_steps
-from orpo.run import build_trainer, copy_config, run_training
+from orpo.config.arguments import DataArguments
+from orpo.training.inputs import auto_logging_steps
+from orpo.training.run import build_trainer, copy_config, run_training
 
 
 def _config(tmp_path, **kwargs) -> ORPOConfig:
@@ -35,7 +35,7 @@ def _fields(config: ORPOConfig) -> dict:
 
 
 def test_build_trainer_leaves_the_callers_config_unchanged(tmp_path, tokenizer):
-    from orpo.testing import tiny_causal_lm
+    from orpo.demo.tiny import tiny_causal_lm
 
     config = _config(tmp_path, lr_scheduler_kwargs={"power": 2.0})
     before = copy.deepcopy(_fields(config))
@@ -96,7 +96,7 @@ def test_the_chosen_chat_template_reaches_the_tokenizer_on_every_route(tmp_path,
     --chat-template, not the template saved with it (ChatML)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from orpo.loading import CHAT_TEMPLATES
+    from orpo.training.inputs import CHAT_TEMPLATES
 
     path = str(save_tiny_model(tmp_path / "model"))
     model = AutoModelForCausalLM.from_pretrained(path) if "model" in given else None
@@ -123,7 +123,7 @@ def test_a_revision_for_a_local_model_folder_is_warned_about(tmp_path, caplog, r
 
     path = str(save_tiny_model(tmp_path / "model"))
     rows = [{"prompt": "hello", "chosen": " yes", "rejected": " no"}] * 8
-    with caplog.at_level(logging.WARNING, logger="orpo.run"):
+    with caplog.at_level(logging.WARNING, logger="orpo.training.run"):
         build_trainer(
             ModelArguments(model_name_or_path=path, model_revision=revision),
             None,

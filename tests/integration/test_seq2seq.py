@@ -10,10 +10,15 @@ import torch
 
 from orpo import METRIC_NAMES, ORPOConfig, ORPOTrainer
 from orpo.data import DataError
-from orpo.layouts import LAYOUT_KEY, Layout
+from orpo.demo.tiny import build_seq2seq_tokenizer, tiny_seq2seq_lm
 from orpo.loss import selective_log_softmax
-from orpo.seq2seq import EncoderSpecials, Seq2SeqORPODataCollator, decoder_prefix, prepare_seq2seq_dataset
-from orpo.testing import build_seq2seq_tokenizer, tiny_seq2seq_lm
+from orpo.models.encoder_decoder import (
+    EncoderSpecials,
+    Seq2SeqORPODataCollator,
+    decoder_prefix,
+    prepare_seq2seq_dataset,
+)
+from orpo.scoring.layouts import LAYOUT_KEY, Layout
 
 CORPUS = [
     "Question about the sky and the grass? yes sky grass no hello world answer color green numbers",
@@ -229,7 +234,7 @@ def test_lora_eval_and_trainer_from_a_local_path(tmp_path, tokenizers, caplog):
     tokenizer.save_pretrained(source)
     lora = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     args = config(tmp_path / "out", max_steps=3, is_encoder_decoder=True, nll_scope="prompt_and_completion")
-    with caplog.at_level(logging.WARNING, logger="orpo.seq2seq"):
+    with caplog.at_level(logging.WARNING, logger="orpo.models.encoder_decoder"):
         trainer = ORPOTrainer(
             model=str(source), args=args, train_dataset=pairs(8), eval_dataset=pairs(4), peft_config=lora
         )

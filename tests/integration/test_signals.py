@@ -12,7 +12,7 @@ import time
 import pytest
 from _reliability import HERE, make_trainer, max_diff, weights
 
-from orpo.checkpoint import verify_checkpoint
+from orpo.training.reliability.checkpoint import verify_checkpoint
 
 RUN = {"max_steps": 12, "save_steps": 1000, "logging_steps": 1}
 

@@ -11,12 +11,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import orpo.run
+import orpo.training.run
 from orpo.cli.train import train_sources
-from orpo.errors import UsageError
-from orpo.loading import lora_config
-from orpo.resolve import resolve
-from orpo.run import build_trainer, finish_training
+from orpo.config.resolve import resolve
+from orpo.config.usage import UsageError
+from orpo.training.inputs import lora_config
+from orpo.training.run import build_trainer, finish_training
 
 ALPHA, R = 16, 4
 
@@ -72,7 +72,7 @@ def test_adapter_merged_first_then_new_lora(start):
 
 
 def test_start_adapter_errors(start, monkeypatch):
-    monkeypatch.setattr(orpo.run, "load_data", lambda *a: pytest.fail("data read before the check"))
+    monkeypatch.setattr(orpo.training.run, "load_data", lambda *a: pytest.fail("data read before the check"))
     resolved = args(start, "--peft")
     with pytest.raises(UsageError, match="--model is a LoRA adapter, which is trained on as it is: drop --peft"):
         build_trainer(resolved.model, resolved.data, resolved.config, console=False)
@@ -93,7 +93,7 @@ def test_dora_rslora_and_lora_config_from_flags_and_yaml(start, tmp_path):
 
 
 def test_lora_config_bad_keys_fail_before_data(start, monkeypatch):
-    monkeypatch.setattr(orpo.run, "load_data", lambda *a: pytest.fail("data read before the check"))
+    monkeypatch.setattr(orpo.training.run, "load_data", lambda *a: pytest.fail("data read before the check"))
     unknown = args(start, "--peft", "--lora-config", '{"use_dorra": true}', model="base")
     with pytest.raises(
         UsageError, match=r"lora_config: unknown key 'use_dorra'; LoraConfig takes: .*init_lora_weights"

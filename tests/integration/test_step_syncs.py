@@ -1,7 +1,7 @@
 """No host syncs in orpo's part of a training step (issue 11): the loss, the guarded optimizer step and
 orpo's callbacks never read a device value back, so on an accelerator the host keeps queuing work.
 
-:func:`orpo.host_syncs.detect_host_syncs` sees every value read, data-dependent shape and explicit
+:func:`orpo.training.reliability.host_syncs.detect_host_syncs` sees every value read, data-dependent shape and explicit
 synchronize made from Python; on CPU the calls are the same as on a GPU, so these tests prove it
 wherever they run.  Only syncs made from orpo's code count (``within=WATCHED``): transformers' loop reads
 the loss and gradient norm back each step, and its sdpa mask code checks a padded batch's mask for
@@ -21,13 +21,13 @@ from _reliability import make_trainer
 from transformers import TrainerCallback
 
 import orpo
-import orpo.trainer
-from orpo.callbacks import LineProgressCallback, TqdmProgressCallback
-from orpo.health import HealthCallback
-from orpo.host_syncs import detect_host_syncs
-from orpo.layouts import Layout
-from orpo.reliability.guard import NonFiniteGuard
-from orpo.reliability.optimizer import GatedOptimizer
+import orpo.training.trainer
+from orpo.scoring.layouts import Layout
+from orpo.training.callbacks import LineProgressCallback, TqdmProgressCallback
+from orpo.training.health import HealthCallback
+from orpo.training.reliability.guard import NonFiniteGuard
+from orpo.training.reliability.host_syncs import detect_host_syncs
+from orpo.training.reliability.optimizer import GatedOptimizer
 
 #: The batch layouts a step is checked with (ORPOConfig overrides): every layout, the default (auto) included.
 LAYOUTS = [
@@ -90,7 +90,7 @@ def test_compute_loss_and_backward_make_no_host_sync(tokenizer, tmp_path, layout
 def test_a_sync_in_compute_loss_is_caught(tokenizer, tmp_path, monkeypatch):
     trainer = make_trainer(tokenizer, tmp_path)
     batch = _padded_batch(trainer)
-    pair_logps = orpo.trainer.pair_logps
+    pair_logps = orpo.training.trainer.pair_logps
 
     def checking(*args: Any, **kwargs: Any) -> Any:
         pairs = pair_logps(*args, **kwargs)
@@ -98,7 +98,7 @@ def test_a_sync_in_compute_loss_is_caught(tokenizer, tmp_path, monkeypatch):
         return pairs
 
     _run_first_batch_checks(trainer)
-    monkeypatch.setattr(orpo.trainer, "pair_logps", checking)
+    monkeypatch.setattr(orpo.training.trainer, "pair_logps", checking)
     with detect_host_syncs(raise_on_sync=False, within=WATCHED) as syncs:
         trainer.compute_loss(trainer.model.train(), batch)
     assert [event.split(":")[0] for event in syncs.events] == [f"Tensor.__bool__ at {__file__}"]

@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from conftest import learnable_pairs
 from orpo import METRIC_NAMES, ORPOConfig, ORPOTrainer
-from orpo.layouts import Layout, layout_of, padded_of
-from orpo.testing import tiny_causal_lm
+from orpo.demo.tiny import tiny_causal_lm
+from orpo.scoring.layouts import Layout, layout_of, padded_of
 
 BASE = {
     "per_device_train_batch_size": 8,
@@ -433,7 +433,7 @@ def test_the_last_step_is_logged_even_between_logging_steps(tokenizer, tmp_path)
 
 def test_plain_strings_for_a_chat_tokenizer_are_counted_and_warned_about(tokenizer, tmp_path, caplog):
     from orpo.data import prepare_preference_dataset
-    from orpo.testing import build_tokenizer
+    from orpo.demo.tiny import build_tokenizer
 
     args = ORPOConfig(output_dir=str(tmp_path), report_to=[])
     rows = learnable_pairs(6)
@@ -455,7 +455,7 @@ def test_plain_strings_for_a_chat_tokenizer_are_counted_and_warned_about(tokeniz
 
 
 def test_a_model_folder_without_tokenizer_files_says_so(tokenizer, tmp_path):
-    from orpo.modeling import load_tokenizer
+    from orpo.models.loading import load_tokenizer
 
     tiny_causal_lm(tokenizer, hidden_size=32).save_pretrained(tmp_path)
     with pytest.raises(OSError) as info:

@@ -9,8 +9,9 @@ import pytest
 from _reliability import learnable_pairs, max_diff, weights
 from transformers import TrainingArguments
 
-from orpo import ORPOConfig, ORPOTrainer, compat
-from orpo.testing import tiny_causal_lm
+from orpo import ORPOConfig, ORPOTrainer
+from orpo.demo.tiny import tiny_causal_lm
+from orpo.internals import releases as compat
 
 COMMON = {
     "max_steps": 2,

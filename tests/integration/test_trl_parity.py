@@ -16,8 +16,8 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from orpo import ORPOConfig, ORPOTrainer
-from orpo.modeling import HubSource, load_model, load_tokenizer
-from orpo.testing import build_seq2seq_tokenizer, tiny_causal_lm, tiny_seq2seq_lm
+from orpo.demo.tiny import build_seq2seq_tokenizer, tiny_causal_lm, tiny_seq2seq_lm
+from orpo.models.loading import HubSource, load_model, load_tokenizer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -304,7 +304,7 @@ def test_remote_code_is_refused_unless_trust_remote_code(remote_model, tokenizer
 def record_hub_loads(monkeypatch) -> list[tuple[str, str, dict]]:
     """(class, path, its trust_remote_code and revision) of each config, tokenizer and model load orpo makes (a
     local folder has no revisions, so the calls are recorded, then made without one)."""
-    import orpo.modeling as modeling
+    import orpo.models.loading as modeling
 
     calls: list[tuple[str, str, dict]] = []
     depth = [0]  # orpo's own calls only, not those transformers makes inside them
@@ -341,10 +341,10 @@ def test_trust_remote_code_and_revision_reach_every_load(remote_model, monkeypat
 def test_the_trainer_and_the_run_engine_load_through_one_loader(remote_model, tmp_path, monkeypatch):
     """``ORPOTrainer(model="path")`` and ``build_trainer`` (``orpo train``) call the one loader and make the
     same loads, in the same order, with the same revision and trust_remote_code."""
-    import orpo.modeling as modeling
-    import orpo.trainer
+    import orpo.models.loading as modeling
+    import orpo.training.trainer
     from orpo import ModelArguments
-    from orpo.run import build_trainer
+    from orpo.training.run import build_trainer
 
     calls = record_hub_loads(monkeypatch)
     given: list[str] = []
@@ -355,7 +355,7 @@ def test_the_trainer_and_the_run_engine_load_through_one_loader(remote_model, tm
         return real_loader(model, *args, **kwargs)
 
     monkeypatch.setattr(modeling, "load_model_and_processor", loader)
-    monkeypatch.setattr(orpo.trainer, "load_model_and_processor", loader)
+    monkeypatch.setattr(orpo.training.trainer, "load_model_and_processor", loader)
     data = Dataset.from_list(preference_rows("standard"))
     by_name = config(tmp_path, trust_remote_code=True, model_init_kwargs={"revision": "v1"})
     trainer = ORPOTrainer(model=str(remote_model), args=by_name, train_dataset=data)
@@ -386,8 +386,8 @@ def test_the_resume_check_reads_the_model_config_with_the_same_source(remote_mod
     from safetensors.torch import save_file
 
     from orpo import ModelArguments
-    from orpo.reliability.commit import CheckpointCommitter
-    from orpo.run import check_resume
+    from orpo.training.reliability.commit import CheckpointCommitter
+    from orpo.training.run import check_resume
 
     saved = json.loads((remote_model / "config.json").read_text(encoding="utf-8"))
 
@@ -410,7 +410,7 @@ def test_the_resume_check_reads_the_model_config_with_the_same_source(remote_mod
 
 
 def test_the_cli_names_trust_remote_code_for_a_remote_model(remote_model, tmp_path):
-    from orpo.generation import load_for_inference
+    from orpo.models.generation import load_for_inference
 
     with pytest.raises(ValueError, match=r"--trust-remote-code"):
         load_for_inference(str(remote_model), device="cpu")
@@ -426,9 +426,9 @@ def test_generate_chat_and_merge_load_through_the_one_loader(remote_model, tmp_p
 
     from peft import get_peft_model
 
-    import orpo.modeling as modeling
-    from orpo.generation import load_for_inference, merge_adapter
-    from orpo.testing import build_tokenizer
+    import orpo.models.loading as modeling
+    from orpo.demo.tiny import build_tokenizer
+    from orpo.models.generation import load_for_inference, merge_adapter
 
     path = str(remote_model)
     torch.manual_seed(0)
@@ -470,7 +470,7 @@ def test_an_adapter_whose_base_has_no_tokenizer_names_the_base(saved_model, tmp_
     """Neither beside the adapter nor in its base: the error names the base and what it holds instead."""
     from peft import get_peft_model
 
-    from orpo.generation import load_for_inference, merge_adapter
+    from orpo.models.generation import load_for_inference, merge_adapter
 
     base = tmp_path / "weights-only"
     base.mkdir()

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from orpo import METRIC_NAMES, ORPOConfig, ORPOTrainer
-from orpo.testing import build_vlm_processor, make_image, tiny_vlm
-from orpo.vision import find_vision_tower
+from orpo.demo.tiny import build_vlm_processor, make_image, tiny_vlm
+from orpo.models.vision import find_vision_tower
 
 CORPUS = ["What color is the image? red blue green yes no idea a square"] * 10
 COLORS = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 160, 0)}
@@ -144,7 +144,7 @@ def test_lora_on_the_language_part_changes_only_adapters(tmp_path, processors, s
 
 def test_eval_save_and_trainer_from_a_local_path(tmp_path, processors):
     """model= a path: load_model picks AutoModelForImageTextToText, load_tokenizer the processor."""
-    from orpo.modeling import load_model, load_processor
+    from orpo.models.loading import load_model, load_processor
 
     processor = processors["llava"]
     source = tmp_path / "tiny-llava"
@@ -183,7 +183,7 @@ def test_remove_unused_columns_keeps_the_images(tmp_path, processors):
 @pytest.mark.parametrize("style", STYLES)
 def test_fused_head_is_exact_and_used_on_image_batches(tmp_path, processors, style):
     """Image batches are verified whole (patches do not slice by row), then take the fused LM head."""
-    from orpo.scoring import fused_scores, output_head, plain_scores
+    from orpo.scoring.logps import fused_scores, output_head, plain_scores
 
     processor = processors[style]
     model = tiny_vlm(processor, style).double()

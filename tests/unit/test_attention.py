@@ -1,4 +1,4 @@
-"""Per-segment attention (orpo.attention) == the padded batch, in float64, values and gradients,
+"""Per-segment attention (orpo.scoring.attention) == the padded batch, in float64, values and gradients,
 on tiny Llama / Qwen2 / Mistral (sliding window) / Gemma2 (softcap) models called directly."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from _packed_rows import (
     random_pairs,
     shared_rows,
 )
-from orpo.attention import SEGMENT_MASK, segment_forward_kwargs
-from orpo.host_syncs import detect_host_syncs
-from orpo.layouts import Layout
-from orpo.routing import base_implementation, segment_route, use_segment_attention
-from orpo.testing import tiny_causal_lm
+from orpo.demo.tiny import tiny_causal_lm
+from orpo.scoring.attention import SEGMENT_MASK, segment_forward_kwargs
+from orpo.scoring.layouts import Layout
+from orpo.scoring.routing import base_implementation, segment_route, use_segment_attention
+from orpo.training.reliability.host_syncs import detect_host_syncs
 
 LAYOUTS = {"packed": packed_rows, "shared": shared_rows}
 
@@ -155,7 +155,7 @@ def test_route(tokenizer):
 
 
 def test_best_layout(tokenizer):
-    from orpo.routing import best_layout
+    from orpo.scoring.routing import best_layout
 
     sdpa = _model(tokenizer)
     assert best_layout(sdpa) == (Layout.SHARED_PROMPT, ("orpo_sdpa", ""))

@@ -1,4 +1,4 @@
-"""The flex and flash paths of orpo.attention on CPU: flex forward values (torch's CPU flex has no
+"""The flex and flash paths of orpo.scoring.attention on CPU: flex forward values (torch's CPU flex has no
 backward; tests/gpu covers gradients), and the flash varlen plumbing (gathers, cumulative and
 maximum lengths, the two shared-prompt calls) against a reference varlen kernel."""
 
@@ -18,10 +18,10 @@ from _packed_rows import (
     random_pairs,
     shared_rows,
 )
-from orpo import attention
-from orpo.attention import segment_forward_kwargs
-from orpo.routing import use_segment_attention
-from orpo.testing import tiny_causal_lm
+from orpo.demo.tiny import tiny_causal_lm
+from orpo.scoring import attention
+from orpo.scoring.attention import segment_forward_kwargs
+from orpo.scoring.routing import use_segment_attention
 
 LAYOUTS = {"packed": packed_rows, "shared": shared_rows}
 

@@ -10,7 +10,7 @@ import pytest
 from orpo import ORPOConfig
 from orpo.data import prepare_preference_dataset
 from orpo.data.formats import RENDERS_EMPTY
-from orpo.loading import CHAT_TEMPLATES
+from orpo.training.inputs import CHAT_TEMPLATES
 
 #: Shows tools, tool calls and a thinking switch, like Qwen3's template does.
 TOOL_TEMPLATE = (
@@ -84,7 +84,7 @@ def test_chat_template_kwargs_must_be_a_mapping():
 
 
 def test_data_inspect_resolves_a_chat_template_name(capsys):
-    from orpo.data.inspect import main
+    from orpo.cli.inspect import main
 
     fixture = Path(__file__).parents[1] / "fixtures" / "data" / "conversational.jsonl"
     assert main([str(fixture), "--chat-template", "zephyr", "--example", "0"]) == 0

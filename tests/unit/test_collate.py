@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from orpo import ORPOConfig
-from orpo.data import ORPODataCollator
-from orpo.data.collate import choose_collator, choose_layout
-from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
-from orpo.layouts import LAYOUT_KEY, Layout, layout_of
+from orpo.scoring.collate import ORPODataCollator, choose_collator, choose_layout
+from orpo.scoring.layouts import LAYOUT_KEY, Layout, layout_of
+from orpo.scoring.packing import ORPOPackingCollator, ORPOSharedPromptCollator
 
 PAD, IGN = 0, -100
 PAIRS = [
@@ -96,7 +95,7 @@ def test_a_batch_without_a_marker_is_padded_and_a_bad_marker_is_named():
     batch = ORPODataCollator(pad_token_id=PAD)(PAIRS)
     del batch[LAYOUT_KEY]  # e.g. a user's own collator
     assert layout_of(batch) is Layout.PADDED
-    with pytest.raises(TypeError, match=r"batch\['orpo_layout'\] must be an orpo.layouts.Layout, not str"):
+    with pytest.raises(TypeError, match=r"batch\['orpo_layout'\] must be an orpo.scoring.layouts.Layout, not str"):
         layout_of({**batch, LAYOUT_KEY: "packed"})
 
 
@@ -104,7 +103,7 @@ def test_the_marker_and_segments_survive_the_trainer_and_accelerate_device_moves
     from accelerate.utils import send_to_device
     from transformers import Trainer, TrainingArguments
 
-    from orpo.layouts import SEGMENTS_KEY
+    from orpo.scoring.layouts import SEGMENTS_KEY
 
     for collator, layout in (
         (ORPOPackingCollator(pad_token_id=PAD), Layout.PACKED),
@@ -159,7 +158,7 @@ def test_the_requested_layout(tmp_path, layout, padding_free, shared_prompt, req
     ],
 )
 def test_contradicting_layout_options_are_one_usage_error(tmp_path, fields, switches):
-    from orpo.errors import UsageError
+    from orpo.config.usage import UsageError
 
     with pytest.raises(UsageError) as caught:
         _config(tmp_path, **fields)
@@ -175,7 +174,7 @@ def test_an_unknown_layout_is_named(tmp_path):
 
 
 def _tiny(tokenizer, attn):
-    from orpo.testing import tiny_causal_lm
+    from orpo.demo.tiny import tiny_causal_lm
 
     return tiny_causal_lm(tokenizer, attn_implementation=attn)
 
@@ -200,7 +199,7 @@ CHOICES = [  # (attn_implementation, requested) -> layout, implementation, reaso
 @pytest.mark.parametrize(("attn", "requested", "layout", "implementation", "reason"), CHOICES)
 def test_choose_layout_logs_one_line(tokenizer, caplog, attn, requested, layout, implementation, reason):
     model = _tiny(tokenizer, attn)
-    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
         choice = choose_layout("causal", requested, model)
     assert choice == (layout, implementation, reason)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
@@ -212,7 +211,7 @@ def test_choose_layout_logs_one_line(tokenizer, caplog, attn, requested, layout,
 
 
 def test_a_requested_layout_that_cannot_run_is_padded_with_a_warning(tokenizer, caplog):
-    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
         choice = choose_layout("causal", "shared_prompt", _tiny(tokenizer, "flex_attention"))
     assert choice.layout is Layout.PADDED and choice.implementation is None
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
@@ -227,7 +226,7 @@ def test_a_requested_layout_that_cannot_run_is_padded_with_a_warning(tokenizer, 
 @pytest.mark.parametrize("kind", ["vision", "seq2seq"])
 @pytest.mark.parametrize("requested", ["auto", "padded", "padding_free", "shared_prompt"])
 def test_vision_and_seq2seq_models_take_padded_batches(caplog, kind, requested):
-    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
         choice = choose_layout(kind, requested, torch.nn.Linear(1, 1))
     reason = f"{kind} models take padded batches only"
     assert choice == (Layout.PADDED, None, reason)
@@ -262,9 +261,9 @@ class _Tokenizer:
 
 
 def test_choose_collator_for_seq2seq_and_vision_models(tmp_path):
-    from orpo.seq2seq import Seq2SeqORPODataCollator
-    from orpo.testing import build_seq2seq_tokenizer, build_vlm_processor, tiny_seq2seq_lm
-    from orpo.vision import VisionORPODataCollator
+    from orpo.demo.tiny import build_seq2seq_tokenizer, build_vlm_processor, tiny_seq2seq_lm
+    from orpo.models.encoder_decoder import Seq2SeqORPODataCollator
+    from orpo.models.vision import VisionORPODataCollator
 
     args = _config(tmp_path)
     tokenizer = build_seq2seq_tokenizer(["hello world yes no"] * 4, "bart")
@@ -278,7 +277,7 @@ def test_choose_collator_for_seq2seq_and_vision_models(tmp_path):
 
 def test_where_batches_are_split_by_rows_they_are_padded(tokenizer, caplog):
     reason = "streamed training data: accelerate splits its batches by rows"
-    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
         choice = choose_layout("causal", "auto", _tiny(tokenizer, "sdpa"), rows_split=reason)
         assert choice == (Layout.PADDED, None, reason)
         choose_layout("causal", "shared_prompt", _tiny(tokenizer, "sdpa"), rows_split=reason)
@@ -295,7 +294,7 @@ def test_a_streamed_trainer_collates_padded(tokenizer, tmp_path, caplog):
 
     rows = [{"prompt": f"q{i}?", "chosen": " yes", "rejected": " no"} for i in range(8)]
     stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
-    with caplog.at_level(logging.INFO, logger="orpo.data.collate"):
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
         trainer = ORPOTrainer(
             model=_tiny(tokenizer, "sdpa"),
             args=_config(tmp_path, max_steps=1, use_cpu=True),

@@ -1,4 +1,4 @@
-"""orpo.compat: what it changes is the same on every transformers release it runs on."""
+"""orpo.internals.releases: what it changes is the same on every transformers release it runs on."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import io
 import pytest
 import torch
 
-from orpo import ORPOConfig, ORPOTrainer, compat
-from orpo.testing import tiny_causal_lm
+from orpo import ORPOConfig, ORPOTrainer
+from orpo.demo.tiny import tiny_causal_lm
+from orpo.internals import releases as compat
 
 
 def test_torch_loads_onto_an_indexed_cpu_device():

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 from transformers import HfArgumentParser, TrainingArguments
 
-from orpo import ORPOConfig, ORPOTrainer, compat
-from orpo.testing import tiny_causal_lm
+from orpo import ORPOConfig, ORPOTrainer
+from orpo.demo.tiny import tiny_causal_lm
+from orpo.internals import releases as compat
 
 #: The defaults TRL documents for its ORPOConfig (trl/trainer/orpo_config.py).
 TRL_DEFAULTS = {

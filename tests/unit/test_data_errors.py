@@ -291,7 +291,7 @@ def test_too_long_error_names_the_original_line_after_drops(tmp_path, tokenizer)
 
 
 def test_conversational_data_without_a_chat_template(tmp_path):
-    from orpo.testing import build_tokenizer
+    from orpo.demo.tiny import build_tokenizer
 
     plain = build_tokenizer(["hello world"], chat_template=None)
     rows = [{"chosen": conversation("Sky?", "Blue."), "rejected": conversation("Sky?", "Green.")}]

@@ -14,9 +14,9 @@ import pytest
 
 from orpo import ORPOConfig
 from orpo.data import DataError, load_preference_data, prepare_preference_dataset
-from orpo.seq2seq import prepare_seq2seq_dataset
-from orpo.testing import build_seq2seq_tokenizer, build_tokenizer, build_vlm_processor, make_image
-from orpo.vision import prepare_vision_dataset
+from orpo.demo.tiny import build_seq2seq_tokenizer, build_tokenizer, build_vlm_processor, make_image
+from orpo.models.encoder_decoder import prepare_seq2seq_dataset
+from orpo.models.vision import prepare_vision_dataset
 
 CORPUS = ["What color is it? Which one? red blue green same no idea a square yes"] * 10
 KINDS = ("text", "vision", "seq2seq")
@@ -126,8 +126,8 @@ def test_second_run_is_served_from_the_cache(kind, processors, tmp_path, monkeyp
     """Every row tokenizer and normaliser pickles to the same fingerprint: nothing is recomputed."""
     from orpo.data.normalise import Normaliser
     from orpo.data.tokenize import PairTokenizer
-    from orpo.seq2seq import Seq2SeqRowTokenizer
-    from orpo.vision.tokenize import VisionNormaliser, VisionRowTokenizer
+    from orpo.models.encoder_decoder import Seq2SeqRowTokenizer
+    from orpo.models.vision.rows import VisionNormaliser, VisionRowTokenizer
 
     classes = {
         "text": (Normaliser, PairTokenizer),

@@ -67,7 +67,7 @@ def test_second_run_is_served_from_the_cache(tmp_path, tokenizer, monkeypatch):
     assert again["chosen_input_ids"] == first["chosen_input_ids"]
 
     # another tokenizer (or other limits) is another fingerprint: tokenized afresh
-    from orpo.testing import build_tokenizer
+    from orpo.demo.tiny import build_tokenizer
 
     other = build_tokenizer(["Question yes no"] * 10, vocab_size=300)
     prepare_preference_dataset(load_preference_data(path)["train"], other, config(tmp_path))

@@ -77,7 +77,7 @@ def test_duplicates_across_separate_batches(tokenizer):
 def test_a_streamed_training_run_needs_max_steps_and_trains(tokenizer, tmp_path):
     from conftest import learnable_pairs
     from orpo import ORPOTrainer
-    from orpo.testing import tiny_causal_lm
+    from orpo.demo.tiny import tiny_causal_lm
 
     stream = datasets.Dataset.from_list(learnable_pairs(16)).to_iterable_dataset(num_shards=1)
     with pytest.raises(ValueError, match="max_steps"):

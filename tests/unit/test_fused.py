@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from conftest import learnable_pairs
-from orpo.data import LengthLimits, ORPODataCollator, PairTokenizer
-from orpo.fused import linear_selective_log_softmax
-from orpo.scorer import TokenScorer
-from orpo.scoring import fused_scores, output_head, plain_scores
-from orpo.testing import tiny_causal_lm
+from orpo.data import LengthLimits, PairTokenizer
+from orpo.demo.tiny import tiny_causal_lm
+from orpo.scoring.collate import ORPODataCollator
+from orpo.scoring.fused import linear_selective_log_softmax
+from orpo.scoring.logps import fused_scores, output_head, plain_scores
+from orpo.scoring.scorer import TokenScorer
 
 
 def reference(hidden, weight, index, bias=None, softcap=None, scale=None):
@@ -179,7 +180,7 @@ def test_scorer_falls_back_for_a_lora_wrapped_head(tokenizer, batches, caplog):
         tiny_causal_lm(tokenizer, hidden_size=32), LoraConfig(r=4, target_modules=["q_proj", "lm_head"])
     )
     scorer = TokenScorer(fused=True)
-    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring.logps"):
         scores = scorer(model, batches["completion"])
     assert scorer.uses_fused is False
     assert "not a plain torch.nn.Linear" in caplog.text
@@ -198,7 +199,7 @@ def test_scorer_falls_back_when_verification_fails(tokenizer, batches, caplog):
 
     model.forward = doubled
     scorer = TokenScorer(fused=True)
-    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring.logps"):
         scores = scorer(model, batches["completion"])
     assert scorer.uses_fused is False
     assert "using the plain path" in caplog.text

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orpo import fused
-from orpo.fused import linear_selective_log_softmax
+from orpo.scoring import fused
+from orpo.scoring.fused import linear_selective_log_softmax
 
 
 def _inputs(n=96, h=64, v=500, seed=0):

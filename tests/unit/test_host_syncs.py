@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from orpo.host_syncs import DeferredRead, HostSyncError, detect_host_syncs
+from orpo.training.reliability.host_syncs import DeferredRead, HostSyncError, detect_host_syncs
 
 SYNCS = {
     "item": lambda x: x.sum().item(),

@@ -1,4 +1,4 @@
-"""The contract with ``transformers.Trainer`` that :mod:`orpo.internals` relies on.
+"""The contract with ``transformers.Trainer`` that :mod:`orpo.internals.private` relies on.
 
 Each test names the transformers version and the piece that changed, so an upgrade that breaks
 orpo's checkpoints, exact resume or non-finite guard fails here, loudly, before anywhere else.
@@ -17,16 +17,16 @@ import torch
 import transformers
 from transformers import Trainer, TrainerCallback, TrainingArguments, trainer_utils
 
-from orpo import internals
-from orpo.checkpoint import CHECKPOINT_PREFIX, TRAINER_STATE_NAME
-from orpo.reliability.optimizer import GatedOptimizer
+from orpo.internals import private as internals
+from orpo.training.reliability.checkpoint import CHECKPOINT_PREFIX, TRAINER_STATE_NAME
+from orpo.training.reliability.optimizer import GatedOptimizer
 
 VERSION = transformers.__version__
 
 
 def broken(piece: str, relied_on_by: str) -> str:
     return (
-        f"transformers {VERSION}: {piece} - orpo.internals.{relied_on_by} relies on it; "
+        f"transformers {VERSION}: {piece} - orpo.internals.private.{relied_on_by} relies on it; "
         "adapt that function (and only it) to this version"
     )
 
@@ -244,8 +244,8 @@ def test_write_checkpoint_writes_what_trainer_writes(tmp_path):
 def test_activation_checkpointing_is_non_reentrant_by_default(tokenizer, tmp_path):
     """orpo leaves ``activation_checkpointing_kwargs`` unset and relies on transformers' non-reentrant default
     (reentrant checkpointing loses the gradients of adapters on frozen inputs)."""
-    from orpo.compat import enable_activation_checkpointing
-    from orpo.testing import tiny_causal_lm
+    from orpo.demo.tiny import tiny_causal_lm
+    from orpo.internals.releases import enable_activation_checkpointing
 
     model = tiny_causal_lm(tokenizer)
     enable_activation_checkpointing(model)
@@ -272,7 +272,7 @@ def test_save_weights_writes_what_save_model_writes(tmp_path):
             )
 
 
-# ---- attention (orpo.attention, orpo.routing) ---------------------------------------------------
+# ---- attention (orpo.scoring.attention, orpo.scoring.routing) ---------------------------------------------------
 def test_the_flash_attention_forward_takes_what_orpo_passes():
     from transformers import modeling_flash_attention_utils as flash
 

@@ -223,7 +223,7 @@ def _hand_batch():
 
 
 def _scored(logits, labels, nll_labels):
-    """Token log-probs as orpo.scoring lays them out: completion labels, plus the NLL's prompt labels."""
+    """Token log-probs as orpo.scoring.logps lays them out: completion labels, plus the NLL's prompt labels."""
     targets = torch.where(labels != -100, labels, nll_labels) if nll_labels is not None else labels
     return token_logps(logits, targets)[0]
 

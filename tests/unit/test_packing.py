@@ -11,15 +11,15 @@ import pytest
 import torch
 
 import orpo
-from orpo.data.collate import ORPODataCollator
-from orpo.data.packing import ORPOPackingCollator, ORPOSharedPromptCollator
-from orpo.host_syncs import detect_host_syncs
-from orpo.layouts import LAYOUT_KEY, SEGMENTS_KEY, Layout, layout_of, padded_of
-from orpo.routing import use_segment_attention
-from orpo.scorer import TokenScorer
-from orpo.scoring import fused_scores, plain_scores, row_scores, verify_packing
-from orpo.segments import Call
-from orpo.testing import tiny_causal_lm
+from orpo.demo.tiny import tiny_causal_lm
+from orpo.scoring.collate import ORPODataCollator
+from orpo.scoring.layouts import LAYOUT_KEY, SEGMENTS_KEY, Layout, layout_of, padded_of
+from orpo.scoring.logps import fused_scores, plain_scores, row_scores, verify_packing
+from orpo.scoring.packing import ORPOPackingCollator, ORPOSharedPromptCollator
+from orpo.scoring.routing import use_segment_attention
+from orpo.scoring.scorer import TokenScorer
+from orpo.scoring.segments import Call
+from orpo.training.reliability.host_syncs import detect_host_syncs
 
 
 def _features(tokenizer, n: int = 3, seed: int = 0) -> list[dict[str, list[int]]]:
@@ -186,7 +186,7 @@ def test_unsupported_model_falls_back_to_padded_with_a_warning(tokenizer, caplog
     padded, packed = _collate(tokenizer, _features(tokenizer, seed=6))
     weights = torch.ones(padded["labels"][:, 1:].shape)
     _, ref, ref_grads = _scores_and_grads(model, padded, False, weights)
-    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring.logps"):
         scorer, got, grads = _scores_and_grads(model, packed, False, weights)
     assert scorer.uses_packing is False
     assert any("padding_free" in record.getMessage() for record in caplog.records)
@@ -283,7 +283,7 @@ def test_shared_prompt_falls_back_to_padded_for_a_model_that_ignores_it(tokenize
     padded = ORPODataCollator(pad_token_id=tokenizer.pad_token_id)(features)
     weights = torch.ones(padded["labels"][:, 1:].shape)
     _, ref, _ = _scores_and_grads(model, padded, False, weights)
-    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring.logps"):
         scorer, got, _ = _scores_and_grads(model, _shared(tokenizer, features), False, weights)
     assert scorer.uses_shared_prompt is False
     assert any("shared_prompt" in record.getMessage() for record in caplog.records)
@@ -336,7 +336,7 @@ def test_shared_prompt_stays_exact_beyond_a_sliding_window(tokenizer):
 
 
 def test_verify_compares_warns_and_restores_the_mode(tokenizer, caplog):
-    from orpo.scoring import verify
+    from orpo.scoring.logps import verify
 
     model = tiny_causal_lm(tokenizer).train()
     reference = torch.tensor([1.0, -2.0, 3.0])
@@ -349,7 +349,7 @@ def test_verify_compares_warns_and_restores_the_mode(tokenizer, caplog):
 
         return call
 
-    with caplog.at_level(logging.WARNING, logger="orpo.scoring"):
+    with caplog.at_level(logging.WARNING, logger="orpo.scoring.logps"):
         assert verify(model, run(reference), run(reference + 3e-3), 1e-3, "problem", "fallback") is True
         assert not caplog.records  # 3e-3 <= 1e-3 * (1 + 3)
         assert verify(model, run(reference), run(reference + 5e-3), 1e-3, "what differs", "what runs instead") is False
@@ -366,7 +366,7 @@ def test_verify_compares_warns_and_restores_the_mode(tokenizer, caplog):
 
 
 def test_every_path_check_goes_through_the_one_verifier(tokenizer, monkeypatch):
-    import orpo.scoring as scoring
+    import orpo.scoring.logps as scoring
 
     model = tiny_causal_lm(tokenizer)
     features = _features(tokenizer, seed=12)

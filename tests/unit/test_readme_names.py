@@ -76,7 +76,7 @@ def test_every_orpo_name_the_readme_names_imports(name: str) -> None:
 
 
 def test_a_gone_name_is_caught() -> None:
-    assert not _resolves("orpo.reliability.trainer_internals")
+    assert not _resolves("orpo.training.reliability.trainer_internals")
     assert not _exists("tests/unit/test_trainer_internals.py")
     assert _expand("tests/integration/test_{resume,signals}.py") == [
         "tests/integration/test_resume.py",

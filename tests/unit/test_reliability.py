@@ -12,7 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from orpo.checkpoint import (
+from orpo.training.metrics import MetricWindows
+from orpo.training.reliability import NonFiniteError, TrainingInterrupted
+from orpo.training.reliability.checkpoint import (
     MANIFEST_NAME,
     TRAINER_STATE_NAME,
     CheckpointError,
@@ -20,16 +22,14 @@ from orpo.checkpoint import (
     free_bytes,
     verify_checkpoint,
 )
-from orpo.host_syncs import detect_host_syncs
-from orpo.metrics import MetricWindows
-from orpo.reliability import NonFiniteError, TrainingInterrupted
-from orpo.reliability.commit import CheckpointCommitter
-from orpo.reliability.diagnose import ROW_INDEX_COLUMN, Diagnosis
-from orpo.reliability.guard import NonFiniteGuard, decide
-from orpo.reliability.optimizer import GatedOptimizer
-from orpo.reliability.preflight import check_batch_size, with_row_index
-from orpo.reliability.resume import LoopState, resolve_resume
-from orpo.reliability.signals import SignalHandler
+from orpo.training.reliability.commit import CheckpointCommitter
+from orpo.training.reliability.diagnose import ROW_INDEX_COLUMN, Diagnosis
+from orpo.training.reliability.guard import NonFiniteGuard, decide
+from orpo.training.reliability.host_syncs import detect_host_syncs
+from orpo.training.reliability.optimizer import GatedOptimizer
+from orpo.training.reliability.preflight import check_batch_size, with_row_index
+from orpo.training.reliability.resume import LoopState, resolve_resume
+from orpo.training.reliability.signals import SignalHandler
 
 NAN, INF = float("nan"), float("inf")
 
@@ -304,14 +304,14 @@ def test_an_interrupt_during_a_save_leaves_no_partial_folder(tmp_path):
 
 
 def test_a_save_warns_when_the_disk_has_less_room_than_the_last_checkpoint(tmp_path, monkeypatch, caplog):
-    from orpo.reliability import commit
+    from orpo.training.reliability import commit
 
     committer = CheckpointCommitter(barrier=lambda: None, is_main=True, resume_hint=lambda: "resume with: HINT")
     committer.save(str(tmp_path), 2, _write_complete)
     size = sum(f.stat().st_size for f in (tmp_path / "checkpoint-2").iterdir())
     assert committer.size == size > 0
     monkeypatch.setattr(commit, "free_bytes", lambda path: size - 1)
-    with caplog.at_level("WARNING", logger="orpo.reliability.commit"):
+    with caplog.at_level("WARNING", logger="orpo.training.reliability.commit"):
         committer.save(str(tmp_path), 4, _write_complete)
     assert caplog.messages == [
         f"the disk holding {tmp_path} has {format_bytes(size - 1)} free but the last checkpoint took "
@@ -363,7 +363,7 @@ def test_a_second_signal_stops_at_once_and_says_so_truthfully(caplog):
         lambda: "out/checkpoint-2", lambda: "resume with: orpo train ... --resume-from-checkpoint latest"
     )
     before = signal.getsignal(signal.SIGINT)
-    caplog.set_level(logging.WARNING, logger="orpo.reliability.signals")
+    caplog.set_level(logging.WARNING, logger="orpo.training.reliability.signals")
     with pytest.raises(TrainingInterrupted) as info, handler.installed():
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
@@ -380,7 +380,7 @@ def test_a_second_signal_stops_at_once_and_says_so_truthfully(caplog):
 
 def test_the_stop_message_names_a_checkpoint_only_if_this_step_saved_one(caplog):
     handler = SignalHandler(lambda: "out/checkpoint-2", lambda: "resume with: HINT")
-    caplog.set_level(logging.WARNING, logger="orpo.reliability.signals")
+    caplog.set_level(logging.WARNING, logger="orpo.training.reliability.signals")
     handler.requested, handler.agreed = signal.SIGTERM, True
     with pytest.raises(TrainingInterrupted):
         handler.finish(global_step=3, max_steps=10, checkpoint="out/checkpoint-3")
@@ -428,7 +428,7 @@ def test_resume_words_and_paths(tmp_path):
 def test_batch_size_check_and_row_index():
     import datasets
 
-    from orpo.data import ORPODataCollator
+    from orpo.scoring.collate import ORPODataCollator
 
     with pytest.raises(ValueError, match=r"3 pair\(s\), fewer than one batch of 4"):
         check_batch_size([1, 2, 3], per_step=4, drop_last=True)
@@ -440,10 +440,10 @@ def test_batch_size_check_and_row_index():
 
 
 def test_the_free_space_warning_gives_real_sizes(tmp_path, monkeypatch, caplog):
-    from orpo.reliability import preflight
+    from orpo.training.reliability import preflight
 
     monkeypatch.setattr(preflight, "free_bytes", lambda path: 1_000)
-    with caplog.at_level("WARNING", logger="orpo.reliability.preflight"):
+    with caplog.at_level("WARNING", logger="orpo.training.reliability.preflight"):
         preflight.warn_if_disk_small(str(tmp_path), 4_812_000)
         preflight.warn_if_disk_small(str(tmp_path), 900)  # fits: no warning
     assert caplog.messages == [

@@ -11,10 +11,10 @@ import threading
 
 import pytest
 
-from orpo import runlock
-from orpo.distributed import launch_changes
-from orpo.errors import UsageError
-from orpo.reliability.commit import elect_committer
+from orpo.config.usage import UsageError
+from orpo.training import runlock
+from orpo.training.distributed import launch_changes
+from orpo.training.reliability.commit import elect_committer
 
 
 def _elect(dirs: list[str], node_mains: list[bool]) -> list[bool]:

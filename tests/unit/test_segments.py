@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orpo.layouts import Layout
-from orpo.segments import (
+from orpo.scoring.layouts import Layout
+from orpo.scoring.segments import (
     Call,
     dense_mask,
     flex_block_mask,

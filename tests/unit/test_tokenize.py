@@ -1,7 +1,7 @@
 """Tokenization of (prompt, chosen, rejected): exact ids, BOS/EOS exactly once, length limits.
 
 Expected ids are built from the pieces: ``enc(text)`` (no special tokens) plus the special ids,
-which are fixed by the order of ``orpo.testing.SPECIAL_TOKENS`` (<pad> 0, <s> 1, </s> 2,
+which are fixed by the order of ``orpo.demo.tiny.SPECIAL_TOKENS`` (<pad> 0, <s> 1, </s> 2,
 <|im_start|> 3, <|im_end|> 4).
 """
 
@@ -13,7 +13,7 @@ import pytest
 from conftest import CORPUS
 from orpo.data import DataError, LengthLimits, PairTokenizer, TokenizeReport, tokenize_dataset
 from orpo.data.tokenize import truncate_pair
-from orpo.testing import build_tokenizer
+from orpo.demo.tiny import build_tokenizer
 
 PAD, BOS, EOS_S, IM_START, IM_END = 0, 1, 2, 3, 4
 
@@ -155,7 +155,7 @@ def test_max_length_cuts_completions_to_what_the_prompt_leaves(tokenizer):
 
 
 def test_truncate_pair_on_ranges_stays_bos_agnostic():
-    # orpo.data.inspect passes range objects and no BOS id: plain slicing.
+    # orpo.cli.inspect passes range objects and no BOS id: plain slicing.
     cut = truncate_pair(range(10), range(3), range(2), LengthLimits(8, 4, None, "keep_end"))
     assert list(cut[0]) == [6, 7, 8, 9] and list(cut[1]) == [0, 1, 2] and list(cut[2]) == [0, 1]
 

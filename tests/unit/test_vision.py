@@ -10,9 +10,8 @@ import torch
 
 from orpo import ORPOConfig
 from orpo.data import DataError
-from orpo.layouts import LAYOUT_KEY, Layout
-from orpo.testing import build_vlm_processor, make_image, tiny_causal_lm, tiny_vlm
-from orpo.vision import (
+from orpo.demo.tiny import build_vlm_processor, make_image, tiny_causal_lm, tiny_vlm
+from orpo.models.vision import (
     VisionORPODataCollator,
     find_vision_tower,
     freeze_vision_tower,
@@ -22,6 +21,7 @@ from orpo.vision import (
     prepare_vision_dataset,
     with_image_parts,
 )
+from orpo.scoring.layouts import LAYOUT_KEY, Layout
 
 CORPUS = ["What color is the image? red blue green yes no idea a square"] * 10
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -343,8 +343,8 @@ def test_freeze_vision_tower(processor, tokenizer):
 
 
 def test_model_kind(processor, tokenizer):
-    from orpo.modeling import is_vision_processor, model_kind
-    from orpo.testing import build_seq2seq_tokenizer, tiny_seq2seq_lm
+    from orpo.demo.tiny import build_seq2seq_tokenizer, tiny_seq2seq_lm
+    from orpo.models.loading import is_vision_processor, model_kind
 
     style = "qwen2_vl" if "Qwen2VL" in type(processor).__name__ else "llava"
     vlm = tiny_vlm(processor, style)

@@ -1,7 +1,7 @@
 """The ``orpo`` and ``aitraining`` commands (console scripts ``orpo.cli:main`` and ``orpo.cli:aitraining_main``).
 
 ``main`` dispatches (:mod:`orpo.cli.main`); ``orpo train`` is :mod:`orpo.cli.train`, the other commands
-:mod:`orpo.cli.tools`, ``aitraining llm`` :mod:`orpo.cli.autotrain`; :mod:`orpo.cli.parser` is the argparse
+:mod:`orpo.cli.tools`, ``aitraining llm`` :mod:`orpo.cli.aitraining`; :mod:`orpo.cli.parser` is the argparse
 they share.
 """
 

@@ -1,6 +1,6 @@
-"""``orpo eval MODEL DATA``: the command line of :mod:`orpo.evaluation` (arguments, loading, tables).
+"""``orpo eval MODEL DATA``: the command line of :mod:`orpo.training.evaluation` (arguments, loading, tables).
 
-The scoring itself lives in :mod:`orpo.evaluation`, which the demo uses too; this module only reads
+The scoring itself lives in :mod:`orpo.training.evaluation`, which the demo uses too; this module only reads
 the arguments, loads the models and data, and prints a table or one JSON document.
 """
 
@@ -10,9 +10,18 @@ import argparse
 import json
 from typing import Any
 
-from ..arguments import DTYPES
-from ..errors import UsageError
-from ..evaluation import compare, eval_config, evaluate, group_labels, prepare_pairs, sample_completions, score_pairs
+from orpo.config.arguments import DTYPES
+from orpo.config.usage import UsageError
+from orpo.training.evaluation import (
+    compare,
+    eval_config,
+    evaluate,
+    group_labels,
+    prepare_pairs,
+    sample_completions,
+    score_pairs,
+)
+
 from .parser import ArgumentParser
 
 PROG = "orpo eval"
@@ -101,7 +110,7 @@ def _shown_prompts(rows: Any) -> dict[str, str]:
 
 def _score_model(path: str, rows: Any, args: Any) -> dict[str, Any]:
     """Load one model, score (and sample) it; the model is freed on return."""
-    from ..generation import load_for_inference
+    from orpo.models.generation import load_for_inference
 
     model, tokenizer = load_for_inference(path, args.base, args.dtype, args.device, args.chat_template)
     if getattr(model.config, "is_encoder_decoder", False) or hasattr(tokenizer, "image_processor"):

@@ -15,8 +15,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from ..errors import UsageError
-from ..resolve import one_line
+from orpo.config.resolve import one_line
+from orpo.config.usage import UsageError
 
 PROG = "orpo"
 TRACEBACK_FLAG = "--debug"
@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("tools", "cmd_data", "inspect preference data: orpo data inspect PATH"),
     "plot": ("tools", "cmd_plot", "draw the training curves of a run"),
     "eval": ("eval", "main", "score preference accuracy and margins of a model on any preference set"),
-    "config": ("config", "cmd_config", "shipped recipes and accelerate/DeepSpeed configs: list, path NAME"),
+    "config": ("recipes", "cmd_config", "shipped recipes and accelerate/DeepSpeed configs: list, path NAME"),
     "env": ("env", "cmd_env", "print versions of python, torch, transformers... for bug reports (--json)"),
     "demo": ("tools", "cmd_demo", "train a small model from scratch offline and show what ORPO did"),
 }
@@ -146,6 +146,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def aitraining_main(argv: list[str] | None = None) -> int:
     """``aitraining llm --train --model M --data-path D --project-name P --trainer orpo ...``"""
-    from .autotrain import aitraining_main as run
+    from orpo.cli.aitraining import aitraining_main as run
 
     return run(argv)

@@ -1,7 +1,7 @@
 """argparse for orpo's commands: one-line errors, no prefix matching, a flag given twice refused.
 
 :func:`add_options` turns table options into flags (``--max-length`` and ``--max_length``, each alias,
-``--no-flag`` for booleans); the parsed flags come back as a :class:`~orpo.options.Source`, in the order
+``--no-flag`` for booleans); the parsed flags come back as a :class:`~orpo.config.options.Source`, in the order
 given, so that a repeat is refused and errors name the flag as typed.
 """
 
@@ -12,8 +12,8 @@ import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
-from ..errors import UsageError
-from ..options import Entry, Option, Source
+from orpo.config.options import Entry, Option, Source
+from orpo.config.usage import UsageError
 
 _ENTRIES = "_orpo_entries"
 _GIVEN = "_orpo_given"

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..arguments import DTYPES
-from ..errors import UsageError
+from orpo.config.arguments import DTYPES
+from orpo.config.usage import UsageError
+
 from .parser import ArgumentParser
 
 PROG = "orpo"
@@ -88,7 +89,7 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _source(args: argparse.Namespace) -> Any:
-    from ..modeling import HubSource
+    from orpo.models.loading import HubSource
 
     return HubSource(args.trust_remote_code, args.revision)
 
@@ -105,7 +106,7 @@ def cmd_generate(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="Print JSON lines {prompt, completion}.")
     args = parser.parse_args(argv)
     prompts = _read_prompts(args)
-    from ..generation import generate, load_for_inference
+    from orpo.models.generation import generate, load_for_inference
 
     model, tokenizer = load_for_inference(
         args.model, args.base, args.dtype, args.device, args.chat_template, _source(args)
@@ -141,7 +142,7 @@ def cmd_chat(argv: list[str]) -> int:
     parser = ArgumentParser(prog=f"{PROG} chat", description="Chat with a trained model on the terminal.")
     _add_inference_args(parser, temperature=0.7, max_new_tokens=256)
     args = parser.parse_args(argv)
-    from ..generation import chat, load_for_inference
+    from orpo.models.generation import chat, load_for_inference
 
     model, tokenizer = load_for_inference(
         args.model, args.base, args.dtype, args.device, args.chat_template, _source(args)
@@ -168,7 +169,7 @@ def cmd_merge(argv: list[str]) -> int:
     if not output:
         raise UsageError("pass the output directory: orpo merge ADAPTER OUTPUT")
     confirm_overwrite(output, args.overwrite, f"{PROG} merge")
-    from ..generation import merge_adapter
+    from orpo.models.generation import merge_adapter
 
     path = merge_adapter(args.adapter, output, base=args.base, dtype=args.dtype, source=_source(args))
     print(f"merged model written to {path}")
@@ -216,7 +217,7 @@ def cmd_plot(argv: list[str]) -> int:
         raise FileNotFoundError(f"no trainer_state.json in {args.run}")
     history = json.loads(state.read_text(encoding="utf-8")).get("log_history", [])
     out = args.output or str((run if run.is_dir() else run.parent) / "training_curves.png")
-    from ..report import plot_training_curves
+    from orpo.training.summary import plot_training_curves
 
     path = plot_training_curves(history, out)
     if path is None:
@@ -231,9 +232,9 @@ def cmd_data(argv: list[str]) -> int:
         return 0 if argv else EXIT_USAGE
     if argv[0] != "inspect":
         raise UsageError(f"unknown command {argv[0]!r}; available: inspect")
-    from .inspect import parse_args
+    from orpo.cli.inspect_flags import parse_args
 
     args = parse_args(argv[1:])
-    from ..data.inspect import print_report
+    from orpo.cli.inspect import print_report
 
     return print_report(args)

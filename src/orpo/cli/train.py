@@ -13,10 +13,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..adapters import start_adapter_base
-from ..options import GROUPS, Source, option_table
-from ..resolve import ResolvedArgs, recipe_source, resolve, resolve_values
-from ..shipped import recipe_file, recipe_names
+from orpo.config.options import GROUPS, Source, option_table
+from orpo.config.resolve import ResolvedArgs, recipe_source, resolve, resolve_values
+from orpo.config.shipped import recipe_file, recipe_names
+from orpo.models.adapters import start_adapter_base
+
 from .parser import ArgumentParser, add_options, flag_source
 
 PROG = "orpo train"
@@ -111,8 +112,8 @@ def cmd_train(argv: list[str]) -> int:
         print(recipe_text(values), end="")
         return 0
     resolved = resolve(*sources)
-    from ..distributed import is_launch_main
-    from ..run import run_training
+    from orpo.training.distributed import is_launch_main
+    from orpo.training.run import run_training
 
     if is_launch_main():
         _announce(resolved)

@@ -1,6 +1,5 @@
-"""Preference data: loading, formats, validation, tokenization and batching."""
+"""Preference data: loading, formats, validation, tokenization (batching is :mod:`orpo.scoring`'s)."""
 
-from .collate import ORPODataCollator
 from .errors import DataError
 from .load import ColumnMapping, load_preference_data
 from .policy import RowPolicies
@@ -12,7 +11,6 @@ __all__ = [
     "DataError",
     "DataReport",
     "LengthLimits",
-    "ORPODataCollator",
     "PairTokenizer",
     "RowPolicies",
     "RowTokenizer",

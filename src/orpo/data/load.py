@@ -149,7 +149,7 @@ def load_preference_data(
 
     mapping = ColumnMapping(**columns) if isinstance(columns, dict) else columns
     if isinstance(source, list | dict):  # images given as paths, bytes and PIL images in one column
-        from ..vision.images import with_storable_images
+        from orpo.data.images import with_storable_images
 
         source = with_storable_images(source, mapping.images if mapping is not None else None)
     splits, describe = _load_raw(source, split, subset, valid_split, cache_dir, _text_columns(mapping))

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..arguments import MIXINGS
+from orpo.config.arguments import MIXINGS
+
 from .errors import SOURCE_COLUMN, DataError
 from .stream import MIX_COLUMN
 from .validate import TEXT_COLUMNS

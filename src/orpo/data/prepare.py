@@ -213,7 +213,7 @@ def prepare_preference_dataset(
 
 def warn_untemplated(report: DataReport, tokenizer: Any) -> None:
     """Count (and warn about) plain-string rows of a tokenizer with a chat template: they are trained on the text
-    as it is, while ``orpo generate`` / ``orpo chat`` (:mod:`orpo.generation`) render prompts with the template."""
+    as it is, while ``orpo generate`` / ``orpo chat`` (:mod:`orpo.models.generation`) render prompts with the template."""
     plain = report.formats.get("standard", 0) + report.formats.get("implicit_standard", 0)
     if not plain or not getattr(tokenizer, "chat_template", None):
         return

@@ -2,7 +2,7 @@
 
 :class:`RowTokenizer` is what each kind of model plugs into the one preparation pipeline
 (:mod:`orpo.data.prepare`): :class:`PairTokenizer` here for causal LMs, the processor-based
-one in :mod:`orpo.vision.tokenize`, the encoder-decoder one in :mod:`orpo.seq2seq`.  Each
+one in :mod:`orpo.models.vision.rows`, the encoder-decoder one in :mod:`orpo.models.encoder_decoder`.  Each
 returns token ids plus flags of what the length limits cut; the pipeline decides with them.
 
 The prompt and each completion are tokenized separately so the prompt/completion boundary is
@@ -159,7 +159,7 @@ def truncate_pair(
 ) -> tuple[Sequence[int], Sequence[int], Sequence[int], int]:
     """Apply the length limits; returns the cut ids and the flags of what was cut.
 
-    Lists in, lists out; :mod:`orpo.data.report` passes ``range`` objects to measure lengths only.
+    Lists in, lists out; :mod:`orpo.cli.inspect_stats` passes ``range`` objects to measure lengths only.
 
     Order: prompt to ``max_prompt_length`` (by ``truncation_mode``; with ``keep_end`` a leading
     ``bos_token_id`` stays first), each completion to ``max_completion_length`` (keeping its

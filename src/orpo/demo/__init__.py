@@ -5,7 +5,7 @@ A 2-layer Llama is built from scratch and first taught a habit: it answers every
 pairs, steps, learning rate and seed: SFT (``beta=0``, the NLL of the chosen answers only) and ORPO.
 Half of the chosen answers still hedge (the better of two hedged answers is still hedged, see
 :mod:`orpo.demo.build_assets`), so SFT learns to imitate that; ORPO also sees that every rejected
-answer hedges.  On 80 sums no training file has, :mod:`orpo.evaluation` scores preference accuracy
+answer hedges.  On 80 sums no training file has, :mod:`orpo.training.evaluation` scores preference accuracy
 and log-probs, and the models' generations are checked for the hedge and for the right sum.
 """
 
@@ -38,7 +38,7 @@ def load_tokenizer() -> Any:
 
 def build_model(tokenizer: Any, seed: int = 0) -> Any:
     """A small Llama, random init: 2 layers, hidden size 64 (~0.1M parameters), tied embeddings."""
-    from ..testing import tiny_causal_lm
+    from orpo.demo.tiny import tiny_causal_lm
 
     return tiny_causal_lm(
         tokenizer,

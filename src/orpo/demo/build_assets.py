@@ -27,8 +27,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from orpo.testing import CHATML_TEMPLATE
-from orpo.testing import build_tokenizer as byte_level_bpe
+from orpo.demo.tiny import CHATML_TEMPLATE
+from orpo.demo.tiny import build_tokenizer as byte_level_bpe
 
 ASSETS = Path(__file__).with_name("assets")
 MAX_OPERAND = 19

@@ -70,7 +70,7 @@ class Demo:
 
     def prepare(self) -> None:
         """Tokenize the three files once, with the limits the trainings use (each prints its data report)."""
-        from ..evaluation import eval_config, prepare_pairs
+        from orpo.training.evaluation import eval_config, prepare_pairs
 
         config = eval_config(max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH)
         self.pairs = {name: prepare_pairs(rows, self.tokenizer, config, name)[0] for name, rows in self.rows.items()}
@@ -143,7 +143,7 @@ class Demo:
     # ---- measuring ------------------------------------------------------------------------------
     def measure(self, model: Any) -> dict[str, Any]:
         """The ``MEASURES`` of one model on the held-out sums, with its generations."""
-        from ..evaluation import evaluate, sample_completions, score_pairs
+        from orpo.training.evaluation import evaluate, sample_completions, score_pairs
 
         heldout = self.pairs["heldout"]
         groups = evaluate(score_pairs(model, heldout, self.tokenizer.pad_token_id, len(heldout)), self.kinds)["groups"]

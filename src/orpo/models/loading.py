@@ -1,0 +1,353 @@
+"""Loading models and tokenizers, applying PEFT: the only module that knows about hubs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from orpo.config.usage import first_line
+
+logger = logging.getLogger(__name__)
+
+#: "causal" (orpo.data), "vision" (orpo.models.vision) or "seq2seq" (orpo.models.encoder_decoder).
+ModelKind = Literal["causal", "vision", "seq2seq"]
+
+_DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def _resolve_dtype(kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(kwargs)
+    for key in ("dtype", "torch_dtype"):
+        value = kwargs.pop(key, None)
+        if value is not None:
+            if isinstance(value, str):
+                if value not in _DTYPES:
+                    raise ValueError(f"model_init_kwargs.{key}={value!r}: use one of {', '.join(_DTYPES)}")
+                value = _DTYPES[value]
+            kwargs["dtype"] = value
+    return kwargs
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where and how to fetch a model: every config, model, tokenizer and processor load of one model uses
+    the same ``revision`` and ``trust_remote_code`` (a config read without them would refuse remote code
+    that the model load itself allows, or read another revision)."""
+
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.revision is not None:
+            kwargs["revision"] = self.revision
+        return kwargs
+
+    @classmethod
+    def split(cls, kwargs: dict[str, Any], trust_remote_code: bool = False) -> tuple[HubSource, dict[str, Any]]:
+        """(the source, the other kwargs) of ``model_init_kwargs`` that may carry ``revision`` /
+        ``trust_remote_code`` themselves (a True there, or ``trust_remote_code``, allows remote code)."""
+        rest = dict(kwargs)
+        trust = bool(rest.pop("trust_remote_code", False)) or trust_remote_code
+        return cls(trust, rest.pop("revision", None)), rest
+
+
+@contextlib.contextmanager
+def _remote_code_check(name_or_path: str, source: HubSource) -> Iterator[None]:
+    """transformers' refusal of remote code, as one message naming orpo's switches."""
+    try:
+        yield
+    except ValueError as err:
+        if source.trust_remote_code or "trust_remote_code" not in str(err):
+            raise
+        raise ValueError(
+            f"{name_or_path} contains custom code (auto_map in its config); loading it runs that code. If you "
+            "trust it, pass trust_remote_code=True (ORPOConfig / ModelArguments) or --trust-remote-code"
+        ) from None
+
+
+def _config_of(name_or_path: str, source: HubSource, required: bool = True) -> Any:
+    """The model config saved at ``name_or_path`` (None when it has none and it is not ``required``)."""
+    try:
+        with _remote_code_check(name_or_path, source):
+            return AutoConfig.from_pretrained(name_or_path, **source.kwargs())
+    except OSError:
+        if required:
+            raise
+        return None
+    except ValueError as err:
+        if required or "custom code" in str(err):
+            raise
+        return None
+
+
+def saved_config(name_or_path: str, source: HubSource = HubSource()) -> Any:
+    """The model config saved at ``name_or_path``, or None where there is none; remote code it would run without
+    ``trust_remote_code`` is refused (in orpo's words)."""
+    return _config_of(name_or_path, source, required=False)
+
+
+def is_vision_processor(processing_class: Any) -> bool:
+    """Whether ``processing_class`` is a multimodal processor: an image processor and a tokenizer."""
+    return (
+        getattr(processing_class, "image_processor", None) is not None
+        and getattr(processing_class, "tokenizer", None) is not None
+    )
+
+
+def model_kind(
+    model_or_config: Any, processing_class: Any = None, is_encoder_decoder_flag: bool | None = None
+) -> ModelKind:
+    """Which data path and collator a model needs: the one answer to "what kind of model is this".
+
+    ``model_or_config``: a model (or a PEFT wrapper of one), its ``PretrainedConfig``, or None
+    (``model_init``).  Encoder-decoder when ``is_encoder_decoder_flag`` says so (None: the config
+    decides); vision-language when the config has a ``vision_config`` or, without a model, when
+    ``processing_class`` is a vision processor.
+    """
+    config = model_or_config if isinstance(model_or_config, PretrainedConfig) else None
+    if config is None and model_or_config is not None:
+        config = getattr(model_or_config, "config", None)
+    flag = is_encoder_decoder_flag
+    if flag is None:
+        flag = bool(getattr(config, "is_encoder_decoder", False))
+    if flag:
+        return "seq2seq"
+    if getattr(config, "vision_config", None) is not None:
+        return "vision"
+    if config is None and is_vision_processor(processing_class):
+        return "vision"
+    return "causal"
+
+
+def load_model(
+    name_or_path: str, model_init_kwargs: dict[str, Any] | None = None, *, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """Load a causal LM, an encoder-decoder (seq2seq) LM or an image-text-to-text model (by its config).
+
+    ``revision`` / ``trust_remote_code`` in ``model_init_kwargs`` apply to the config probe too."""
+    source, kwargs = HubSource.split(_resolve_dtype(model_init_kwargs or {}), trust_remote_code)
+    kind = model_kind(_config_of(name_or_path, source))
+    auto: Any = AutoModelForCausalLM
+    if kind == "seq2seq":
+        from transformers import AutoModelForSeq2SeqLM as auto
+    elif kind == "vision":
+        from transformers import AutoModelForImageTextToText as auto
+    with _remote_code_check(name_or_path, source):
+        return auto.from_pretrained(name_or_path, **kwargs, **source.kwargs())
+
+
+def load_processor(name_or_path: str, chat_template: str | None = None, source: HubSource = HubSource()) -> Any:
+    """The model's processing class: an ``AutoProcessor`` (tokenizer + image processor) for a
+    vision-language model, else its tokenizer (as :func:`load_tokenizer`)."""
+    if _saved_kind(name_or_path, source) != "vision":
+        return _load_tokenizer(name_or_path, chat_template, source)
+    from transformers import AutoProcessor
+
+    check_tokenizer_files(name_or_path)
+    with _remote_code_check(name_or_path, source):
+        processor = AutoProcessor.from_pretrained(name_or_path, **source.kwargs())
+    if not is_vision_processor(processor):
+        raise ValueError(
+            f"{name_or_path} is a vision-language model but its processor has no tokenizer or image processor"
+        )
+    if chat_template is not None:
+        processor.chat_template = chat_template
+        processor.tokenizer.chat_template = chat_template
+    prepare_tokenizer(processor.tokenizer)
+    return processor
+
+
+def _saved_kind(name_or_path: str, source: HubSource) -> ModelKind:
+    """The kind of model saved at ``name_or_path``; "causal" where there is no model config (a tokenizer only)."""
+    return model_kind(saved_config(name_or_path, source))
+
+
+def load_tokenizer(
+    name_or_path: str, chat_template: str | None = None, source: HubSource = HubSource()
+) -> PreTrainedTokenizerBase:
+    """The tokenizer; for a vision-language model the whole processor (see :func:`load_processor`)."""
+    if _saved_kind(name_or_path, source) == "vision":
+        return load_processor(name_or_path, chat_template, source)
+    return _load_tokenizer(name_or_path, chat_template, source)
+
+
+#: Files any of which holds a tokenizer's vocabulary (fast, SentencePiece, BPE or WordPiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "tiktoken.model",
+)
+
+
+def check_tokenizer_files(path: str) -> None:
+    """A local model folder without tokenizer files: an ``OSError`` saying so (transformers would ask to install
+    sentencepiece or tiktoken instead)."""
+    folder = os.path.expanduser(path)
+    if not os.path.isdir(folder) or any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
+        return
+    found = ", ".join(sorted(os.listdir(folder))[:8]) or "nothing"
+    raise OSError(
+        f"no tokenizer files in {path} (it has {found}): save the tokenizer there too "
+        "(tokenizer.save_pretrained), or load the model and its tokenizer from where both are"
+    )
+
+
+def _load_tokenizer(name_or_path: str, chat_template: str | None, source: HubSource) -> PreTrainedTokenizerBase:
+    check_tokenizer_files(name_or_path)
+    with _remote_code_check(name_or_path, source):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **source.kwargs())
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return prepare_tokenizer(tokenizer)
+
+
+def _tokenizer_of(model: Any, source: HubSource = HubSource()) -> Any:
+    """The processing class of a model object given without one, loaded from the model's ``name_or_path``
+    (as TRL's trainers do)."""
+    config = getattr(model, "config", None)
+    name = str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or "")
+    if not name:
+        raise ValueError(
+            "no processing_class given, and the model object has no name_or_path to load its tokenizer from; "
+            "pass processing_class (the tokenizer or processor)"
+        )
+    try:
+        return load_tokenizer(name, source=source)
+    except (OSError, ValueError) as err:  # no tokenizer files: OSError or, for some, ValueError
+        if "custom code" in str(err):
+            raise
+        raise ValueError(
+            f"no processing_class given, and none could be loaded from the model's name_or_path {name!r} "
+            f"({first_line(err)}); pass processing_class (the tokenizer or processor)"
+        ) from None
+
+
+def load_model_and_processor(
+    model: str | torch.nn.Module,
+    processing_class: Any = None,
+    model_init_kwargs: dict[str, Any] | None = None,
+    *,
+    trust_remote_code: bool = False,
+    chat_template: str | None = None,
+    tokenizer_from: str | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """The model and its processing class: the one loader behind ``ORPOTrainer(model="id")`` and the run engine.
+
+    A model given by name is loaded with ``model_init_kwargs``; without ``processing_class`` its tokenizer (a
+    processor for a vision-language model) is loaded from ``tokenizer_from`` or the model's name, and for a model
+    object from the object's ``name_or_path`` (as TRL does). Every load gets the same :class:`HubSource`
+    (``revision`` / ``trust_remote_code`` of ``model_init_kwargs``, or ``trust_remote_code``). ``chat_template``
+    replaces the processing class's own; the tokenizer gets a pad token."""
+    source = HubSource.split(model_init_kwargs or {}, trust_remote_code)[0]
+    if isinstance(model, str):
+        if processing_class is None:
+            processing_class = named_load("the tokenizer of", tokenizer_from or model, load_tokenizer, source=source)
+        loaded = named_load("model", model, load_model, model_init_kwargs, trust_remote_code=trust_remote_code)
+    else:
+        loaded = model
+        if processing_class is None:
+            processing_class = _tokenizer_of(model, source)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+        if tokenizer is not processing_class:  # a processor renders with its own template
+            processing_class.chat_template = chat_template
+    prepare_tokenizer(tokenizer)
+    return loaded, processing_class
+
+
+def named_load(what: str, name: str, load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``load(name, ...)``; a missing file or repository is an ``OSError`` saying what could not be loaded."""
+    try:
+        return load(name, *args, **kwargs)
+    except OSError as err:
+        raise OSError(f"cannot load {what} {name!r}: {first_line(err)}") from err
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token if it lacks one (padding is masked, so EOS is safe)."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info(
+            "tokenizer has no pad token; padding with eos_token %r (masked out of every loss)", tokenizer.eos_token
+        )
+    return tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def apply_peft(model: torch.nn.Module, peft_config: Any, gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """Wrap ``model`` with a PEFT adapter (LoRA etc.), preparing k-bit models first."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing and isinstance(model, PreTrainedModel):
+        # Frozen embeddings give checkpointed blocks inputs without grad; reentrant checkpointing
+        # would then drop the adapter gradients.
+        model.enable_input_require_grads()
+    return get_peft_model(model, peft_config)
+
+
+def absolute_base_path(model: Any) -> None:
+    """Record a local base model by its absolute path in the adapter's config (hub ids stay as they are).
+
+    PEFT stores the path the base was loaded by; a relative one only resolves from the directory training ran in.
+    """
+    from pathlib import Path
+
+    for config in model.peft_config.values():
+        base = config.base_model_name_or_path
+        if base and not Path(base).is_absolute() and Path(base).expanduser().is_dir():
+            config.base_model_name_or_path = str(Path(base).expanduser().resolve())
+
+
+def is_peft_model(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def prepare_model(model: torch.nn.Module, args: Any, peft_config: Any) -> torch.nn.Module:
+    """``model`` as ORPOConfig ``args`` trains it: the LoRA adapter of ``peft_config`` (a model that
+    has one already is refused: which adapter trains would be ambiguous), dropout off, vision tower frozen."""
+    if peft_config is not None:
+        if is_peft_model(model):
+            raise ValueError("the model already has a PEFT adapter; pass peft_config=None to train it as is")
+        model = apply_peft(model, peft_config, gradient_checkpointing=bool(args.activation_checkpointing))
+    if is_peft_model(model):
+        absolute_base_path(model)
+    if args.disable_dropout:
+        disable_dropout(model)
+    if args.freeze_vision_tower:
+        from orpo.models.vision import freeze_vision_tower
+
+        freeze_vision_tower(model)
+    return model
