@@ -91,7 +91,9 @@ def test_compiled_flex_equals_padded_with_gqa_kept(tok, layout, monkeypatch):
     model = _model(tok)
     assert segment_route(model, Layout.SHARED_PROMPT).implementation == "orpo_sdpa"
     model.set_attn_implementation("flex_attention")
-    assert segment_route(model, {"packed": Layout.PACKED, "shared": Layout.SHARED_PROMPT}[layout])[0] == "orpo_flex"
+    assert (
+        segment_route(model, {"packed": Layout.PADDING_FREE, "shared": Layout.SHARED_PROMPT}[layout])[0] == "orpo_flex"
+    )
     _compare(model, "orpo_flex", layout, 2e-4, 2e-3)
     assert shapes and set(shapes) == {(14, 2, True)}  # no repeat_kv copies
 

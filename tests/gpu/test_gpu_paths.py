@@ -15,7 +15,7 @@ import torch
 from orpo import ORPOConfig, ORPOTrainer
 from orpo.demo.tiny import build_tokenizer
 from orpo.scoring.collate import ORPODataCollator
-from orpo.scoring.packing import ORPOPackingCollator, ORPOSharedPromptCollator
+from orpo.scoring.packing import ORPOPaddingFreeCollator, ORPOSharedPromptCollator
 from orpo.scoring.scorer import TokenScorer
 
 pytestmark = [
@@ -92,9 +92,11 @@ def _batch(tok, layout: str = "padded", n: int = 4, nll_scope: str = "completion
     from orpo.data import prepare_preference_dataset
 
     dataset, _ = prepare_preference_dataset(trainer_data, tok, ORPOConfig(output_dir="/tmp/x", report_to="none"))
-    collator_class = {"padded": ORPODataCollator, "packed": ORPOPackingCollator, "shared": ORPOSharedPromptCollator}[
-        layout
-    ]
+    collator_class = {
+        "padded": ORPODataCollator,
+        "packed": ORPOPaddingFreeCollator,
+        "shared": ORPOSharedPromptCollator,
+    }[layout]
     collator = collator_class(pad_token_id=tok.pad_token_id, nll_scope=nll_scope)
     batch = collator([dataset[i] for i in range(n)])
     return {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}  # the layout marker stays

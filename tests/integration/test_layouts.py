@@ -89,9 +89,9 @@ def test_gradient_checkpointing_with_every_layout_and_the_fused_head(tokenizer, 
 def test_the_trainer_logs_its_layout_once_and_leaves_the_config_as_given(tokenizer, tmp_path, caplog):
     args = _args(tmp_path, "auto")
     model = tiny_causal_lm(tokenizer, attn_implementation="eager")
-    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.routing"):
         trainer = ORPOTrainer(model=model, args=args, train_dataset=varied_pairs(8), processing_class=tokenizer)
-    assert [r.getMessage() for r in caplog.records if r.name == "orpo.scoring.collate"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "orpo.scoring.routing"] == [
         "layout: shared_prompt (auto: attention orpo_eager runs it)"
     ]
     assert model.config._attn_implementation == "orpo_eager"
@@ -100,11 +100,11 @@ def test_the_trainer_logs_its_layout_once_and_leaves_the_config_as_given(tokeniz
 
 
 def test_a_users_collator_keeps_its_layout(tokenizer, tmp_path, caplog):
-    from orpo.scoring.packing import ORPOPackingCollator
+    from orpo.scoring.packing import ORPOPaddingFreeCollator
 
-    collator = ORPOPackingCollator(pad_token_id=tokenizer.pad_token_id)
+    collator = ORPOPaddingFreeCollator(pad_token_id=tokenizer.pad_token_id)
     model = tiny_causal_lm(tokenizer)
-    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.routing"):
         trainer = ORPOTrainer(
             model=model,
             args=_args(tmp_path, "own"),
@@ -113,7 +113,7 @@ def test_a_users_collator_keeps_its_layout(tokenizer, tmp_path, caplog):
             processing_class=tokenizer,
         )
     assert trainer.data_collator is collator and trainer.layout_choice is None
-    assert not [r for r in caplog.records if r.name == "orpo.scoring.collate"]
+    assert not [r for r in caplog.records if r.name == "orpo.scoring.routing"]
     assert model.config._attn_implementation == "sdpa"
     trainer.train()  # the scorer switches the attention on the first padding-free batch
     assert trainer.scorer.uses_packing is True

@@ -12,7 +12,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from orpo import ORPOConfig, ORPOTrainer
 from orpo.demo.tiny import tiny_causal_lm
 from orpo.scoring.collate import ORPODataCollator
-from orpo.scoring.packing import ORPOPackingCollator, ORPOSharedPromptCollator
+from orpo.scoring.packing import ORPOPaddingFreeCollator, ORPOSharedPromptCollator
 
 WORDS = ["sky", "grass", "hello", "world", "numbers", "answer", "color", "green", "blue", "yes", "no"]
 
@@ -60,7 +60,11 @@ def _first_batch(trainer):
     return trainer.data_collator(features)
 
 
-COLLATORS = {"padded": ORPODataCollator, "padding_free": ORPOPackingCollator, "shared_prompt": ORPOSharedPromptCollator}
+COLLATORS = {
+    "padded": ORPODataCollator,
+    "padding_free": ORPOPaddingFreeCollator,
+    "shared_prompt": ORPOSharedPromptCollator,
+}
 
 
 def _uses_rows(trainer) -> bool | None:

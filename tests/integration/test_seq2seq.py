@@ -194,7 +194,7 @@ def test_seq2seq_trains(tmp_path, tokenizers, arch):
     args = config(tmp_path)
     assert args.is_encoder_decoder is None
     trainer = ORPOTrainer(model=model, args=args, train_dataset=pairs(), processing_class=tokenizer)
-    assert trainer.model_kind == "seq2seq" and trainer.args.is_encoder_decoder is True
+    assert trainer.model_kind.name == "seq2seq" and trainer.args.is_encoder_decoder is True
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 5 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]

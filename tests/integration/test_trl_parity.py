@@ -112,7 +112,7 @@ def test_encoder_decoder_training_on_implicit_prompt_data(tmp_path):
     )
     before = snapshot(trainer.model)
     trainer.train()
-    assert trainer.model_kind == "seq2seq"
+    assert trainer.model_kind.name == "seq2seq"
     assert trainer.state.log_history[-1]["train_loss"] > 0
     assert unchanged(before, trainer.model) == []
 
@@ -322,7 +322,7 @@ def record_hub_loads(monkeypatch) -> list[tuple[str, str, dict]]:
 
         return load
 
-    for cls in (modeling.AutoConfig, modeling.AutoTokenizer, modeling.AutoModelForCausalLM):
+    for cls in (modeling.AutoConfig, modeling.AutoTokenizer, AutoModelForCausalLM):
         monkeypatch.setattr(cls, "from_pretrained", recording(cls.__name__, cls.from_pretrained))
     return calls
 
@@ -376,7 +376,7 @@ def test_the_trainer_and_the_run_engine_load_through_one_loader(remote_model, tm
     # the run engine's trainer gets the loaded objects: its own pass loads nothing more
     assert given == [path, path, "a model object"]
     for built in (trainer, run):
-        assert type(built.model).__name__ == "RemoteForCausalLM" and built.model_kind == "causal"
+        assert type(built.model).__name__ == "RemoteForCausalLM" and built.model_kind.name == "causal"
         assert built.processing_class.get_vocab() == trainer.processing_class.get_vocab()
 
 

@@ -156,7 +156,7 @@ def test_eval_save_and_trainer_from_a_local_path(tmp_path, processors):
 
     args = config(tmp_path / "out", max_steps=2, eval_strategy="no")
     trainer = ORPOTrainer(model=str(source), args=args, train_dataset=color_pairs(8), eval_dataset=color_pairs(4))
-    assert trainer.model_kind == "vision"
+    assert trainer.model_kind.name == "vision"
     trainer.train()
     metrics = trainer.evaluate()
     for name in METRIC_NAMES:

@@ -136,14 +136,14 @@ def test_no_host_sync_in_a_segment_forward_and_backward(tokenizer, layout):
 
 
 def test_route(tokenizer):
-    assert segment_route(_model(tokenizer), Layout.PACKED).implementation == "orpo_sdpa"
+    assert segment_route(_model(tokenizer), Layout.PADDING_FREE).implementation == "orpo_sdpa"
     assert segment_route(_model(tokenizer, attn="eager"), Layout.SHARED_PROMPT).implementation == "orpo_eager"
-    flex = segment_route(_model(tokenizer, attn="flex_attention"), Layout.PACKED)
+    flex = segment_route(_model(tokenizer, attn="flex_attention"), Layout.PADDING_FREE)
     assert flex.implementation is None and "no backward on CPU" in flex.reason
     flash = _model(tokenizer)
     flash.config._attn_implementation_internal = "flash_attention_2"
-    assert segment_route(flash, Layout.PACKED) == (None, "flash_attention_2 is not installed")
-    with pytest.raises(ValueError, match=r"layout must be Layout\.PACKED or Layout\.SHARED_PROMPT"):
+    assert segment_route(flash, Layout.PADDING_FREE) == (None, "flash_attention_2 is not installed")
+    with pytest.raises(ValueError, match=r"layout must be Layout\.PADDING_FREE or Layout\.SHARED_PROMPT"):
         segment_route(_model(tokenizer), Layout.PADDED)
     model = _model(tokenizer)
     previous = use_segment_attention(model, "orpo_sdpa")
@@ -154,29 +154,31 @@ def test_route(tokenizer):
         use_segment_attention(model, "sdpa")
 
 
-def test_best_layout(tokenizer):
-    from orpo.scoring.routing import best_layout
+def test_choose_layout_auto_and_asked_for(tokenizer):
+    from orpo.scoring.routing import choose_layout
 
     sdpa = _model(tokenizer)
-    assert best_layout(sdpa) == (Layout.SHARED_PROMPT, ("orpo_sdpa", ""))
-    assert best_layout(sdpa, Layout.PACKED)[0] is Layout.PACKED
-    assert best_layout(sdpa, Layout.PADDED) == (Layout.PADDED, (None, "requested"))
-    layout, route = best_layout(_model(tokenizer, attn="flex_attention"))
-    assert layout is Layout.PADDED and route.implementation is None
-    assert (
-        route.reason
-        == "shared_prompt: flex attention has no backward on CPU; padding_free: flex attention has no backward on CPU"
+    assert choose_layout("auto", sdpa) == (Layout.SHARED_PROMPT, "orpo_sdpa", "auto: attention orpo_sdpa runs it", None)
+    assert choose_layout(Layout.PADDING_FREE, sdpa).layout is Layout.PADDING_FREE
+    assert choose_layout("padded", sdpa) == (Layout.PADDED, None, "requested", None)
+    choice = choose_layout("auto", _model(tokenizer, attn="flex_attention"))
+    assert choice.layout is Layout.PADDED and choice.implementation is None and choice.refused is None
+    assert choice.reason == (
+        "auto: no per-segment attention for this model (shared_prompt: flex attention has no backward on CPU; "
+        "padding_free: flex attention has no backward on CPU)"
     )
-    layout, route = best_layout(_model(tokenizer, attn="flex_attention"), Layout.SHARED_PROMPT)
-    assert (layout, route.reason) == (Layout.PADDED, "shared_prompt: flex attention has no backward on CPU")
-    assert best_layout(torch.nn.Linear(2, 2))[1].reason.startswith("shared_prompt: Linear is not a transformers model")
+    choice = choose_layout("shared_prompt", _model(tokenizer, attn="flex_attention"))
+    assert choice == (Layout.PADDED, None, "flex attention has no backward on CPU", Layout.SHARED_PROMPT)
+    assert choose_layout("auto", torch.nn.Linear(2, 2)).reason.startswith(
+        "auto: no per-segment attention for this model (shared_prompt: Linear is not a transformers model"
+    )
 
 
 def test_lora_wrapped_model(tokenizer):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    assert segment_route(model, Layout.PACKED).implementation == "orpo_sdpa"
+    assert segment_route(model, Layout.PADDING_FREE).implementation == "orpo_sdpa"
     pairs = random_pairs(len(tokenizer), seed=13)
     padded = padded_rows(pairs)
     upstream = _upstream(padded, len(tokenizer))

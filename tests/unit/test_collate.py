@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from orpo import ORPOConfig
-from orpo.scoring.collate import ORPODataCollator, choose_collator, choose_layout
+from orpo.models.kinds import CAUSAL, ENCODER_DECODER, KINDS, VISION
+from orpo.scoring.collate import ORPODataCollator
 from orpo.scoring.layouts import LAYOUT_KEY, Layout, layout_of
-from orpo.scoring.packing import ORPOPackingCollator, ORPOSharedPromptCollator
+from orpo.scoring.packing import ORPOPaddingFreeCollator, ORPOSharedPromptCollator
+from orpo.scoring.routing import choose_layout
 
 PAD, IGN = 0, -100
 PAIRS = [
@@ -84,7 +86,7 @@ def test_empty_batch_raises():
 def test_every_causal_collator_marks_its_layout():
     for collator, layout in (
         (ORPODataCollator(pad_token_id=PAD), Layout.PADDED),
-        (ORPOPackingCollator(pad_token_id=PAD), Layout.PACKED),
+        (ORPOPaddingFreeCollator(pad_token_id=PAD), Layout.PADDING_FREE),
         (ORPOSharedPromptCollator(pad_token_id=PAD), Layout.SHARED_PROMPT),
     ):
         batch = collator(PAIRS)
@@ -106,7 +108,7 @@ def test_the_marker_and_segments_survive_the_trainer_and_accelerate_device_moves
     from orpo.scoring.layouts import SEGMENTS_KEY
 
     for collator, layout in (
-        (ORPOPackingCollator(pad_token_id=PAD), Layout.PACKED),
+        (ORPOPaddingFreeCollator(pad_token_id=PAD), Layout.PADDING_FREE),
         (ORPOSharedPromptCollator(pad_token_id=PAD), Layout.SHARED_PROMPT),
     ):
         batch = collator(PAIRS)
@@ -182,7 +184,7 @@ def _tiny(tokenizer, attn):
 CHOICES = [  # (attn_implementation, requested) -> layout, implementation, reason
     ("sdpa", "auto", Layout.SHARED_PROMPT, "orpo_sdpa", "auto: attention orpo_sdpa runs it"),
     ("eager", "auto", Layout.SHARED_PROMPT, "orpo_eager", "auto: attention orpo_eager runs it"),
-    ("sdpa", "padding_free", Layout.PACKED, "orpo_sdpa", "requested: attention orpo_sdpa runs it"),
+    ("sdpa", "padding_free", Layout.PADDING_FREE, "orpo_sdpa", "requested: attention orpo_sdpa runs it"),
     ("eager", "shared_prompt", Layout.SHARED_PROMPT, "orpo_eager", "requested: attention orpo_eager runs it"),
     ("sdpa", "padded", Layout.PADDED, None, "requested"),
     (
@@ -199,9 +201,10 @@ CHOICES = [  # (attn_implementation, requested) -> layout, implementation, reaso
 @pytest.mark.parametrize(("attn", "requested", "layout", "implementation", "reason"), CHOICES)
 def test_choose_layout_logs_one_line(tokenizer, caplog, attn, requested, layout, implementation, reason):
     model = _tiny(tokenizer, attn)
-    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
-        choice = choose_layout("causal", requested, model)
-    assert choice == (layout, implementation, reason)
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.routing"):
+        choice = choose_layout(requested, model)
+        choice.log()
+    assert choice == (layout, implementation, reason, None)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.INFO, f"layout: {layout.value} ({reason})")
     ]
@@ -211,49 +214,59 @@ def test_choose_layout_logs_one_line(tokenizer, caplog, attn, requested, layout,
 
 
 def test_a_requested_layout_that_cannot_run_is_padded_with_a_warning(tokenizer, caplog):
-    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
-        choice = choose_layout("causal", "shared_prompt", _tiny(tokenizer, "flex_attention"))
-    assert choice.layout is Layout.PADDED and choice.implementation is None
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.routing"):
+        choice = choose_layout("shared_prompt", _tiny(tokenizer, "flex_attention"))
+        choice.log()
+    assert choice == (Layout.PADDED, None, "flex attention has no backward on CPU", Layout.SHARED_PROMPT)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (
             logging.WARNING,
-            "layout shared_prompt cannot run here (shared_prompt: flex attention has no backward on CPU); "
-            "using padded batches",
+            "layout shared_prompt cannot run here (flex attention has no backward on CPU); using padded batches",
         )
     ]
 
 
-@pytest.mark.parametrize("kind", ["vision", "seq2seq"])
+@pytest.mark.parametrize("kind", [VISION, ENCODER_DECODER])
 @pytest.mark.parametrize("requested", ["auto", "padded", "padding_free", "shared_prompt"])
-def test_vision_and_seq2seq_models_take_padded_batches(caplog, kind, requested):
-    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
-        choice = choose_layout(kind, requested, torch.nn.Linear(1, 1))
-    reason = f"{kind} models take padded batches only"
-    assert choice == (Layout.PADDED, None, reason)
+def test_vision_and_seq2seq_models_take_padded_batches(tokenizer, caplog, kind, requested):
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.routing"):
+        choice = choose_layout(requested, _tiny(tokenizer, "sdpa"), kind.padded_only)
+        choice.log()
+    reason = kind.padded_only if requested != "padded" else "requested"
+    refused = None if requested in ("auto", "padded") else Layout(requested)
+    assert choice == (Layout.PADDED, None, reason, refused)
     expected = (
         (logging.INFO, f"layout: padded ({reason})")
-        if requested in ("auto", "padded")
-        else (logging.WARNING, f"layout {requested} is not supported: {reason}; using padded batches")
+        if refused is None
+        else (logging.WARNING, f"layout {requested} cannot run here ({reason}); using padded batches")
     )
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [expected]
+    assert kind.layouts == (Layout.PADDED,)
+    with pytest.raises(ValueError, match=f"{kind.name} models take padded batches, not padding_free"):
+        kind.collator(None, None, None, None, Layout.PADDING_FREE)
+
+
+def test_every_kind_is_named_once():
+    assert KINDS == {"causal": CAUSAL, "vision": VISION, "seq2seq": ENCODER_DECODER}
+    assert CAUSAL.layouts == (Layout.PADDED, Layout.PADDING_FREE, Layout.SHARED_PROMPT)
 
 
 @pytest.mark.parametrize(
     ("layout", "expected"),
     [
         (Layout.PADDED, ORPODataCollator),
-        (Layout.PACKED, ORPOPackingCollator),
+        (Layout.PADDING_FREE, ORPOPaddingFreeCollator),
         (Layout.SHARED_PROMPT, ORPOSharedPromptCollator),
     ],
 )
 def test_choose_collator_for_causal_models(tmp_path, layout, expected):
     args = _config(tmp_path, pad_to_multiple_of=4, label_pad_token_id=-1, nll_scope="prompt_and_completion")
-    collator = choose_collator("causal", args, _Tokenizer(), _Tokenizer(), layout=layout)
+    collator = CAUSAL.collator(args, _Tokenizer(), _Tokenizer(), None, layout)
     assert type(collator) is expected
     assert (collator.pad_token_id, collator.label_pad_token_id, collator.pad_to_multiple_of) == (9, -1, 4)
     assert collator.nll_scope == "prompt_and_completion"
     padding_value = _config(tmp_path, padding_value=3)
-    assert choose_collator("causal", padding_value, _Tokenizer(), _Tokenizer()).pad_token_id == 3
+    assert CAUSAL.collator(padding_value, _Tokenizer(), _Tokenizer(), None).pad_token_id == 3
 
 
 class _Tokenizer:
@@ -267,23 +280,24 @@ def test_choose_collator_for_seq2seq_and_vision_models(tmp_path):
 
     args = _config(tmp_path)
     tokenizer = build_seq2seq_tokenizer(["hello world yes no"] * 4, "bart")
-    seq2seq = choose_collator("seq2seq", args, tokenizer, tokenizer, tiny_seq2seq_lm(tokenizer, "bart"))
+    seq2seq = ENCODER_DECODER.collator(args, tokenizer, tokenizer, tiny_seq2seq_lm(tokenizer, "bart"))
     assert type(seq2seq) is Seq2SeqORPODataCollator
     assert seq2seq.decoder_prefix == (tokenizer.eos_token_id, tokenizer.bos_token_id)
     processor = build_vlm_processor(["What color is it? red blue yes no"] * 4)
-    vision = choose_collator("vision", args, processor, processor.tokenizer)
+    vision = VISION.collator(args, processor, processor.tokenizer, None)
     assert type(vision) is VisionORPODataCollator and vision.processor is processor
 
 
 def test_where_batches_are_split_by_rows_they_are_padded(tokenizer, caplog):
     reason = "streamed training data: accelerate splits its batches by rows"
-    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
-        choice = choose_layout("causal", "auto", _tiny(tokenizer, "sdpa"), rows_split=reason)
-        assert choice == (Layout.PADDED, None, reason)
-        choose_layout("causal", "shared_prompt", _tiny(tokenizer, "sdpa"), rows_split=reason)
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.routing"):
+        choice = choose_layout("auto", _tiny(tokenizer, "sdpa"), padded_only=reason)
+        assert choice == (Layout.PADDED, None, reason, None)
+        choice.log()
+        choose_layout("shared_prompt", _tiny(tokenizer, "sdpa"), padded_only=reason).log()
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.INFO, f"layout: padded ({reason})"),
-        (logging.WARNING, f"layout shared_prompt is not supported: {reason}; using padded batches"),
+        (logging.WARNING, f"layout shared_prompt cannot run here ({reason}); using padded batches"),
     ]
 
 
@@ -294,7 +308,7 @@ def test_a_streamed_trainer_collates_padded(tokenizer, tmp_path, caplog):
 
     rows = [{"prompt": f"q{i}?", "chosen": " yes", "rejected": " no"} for i in range(8)]
     stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
-    with caplog.at_level(logging.INFO, logger="orpo.scoring.collate"):
+    with caplog.at_level(logging.INFO, logger="orpo.scoring.routing"):
         trainer = ORPOTrainer(
             model=_tiny(tokenizer, "sdpa"),
             args=_config(tmp_path, max_steps=1, use_cpu=True),
@@ -306,4 +320,5 @@ def test_a_streamed_trainer_collates_padded(tokenizer, tmp_path, caplog):
         Layout.PADDED,
         None,
         "streamed training data: accelerate splits its batches by rows",
+        None,
     )

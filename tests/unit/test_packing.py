@@ -15,7 +15,7 @@ from orpo.demo.tiny import tiny_causal_lm
 from orpo.scoring.collate import ORPODataCollator
 from orpo.scoring.layouts import LAYOUT_KEY, SEGMENTS_KEY, Layout, layout_of, padded_of
 from orpo.scoring.logps import fused_scores, plain_scores, row_scores, verify_packing
-from orpo.scoring.packing import ORPOPackingCollator, ORPOSharedPromptCollator
+from orpo.scoring.packing import ORPOPaddingFreeCollator, ORPOSharedPromptCollator
 from orpo.scoring.routing import use_segment_attention
 from orpo.scoring.scorer import TokenScorer
 from orpo.scoring.segments import Call
@@ -41,7 +41,7 @@ def _features(tokenizer, n: int = 3, seed: int = 0) -> list[dict[str, list[int]]
 
 def _collate(tokenizer, features, nll_scope="completion", multiple=None):
     kwargs = {"pad_token_id": tokenizer.pad_token_id, "nll_scope": nll_scope, "pad_to_multiple_of": multiple}
-    return ORPODataCollator(**kwargs)(features), ORPOPackingCollator(**kwargs)(features)
+    return ORPODataCollator(**kwargs)(features), ORPOPaddingFreeCollator(**kwargs)(features)
 
 
 def _assert_scored_positions(row, padded, nll_scope):
@@ -61,13 +61,13 @@ def _assert_scored_positions(row, padded, nll_scope):
 def test_packed_row_layout(tokenizer, nll_scope):
     features = _features(tokenizer)
     padded, packed = _collate(tokenizer, features, nll_scope)
-    assert layout_of(packed) is Layout.PACKED and layout_of(padded) is Layout.PADDED
+    assert layout_of(packed) is Layout.PADDING_FREE and layout_of(padded) is Layout.PADDED
     assert "attention_mask" not in packed
     ids, pos = packed["input_ids"][0], packed["position_ids"][0]
     lengths = padded["attention_mask"].sum(-1).tolist()
     assert ids.shape[0] == sum(lengths) == pos.shape[0]
     segments = packed[SEGMENTS_KEY]
-    assert segments.layout is Layout.PACKED and segments.total == sum(lengths)
+    assert segments.layout is Layout.PADDING_FREE and segments.total == sum(lengths)
     start, calls = 0, []
     for row, length in enumerate(lengths):  # chosen 0..B-1 then rejected 0..B-1, in row order
         span = slice(start, start + length)
@@ -96,7 +96,7 @@ def test_pad_to_multiple_of_pads_the_row_as_its_own_sequence(tokenizer):
 
 
 @pytest.mark.parametrize("nll_scope", ["completion", "prompt_and_completion"])
-@pytest.mark.parametrize("collator", [ORPOPackingCollator, ORPOSharedPromptCollator])
+@pytest.mark.parametrize("collator", [ORPOPaddingFreeCollator, ORPOSharedPromptCollator])
 def test_padded_of_restores_the_padded_batch(tokenizer, nll_scope, collator):
     features = _features(tokenizer, seed=2)
     kwargs = {"pad_token_id": tokenizer.pad_token_id, "nll_scope": nll_scope, "pad_to_multiple_of": 8}
@@ -144,7 +144,7 @@ def test_packed_scores_and_gradients_match_padded(tokenizer, arch, attn, fused, 
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("collator", [ORPOPackingCollator, ORPOSharedPromptCollator])
+@pytest.mark.parametrize("collator", [ORPOPaddingFreeCollator, ORPOSharedPromptCollator])
 def test_row_scores_place_every_scored_token(tokenizer, collator):
     model = tiny_causal_lm(tokenizer)
     features = _features(tokenizer, seed=4)
@@ -418,7 +418,7 @@ def test_a_non_finite_probe_runs_padded_and_is_asked_again(tokenizer):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("collator", [ORPOPackingCollator, ORPOSharedPromptCollator])
+@pytest.mark.parametrize("collator", [ORPOPaddingFreeCollator, ORPOSharedPromptCollator])
 def test_scoring_a_row_batch_makes_no_host_sync(tokenizer, collator, fused):
     """After the first batch's checks, scoring a row batch (forward and backward) reads nothing
     back from the device: indices come from the collator, attention slices by host ints."""
@@ -443,7 +443,7 @@ def test_scoring_a_row_batch_makes_no_host_sync(tokenizer, collator, fused):
     assert any(event.startswith("boolean-mask indexing at ") for event in syncs.events)
 
 
-@pytest.mark.parametrize("collator", [ORPOPackingCollator, ORPOSharedPromptCollator])
+@pytest.mark.parametrize("collator", [ORPOPaddingFreeCollator, ORPOSharedPromptCollator])
 def test_row_scoring_attends_per_sequence_without_a_row_mask(tokenizer, monkeypatch, collator):
     model = tiny_causal_lm(tokenizer)  # sdpa
     row = collator(pad_token_id=tokenizer.pad_token_id)(_features(tokenizer, seed=15))

@@ -18,7 +18,7 @@ from orpo.scoring.segments import (
 
 def test_packed_calls_and_varlen_tensors():
     seg = packed_segments([3, 0, 2], total=7)
-    assert seg.layout is Layout.PACKED and seg.total == 7
+    assert seg.layout is Layout.PADDING_FREE and seg.total == 7
     assert seg.calls == (Call(0, 3), Call(3, 5), Call(5, 7))  # the empty sequence has no call; padding has one
     assert seg.tiles_row
     assert seg.tensors["cu_self"].tolist() == [0, 3, 5, 7] and seg.tensors["cu_self"].dtype == torch.int32

@@ -344,17 +344,18 @@ def test_freeze_vision_tower(processor, tokenizer):
 
 def test_model_kind(processor, tokenizer):
     from orpo.demo.tiny import build_seq2seq_tokenizer, tiny_seq2seq_lm
-    from orpo.models.loading import is_vision_processor, model_kind
+    from orpo.models.kinds import kind_of
+    from orpo.models.vision.placeholders import is_vision_processor
 
     style = "qwen2_vl" if "Qwen2VL" in type(processor).__name__ else "llava"
     vlm = tiny_vlm(processor, style)
-    assert model_kind(vlm, processor) == "vision" and model_kind(vlm.config) == "vision"
-    assert model_kind(None, processor) == "vision"  # model_init: told by the processor
-    assert model_kind(None, tokenizer) == "causal"
-    assert model_kind(tiny_causal_lm(tokenizer), processor) == "causal"  # a model's config outranks the processor
-    assert model_kind(tiny_causal_lm(tokenizer), tokenizer) == "causal"
+    assert kind_of(vlm, processor).name == "vision" and kind_of(vlm.config).name == "vision"
+    assert kind_of(None, processor).name == "vision"  # model_init: told by the processor
+    assert kind_of(None, tokenizer).name == "causal"
+    assert kind_of(tiny_causal_lm(tokenizer), processor).name == "causal"  # a model's config outranks the processor
+    assert kind_of(tiny_causal_lm(tokenizer), tokenizer).name == "causal"
     assert is_vision_processor(processor) and not is_vision_processor(tokenizer)
     t5 = tiny_seq2seq_lm(build_seq2seq_tokenizer(CORPUS, "t5"), "t5")
-    assert model_kind(t5, tokenizer) == "seq2seq" and model_kind(t5.config) == "seq2seq"
-    assert model_kind(t5, tokenizer, is_encoder_decoder_flag=False) == "causal"  # the config field wins
-    assert model_kind(None, tokenizer, is_encoder_decoder_flag=True) == "seq2seq"
+    assert kind_of(t5, tokenizer).name == "seq2seq" and kind_of(t5.config).name == "seq2seq"
+    assert kind_of(t5, tokenizer, is_encoder_decoder_flag=False).name == "causal"  # the config field wins
+    assert kind_of(None, tokenizer, is_encoder_decoder_flag=True).name == "seq2seq"

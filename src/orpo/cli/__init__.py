@@ -5,6 +5,14 @@
 they share.
 """
 
-from .main import aitraining_main, main
+from orpo.cli.main import main
+
+
+def aitraining_main(argv: list[str] | None = None) -> int:
+    """``aitraining llm --train --model M --data-path D --project-name P --trainer orpo ...``"""
+    from orpo.cli.aitraining import aitraining_main as run  # the CLI's lazy start: only when run
+
+    return run(argv)
+
 
 __all__ = ["aitraining_main", "main"]

@@ -111,9 +111,10 @@ def _shown_prompts(rows: Any) -> dict[str, str]:
 def _score_model(path: str, rows: Any, args: Any) -> dict[str, Any]:
     """Load one model, score (and sample) it; the model is freed on return."""
     from orpo.models.generation import load_for_inference
+    from orpo.models.kinds import CAUSAL, kind_of
 
     model, tokenizer = load_for_inference(path, args.base, args.dtype, args.device, args.chat_template)
-    if getattr(model.config, "is_encoder_decoder", False) or hasattr(tokenizer, "image_processor"):
+    if kind_of(model, tokenizer) is not CAUSAL:
         raise UsageError(f"{path}: orpo eval scores text-only causal language models")
     limits = ("max_length", "max_prompt_length", "max_completion_length", "truncation_mode")
     config = eval_config(**{k: getattr(args, k) for k in limits if getattr(args, k) is not None})

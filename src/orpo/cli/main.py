@@ -142,10 +142,3 @@ def main(argv: list[str] | None = None) -> int:
     # A command's --help only prints: no need to import (and configure) transformers and datasets for it.
     setup_logging(verbose, libraries=not {"-h", "--help"} & set(argv[1:]))
     return run_command(func, argv[1:], f"{PROG} {command}", debug, verbose)
-
-
-def aitraining_main(argv: list[str] | None = None) -> int:
-    """``aitraining llm --train --model M --data-path D --project-name P --trainer orpo ...``"""
-    from orpo.cli.aitraining import aitraining_main as run
-
-    return run(argv)

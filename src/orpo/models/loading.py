@@ -7,24 +7,22 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     AutoTokenizer,
-    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from orpo.config.usage import first_line
+from orpo.models.kinds import VISION, ModelKind, kind_of
+from orpo.models.vision.placeholders import is_vision_processor
 
 logger = logging.getLogger(__name__)
 
-#: "causal" (orpo.data), "vision" (orpo.models.vision) or "seq2seq" (orpo.models.encoder_decoder).
-ModelKind = Literal["causal", "vision", "seq2seq"]
 
 _DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -101,39 +99,6 @@ def saved_config(name_or_path: str, source: HubSource = HubSource()) -> Any:
     return _config_of(name_or_path, source, required=False)
 
 
-def is_vision_processor(processing_class: Any) -> bool:
-    """Whether ``processing_class`` is a multimodal processor: an image processor and a tokenizer."""
-    return (
-        getattr(processing_class, "image_processor", None) is not None
-        and getattr(processing_class, "tokenizer", None) is not None
-    )
-
-
-def model_kind(
-    model_or_config: Any, processing_class: Any = None, is_encoder_decoder_flag: bool | None = None
-) -> ModelKind:
-    """Which data path and collator a model needs: the one answer to "what kind of model is this".
-
-    ``model_or_config``: a model (or a PEFT wrapper of one), its ``PretrainedConfig``, or None
-    (``model_init``).  Encoder-decoder when ``is_encoder_decoder_flag`` says so (None: the config
-    decides); vision-language when the config has a ``vision_config`` or, without a model, when
-    ``processing_class`` is a vision processor.
-    """
-    config = model_or_config if isinstance(model_or_config, PretrainedConfig) else None
-    if config is None and model_or_config is not None:
-        config = getattr(model_or_config, "config", None)
-    flag = is_encoder_decoder_flag
-    if flag is None:
-        flag = bool(getattr(config, "is_encoder_decoder", False))
-    if flag:
-        return "seq2seq"
-    if getattr(config, "vision_config", None) is not None:
-        return "vision"
-    if config is None and is_vision_processor(processing_class):
-        return "vision"
-    return "causal"
-
-
 def load_model(
     name_or_path: str, model_init_kwargs: dict[str, Any] | None = None, *, trust_remote_code: bool = False
 ) -> PreTrainedModel:
@@ -141,12 +106,7 @@ def load_model(
 
     ``revision`` / ``trust_remote_code`` in ``model_init_kwargs`` apply to the config probe too."""
     source, kwargs = HubSource.split(_resolve_dtype(model_init_kwargs or {}), trust_remote_code)
-    kind = model_kind(_config_of(name_or_path, source))
-    auto: Any = AutoModelForCausalLM
-    if kind == "seq2seq":
-        from transformers import AutoModelForSeq2SeqLM as auto
-    elif kind == "vision":
-        from transformers import AutoModelForImageTextToText as auto
+    auto = kind_of(_config_of(name_or_path, source)).auto_model()
     with _remote_code_check(name_or_path, source):
         return auto.from_pretrained(name_or_path, **kwargs, **source.kwargs())
 
@@ -154,7 +114,7 @@ def load_model(
 def load_processor(name_or_path: str, chat_template: str | None = None, source: HubSource = HubSource()) -> Any:
     """The model's processing class: an ``AutoProcessor`` (tokenizer + image processor) for a
     vision-language model, else its tokenizer (as :func:`load_tokenizer`)."""
-    if _saved_kind(name_or_path, source) != "vision":
+    if _saved_kind(name_or_path, source) is not VISION:
         return _load_tokenizer(name_or_path, chat_template, source)
     from transformers import AutoProcessor
 
@@ -174,14 +134,14 @@ def load_processor(name_or_path: str, chat_template: str | None = None, source: 
 
 def _saved_kind(name_or_path: str, source: HubSource) -> ModelKind:
     """The kind of model saved at ``name_or_path``; "causal" where there is no model config (a tokenizer only)."""
-    return model_kind(saved_config(name_or_path, source))
+    return kind_of(saved_config(name_or_path, source))
 
 
 def load_tokenizer(
     name_or_path: str, chat_template: str | None = None, source: HubSource = HubSource()
 ) -> PreTrainedTokenizerBase:
     """The tokenizer; for a vision-language model the whole processor (see :func:`load_processor`)."""
-    if _saved_kind(name_or_path, source) == "vision":
+    if _saved_kind(name_or_path, source) is VISION:
         return load_processor(name_or_path, chat_template, source)
     return _load_tokenizer(name_or_path, chat_template, source)
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
+from orpo.scoring.layouts import SEGMENTS_KEY
 from orpo.scoring.segments import Call, Segments, flex_block_mask
 
-SEGMENTS_KWARG = "orpo_segments"
 #: base attn_implementation -> the per-segment implementation wrapping it
 IMPLEMENTATIONS = {
     "sdpa": "orpo_sdpa",
@@ -45,7 +45,7 @@ SEGMENT_MASK = torch.zeros((1, 1, 0, 0), dtype=torch.bool)
 
 def segment_forward_kwargs(segments: Segments) -> dict[str, Any]:
     """What a packed forward passes besides ``input_ids`` and ``position_ids``."""
-    return {"attention_mask": SEGMENT_MASK, SEGMENTS_KWARG: segments}
+    return {"attention_mask": SEGMENT_MASK, SEGMENTS_KEY: segments}
 
 
 # ---- per-call kernels ----------------------------------------------------------------------
@@ -261,14 +261,14 @@ def _base_attention(base: str, module: torch.nn.Module) -> Callable[..., Any]:
 
 def _segment_attention(base: str) -> Callable[..., tuple[torch.Tensor, None]]:
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-        segments: Segments | None = kwargs.pop(SEGMENTS_KWARG, None)
+        segments: Segments | None = kwargs.pop(SEGMENTS_KEY, None)
         if segments is None:
             return _base_attention(base, module)(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
             )
         if query.shape[0] != 1 or query.shape[2] != segments.total:
             raise ValueError(
-                f"{SEGMENTS_KWARG} describes a packed row of {segments.total} tokens, but attention got queries of "
+                f"{SEGMENTS_KEY} describes a packed row of {segments.total} tokens, but attention got queries of "
                 f"shape {tuple(query.shape)} (batch, heads, tokens, dim)"
             )
         if kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:

@@ -1,19 +1,21 @@
-"""Batching of tokenized pairs into one concatenated chosen+rejected batch, and the choice of
-collator for a model kind and the speed switches."""
+"""The padded layout: tokenized pairs batched as one concatenated chosen+rejected batch.
+
+The row layouts' collators (:mod:`orpo.scoring.packing`) and the other model kinds' build on it; which
+collator a trainer uses is its model kind's answer (:meth:`orpo.models.kinds.ModelKind.collator`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from orpo.scoring.layouts import LAYOUT_KEY, SCORE_INDEX_KEY, Layout, score_positions
 
 if TYPE_CHECKING:
-    from orpo.config.orpo_config import ORPOConfig
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -66,120 +68,3 @@ class ORPODataCollator:
         batch[SCORE_INDEX_KEY] = score_positions(batch, self.label_pad_token_id)[2]
         batch[LAYOUT_KEY] = Layout.PADDED
         return batch
-
-
-class LayoutChoice(NamedTuple):
-    """The layout a trainer collates in, the per-segment attention that runs it, and why."""
-
-    layout: Layout
-    implementation: str | None  # one of orpo.scoring.attention.IMPLEMENTATIONS' names; None for padded
-    reason: str
-
-    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` switched to the attention that runs the layout (padded forwards keep the model's own)."""
-        if self.implementation is not None:
-            from orpo.scoring.routing import use_segment_attention
-
-            use_segment_attention(model, self.implementation)
-        return model
-
-
-def choose_layout(
-    model_kind: str, requested: str, model: torch.nn.Module, rows_split: str | None = None
-) -> LayoutChoice:
-    """The batch layout for a model kind ("causal", "vision", "seq2seq"), the requested layout
-    (``ORPOArguments.requested_layout``: "auto" or a layout's name) and the model, logged in one line.
-
-    "auto" takes shared_prompt where the model's attention runs it per segment, else
-    padding_free, else padded (:func:`orpo.scoring.routing.best_layout`).  A requested row layout the
-    model cannot run runs padded, with a warning saying why; so does any row layout for
-    vision-language and encoder-decoder models (whose rows hold more than token sequences) and
-    where something splits batches by rows (``rows_split`` says what: a row layout has one row).
-    """
-    from orpo.scoring.routing import best_layout
-
-    if model_kind != "causal" or rows_split:
-        why = f"{model_kind} models take padded batches only" if model_kind != "causal" else rows_split
-        choice = LayoutChoice(Layout.PADDED, None, str(why))
-        if requested in ("auto", "padded"):
-            logger.info("layout: padded (%s)", choice.reason)
-        else:
-            logger.warning("layout %s is not supported: %s; using padded batches", requested, choice.reason)
-        return choice
-    wanted = None if requested == "auto" else Layout(requested)
-    layout, route = best_layout(model, wanted)
-    origin = "auto" if wanted is None else "requested"
-    if route.implementation is not None:
-        choice = LayoutChoice(layout, route.implementation, f"{origin}: attention {route.implementation} runs it")
-    elif wanted is Layout.PADDED:
-        choice = LayoutChoice(layout, None, origin)
-    else:
-        choice = LayoutChoice(layout, None, f"{origin}: no per-segment attention for this model ({route.reason})")
-        if wanted is not None:
-            logger.warning("layout %s cannot run here (%s); using padded batches", requested, route.reason)
-            return choice
-    logger.info("layout: %s (%s)", choice.layout.value, choice.reason)
-    return choice
-
-
-def layout_and_collator(
-    model_kind: str,
-    args: ORPOConfig,
-    processor: Any,
-    tokenizer: Any,
-    model: torch.nn.Module | None,
-    padded: Collator,
-    train_dataset: Any = None,
-) -> tuple[LayoutChoice, Collator]:
-    """A trainer's layout (:func:`choose_layout`), its ``model`` switched to the attention that runs
-    it, and the collator of that layout (``padded``, the padded one already built, if padded)."""
-    import datasets
-
-    assert model is not None, "Trainer.__init__ resolves model or model_init to a model"
-    rows_split = None
-    if isinstance(train_dataset, datasets.IterableDataset | torch.utils.data.IterableDataset):
-        rows_split = "streamed training data: accelerate splits its batches by rows"
-    elif args.n_gpu > 1:
-        rows_split = f"{args.n_gpu} GPUs in one process: torch.nn.DataParallel splits batches by rows"
-    choice = choose_layout(model_kind, args.requested_layout(), model, rows_split)
-    choice.apply(model)
-    if choice.layout is Layout.PADDED:
-        return choice, padded
-    return choice, choose_collator(model_kind, args, processor, tokenizer, layout=choice.layout)
-
-
-def choose_collator(
-    model_kind: str,
-    args: ORPOConfig,
-    processor: Any,
-    tokenizer: Any,
-    model: Any = None,
-    layout: Layout = Layout.PADDED,
-) -> Collator:
-    """The default collator of a trainer: for (model kind) x layout.
-
-    ``processor`` is the trainer's processing class (the image processor's owner for vision
-    models), ``tokenizer`` its text tokenizer, ``model`` the unwrapped model (None with
-    ``model_init``; an encoder-decoder collator reads its decoder start token from it).
-    """
-    if model_kind == "vision":
-        from orpo.models.vision import VisionORPODataCollator
-
-        return VisionORPODataCollator.from_args(processor, args)
-    if model_kind == "seq2seq":
-        from orpo.models.encoder_decoder import Seq2SeqORPODataCollator
-
-        return Seq2SeqORPODataCollator.from_args(model, tokenizer, args)
-    from orpo.scoring.packing import ORPOPackingCollator, ORPOSharedPromptCollator
-
-    collator_class = {
-        Layout.PADDED: ORPODataCollator,
-        Layout.PACKED: ORPOPackingCollator,
-        Layout.SHARED_PROMPT: ORPOSharedPromptCollator,
-    }[layout]
-    return collator_class(
-        pad_token_id=args.padding_value if args.padding_value is not None else tokenizer.pad_token_id,
-        label_pad_token_id=args.label_pad_token_id,
-        pad_to_multiple_of=args.pad_to_multiple_of,
-        nll_scope=args.nll_scope,
-    )

@@ -1,7 +1,7 @@
 """Batch layouts: the marker every collator puts in its batches, and what scoring reads from them.
 
 The loss and the metrics read one layout only, the *padded* one: rows are sequences, chosen
-0..B-1 then rejected B..2B-1.  A *padding-free* batch (:class:`orpo.scoring.packing.ORPOPackingCollator`)
+0..B-1 then rejected B..2B-1.  A *padding-free* batch (:class:`orpo.scoring.packing.ORPOPaddingFreeCollator`)
 holds all 2B sequences in one row; a *shared-prompt* batch
 (:class:`orpo.scoring.packing.ORPOSharedPromptCollator`) holds each pair as prompt | chosen | rejected.
 Both *row* layouts carry their :class:`orpo.scoring.segments.Segments` (the attention calls, known on the
@@ -26,7 +26,7 @@ class Layout(Enum):
     are the names of the ``layout`` option (``ORPOConfig.layout``)."""
 
     PADDED = "padded"
-    PACKED = "padding_free"
+    PADDING_FREE = "padding_free"
     SHARED_PROMPT = "shared_prompt"
 
 
@@ -42,15 +42,23 @@ SCORE_INDEX_KEY = "score_index"
 SCORE_SOURCE_KEY = "score_source"
 
 
+def targets(batch: dict[str, Any], ignore: int) -> torch.Tensor:
+    """The token each position 0..L-2 of a padded batch predicts, ``ignore`` where nothing is scored:
+    completion labels, plus the prompt's where the NLL covers it (``nll_labels``).  The one place
+    labels and ``nll_labels`` are merged, for the collators' index and for scoring alike."""
+    shifted = batch["labels"][:, 1:]
+    if "nll_labels" in batch:
+        shifted = torch.where(shifted != ignore, shifted, batch["nll_labels"][:, 1:])
+    return shifted
+
+
 def score_positions(batch: dict[str, Any], ignore: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rows, cols, flat index)`` of the positions the padded layout scores, row-major over
     ``labels[:, 1:]`` (and ``nll_labels``): computed by the collator on host tensors, so that
     scoring gathers by index instead of selecting by a mask (which waits for the device)."""
-    targets = batch["labels"][:, 1:]
-    if "nll_labels" in batch:
-        targets = torch.where(targets != ignore, targets, batch["nll_labels"][:, 1:])
-    rows, cols = (targets != ignore).nonzero(as_tuple=True)
-    return rows, cols, rows * targets.shape[1] + cols
+    scored = targets(batch, ignore)
+    rows, cols = (scored != ignore).nonzero(as_tuple=True)
+    return rows, cols, rows * scored.shape[1] + cols
 
 
 def layout_of(batch: dict[str, Any]) -> Layout:
@@ -88,59 +96,3 @@ def padded_of(batch: dict[str, Any]) -> dict[str, Any]:
             out[key] = batch[key]
     out[LAYOUT_KEY] = Layout.PADDED
     return out
-
-
-def row_view(batch: dict[str, Any], start: int, stop: int, segments: Segments | None) -> dict[str, Any]:
-    """Tokens ``[start, stop)`` of a row batch as a one-row batch, with the ``segments`` that describe them."""
-    view = {key: batch[key][:, start:stop] for key in ("input_ids", "position_ids")}
-    if segments is not None:
-        view[SEGMENTS_KEY] = segments.to(batch["input_ids"].device)
-    return view
-
-
-def first_sequence(batch: dict[str, Any], tokens: int) -> dict[str, Any]:
-    """The first ``tokens`` of the row's first sequence: a one-row padded batch (the fused head's probe)."""
-    first = segments_of(batch).calls[0]  # always a sequence of its own starting the row
-    view = row_view(batch, 0, min(tokens, first.length), None)
-    view["labels"] = view["input_ids"].clone()
-    return view
-
-
-def packing_probe(batch: dict[str, Any], probe_tokens: int = 24) -> tuple[dict[str, Any], int, torch.Tensor] | None:
-    """The first ``probe_tokens`` of the row's first two sequences packed in one row, where the
-    second one starts in that row, and the second one's ids alone; None if the row has one sequence."""
-    from orpo.scoring.segments import packed_segments
-
-    calls = segments_of(batch).calls
-    if len(calls) < 2:
-        return None
-    ids, positions = batch["input_ids"], batch["position_ids"]
-    spans = [(call.start, call.start + min(probe_tokens, call.length)) for call in calls[:2]]
-    lengths = [stop - start for start, stop in spans]
-    probe = {
-        "input_ids": torch.cat([ids[:, a:b] for a, b in spans], dim=1),
-        "position_ids": torch.cat([positions[:, a:b] for a, b in spans], dim=1),
-        SEGMENTS_KEY: packed_segments(lengths).to(ids.device),
-    }
-    second = spans[1]
-    return probe, lengths[0], ids[:, second[0] : second[1]]
-
-
-def shared_prompt_probe(batch: dict[str, Any]) -> tuple[dict[str, Any], int, torch.Tensor, int] | None:
-    """The first pair with a prompt and a rejected completion as its own shared-prompt row, and
-    the ids of that prompt + rejected alone.
-
-    Returns ``(row, rejected_start, alone_ids, prompt_length)``: the rejected tokens are
-    ``row[rejected_start:]`` and ``alone_ids[prompt_length:]``; None when no pair has both.
-    """
-    from orpo.scoring.segments import shared_prompt_segments
-
-    call = next((call for call in segments_of(batch).calls if call.prefix), None)
-    if call is None:
-        return None
-    prompt, chosen, rejected = call.prefix, call.start - call.prefix_stop, call.length
-    segments = shared_prompt_segments([prompt], [chosen], [rejected])
-    row = row_view(batch, call.prefix_start, call.stop, segments)
-    ids = batch["input_ids"]
-    alone = torch.cat([ids[:, call.prefix_start : call.prefix_stop], ids[:, call.start : call.stop]], dim=1)
-    return row, prompt + chosen, alone, prompt

@@ -24,11 +24,11 @@ from orpo.scoring.layouts import (
     SCORE_SOURCE_KEY,
     SEGMENTS_KEY,
     Layout,
-    packing_probe,
     place_scored,
     segments_of,
-    shared_prompt_probe,
 )
+from orpo.scoring.layouts import targets as layout_targets
+from orpo.scoring.segments import packing_probe, shared_prompt_probe
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +56,6 @@ class TokenScores(NamedTuple):
     targets: torch.Tensor  # long [rows, L-1]
 
 
-def shifted_targets(batch: dict[str, Any], ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets for positions 0..L-2: completion labels, plus prompt labels when the NLL needs them."""
-    targets = batch["labels"][:, 1:]
-    if "nll_labels" in batch:
-        targets = torch.where(targets != ignore_index, targets, batch["nll_labels"][:, 1:])
-    return targets, targets != ignore_index
-
-
 def _model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     return {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
 
@@ -75,10 +67,24 @@ def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ---- what the scoring reads from the model -----------------------------------------------------
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP/accelerate wrappers (``.module``)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
+def unwrap(model: torch.nn.Module, to_transformers: bool = False) -> Any:
+    """The model inside torch.compile's and DDP's/accelerate's wrappers (``.module``): the one unwrapper.
+
+    With ``to_transformers`` also inside a PEFT model, down to the ``transformers`` model itself
+    (what reads and switches ``attn_implementation``); without, a PEFT model stays itself (its
+    head and config are the ones that train).
+    """
+    from transformers import PreTrainedModel
+
+    while True:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # torch.compile's
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP's, accelerate's
+            model = model.module  # type: ignore[assignment]
+        else:
+            break
+    if to_transformers and not isinstance(model, PreTrainedModel) and callable(getattr(model, "get_base_model", None)):
+        model = model.get_base_model()  # type: ignore[operator]
     return model
 
 
@@ -101,9 +107,10 @@ def output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
 
 
 def attn_implementation_of(model: torch.nn.Module) -> str | None:
+    """The attention the model dispatches to now (orpo's per-segment ones included)."""
     from orpo.internals.private import attn_implementation  # imports transformers' Trainer: not at import time
 
-    return attn_implementation(_config(model))
+    return attn_implementation(getattr(unwrap(model, to_transformers=True), "config", None))
 
 
 def _compute_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
@@ -173,7 +180,8 @@ def _padded_scores(
     Our collators give the positions as ``score_index`` (gathered, no host sync); a batch from
     another collator is selected by its mask, which makes the host wait for the device.
     """
-    targets, mask = shifted_targets(batch, ignore_index)
+    targets = layout_targets(batch, ignore_index)
+    mask = targets != ignore_index
     index = batch.get(SCORE_INDEX_KEY)
     if index is None:
         logps, means = score(values[:, :-1][mask], targets[mask])
@@ -213,7 +221,8 @@ def row_scores(
     The collator's ``score_source`` picks the predicting positions of the row, ``score_index``
     places their scores in the padded layout: gathers and an ``index_copy``, no host sync.
     """
-    targets, mask = shifted_targets(batch, ignore_index)
+    targets = layout_targets(batch, ignore_index)
+    mask = targets != ignore_index
     index, source = batch[SCORE_INDEX_KEY], batch[SCORE_SOURCE_KEY]
     scored = targets.reshape(-1)[index]
     inputs = row_inputs({**batch, SEGMENTS_KEY: segments_of(batch)})
@@ -308,7 +317,7 @@ def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: 
         lambda: model(input_ids=alone, use_cache=False).logits[0],
         lambda: model(**row_inputs(packed), use_cache=False).logits[0, offset:],
         _layout_tolerance(model, alone.device),
-        _problem(model, Layout.PACKED, "does not keep packed sequences apart"),
+        _problem(model, Layout.PADDING_FREE, "does not keep packed sequences apart"),
         "running these batches padded instead",
     )
 

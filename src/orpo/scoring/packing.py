@@ -1,5 +1,5 @@
 """Padding-free batching: every chosen and rejected sequence of a batch in ONE row
-(:class:`ORPOPackingCollator`), or each pair's prompt once for both completions
+(:class:`ORPOPaddingFreeCollator`), or each pair's prompt once for both completions
 (:class:`ORPOSharedPromptCollator`, below).
 
 The row holds the sequences back to back with ``position_ids`` restarting at 0 for each one
@@ -16,7 +16,7 @@ A row batch carries, besides ``input_ids``/``position_ids`` ``[1, T]``:
 * ``labels`` (and ``nll_labels``) ``[2B, L]``: exactly the padded collator's labels (the loss and
   the window counts read them), and ``padded_input_ids``/``padded_attention_mask``, to run the
   batch padded if the model cannot run the row;
-* ``orpo_layout``: :attr:`orpo.scoring.layouts.Layout.PACKED` or ``SHARED_PROMPT``, what scoring dispatches on.
+* ``orpo_layout``: :attr:`orpo.scoring.layouts.Layout.PADDING_FREE` or ``SHARED_PROMPT``, what scoring dispatches on.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _row_batch(
 
 
 @dataclass
-class ORPOPackingCollator(ORPODataCollator):
+class ORPOPaddingFreeCollator(ORPODataCollator):
     """Packs the 2B sequences of B pairs into one row (chosen 0..B-1, then rejected 0..B-1).
 
     ``pad_to_multiple_of`` pads the packed row (not each sequence) at its end; the padding is

@@ -1,4 +1,5 @@
-"""Which per-segment attention runs a row layout on a model, and which layout ``auto`` picks.
+"""Which layout a model runs, and which per-segment attention runs a row layout on it: :func:`choose_layout`
+is the one function that decides, for the trainer (auto or asked for) and for the scorer (a row batch).
 
 :mod:`orpo.scoring.attention` holds the implementations; this module asks the model (its transformers class,
 its ``attn_implementation``, the installed flash-attn) whether one of them can run a layout, and says
@@ -7,16 +8,20 @@ why not where none can, for the one log line the trainer writes.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import logging
+from typing import NamedTuple
 
 import torch
 
 from orpo.scoring.attention import BASES, IMPLEMENTATIONS, register
 from orpo.scoring.layouts import Layout
+from orpo.scoring.logps import attn_implementation_of, unwrap
 
-#: The layouts that run per segment, in the order ``best_layout`` tries them: a shared prompt runs
+logger = logging.getLogger(__name__)
+
+#: The layouts that run per segment, in the order ``auto`` tries them: a shared prompt runs
 #: each prompt once, packed rows spend nothing on padding.
-AUTO_ORDER = (Layout.SHARED_PROMPT, Layout.PACKED)
+AUTO_ORDER = (Layout.SHARED_PROMPT, Layout.PADDING_FREE)
 
 
 class AttentionRoute(NamedTuple):
@@ -26,27 +31,9 @@ class AttentionRoute(NamedTuple):
     reason: str = ""
 
 
-def _pretrained(model: torch.nn.Module) -> Any:
-    """The transformers model under DDP / compile / PEFT wrappers."""
-    from transformers import PreTrainedModel
-
-    while True:
-        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # torch.compile's
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP's, accelerate's
-            model = model.module  # type: ignore[assignment]
-        else:
-            break
-    if not isinstance(model, PreTrainedModel) and callable(getattr(model, "get_base_model", None)):
-        model = model.get_base_model()  # type: ignore[operator]
-    return model
-
-
 def base_implementation(model: torch.nn.Module) -> str | None:
     """The model's attn_implementation, seen through ours (``orpo_sdpa`` -> ``sdpa``)."""
-    from orpo.internals.private import attn_implementation
-
-    name = attn_implementation(getattr(_pretrained(model), "config", None))
+    name = attn_implementation_of(model)
     return BASES.get(name, name) if name is not None else None
 
 
@@ -61,8 +48,8 @@ def segment_route(model: torch.nn.Module, layout: Layout) -> AttentionRoute:
     from transformers import PreTrainedModel
 
     if layout not in AUTO_ORDER:
-        raise ValueError(f"layout must be Layout.PACKED or Layout.SHARED_PROMPT, got {layout!r}")
-    if not isinstance(_pretrained(model), PreTrainedModel):
+        raise ValueError(f"layout must be Layout.PADDING_FREE or Layout.SHARED_PROMPT, got {layout!r}")
+    if not isinstance(unwrap(model, to_transformers=True), PreTrainedModel):
         return AttentionRoute(None, f"{type(model).__name__} is not a transformers model")
     base = base_implementation(model)
     if base not in IMPLEMENTATIONS:
@@ -90,30 +77,60 @@ def use_segment_attention(model: torch.nn.Module, implementation: str) -> str:
     """
     if implementation not in BASES:
         raise ValueError(f"not a per-segment implementation: {implementation!r}; one of {sorted(BASES)}")
-    from orpo.internals.private import attn_implementation
-
     register()
-    pretrained = _pretrained(model)
-    previous = attn_implementation(pretrained.config) or "eager"  # transformers' own default
+    pretrained = unwrap(model, to_transformers=True)
+    previous = attn_implementation_of(pretrained) or "eager"  # transformers' own default
     pretrained.set_attn_implementation(implementation)
-    if attn_implementation(pretrained.config) != implementation:
+    if attn_implementation_of(pretrained) != implementation:
         raise ValueError(f"{type(pretrained).__name__} does not dispatch attention through AttentionInterface")
     return previous
 
 
-def best_layout(model: torch.nn.Module, requested: Layout | None = None) -> tuple[Layout, AttentionRoute]:
-    """The batch layout to train ``model`` with, and the attention route that runs it.
+class LayoutChoice(NamedTuple):
+    """The layout batches are collated in, the per-segment attention that runs it, and why."""
 
-    ``requested`` None ("auto") takes the first of :data:`AUTO_ORDER` the model's attention can
-    run per segment, else padded; a requested layout runs padded only if it cannot run here.  The
-    route's reason says why, for the one log line the caller writes.
+    layout: Layout
+    implementation: str | None  # one of orpo.scoring.attention.IMPLEMENTATIONS' names; None for padded
+    reason: str
+    #: The layout asked for by name that cannot run here (it runs padded), else None.
+    refused: Layout | None = None
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` switched to the attention that runs the layout (padded forwards keep the model's own)."""
+        if self.implementation is not None and attn_implementation_of(model) != self.implementation:
+            use_segment_attention(model, self.implementation)
+        return model
+
+    def log(self) -> None:
+        """The one line a trainer writes about its layout."""
+        if self.refused is not None:
+            logger.warning("layout %s cannot run here (%s); using padded batches", self.refused.value, self.reason)
+        else:
+            logger.info("layout: %s (%s)", self.layout.value, self.reason)
+
+
+def choose_layout(requested: str | Layout, model: torch.nn.Module, padded_only: str | None = None) -> LayoutChoice:
+    """The batch layout to run ``model`` with: the one place that decides, auto or asked for.
+
+    ``requested`` is "auto" or a layout (its name, as the ``layout`` option spells it).  "auto"
+    takes the first of :data:`AUTO_ORDER` the model's attention runs per segment, else padded.  A
+    row layout asked for runs padded where no per-segment attention runs it on this model, and
+    wherever ``padded_only`` gives a reason (a model kind whose rows hold more than token
+    sequences; something that splits batches by rows), with :attr:`LayoutChoice.refused` set.
     """
-    if requested is Layout.PADDED:
-        return Layout.PADDED, AttentionRoute(None, "requested")
+    wanted = None if requested == "auto" else Layout(requested)
+    origin = "auto" if wanted is None else "requested"
+    if wanted is Layout.PADDED:
+        return LayoutChoice(Layout.PADDED, None, origin)
+    if padded_only is not None:
+        return LayoutChoice(Layout.PADDED, None, padded_only, wanted)
     reasons = []
-    for layout in AUTO_ORDER if requested is None else (requested,):
+    for layout in AUTO_ORDER if wanted is None else (wanted,):
         route = segment_route(model, layout)
         if route.implementation is not None:
-            return layout, route
-        reasons.append(f"{layout.value}: {route.reason}")
-    return Layout.PADDED, AttentionRoute(None, "; ".join(reasons))
+            return LayoutChoice(layout, route.implementation, f"{origin}: attention {route.implementation} runs it")
+        reasons.append(f"{layout.value}: {route.reason}" if wanted is None else route.reason)
+    why = "; ".join(reasons)
+    if wanted is None:
+        return LayoutChoice(Layout.PADDED, None, f"auto: no per-segment attention for this model ({why})")
+    return LayoutChoice(Layout.PADDED, None, why, wanted)

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 
 from orpo.scoring.fused import HeadCapture
-from orpo.scoring.layouts import Layout, first_sequence, layout_of, padded_of
+from orpo.scoring.layouts import Layout, layout_of, padded_of
 from orpo.scoring.logps import (
     TokenScores,
-    attn_implementation_of,
     fused_scores,
     output_head,
     plain_scores,
@@ -27,25 +26,25 @@ from orpo.scoring.logps import (
     verify_packing,
     verify_shared_prompt,
 )
-from orpo.scoring.routing import segment_route, use_segment_attention
+from orpo.scoring.routing import choose_layout
+from orpo.scoring.segments import first_sequence
 
 logger = logging.getLogger(__name__)
 
 VERIFIERS: dict[Layout, Callable[[torch.nn.Module, dict[str, Any]], bool | None]] = {
-    Layout.PACKED: verify_packing,
+    Layout.PADDING_FREE: verify_packing,
     Layout.SHARED_PROMPT: verify_shared_prompt,
 }
 
 
 def route_rows(model: torch.nn.Module, layout: Layout) -> bool:
-    """Switch ``model`` to the per-segment attention that runs ``layout``; False, with a warning,
-    where none does (the caller runs such batches padded)."""
-    route = segment_route(model, layout)
-    if route.implementation is None:
-        logger.warning("%s: %s; running these batches padded instead", layout.value, route.reason)
+    """Switch ``model`` to the per-segment attention that runs ``layout`` (as :func:`choose_layout`
+    decides); False, with a warning, where none does (the caller runs such batches padded)."""
+    choice = choose_layout(layout, model)
+    if choice.refused is not None:
+        logger.warning("%s: %s; running these batches padded instead", layout.value, choice.reason)
         return False
-    if attn_implementation_of(model) != route.implementation:
-        use_segment_attention(model, route.implementation)
+    choice.apply(model)
     return True
 
 
@@ -110,7 +109,7 @@ class TokenScorer:
     @property
     def uses_packing(self) -> bool | None:
         """None before the first padding-free batch, then whether such batches run packed."""
-        return self._rows_ok.get(Layout.PACKED)
+        return self._rows_ok.get(Layout.PADDING_FREE)
 
     @property
     def uses_shared_prompt(self) -> bool | None:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from orpo.scoring.layouts import Layout
+from orpo.scoring.layouts import SEGMENTS_KEY, Layout, segments_of
 
 
 class Call(NamedTuple):
@@ -60,7 +60,7 @@ class Segments:
       same for the calls with a prefix, keys = prefix then own tokens (a second varlen call).
     """
 
-    layout: Layout  # PACKED or SHARED_PROMPT
+    layout: Layout  # PADDING_FREE or SHARED_PROMPT
     calls: tuple[Call, ...]
     total: int
     tensors: dict[str, torch.Tensor]
@@ -129,7 +129,7 @@ def packed_segments(lengths: Sequence[int], total: int | None = None) -> Segment
         start += n
     total = start if total is None else int(total)
     _padding_call(calls, start, total)
-    return _build(Layout.PACKED, calls, total)
+    return _build(Layout.PADDING_FREE, calls, total)
 
 
 def shared_prompt_segments(
@@ -273,3 +273,58 @@ def dense_mask(segments: Segments, window: int | None = None) -> torch.Tensor:
     own_lo, own_hi, pre_lo, pre_hi = (x[:, None] for x in _key_ranges(segments, window))
     keys = torch.arange(segments.total, device=segments.device)[None]
     return ((own_lo <= keys) & (keys < own_hi)) | ((pre_lo <= keys) & (keys < pre_hi))
+
+
+# ---- probes: small rows that check a model runs a row layout exactly (orpo.scoring.logps.verify_*) ----
+
+
+def row_view(batch: dict[str, Any], start: int, stop: int, segments: Segments | None) -> dict[str, Any]:
+    """Tokens ``[start, stop)`` of a row batch as a one-row batch, with the ``segments`` that describe them."""
+    view = {key: batch[key][:, start:stop] for key in ("input_ids", "position_ids")}
+    if segments is not None:
+        view[SEGMENTS_KEY] = segments.to(batch["input_ids"].device)
+    return view
+
+
+def first_sequence(batch: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """The first ``tokens`` of the row's first sequence: a one-row padded batch (the fused head's probe)."""
+    first = segments_of(batch).calls[0]  # always a sequence of its own starting the row
+    view = row_view(batch, 0, min(tokens, first.length), None)
+    view["labels"] = view["input_ids"].clone()
+    return view
+
+
+def packing_probe(batch: dict[str, Any], probe_tokens: int = 24) -> tuple[dict[str, Any], int, torch.Tensor] | None:
+    """The first ``probe_tokens`` of the row's first two sequences packed in one row, where the
+    second one starts in that row, and the second one's ids alone; None if the row has one sequence."""
+    calls = segments_of(batch).calls
+    if len(calls) < 2:
+        return None
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    spans = [(call.start, call.start + min(probe_tokens, call.length)) for call in calls[:2]]
+    lengths = [stop - start for start, stop in spans]
+    probe = {
+        "input_ids": torch.cat([ids[:, a:b] for a, b in spans], dim=1),
+        "position_ids": torch.cat([positions[:, a:b] for a, b in spans], dim=1),
+        SEGMENTS_KEY: packed_segments(lengths).to(ids.device),
+    }
+    second = spans[1]
+    return probe, lengths[0], ids[:, second[0] : second[1]]
+
+
+def shared_prompt_probe(batch: dict[str, Any]) -> tuple[dict[str, Any], int, torch.Tensor, int] | None:
+    """The first pair with a prompt and a rejected completion as its own shared-prompt row, and
+    the ids of that prompt + rejected alone.
+
+    Returns ``(row, rejected_start, alone_ids, prompt_length)``: the rejected tokens are
+    ``row[rejected_start:]`` and ``alone_ids[prompt_length:]``; None when no pair has both.
+    """
+    call = next((call for call in segments_of(batch).calls if call.prefix), None)
+    if call is None:
+        return None
+    prompt, chosen, rejected = call.prefix, call.start - call.prefix_stop, call.length
+    segments = shared_prompt_segments([prompt], [chosen], [rejected])
+    row = row_view(batch, call.prefix_start, call.stop, segments)
+    ids = batch["input_ids"]
+    alone = torch.cat([ids[:, call.prefix_start : call.prefix_stop], ids[:, call.start : call.stop]], dim=1)
+    return row, prompt + chosen, alone, prompt

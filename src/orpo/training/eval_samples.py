@@ -22,8 +22,8 @@ def generate_samples(trainer: Any, dataset: Any, num_samples: int = 4, suffix: s
     JSONL to ``output_dir/generations/step-<global step><suffix>.jsonl``; returns the path (main process)."""
     if dataset is None or len(dataset) == 0 or "prompt_input_ids" not in (dataset.column_names or []):
         return None
-    if trainer.model_kind == "vision":
-        logger.info("generate_during_eval: skipped for vision-language models (no image inputs in generation)")
+    if trainer.model_kind.cannot_generate:
+        logger.info("generate_during_eval: skipped for %s", trainer.model_kind.cannot_generate)
         return None
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
     model = trainer.model
@@ -41,7 +41,7 @@ def generate_samples(trainer: Any, dataset: Any, num_samples: int = 4, suffix: s
             prompt = torch.tensor([row["prompt_input_ids"]], dtype=torch.long, device=trainer.args.device)
             if trainer.args.max_completion_length is not None:
                 budget = trainer.args.max_completion_length
-            elif trainer.args.max_length is not None and trainer.model_kind != "seq2seq":
+            elif trainer.args.max_length is not None and not trainer.model_kind.generates_new_tokens_only:
                 budget = max(trainer.args.max_length - prompt.shape[1], 1)
             else:
                 budget = trainer.args.max_length or 128
@@ -54,7 +54,7 @@ def generate_samples(trainer: Any, dataset: Any, num_samples: int = 4, suffix: s
                     eos_token_id=eos,
                     pad_token_id=pad,
                 )
-            new_tokens = output[0] if trainer.model_kind == "seq2seq" else output[0, prompt.shape[1] :]
+            new_tokens = trainer.model_kind.new_tokens(output, prompt.shape[1])
             records.append(
                 {
                     "step": trainer.state.global_step,

@@ -140,10 +140,10 @@ def _training_data(data_args: DataArguments | None, train_dataset: Any, eval_dat
 
 def _peft_config(model_args: ModelArguments, model: Any) -> Any:
     """The new LoRA adapter's config (its task from the model's kind), or None without ``--peft``."""
-    from orpo.models.loading import model_kind
+    from orpo.models.kinds import kind_of
 
     if model_args.use_peft:
-        return lora_config(model_args, "SEQ_2_SEQ_LM" if model_kind(model) == "seq2seq" else "CAUSAL_LM")
+        return lora_config(model_args, kind_of(model).peft_task)
     if model_args.quantization is not None:
         raise UsageError("a quantized model can only be trained with a LoRA adapter: add --peft")
     return None

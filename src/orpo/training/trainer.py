@@ -11,19 +11,20 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from orpo.config.orpo_config import ORPOConfig, resolve_config
-from orpo.data import prepare_preference_dataset
 from orpo.internals import private, releases
 from orpo.loss import orpo_loss, pair_counts, pair_logps
+from orpo.models.kinds import CAUSAL, ModelKind, kind_of
 from orpo.models.loading import (
     absolute_base_path,
     is_peft_model,
     load_model_and_processor,
-    model_kind,
     prepare_model,
     prepare_tokenizer,
 )
-from orpo.scoring.collate import LayoutChoice, choose_collator, layout_and_collator
+from orpo.scoring.collate import Collator
+from orpo.scoring.layouts import Layout
 from orpo.scoring.logps import unwrap
+from orpo.scoring.routing import LayoutChoice, choose_layout
 from orpo.scoring.scorer import TokenScorer
 from orpo.training.card import write_model_card
 from orpo.training.distributed import check_launch
@@ -53,6 +54,8 @@ class ORPOTrainer(Trainer):
     train_source: str | None = None
     #: The batch layout chosen for the model, logged once (None with the caller's own data collator).
     layout_choice: LayoutChoice | None = None
+    #: What kind of model this trains (:mod:`orpo.models.kinds`): its data path, collators and layouts.
+    model_kind: ModelKind = CAUSAL
 
     def __init__(
         self,
@@ -81,8 +84,8 @@ class ORPOTrainer(Trainer):
 
         chooses_layout = data_collator is None  # padded until the model is known (model_init's too), below
         if chooses_layout:
-            data_collator = choose_collator(
-                self.model_kind, args, processing_class, tokenizer_, unwrap(model) if model is not None else None
+            data_collator = self.model_kind.collator(
+                args, processing_class, tokenizer_, unwrap(model) if model is not None else None
             )
         if args.should_save and args.output_dir is not None:  # Trainer creates output_dir right away
             remove_stale_staging(args.output_dir)  # before the check: a partial save may be what fills the disk
@@ -103,9 +106,7 @@ class ORPOTrainer(Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         if chooses_layout:
-            self.layout_choice, self.data_collator = layout_and_collator(
-                self.model_kind, args, processing_class, tokenizer_, self.model, self.data_collator, self.train_dataset
-            )
+            self.layout_choice, self.data_collator = self._layout_and_collator(args, processing_class, tokenizer_)
         releases.loss_is_scaled_for_ga(self)  # compute_loss already normalises by the whole accumulation window
         releases.restore_indexed_cpu_locations()
         sharded = bool(getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False))
@@ -229,14 +230,31 @@ class ORPOTrainer(Trainer):
         return None, processing_class, model_init
 
     def _set_model_kind(self, model: torch.nn.Module | None, processing_class: Any, args: ORPOConfig) -> None:
-        """``model_kind`` ("causal", "vision": orpo.models.vision, "seq2seq": orpo.models.encoder_decoder) picks data preparation and
-        collator; ``data_processor`` is what preparation tokenizes with (the processor itself for images)."""
-        self.model_kind = model_kind(
+        """The model's kind picks data preparation, collator and layouts; ``data_processor`` is what
+        preparation tokenizes with (the processor itself for images)."""
+        self.model_kind = kind_of(
             unwrap(model) if model is not None else None, processing_class, args.is_encoder_decoder
         )
-        args.is_encoder_decoder = self.model_kind == "seq2seq"
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        self.data_processor = processing_class if self.model_kind == "vision" else tokenizer
+        args.is_encoder_decoder = self.model_kind.is_encoder_decoder
+        self.data_processor = self.model_kind.data_processor(processing_class)
+
+    def _layout_and_collator(self, args: ORPOConfig, processor: Any, tokenizer: Any) -> tuple[LayoutChoice, Collator]:
+        """The layout (:func:`orpo.scoring.routing.choose_layout`), the model switched to the attention
+        that runs it, and the collator of that layout (the padded one already built, if padded)."""
+        assert self.model is not None, "Trainer.__init__ resolves model or model_init to a model"
+        padded_only = self.model_kind.padded_only
+        if isinstance(self.train_dataset, datasets.IterableDataset | torch.utils.data.IterableDataset):
+            padded_only = padded_only or "streamed training data: accelerate splits its batches by rows"
+        elif args.n_gpu > 1:
+            padded_only = (
+                padded_only or f"{args.n_gpu} GPUs in one process: torch.nn.DataParallel splits batches by rows"
+            )
+        choice = choose_layout(args.requested_layout(), self.model, padded_only)
+        choice.log()
+        choice.apply(self.model)
+        if choice.layout is Layout.PADDED:
+            return choice, self.data_collator
+        return choice, self.model_kind.collator(args, processor, tokenizer, unwrap(self.model), choice.layout)
 
     def _prepare_datasets(self, train_dataset: Any, eval_dataset: Any, args: ORPOConfig) -> tuple[Any, Any]:
         """Tokenized train and eval data (and their reports in ``self.data_reports``)."""
@@ -263,15 +281,7 @@ class ORPOTrainer(Trainer):
         """Preference data -> tokenized pairs: the one pipeline, with this kind of model's row tokenizer."""
         if split == "train" and isinstance(data, datasets.IterableDataset) and args.max_steps <= 0:
             raise ValueError("streamed training data has no length: set max_steps (ORPOConfig.max_steps, --max-steps)")
-        if self.model_kind == "vision":
-            from orpo.models.vision import prepare_vision_dataset
-
-            return prepare_vision_dataset(data, processor, args, split)
-        if self.model_kind == "seq2seq":
-            from orpo.models.encoder_decoder import prepare_seq2seq_dataset
-
-            return prepare_seq2seq_dataset(data, processor, args, split)
-        return prepare_preference_dataset(data, processor, args, split)
+        return self.model_kind.prepare(data, processor, args, split)
 
     def _prepare_eval(self, data: Any, processor: Any, args: ORPOConfig, split: str) -> Any:
         return self._prepare_data(data, processor, args, split)[0]

@@ -10,7 +10,7 @@ from orpo.data.load import ColumnMapping
 from orpo.data.policy import RowPolicies
 from orpo.data.prepare import DataReport, prepare_dataset, to_dataset
 from orpo.data.tokenize import TOKENIZED_COLUMNS, LengthLimits
-from orpo.models.loading import is_vision_processor
+from orpo.models.vision.placeholders import is_vision_processor
 from orpo.models.vision.rows import VisionRowTokenizer
 
 logger = logging.getLogger(__name__)

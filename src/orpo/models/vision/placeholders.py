@@ -1,8 +1,17 @@
-"""The processor's image placeholder tokens, and image parts in chat messages."""
+"""The processor of a vision-language model: whether one is, its image placeholder tokens, and image
+parts in chat messages."""
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def is_vision_processor(processing_class: Any) -> bool:
+    """Whether ``processing_class`` is a multimodal processor: an image processor and a tokenizer."""
+    return (
+        getattr(processing_class, "image_processor", None) is not None
+        and getattr(processing_class, "tokenizer", None) is not None
+    )
 
 
 def placeholder_token_ids(processor: Any) -> list[int]:

@@ -1,6 +1,6 @@
 """The vision-language model itself: finding and freezing its vision tower.
 
-Whether a model is one is :func:`orpo.models.loading.model_kind`'s answer.
+Whether a model is one is :func:`orpo.models.kinds.kind_of`'s answer.
 """
 
 from __future__ import annotations
