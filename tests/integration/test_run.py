@@ -96,7 +96,7 @@ def test_the_chosen_chat_template_reaches_the_tokenizer_on_every_route(tmp_path,
     --chat-template, not the template saved with it (ChatML)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from orpo.training.inputs import CHAT_TEMPLATES
+    from orpo.models.sources import CHAT_TEMPLATES
 
     path = str(save_tiny_model(tmp_path / "model"))
     model = AutoModelForCausalLM.from_pretrained(path) if "model" in given else None

@@ -15,7 +15,7 @@ import orpo.training.run
 from orpo.cli.train import train_sources
 from orpo.config.resolve import resolve
 from orpo.config.usage import UsageError
-from orpo.training.inputs import lora_config
+from orpo.models.sources import lora_config
 from orpo.training.run import build_trainer, finish_training
 
 ALPHA, R = 16, 4

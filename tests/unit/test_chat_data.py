@@ -10,7 +10,7 @@ import pytest
 from orpo import ORPOConfig
 from orpo.data import prepare_preference_dataset
 from orpo.data.formats import RENDERS_EMPTY
-from orpo.training.inputs import CHAT_TEMPLATES
+from orpo.models.sources import CHAT_TEMPLATES
 
 #: Shows tools, tool calls and a thinking switch, like Qwen3's template does.
 TOOL_TEMPLATE = (

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> InspectReport:
     splits = load_preference_data(args.path, split=split, subset=args.dataset_config, columns=mapping)
     dataset = splits["train"]
     split_name = split or "train"
-    from orpo.training.inputs import resolve_chat_template
+    from orpo.models.sources import resolve_chat_template
 
     template = resolve_chat_template(args.chat_template)  # a name, file or Jinja text, as `orpo train` reads it
     if args.model_name_or_path:

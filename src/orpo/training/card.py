@@ -134,7 +134,7 @@ def data_rows(trainer: ORPOTrainer) -> list[tuple[str, int | None, int | None]]:
 
 
 def _hub_dataset(source: str) -> bool:
-    from orpo.training.inputs import looks_like_hub_id
+    from orpo.models.sources import looks_like_hub_id
 
     return "/" in source and looks_like_hub_id(source) and not Path(source).expanduser().exists()
 

@@ -20,15 +20,8 @@ from typing import TYPE_CHECKING, Any
 from orpo.config.arguments import DataArguments, ModelArguments
 from orpo.config.usage import UsageError
 from orpo.models.adapters import attach_start_adapter, check_start_adapter, start_adapter_base
-from orpo.training.inputs import (
-    auto_logging_steps,
-    check_model_source,
-    load_data,
-    lora_config,
-    model_init_kwargs,
-    model_source,
-    resolve_chat_template,
-)
+from orpo.models.sources import check_model_source, lora_config, model_init_kwargs, model_source, resolve_chat_template
+from orpo.training.inputs import auto_logging_steps, load_data
 from orpo.training.trackers import check_trackers
 
 if TYPE_CHECKING:

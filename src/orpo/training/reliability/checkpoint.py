@@ -11,7 +11,6 @@ save leaves behind; they are never resumed from and are removed at the next star
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -24,7 +23,10 @@ import zipfile
 from collections.abc import Iterable
 from typing import Any
 
-from orpo.config.usage import first_line
+from orpo.config.usage import describe_write_error as describe_write_error
+from orpo.config.usage import format_bytes as format_bytes
+from orpo.config.usage import free_bytes as free_bytes
+from orpo.config.usage import is_no_space as is_no_space
 from orpo.internals.private import CHECKPOINT_PREFIX as CHECKPOINT_PREFIX
 from orpo.internals.private import TRAINER_STATE_NAME as TRAINER_STATE_NAME
 from orpo.internals.private import checkpoint_dir as checkpoint_dir
@@ -90,56 +92,6 @@ def _fsync_dir(path: str) -> None:
 
 
 # ---- describing faults ------------------------------------------------------------------
-#: errno values of a full disk or quota.
-NO_SPACE_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
-#: What torch's zip writer says when a write comes up short (in practice: the disk filled up).
-_TORCH_WRITER_FAILURES = ("inline_container", "PytorchStreamWriter", "unexpected pos", "file write failed")
-
-
-def format_bytes(count: float) -> str:
-    """A size a person reads at a glance: '512 B', '3.4 MB', '12.1 GB'."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(count) < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def free_bytes(path: str) -> int | None:
-    """Free space on the filesystem holding ``path`` (or its nearest existing parent); None if unknown."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    try:
-        return shutil.disk_usage(probe).free
-    except OSError:
-        return None
-
-
-def is_no_space(err: BaseException) -> bool:
-    """A full disk: ENOSPC/EDQUOT, or torch's writer failing mid-file (``unexpected pos``)."""
-    if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
-        return True
-    return isinstance(err, RuntimeError) and any(text in str(err) for text in _TORCH_WRITER_FAILURES)
-
-
-def describe_write_error(err: BaseException, directory: str) -> str:
-    """What went wrong writing into ``directory``, in a few words; with the free space for a full disk."""
-    free = free_bytes(directory)
-    free_text = f"has {format_bytes(free)} free" if free is not None else "has an unknown amount of free space"
-    first = first_line(err)
-    if isinstance(err, OSError):
-        detail = (err.strerror or first) + (f" writing {err.filename}" if err.filename else "")
-    else:
-        detail = first if isinstance(err, CheckpointError) else f"{type(err).__name__}: {first}"
-    if not is_no_space(err):
-        return detail
-    if isinstance(err, OSError):
-        written = f" writing {err.filename}" if err.filename else ""
-        return f"no space left on the device{written} (the disk holding {directory} {free_text})"
-    return f"torch's file writer stopped mid-file ({detail}): the disk is probably full ({directory} {free_text})"
-
-
 # ---- structural checks (no manifest needed) ---------------------------------------------
 def _check_safetensors(path: str) -> str | None:
     """None if the file is a whole safetensors file: header parses and the data is all there."""
