@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from .errors import DataError, where
 from .formats import check_text
@@ -255,7 +255,7 @@ def _scan_csv(file: DataFile) -> None:
         pass
     delimiter = "\t" if file.kind == "tsv" else ","
     locations = []
-    with open_data(file) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
+    with open_data(file) as raw, io.TextIOWrapper(cast("IO[bytes]", raw), encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
             header = next(reader, None)
