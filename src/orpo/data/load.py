@@ -5,8 +5,9 @@
 are renamed to ``prompt`` / ``chosen`` / ``rejected`` (+ ``images``).  Sources:
 
 - a local ``.jsonl`` / ``.json`` (a list, or ``{"data": [...]}``) / ``.csv`` / ``.tsv`` /
-  ``.parquet`` file, a folder of such files, a train/validation/test layout (files or
-  sub-folders named by split), or a glob;
+  ``.parquet`` file (the text formats also compressed: ``.jsonl.gz``, ``.csv.bz2``, ``.json.xz``,
+  ``.tsv.zst``), a folder of such files, a train/validation/test layout (files or sub-folders
+  named by split), or a glob;
 - a folder written by ``datasets.save_to_disk``, or a dataset repository folder (a README with
   ``configs``);
 - a hub dataset id (``org/name``, with ``split`` and ``subset``), through ``datasets.load_dataset``;

@@ -4,22 +4,42 @@ Two conventions users bring: the alignment-handbook's ``dataset_mixer`` ``{sourc
 that fraction of each source's rows, concatenate, shuffle; a fraction is at most 1), and
 ``datasets.interleave_datasets``' probabilities (draw each row from a source with that probability,
 weights normalised, until one source runs out).  Each row keeps its source's name in
-:data:`.stream.MIX_COLUMN`, so the data report counts rows read and kept per source.
+:data:`.stream.MIX_COLUMN` and the source's row count in :data:`.stream.READ_COLUMN`, so the data
+report counts rows read, mixed in and kept, and the formats found, per source.
+
+Sources may hold any supported format (standard strings, message lists, an implicit prompt) and
+different extra columns.  Before mixing, each source is put in one canonical column form: prompt,
+chosen and rejected as text (plus ``tools`` as JSON text and ``images`` where the sources have
+them).  A source whose texts are not all strings (message lists, mixed types) or that has no
+prompt column travels JSON-encoded, marked in :data:`.normalise.ENCODED_COLUMN`; the normaliser
+decodes it, so a mixed row is normalised exactly as its source would be alone.  Rendering the texts
+(chat templates) needs the tokenizer, which is why the last step waits for preparation.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from orpo.config.arguments import MIXINGS
 
-from .errors import SOURCE_COLUMN, DataError
-from .stream import MIX_COLUMN
+from .errors import SOURCE_COLUMN, DataError, short, where
+from .normalise import ENCODED_COLUMN, TOOLS_COLUMN
+from .stream import MIX_COLUMN, READ_COLUMN
 from .validate import TEXT_COLUMNS
 
-#: Columns a mixed row keeps: what preparation reads (other columns differ between sources).
-KEPT = (*TEXT_COLUMNS, "images", SOURCE_COLUMN)
+logger = logging.getLogger(__name__)
+
+#: Columns a mixed row keeps besides the bookkeeping ones: what preparation reads.
+KEPT = (*TEXT_COLUMNS, TOOLS_COLUMN, "images", SOURCE_COLUMN)
+#: Row count of a streamed source (not known before it is read).
+UNCOUNTED = -1
+#: Part of :class:`Canonical`'s ``datasets`` cache fingerprint: bump it when the canonical columns change.
+MIX_REVISION = 1
+
+Batch = dict[str, list[Any]]
 
 
 def check_weights(mixer: Mapping[str, float], mixing: str) -> None:
@@ -35,18 +55,163 @@ def check_weights(mixer: Mapping[str, float], mixing: str) -> None:
         raise DataError("dataset_mixer: every weight is 0, nothing to train on")
 
 
-def _labelled(dataset: Any, name: str) -> Any:
-    """Only the columns preparation reads, plus the source's name (and a location where loading kept none)."""
+def _is_text(feature: Any) -> bool:
     import datasets
 
-    streamed = isinstance(dataset, datasets.IterableDataset)
-    names = dataset.column_names or []
-    if not streamed and SOURCE_COLUMN not in names:
-        dataset = dataset.add_column(SOURCE_COLUMN, [f"{name} row {i}" for i in range(len(dataset))])
-    dataset = dataset.remove_columns([c for c in names if c not in KEPT])
-    if streamed:
-        return dataset.map(lambda batch: {MIX_COLUMN: [name] * len(next(iter(batch.values())))}, batched=True)
-    return dataset.add_column(MIX_COLUMN, [name] * len(dataset))
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def needs_encoding(features: Any) -> bool:
+    """Whether a source's texts must travel as JSON: any text column not of strings, or no prompt column."""
+    if features is None or "prompt" not in features:
+        return True
+    return not all(_is_text(features[name]) for name in TEXT_COLUMNS if name in features)
+
+
+def source_format(features: Any) -> str:
+    """The format a source's columns show (rows are checked one by one when normalised); for the log."""
+    if features is None:
+        return "format known once read"
+    prompt = "prompt" in features
+    if needs_encoding({**features, "prompt": features["prompt"] if prompt else features["chosen"]}):
+        return "conversational" if prompt else "implicit_conversational"
+    return "standard" if prompt else "implicit_standard"
+
+
+def _log_sources(mixed: Any, sources: list[tuple[str, Any, int]]) -> None:
+    """Per source: its format, rows read and rows mixed in; a warning for a source the mix took nothing from."""
+    from collections import Counter
+
+    from .validate import column_values
+
+    taken = Counter(column_values(mixed, MIX_COLUMN))
+    for name, dataset, rows in sources:
+        logger.info(
+            "dataset_mixer[%r]: %s, %d rows read, %d mixed in", name, source_format(dataset.features), rows, taken[name]
+        )
+        if not taken[name]:
+            logger.warning(
+                "dataset_mixer[%r]: no row of this source is in the mix (with dataset_mixing='probabilities' the mix "
+                "ends when the first source runs out); raise its weight",
+                name,
+            )
+
+
+def _json_text(value: Any, location: str, column: str) -> str:
+    """JSON text of a value; a missing prompt is ``null`` (not a null cell, which would read as an error)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where(location, column)}: {short(value)} cannot be carried into the mix ({err})") from None
+
+
+class Canonical:
+    """Batch function for ``map``: one source's rows -> the canonical mixed columns (picklable)."""
+
+    def __init__(self, name: str, rows: int, encode: bool, tools: bool) -> None:
+        self.name, self.rows, self.encode, self.tools = name, rows, encode, tools
+        self.revision = MIX_REVISION
+
+    def __call__(self, batch: Batch, indices: list[int]) -> Batch:
+        size = len(indices)
+        locations = batch.get(SOURCE_COLUMN) or [f"{self.name} row {index}" for index in indices]
+        out: Batch = {SOURCE_COLUMN: list(locations)}
+        for column in TEXT_COLUMNS:
+            values = batch.get(column, [None] * size)
+            if self.encode:
+                values = [_json_text(v, loc, column) for v, loc in zip(values, locations, strict=True)]
+            out[column] = list(values)
+        if self.tools:
+            out[TOOLS_COLUMN] = [
+                v if v is None or isinstance(v, str) else _json_text(v, loc, TOOLS_COLUMN)
+                for v, loc in zip(batch.get(TOOLS_COLUMN, [None] * size), locations, strict=True)
+            ]
+        out[ENCODED_COLUMN] = [self.encode] * size
+        out[MIX_COLUMN] = [self.name] * size
+        out[READ_COLUMN] = [self.rows] * size
+        return out
+
+
+def _features(tools: bool, images: Any) -> Any:
+    import datasets
+
+    text = datasets.Value("string")
+    columns: dict[str, Any] = {SOURCE_COLUMN: text, **{name: text for name in TEXT_COLUMNS}}
+    if tools:
+        columns[TOOLS_COLUMN] = text
+    columns.update({ENCODED_COLUMN: datasets.Value("bool"), MIX_COLUMN: text, READ_COLUMN: datasets.Value("int64")})
+    if images is not None:
+        columns["images"] = images
+    return datasets.Features(columns)
+
+
+def _column_names(dataset: Any, name: str) -> list[str]:
+    """A source's columns; for a stream whose features are unknown until read, its first row's keys."""
+    names = dataset.column_names
+    if names is None:
+        first = next(iter(dataset.take(1)), None)
+        if first is None:
+            raise DataError(f"dataset_mixer[{name!r}]: the source is empty")
+        names = list(first)
+    return list(names)
+
+
+def canonical(dataset: Any, name: str, rows: int, tools: bool) -> Any:
+    """``dataset`` (one source) in the canonical mixed columns; columns preparation does not read are left out
+    (and named in the log)."""
+    import datasets
+
+    names = _column_names(dataset, name)
+    features = dataset.features
+    left_out = [column for column in names if column not in KEPT]
+    if left_out:
+        logger.info(
+            "dataset_mixer[%r]: column(s) %s are not read by training and are not carried into the mix",
+            name,
+            ", ".join(left_out),
+        )
+    images = features["images"] if features is not None and "images" in features else None
+    encode = needs_encoding(features)
+    function = Canonical(name, rows, encode, tools)
+    remove = [column for column in names if column != "images"]
+    if isinstance(dataset, datasets.IterableDataset):
+        known = images is not None or "images" not in names
+        return dataset.map(
+            function, with_indices=True, batched=True, remove_columns=remove,
+            features=_features(tools, images) if known else None,
+        )  # fmt: skip
+    return dataset.map(
+        function,
+        with_indices=True,
+        batched=True,
+        remove_columns=remove,
+        features=_features(tools, images),
+        desc=f"Mixing in {name}",
+    )
+
+
+def _check_images(sources: list[tuple[str, Any]]) -> None:
+    """Image rows mix only with image rows: a text-only row has no image for the vision model."""
+    having = [name for name, dataset in sources if "images" in _column_names(dataset, name)]
+    if having and len(having) < len(sources):
+        lacking = next(name for name, _ in sources if name not in having)
+        raise DataError(
+            f"dataset_mixer: {having[0]!r} has an images column and {lacking!r} has none; mix image sources only "
+            "with image sources"
+        )
+
+
+def _prepared(sources: list[tuple[str, Any, int]]) -> list[Any]:
+    """Each (name, rows, rows the source had) in the canonical columns, with ``tools`` where any source has it."""
+    _check_images([(name, dataset) for name, dataset, _ in sources])
+    tools = any(TOOLS_COLUMN in _column_names(dataset, name) for name, dataset, _ in sources)
+    return [canonical(dataset, name, rows, tools) for name, dataset, rows in sources]
+
+
+def _count(dataset: Any) -> int:
+    import datasets
+
+    return UNCOUNTED if isinstance(dataset, datasets.IterableDataset) else len(dataset)
 
 
 def mix(
@@ -56,29 +221,35 @@ def mix(
     import datasets
 
     check_weights(mixer, mixing)
-    trains, evals = [], []
+    trains: list[tuple[str, Any, int]] = []
+    evals: list[tuple[str, Any, int]] = []
     for name, weight in mixer.items():
         if not weight:
             continue
         train, evaluation = load(name)
+        rows = _count(train)
         if mixing == "fractions":
             if isinstance(train, datasets.IterableDataset):
                 raise DataError(
                     f"dataset_mixer[{name!r}]: fractions need the rows counted; with --streaming use "
                     "dataset_mixing='probabilities'"
                 )
-            train = train.select(range(int(weight * len(train))))
-        trains.append(_labelled(train, name))
+            train = train.select(range(int(weight * rows)))
+            logger.info("dataset_mixer[%r]: %d of %d rows taken (fraction %s)", name, len(train), rows, weight)
+        trains.append((name, train, rows))
         if evaluation is not None:
-            evals.append(_labelled(evaluation, name))
+            evals.append((name, evaluation, _count(evaluation)))
+    parts = _prepared(trains)
     try:
         if mixing == "fractions":
-            mixed = datasets.concatenate_datasets(trains).shuffle(seed=seed)
+            mixed = datasets.concatenate_datasets(parts).shuffle(seed=seed)
         else:
             total = sum(w for w in mixer.values() if w)
             weights = [w / total for w in mixer.values() if w]
-            mixed = datasets.interleave_datasets(trains, probabilities=weights, seed=seed)
-        evaluation = datasets.concatenate_datasets(evals) if evals else None
-    except ValueError as err:  # the sources' columns do not line up (e.g. text in one, messages in another)
-        raise DataError(f"dataset_mixer: the sources cannot be combined ({err}); give them the same columns") from None
+            mixed = datasets.interleave_datasets(parts, probabilities=weights, seed=seed)
+        evaluation = datasets.concatenate_datasets(_prepared(evals)) if evals else None
+    except ValueError as err:  # pragma: no cover - canonical() gives every source the same columns and types
+        raise DataError(f"dataset_mixer: the sources cannot be combined ({err})") from None
+    if not isinstance(mixed, datasets.IterableDataset):
+        _log_sources(mixed, trains)
     return mixed, evaluation

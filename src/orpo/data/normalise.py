@@ -9,6 +9,7 @@ columns are what :func:`orpo.data.validate.find_row_issues` reads; preparation r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,10 @@ EMPTY_PROMPT_COLUMN = "_orpo_empty_prompt"
 KEY_COLUMN = "_orpo_key"
 #: Tool definitions per row, passed to the chat template as ``tools=`` (TRL's column name).
 TOOLS_COLUMN = "tools"
+#: True on rows whose prompt/chosen/rejected a mix (:mod:`.mix`) carries as JSON text: message lists and a
+#: missing prompt cannot share an Arrow column with plain strings, so those sources' values travel encoded
+#: and are decoded here, right before the one normaliser, which then sees exactly what the source held.
+ENCODED_COLUMN = "_orpo_encoded"
 
 Batch = dict[str, list[Any]]
 
@@ -50,6 +55,31 @@ class Normaliser:
         return out
 
 
+def decode_mixed(batch: Batch) -> Batch:
+    """The batch with the text values of rows marked in :data:`ENCODED_COLUMN` decoded (as the source held them)."""
+    flags = batch.get(ENCODED_COLUMN)
+    if not flags or not any(flags):
+        return batch
+    out = dict(batch)
+    for name in TEXT_COLUMNS:
+        if name in batch:
+            out[name] = [
+                json.loads(value) if flag and value is not None else value
+                for value, flag in zip(batch[name], flags, strict=True)
+            ]
+    return out
+
+
+class Decoding:
+    """A normaliser that first decodes a mix's JSON-carried rows (:func:`decode_mixed`); picklable for ``map``."""
+
+    def __init__(self, normaliser: Callable[[Batch], Batch]) -> None:
+        self.normaliser = normaliser
+
+    def __call__(self, batch: Batch) -> Batch:
+        return self.normaliser(decode_mixed(batch))
+
+
 def map_workers(num_proc: int | None, rows: int) -> int | None:
     """``num_proc`` for ``datasets.map``: worker processes only when each gets at least two rows."""
     return num_proc if num_proc and num_proc > 1 and rows >= 2 * num_proc else None
@@ -67,10 +97,11 @@ def normalise_dataset(
 ) -> Any:
     """Canonical columns -> prompt/chosen/rejected texts plus the format/empty/empty-prompt (/key) columns."""
     dataset = with_source_column(dataset, split)
+    encoded = ENCODED_COLUMN in dataset.column_names
     return dataset.map(
-        normaliser,
+        Decoding(normaliser) if encoded else normaliser,
         batched=True,
-        remove_columns=[name for name in TEXT_COLUMNS if name in dataset.column_names],
+        remove_columns=[name for name in (*TEXT_COLUMNS, ENCODED_COLUMN) if name in dataset.column_names],
         num_proc=map_workers(num_proc, len(dataset)),
         desc=f"Normalising {split} pairs",
     )

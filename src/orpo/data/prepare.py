@@ -31,7 +31,7 @@ from .normalise import (
     normalise_dataset,
 )
 from .policy import RowPolicies, apply_length_policy, apply_row_policies
-from .stream import MIX_COLUMN, stream_dataset
+from .stream import MIX_COLUMN, READ_COLUMN, count_source_formats, stream_dataset
 from .tokenize import FLAGS_COLUMN, TOKENIZED_COLUMNS, LengthLimits, PairTokenizer, RowTokenizer, TokenizeReport
 from .validate import TEXT_COLUMNS, check_dataset, column_values, find_row_issues
 
@@ -56,6 +56,10 @@ class DataReport:
     tokenize: TokenizeReport | None = None
     #: Mixed data: {source: (rows in, rows kept)}.
     per_source: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Mixed data: {source: its rows' formats, as the normaliser detected them}.
+    source_formats: dict[str, Counter] = field(default_factory=dict)
+    #: Mixed data: {source: rows the source had before mixing} (streamed sources: not counted, absent).
+    source_rows: dict[str, int] = field(default_factory=dict)
     #: Streamed data: the counts are of the rows read so far (:mod:`.stream`).
     streamed: bool = False
 
@@ -81,8 +85,16 @@ class DataReport:
         if self.tokenize is not None:
             parts.append(self.tokenize.summary())
         for name, (rows_in, kept) in self.per_source.items():
-            parts.append(f"{name}: {kept}/{rows_in} kept")
+            parts.append(self.source_line(name, rows_in, kept))
         return "; ".join(parts)
+
+    def source_line(self, name: str, rows_in: int, kept: int) -> str:
+        """One source of a mix: its format(s), the rows it had, those the mix took and those kept."""
+        formats = self.source_formats.get(name, Counter())
+        shown = ", ".join(fmt if len(formats) == 1 else f"{fmt} x{n}" for fmt, n in sorted(formats.items()))
+        read = self.source_rows.get(name)
+        counts = f"{read} rows read, {rows_in} mixed in" if read is not None else f"{rows_in} mixed in"
+        return f"source {name} ({shown or 'no rows'}): {counts}, {kept} kept"
 
 
 def to_dataset(data: Any, split: str = "train") -> Any:
@@ -121,7 +133,10 @@ def _pair_length(batch: Batch) -> dict[str, list[int]]:
 def drop_questionable_rows(dataset: Any, policies: RowPolicies, split: str, report: DataReport) -> Any:
     """Count the normalised rows' formats and issues into ``report``, apply the row policies, and
     remove the normaliser's bookkeeping columns."""
-    report.formats.update(column_values(dataset, FORMAT_COLUMN))
+    formats = column_values(dataset, FORMAT_COLUMN)
+    report.formats.update(formats)
+    if MIX_COLUMN in dataset.column_names:
+        count_source_formats(report, column_values(dataset, MIX_COLUMN), formats, None)
     keys = column_values(dataset, KEY_COLUMN) if KEY_COLUMN in dataset.column_names else None
     prompts, chosens, rejecteds, empty = (column_values(dataset, name) for name in (*TEXT_COLUMNS, EMPTY_COLUMN))
     issues = find_row_issues(prompts, chosens, rejecteds, empty, keys, column_values(dataset, EMPTY_PROMPT_COLUMN))
@@ -184,6 +199,10 @@ def prepare_dataset(
         return dataset, report
     mixed = MIX_COLUMN in dataset.column_names
     sources_in = Counter(column_values(dataset, MIX_COLUMN)) if mixed else Counter()
+    if READ_COLUMN in dataset.column_names:  # each source's row count before mixing, then not carried on
+        read = zip(column_values(dataset, MIX_COLUMN), column_values(dataset, READ_COLUMN), strict=True)
+        report.source_rows = {name: rows for name, rows in read if rows >= 0}
+        dataset = dataset.remove_columns(READ_COLUMN)
     dataset = apply_column_mapping(dataset, columns, f"{split} data")
     check_dataset(dataset, split)
     dataset = normalise_dataset(dataset, row_tokenizer.normaliser, split, num_proc)

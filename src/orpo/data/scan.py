@@ -3,16 +3,28 @@
 The ``datasets`` builders do the actual loading (so the data are memory-mapped and later maps
 are cached); these scans give every row its file/line and, when a builder fails, find the exact
 spot (file, line, column, byte offset) for the error message.
+
+Text files may be compressed (``train.jsonl.gz``, ``.bz2``, ``.xz``, ``.zst``): the builders
+decompress them, and the scans read them through the same decompression, so lines and columns
+are those of the decompressed text.  The magic bytes are checked against the name, so a
+compressed file with a plain name is named as such instead of failing as "not UTF-8".
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import csv
+import gzip
+import importlib
+import io
 import json
+import lzma
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from .errors import DataError, where
 from .formats import check_text
@@ -28,8 +40,124 @@ DATA_EXTENSIONS = {
 }
 
 
+#: Compression suffix -> its name.  ``datasets`` decompresses these for its builders; so does :func:`open_data`.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+_SUFFIXES = {name: suffix for suffix, name in COMPRESSIONS.items()}
+#: Data kinds that may be compressed (Parquet compresses its pages itself; a compressed Parquet file is refused).
+_COMPRESSIBLE = ("jsonl", "json", "csv", "tsv")
+
+
 def extension(path: Path) -> str:
-    return path.suffix.lower()
+    """The data format's suffix: ``.jsonl`` for ``train.jsonl`` and for ``train.jsonl.gz``."""
+    suffix = path.suffix.lower()
+    if suffix in COMPRESSIONS:
+        return Path(path.stem).suffix.lower()
+    return suffix
+
+
+def compression(path: Path) -> str | None:
+    """The compression the file's name declares ('gzip', 'bzip2', 'xz', 'zstd'), or None."""
+    return COMPRESSIONS.get(path.suffix.lower())
+
+
+def sniff_compression(path: Path) -> str | None:
+    """The compression the file's first bytes show, whatever its name."""
+    with open(path, "rb") as handle:
+        head = handle.read(10)
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    # "BZh", the block size digit, then a block or end-of-stream marker (text may start with "BZh" too)
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
+        return "bzip2"
+    return None
+
+
+def _zstandard() -> Any:
+    """The optional zstandard module (``datasets`` needs it too for .zst), or None."""
+    try:
+        return importlib.import_module("zstandard")
+    except ImportError:
+        return None
+
+
+def open_data(file: DataFile) -> io.BufferedIOBase:
+    """The file's bytes, decompressed as its name says."""
+    kind = compression(file.path)
+    if kind == "gzip":
+        return gzip.GzipFile(file.path, "rb")
+    if kind == "bzip2":
+        return bz2.open(file.path, "rb")
+    if kind == "xz":
+        return lzma.open(file.path, "rb")
+    if kind == "zstd":
+        zstandard = _zstandard()
+        if zstandard is None:  # pragma: no cover - DataFile.of refuses the file first
+            raise DataError(_zstd_missing(file.display))
+        return zstandard.open(file.path, "rb")
+    return open(file.path, "rb")
+
+
+def _zstd_missing(display: str) -> str:
+    return f"{display}: reading zstd-compressed (.zst) files needs the zstandard package: pip install zstandard"
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error, lzma.LZMAError)
+    zstandard = _zstandard()
+    if zstandard is not None:
+        errors = (*errors, zstandard.ZstdError)
+    return errors
+
+
+@contextlib.contextmanager
+def decompressing(file: DataFile, lines: list[int] | None = None) -> Iterator[None]:
+    """A compressed file that ends early or holds bad data: one line naming it (and the last good line)."""
+    kind = compression(file.path)
+    if kind is None:
+        yield
+        return
+    try:
+        yield
+    except _decompression_errors() as err:
+        after = f" after line {lines[0]}" if lines and lines[0] else ""
+        raise DataError(
+            f"{file.display}: the {kind}-compressed file is truncated or corrupt{after} ({type(err).__name__}: "
+            f"{err}); re-create or re-download it"
+        ) from None
+
+
+def check_compression(path: Path, display: str, kind: str) -> None:
+    """The name's compression must be the content's; a zstd file needs zstandard."""
+    named = compression(path)
+    actual = sniff_compression(path) if path.stat().st_size else named
+    if actual != named:
+        if actual is None:
+            raise DataError(
+                f"{display}: is named as {named}-compressed ({path.suffix}) but its content is not {named} data; "
+                f"compress it with {named} or drop the {path.suffix} suffix"
+            )
+        suffix = _SUFFIXES[actual]
+        if kind == "parquet":
+            raise DataError(
+                f"{display}: is {actual}-compressed; Parquet compresses its data itself, so decompress the file and "
+                "give the .parquet file"
+            )
+        fix = f"rename it to {path.name}{suffix}" if named is None else f"rename it to {path.stem}{suffix}"
+        state = "its name does not say so" if named is None else f"it is named {path.suffix}"
+        raise DataError(f"{display}: is {actual}-compressed but {state}; {fix} so it is decompressed when read")
+    if named is None:
+        return
+    if kind not in _COMPRESSIBLE:
+        raise DataError(
+            f"{display}: a {kind} file cannot be read {named}-compressed; Parquet compresses its data itself, so "
+            "decompress the file and give the .parquet file"
+        )
+    if named == "zstd" and _zstandard() is None:
+        raise DataError(_zstd_missing(display))
 
 
 @dataclass
@@ -45,13 +173,18 @@ class DataFile:
     def of(cls, path: Path, display: str) -> DataFile:
         ext = extension(path)
         if ext not in DATA_EXTENSIONS:
+            named = compression(path)
+            shown = f"{ext}{path.suffix}" if named else ext
             raise DataError(
-                f"{display}: unsupported file type {ext or '(no extension)'!r}; use one of {', '.join(DATA_EXTENSIONS)}"
+                f"{display}: unsupported file type {shown or '(no extension)'!r}; use one of "
+                f"{', '.join(DATA_EXTENSIONS)}, optionally compressed ({', '.join(COMPRESSIONS)}, e.g. train.jsonl.gz)"
             )
         kind = DATA_EXTENSIONS[ext]
+        check_compression(path, display, kind)
+        file = cls(path=path, display=display, kind=kind)
         if kind in ("jsonl", "json"):
-            kind = _json_kind(path, kind)
-        return cls(path=path, display=display, kind=kind)
+            file.kind = _json_kind(file, kind)
+        return file
 
     @property
     def group(self) -> tuple[str, ...]:
@@ -63,8 +196,8 @@ class DataFile:
         return (self.kind,)
 
 
-def _json_kind(path: Path, hint: str) -> str:
-    with open(path, "rb") as handle:
+def _json_kind(file: DataFile, hint: str) -> str:
+    with decompressing(file), open_data(file) as handle:
         line = handle.readline()
         while line and not line.strip():
             line = handle.readline()
@@ -84,11 +217,12 @@ def _json_kind(path: Path, hint: str) -> str:
     return "jsonl"
 
 
-def _utf8_error(display: str, number: int, raw: bytes, offset: int, err: UnicodeDecodeError) -> DataError:
+def _utf8_error(file: DataFile, number: int, raw: bytes, offset: int, err: UnicodeDecodeError) -> DataError:
     bad = raw[err.start : err.start + 1]
+    of = "the decompressed data" if compression(file.path) else "the file"
     return DataError(
-        f"{display}, line {number}, column {err.start + 1}: not valid UTF-8 (byte 0x{bad.hex()} at byte offset "
-        f"{offset + err.start} of the file); save the file as UTF-8"
+        f"{file.display}, line {number}, column {err.start + 1}: not valid UTF-8 (byte 0x{bad.hex()} at byte offset "
+        f"{offset + err.start} of {of}); save the file as UTF-8"
     )
 
 
@@ -96,13 +230,15 @@ def _utf8_lines(file: DataFile) -> Iterator[tuple[int, bytes]]:
     """The file's raw lines with their 1-based numbers, each checked to be UTF-8 (an error names
     the line, the column and the byte offset in the file)."""
     offset = 0
-    with open(file.path, "rb") as handle:
+    last = [0]  # the last line read whole, for a truncated compressed file
+    with decompressing(file, last), open_data(file) as handle:
         for number, raw in enumerate(handle, 1):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise _utf8_error(file.display, number, raw, offset, err) from None
+                raise _utf8_error(file, number, raw, offset, err) from None
             offset += len(raw)
+            last[0] = number
             yield number, raw
 
 
@@ -119,7 +255,7 @@ def _scan_csv(file: DataFile) -> None:
         pass
     delimiter = "\t" if file.kind == "tsv" else ","
     locations = []
-    with open(file.path, encoding="utf-8-sig", newline="") as handle:
+    with open_data(file) as raw, io.TextIOWrapper(cast("IO[bytes]", raw), encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
             header = next(reader, None)
@@ -202,7 +338,7 @@ def diagnose_json(file: DataFile, tracker: TypeTracker, start_row: int) -> int:
     Returns the file's row count (for the next file's row indices)."""
     if file.kind == "jsonl":
         row = start_row
-        with open(file.path, "rb") as handle:
+        with decompressing(file), open_data(file) as handle:
             for number, raw in enumerate(handle, 1):
                 if not raw.strip():
                     continue
@@ -232,7 +368,8 @@ def diagnose_json(file: DataFile, tracker: TypeTracker, start_row: int) -> int:
 
 
 def _read_utf8(file: DataFile) -> str:
-    data = file.path.read_bytes()
+    with decompressing(file), open_data(file) as handle:
+        data = handle.read()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -241,7 +378,7 @@ def _read_utf8(file: DataFile) -> str:
         line_end = data.find(b"\n", err.start)
         raw = data[line_start : line_end if line_end >= 0 else len(data)]
         shifted = UnicodeDecodeError(err.encoding, raw, err.start - line_start, err.end - line_start, err.reason)
-        raise _utf8_error(file.display, number, raw, line_start, shifted) from None
+        raise _utf8_error(file, number, raw, line_start, shifted) from None
 
 
 def _check_json_document(file: DataFile, value: Any) -> list[Any]:

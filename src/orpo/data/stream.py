@@ -11,18 +11,31 @@ Duplicates are found against every row seen before (a set of row hashes, growing
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from .errors import SOURCE_COLUMN, DataError
 from .load import ColumnMapping
-from .normalise import EMPTY_COLUMN, EMPTY_PROMPT_COLUMN, FORMAT_COLUMN, KEY_COLUMN, Batch
+from .normalise import (
+    EMPTY_COLUMN,
+    EMPTY_PROMPT_COLUMN,
+    ENCODED_COLUMN,
+    FORMAT_COLUMN,
+    KEY_COLUMN,
+    Batch,
+    decode_mixed,
+)
 from .policy import RowPolicies, apply_length_policy, apply_row_policies
 from .tokenize import FLAGS_COLUMN, TOKENIZED_COLUMNS, TokenizeReport
 from .validate import TEXT_COLUMNS, RowIssues
 
 #: Which source of a mix a row came from (:mod:`.mix`); counted per source in the report.
 MIX_COLUMN = "_orpo_mix_source"
+#: How many rows that source had before mixing (-1 for a stream, not counted up front).
+READ_COLUMN = "_orpo_mix_read"
+#: Columns of the normaliser and of a mix that the tokenized rows do not carry.
+BOOKKEEPING = (FORMAT_COLUMN, EMPTY_COLUMN, EMPTY_PROMPT_COLUMN, KEY_COLUMN, ENCODED_COLUMN, READ_COLUMN)
 
 
 class _Locations:
@@ -61,9 +74,10 @@ class StreamPreparer:
         size = len(batch[SOURCE_COLUMN])
         report.rows_in += size
         self._count_sources(batch, 0)
-        normalised = {**batch, **self.row_tokenizer.normaliser(batch)}
+        normalised = {**batch, **self.row_tokenizer.normaliser(decode_mixed(batch))}
         issues = self._issues(normalised)
         report.formats.update(normalised[FORMAT_COLUMN])
+        count_source_formats(report, batch.get(MIX_COLUMN), normalised[FORMAT_COLUMN], batch.get(READ_COLUMN))
         report.identical_pairs += len(issues.identical)
         report.empty_completions += len(issues.empty)
         report.empty_prompts += len(issues.empty_prompts)
@@ -72,12 +86,7 @@ class StreamPreparer:
         locations = _Locations(normalised[SOURCE_COLUMN])
         drop = apply_row_policies(issues, self.policies, locations, split, report.dropped)
         kept = _take(
-            {
-                k: v
-                for k, v in normalised.items()
-                if k not in (FORMAT_COLUMN, EMPTY_COLUMN, EMPTY_PROMPT_COLUMN, KEY_COLUMN)
-            },
-            [i for i in range(size) if i not in drop],
+            {k: v for k, v in normalised.items() if k not in BOOKKEEPING}, [i for i in range(size) if i not in drop]
         )
         if not kept[SOURCE_COLUMN]:
             return {name: [] for name in kept}
@@ -127,6 +136,18 @@ class StreamPreparer:
             counts = list(self.report.per_source.get(name, (0, 0)))
             counts[slot] += 1
             self.report.per_source[name] = (counts[0], counts[1])
+
+
+def count_source_formats(
+    report: Any, sources: Sequence[str] | None, formats: Sequence[str], read: Sequence[int] | None
+) -> None:
+    """A mix's rows: each source's formats (as the normaliser found them) and its row count before mixing."""
+    if sources is None:
+        return
+    for index, (name, fmt) in enumerate(zip(sources, formats, strict=True)):
+        report.source_formats.setdefault(name, Counter())[fmt] += 1
+        if read is not None and read[index] >= 0:
+            report.source_rows[name] = read[index]
 
 
 def _accumulate(total: TokenizeReport, part: TokenizeReport) -> None:
