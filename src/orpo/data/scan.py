@@ -97,7 +97,8 @@ def open_data(file: DataFile) -> io.BufferedIOBase:
         zstandard = _zstandard()
         if zstandard is None:  # pragma: no cover - DataFile.of refuses the file first
             raise DataError(_zstd_missing(file.display))
-        return zstandard.open(file.path, "rb")
+        # Buffered: zstandard's own reader refuses flush(), which TextIOWrapper calls when it closes.
+        return io.BufferedReader(zstandard.open(file.path, "rb"))
     return open(file.path, "rb")
 
 
