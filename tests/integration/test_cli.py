@@ -16,7 +16,7 @@ from orpo.config.options import merge, option_table
 from orpo.config.resolve import recipe_source, resolve
 from orpo.config.usage import UsageError
 
-RECIPES = Path(__file__).resolve().parents[2] / "src" / "orpo" / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "src" / "orpo" / "config" / "recipes"
 
 
 @pytest.fixture(scope="module")

@@ -187,8 +187,22 @@ class DataArguments:
         ),
     )
 
+    dataset_mixture: dict[str, Any] | None = field(
+        default=None,
+        metadata=meta(
+            "The alignment-handbook's mixture, {datasets: [{id, config, split, columns, weight}], seed, "
+            "test_split_size} (JSON on the command line): each dataset's columns kept, weight the fraction of its "
+            "rows taken after a shuffle with seed, the mixture shuffled with seed, test_split_size (a fraction or "
+            "a row count) held out for evaluation. Replaces dataset_name."
+        ),
+    )
+
     def __post_init__(self) -> None:
         check_choice("DataArguments", "dataset_mixing", self.dataset_mixing, MIXINGS)
+        if self.dataset_mixture is not None:
+            from orpo.config.dataset_mixture import check_with
+
+            check_with(self.dataset_mixture, vars(self))
 
 
 @dataclass

@@ -91,8 +91,11 @@ def resolve_values(
     model_name = values.get("model_name_or_path")
     if not model_name:
         raise UsageError("no model: pass --model (a hub id or a local directory)")
-    if not values.get("dataset_name") and not values.get("dataset_mixer"):
-        raise UsageError("no training data: pass --data-path (a file, folder, glob or hub dataset id) or dataset_mixer")
+    if not any(values.get(name) for name in ("dataset_name", "dataset_mixer", "dataset_mixture")):
+        raise UsageError(
+            "no training data: pass --data-path (a file, folder, glob or hub dataset id), dataset_mixer or "
+            "dataset_mixture"
+        )
     if not values.get("output_dir"):
         values["output_dir"] = str(Path("runs") / f"{Path(str(model_name).rstrip('/')).name or 'model'}-orpo")
     _hub_model_id(values, username)

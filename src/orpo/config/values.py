@@ -86,6 +86,8 @@ def to_list(value: Any, single_as_str: bool = False, optional: bool = False) -> 
 def to_json(value: Any, allow_str: bool = False) -> Any:
     if isinstance(value, dict):
         return value
+    if isinstance(value, list | tuple):  # a YAML list: its text would read as bad JSON
+        raise ValueProblem(f"expected a mapping (JSON object), got a list: {value!r}")
     if _is_none(value):
         return None
     text = str(value).strip()

@@ -138,6 +138,7 @@ def load_preference_data(
     columns: ColumnMapping | dict[str, str] | None = None,
     valid_split: str | None = None,
     cache_dir: str | None = None,
+    keep_columns: Sequence[str] | None = None,
 ) -> Any:
     """Load ``source`` into a ``DatasetDict`` with prompt/chosen/rejected columns (see module doc).
 
@@ -145,6 +146,8 @@ def load_preference_data(
     ``train``.  ``valid_split``: a split returned under that name for evaluation; without it,
     ``validation`` and ``test`` splits are returned when the source has them.  Slices such as
     ``train[:1000]`` or ``train[:10%]`` are accepted.  ``subset``: the dataset's config name.
+    ``keep_columns``: only these source columns, selected before ``columns`` maps them (the
+    alignment-handbook's ``dataset_mixture`` ``columns``).
     """
     import datasets
 
@@ -166,10 +169,22 @@ def load_preference_data(
                 out[name] = splits[name]
     for name, dataset in list(out.items()):
         where = f"{describe} [{name}]" if len(splits) > 1 or name != "train" else describe
+        if keep_columns is not None:
+            dataset = select_source_columns(dataset, keep_columns, where)
         dataset = apply_column_mapping(dataset, mapping, where)
         check_dataset(dataset, name)
         out[name] = dataset
     return datasets.DatasetDict(out)
+
+
+def select_source_columns(dataset: Any, names: Sequence[str], location: str = "data") -> Any:
+    """Only the columns ``names`` (and each row's location); a missing one is an error listing those there."""
+    missing = [name for name in names if name not in dataset.column_names]
+    if missing:
+        shown = ", ".join(c for c in dataset.column_names if c != SOURCE_COLUMN) or "(none)"
+        raise DataError(f"{location}: no column {', '.join(map(repr, missing))} to keep; available columns: {shown}")
+    located = [SOURCE_COLUMN] if SOURCE_COLUMN in dataset.column_names and SOURCE_COLUMN not in names else []
+    return dataset.select_columns([*names, *located])
 
 
 def _text_columns(mapping: ColumnMapping | None) -> frozenset[str]:

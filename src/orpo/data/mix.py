@@ -1,6 +1,6 @@
 """Several preference sources as one training set, weighted.
 
-Two conventions users bring: the alignment-handbook's ``dataset_mixer`` ``{source: fraction}`` (take
+Three conventions users bring (the third, the handbook's newer ``dataset_mixture``, at the end): the alignment-handbook's ``dataset_mixer`` ``{source: fraction}`` (take
 that fraction of each source's rows, concatenate, shuffle; a fraction is at most 1), and
 ``datasets.interleave_datasets``' probabilities (draw each row from a source with that probability,
 weights normalised, until one source runs out).  Each row keeps its source's name in
@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orpo.config.arguments import MIXINGS
+from orpo.config.dataset_mixture import KEY as MIXTURE_KEY
+from orpo.config.dataset_mixture import DatasetMixture, MixtureDataset
 
 from .errors import SOURCE_COLUMN, DataError, short, where
 from .normalise import ENCODED_COLUMN, TOOLS_COLUMN
@@ -253,3 +255,50 @@ def mix(
     if not isinstance(mixed, datasets.IterableDataset):
         _log_sources(mixed, trains)
     return mixed, evaluation
+
+
+# ---- the alignment-handbook's dataset_mixture: the same mix, row for row as its get_dataset ----------------
+
+
+def take(dataset: Any, entry: MixtureDataset, seed: int) -> Any:
+    """``int(weight * rows)`` rows after a seeded shuffle; all rows, in order, without a weight."""
+    if entry.weight is None:
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(int(len(dataset) * entry.weight)))
+
+
+def load_mixture(mixture: DatasetMixture, load: Callable[[MixtureDataset], Any]) -> tuple[Any, Any]:
+    """(train data, eval data or None); ``load(entry)`` gives one entry's split with its columns selected."""
+    parts: dict[str, Any] = {}
+    for index, (label, entry) in enumerate(zip(mixture.labels, mixture.datasets, strict=True)):
+        try:
+            data = load(entry)
+        except (DataError, FileNotFoundError) as err:
+            raise DataError(f"{MIXTURE_KEY}.datasets[{index}]: {err}") from None
+        parts[label] = take(data, entry, mixture.seed)
+        unread = [c for c in entry.columns or () if c not in KEPT and c in parts[label].column_names]
+        if unread:
+            logger.warning(
+                "%s.datasets[%d] (%s): column(s) %s kept but not read by orpo (it trains on %s)",
+                MIXTURE_KEY, index, label, ", ".join(unread), ", ".join(c for c in KEPT if not c.startswith("_")),
+            )  # fmt: skip
+        logger.info(
+            "%s: %s: %d rows read, %d taken (weight %s)", MIXTURE_KEY, label, len(data), len(parts[label]), entry.weight
+        )
+    total = sum(len(part) for part in parts.values())
+    if total == 0:
+        raise DataError(f"{MIXTURE_KEY}: no rows taken (every dataset is empty or has weight 0)")
+    try:
+        # weight 1 in mix(): each part is already cut to its weight; mix concatenates and shuffles with the seed
+        train, _ = mix(dict.fromkeys(parts, 1.0), "fractions", lambda label: (parts[label], None), mixture.seed)
+    except DataError as err:
+        raise DataError(str(err).replace("dataset_mixer", MIXTURE_KEY, 1)) from None
+    if mixture.test_split_size is None:
+        return train, None
+    try:
+        split = train.train_test_split(test_size=mixture.test_split_size, seed=mixture.seed)
+    except ValueError as err:  # datasets: a split would be empty, or more test rows than rows
+        raise DataError(
+            f"{MIXTURE_KEY}.test_split_size={mixture.test_split_size!r} does not fit the mixture's {total} rows ({err})"
+        ) from None
+    return split["train"], split["test"]

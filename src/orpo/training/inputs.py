@@ -13,6 +13,7 @@ from orpo.models.sources import looks_like_hub_id
 
 if TYPE_CHECKING:
     from orpo.config.arguments import DataArguments
+    from orpo.config.dataset_mixture import MixtureDataset
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,14 @@ def load_data(data_args: DataArguments) -> tuple[Any, Any]:
     """
     from orpo.data.mix import mix
 
-    if data_args.dataset_mixer:
+    if data_args.dataset_mixture is not None:
+        from orpo.config.dataset_mixture import parse_mixture
+        from orpo.data.mix import load_mixture
+
+        train, evaluation = load_mixture(
+            parse_mixture(data_args.dataset_mixture), lambda entry: _load_mixture_entry(data_args, entry)
+        )
+    elif data_args.dataset_mixer:
         if data_args.dataset_name is not None:
             raise UsageError("give either dataset_name (--data-path) or dataset_mixer, not both")
         train, evaluation = mix(
@@ -83,6 +91,20 @@ def _load_source(data_args: DataArguments, source: Any) -> tuple[Any, Any]:
     if data_args.streaming:
         train = train.to_iterable_dataset()
     return train, evaluation
+
+
+def _load_mixture_entry(data_args: DataArguments, entry: MixtureDataset) -> Any:
+    """One ``dataset_mixture`` entry: its split and config, its columns, then orpo's column mapping."""
+    from orpo.data.load import ColumnMapping, load_preference_data
+
+    check_data_source(entry.id)
+    mapping = ColumnMapping.from_autotrain(
+        data_args.prompt_text_column, data_args.text_column, data_args.rejected_text_column, data_args.image_column
+    )
+    splits = load_preference_data(
+        entry.id, split=entry.split, subset=entry.config, columns=mapping, keep_columns=entry.columns
+    )
+    return splits["train"]
 
 
 def _is_local(source: str) -> bool:

@@ -239,7 +239,8 @@ def run_config(config: ORPOConfig, *, pairs: int | None, has_eval: bool, auto_lo
         changes["dataloader_pin_memory"] = False  # avoids torch's warning on CPU-only machines
     if not has_eval and config.eval_strategy != "no":
         logger.warning(
-            "eval_strategy=%s but no evaluation data: evaluation is off (pass --valid-split)", config.eval_strategy
+            "eval_strategy=%s but no evaluation data: evaluation is off (pass --valid-split)",
+            getattr(config.eval_strategy, "value", config.eval_strategy),
         )
         changes.update(eval_strategy="no", load_best_model_at_end=False, do_eval=False)
     return copy_config(config, **changes)
