@@ -29,6 +29,7 @@ from orpo.scoring.layouts import (
     segments_of,
     shared_prompt_probe,
 )
+from orpo.scoring.router import forward_options
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def run_capturing_head(model: torch.nn.Module, inputs: dict[str, Any], head: tor
     capture = HeadCapture.of(head)
     capture.armed = True
     try:
-        model(**inputs, use_cache=False)
+        model(**inputs, **forward_options(model))
         hidden = capture.hidden
     finally:
         capture.armed, capture.hidden = False, None
@@ -183,7 +184,7 @@ def _padded_scores(
 
 def plain_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int) -> TokenScores:
     """Scores of a padded batch from the model's logits."""
-    logits = model(**_model_inputs(batch), use_cache=False).logits
+    logits = model(**_model_inputs(batch), **forward_options(model)).logits
     return _padded_scores(batch, ignore_index, logits, _from_logits)
 
 
@@ -218,7 +219,7 @@ def row_scores(
     scored = targets.reshape(-1)[index]
     inputs = row_inputs({**batch, SEGMENTS_KEY: segments_of(batch)})
     if head is None:
-        scores = _from_logits(model(**inputs, use_cache=False).logits[0, source], scored)
+        scores = _from_logits(model(**inputs, **forward_options(model)).logits[0, source], scored)
     else:
         scores = _from_hidden(model, head, run_capturing_head(model, inputs, head)[0, source], scored)
     return _placed(scores, index, mask, targets)
@@ -305,8 +306,8 @@ def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: 
     packed, offset, alone = probe
     return verify(
         model,
-        lambda: model(input_ids=alone, use_cache=False).logits[0],
-        lambda: model(**row_inputs(packed), use_cache=False).logits[0, offset:],
+        lambda: model(input_ids=alone, **forward_options(model)).logits[0],
+        lambda: model(**row_inputs(packed), **forward_options(model)).logits[0, offset:],
         _layout_tolerance(model, alone.device),
         _problem(model, Layout.PACKED, "does not keep packed sequences apart"),
         "running these batches padded instead",
@@ -322,8 +323,8 @@ def verify_shared_prompt(model: torch.nn.Module, batch: dict[str, Any]) -> bool 
     row, rejected_start, alone, prompt = probe
     return verify(
         model,
-        lambda: model(input_ids=alone, use_cache=False).logits[0, prompt:],
-        lambda: model(**row_inputs(row), use_cache=False).logits[0, rejected_start:],
+        lambda: model(input_ids=alone, **forward_options(model)).logits[0, prompt:],
+        lambda: model(**row_inputs(row), **forward_options(model)).logits[0, rejected_start:],
         _layout_tolerance(model, alone.device),
         _problem(model, Layout.SHARED_PROMPT, "does not run shared-prompt rows exactly"),
         "running these batches padded instead",
