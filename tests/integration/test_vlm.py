@@ -183,7 +183,8 @@ def test_remove_unused_columns_keeps_the_images(tmp_path, processors):
 @pytest.mark.parametrize("style", STYLES)
 def test_fused_head_is_exact_and_used_on_image_batches(tmp_path, processors, style):
     """Image batches are verified whole (patches do not slice by row), then take the fused LM head."""
-    from orpo.scoring.logps import fused_scores, output_head, plain_scores
+    from orpo.scoring.logps import fused_scores, plain_scores
+    from orpo.scoring.model_view import output_head
 
     processor = processors[style]
     model = tiny_vlm(processor, style).double()

@@ -14,7 +14,8 @@ from orpo.data import LengthLimits, PairTokenizer
 from orpo.demo.tiny import tiny_causal_lm
 from orpo.scoring.collate import ORPODataCollator
 from orpo.scoring.fused import linear_selective_log_softmax
-from orpo.scoring.logps import fused_scores, output_head, plain_scores
+from orpo.scoring.logps import fused_scores, plain_scores
+from orpo.scoring.model_view import output_head
 from orpo.scoring.scorer import TokenScorer
 
 

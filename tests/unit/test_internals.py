@@ -308,3 +308,16 @@ def test_the_attention_registry_and_the_configs_current_implementation():
     assert internals.attn_implementation(model.config) == "orpo_contract_probe", broken(
         "set_attn_implementation no longer shows in config._attn_implementation", "attn_implementation"
     )
+
+
+def test_the_router_recorder_of_moe_models():
+    from transformers import AutoModelForCausalLM, LlamaConfig, MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
+
+    small = {"vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1}
+    mixtral = AutoModelForCausalLM.from_config(MixtralConfig(**small, num_attention_heads=2, num_local_experts=2))
+    assert internals.router_recorder(mixtral) == (MixtralTopKRouter, 0, None), broken(
+        "_can_record_outputs['router_logits'] no longer names Mixtral's router module", "router_recorder"
+    )
+    dense = AutoModelForCausalLM.from_config(LlamaConfig(**small, num_attention_heads=2))
+    assert internals.router_recorder(dense) is None

@@ -317,6 +317,21 @@ class ORPOArguments:
             "too, so it may be combined with padding_free); with layout auto or shared_prompt."
         ),
     )
+    output_router_logits: bool | None = field(
+        default=None,
+        metadata=meta(
+            "Mixture-of-experts models: add router_aux_loss_coef * the router's load-balancing loss to the ORPO "
+            "loss and log it as aux_loss, as TRL's ORPOTrainer does (None: the model config's "
+            "output_router_logits). Counted over real tokens in every layout."
+        ),
+    )
+    router_aux_loss_coef: float | None = field(
+        default=None,
+        metadata=meta(
+            "Weight of the load-balancing loss when output_router_logits is on (None: the model config's "
+            "router_aux_loss_coef)."
+        ),
+    )
     on_identical_pair: str = field(
         default="drop", metadata=meta("Rows whose chosen equals rejected (no preference signal).", ROW_POLICIES)
     )
@@ -364,6 +379,8 @@ class ORPOArguments:
         self.requested_layout(owner)
         if self.beta < 0:
             raise ValueError(f"{owner}.beta must be >= 0, got {self.beta}")
+        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
+            raise ValueError(f"{owner}.router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
         for name in ("max_length", "max_prompt_length", "max_completion_length", "pad_to_multiple_of"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -115,6 +115,29 @@ def tiny_causal_lm(
     return model
 
 
+#: Mixture-of-experts kinds :func:`tiny_moe_lm` builds: each family's own names for the expert
+#: count and sizes (4 experts, 2 per token).
+MOE_KINDS: dict[str, dict[str, object]] = {
+    "mixtral": {"num_local_experts": 4},
+    "qwen2_moe": {"num_experts": 4, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32},
+    "qwen3_moe": {"num_experts": 4, "moe_intermediate_size": 32, "head_dim": 12},
+    "olmoe": {"num_experts": 4},
+    "granitemoe": {"num_local_experts": 4},
+    "phimoe": {"num_local_experts": 4, "router_jitter_noise": 0.0, "input_jitter_noise": 0.0},
+}
+
+
+def tiny_moe_lm(
+    tokenizer: PreTrainedTokenizerFast, kind: str = "mixtral", seed: int = 0, **config: object
+) -> PreTrainedModel:
+    """A random-init mixture-of-experts causal LM of :data:`MOE_KINDS` (2 layers, 4 experts, top-2) for
+    CPU tests and benchmarks; ``config`` overrides (``output_router_logits``, ``router_aux_loss_coef``...)."""
+    if kind not in MOE_KINDS:
+        raise ValueError(f"tiny_moe_lm: kind {kind!r} is not one of {', '.join(MOE_KINDS)}")
+    values: dict[str, Any] = {**MOE_KINDS[kind], "num_experts_per_tok": 2, **config}
+    return tiny_causal_lm(tokenizer, arch=kind, seed=seed, **values)
+
+
 # ---- vision-language and encoder-decoder models ----------------------------------------------
 # Everything below builds locally from configs: no hub, no torchvision (the image processors are
 # the PIL/numpy backends of transformers).

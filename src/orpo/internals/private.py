@@ -179,3 +179,19 @@ def attn_implementation(config: Any) -> str | None:
     """``PretrainedConfig._attn_implementation``: the attention a model dispatches to now (after
     ``set_attn_implementation``); the public ``attn_implementation`` argument is only what it loaded with."""
     return getattr(config, "_attn_implementation", None)
+
+
+def router_recorder(model: Any) -> tuple[type, int, str | None] | None:
+    """``PreTrainedModel._can_record_outputs["router_logits"]``: the module class whose output (at an
+    index, under a layer name) transformers records as a MoE model's router logits, or None where the
+    model records none.  The one description of "the router" every MoE class in transformers gives;
+    a bare class means index 1 there (transformers' default for outputs other than hidden states)."""
+    spec = (getattr(model, "_can_record_outputs", None) or {}).get("router_logits")
+    if isinstance(spec, list):
+        spec = spec[0] if len(spec) == 1 else None
+    if isinstance(spec, type):
+        return spec, 1, None
+    target = getattr(spec, "target_class", None)
+    if not isinstance(target, type):
+        return None
+    return target, int(getattr(spec, "index", 0)), getattr(spec, "layer_name", None)

@@ -28,6 +28,8 @@ from orpo.scoring.layouts import (
     segments_of,
 )
 from orpo.scoring.layouts import targets as layout_targets
+from orpo.scoring.model_view import _config, attn_implementation_of, unwrap
+from orpo.scoring.moe import forward_options
 from orpo.scoring.segments import packing_probe, shared_prompt_probe
 
 logger = logging.getLogger(__name__)
@@ -67,52 +69,6 @@ def _scatter(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ---- what the scoring reads from the model -----------------------------------------------------
 
 
-def unwrap(model: torch.nn.Module, to_transformers: bool = False) -> Any:
-    """The model inside torch.compile's and DDP's/accelerate's wrappers (``.module``): the one unwrapper.
-
-    With ``to_transformers`` also inside a PEFT model, down to the ``transformers`` model itself
-    (what reads and switches ``attn_implementation``); without, a PEFT model stays itself (its
-    head and config are the ones that train).
-    """
-    from transformers import PreTrainedModel
-
-    while True:
-        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):  # torch.compile's
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP's, accelerate's
-            model = model.module  # type: ignore[assignment]
-        else:
-            break
-    if to_transformers and not isinstance(model, PreTrainedModel) and callable(getattr(model, "get_base_model", None)):
-        model = model.get_base_model()  # type: ignore[operator]
-    return model
-
-
-def _config(model: torch.nn.Module) -> Any:
-    return getattr(unwrap(model), "config", None)
-
-
-def output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The model's LM head if it is a plain Linear we can replicate (not LoRA-wrapped or quantized)."""
-    get_head: Callable[[], Any] | None = getattr(unwrap(model), "get_output_embeddings", None)
-    if get_head is None:  # not a transformers model
-        return None
-    try:
-        head = get_head()
-    except (AttributeError, NotImplementedError):
-        return None
-    if type(head) is not torch.nn.Linear:
-        return None
-    return head
-
-
-def attn_implementation_of(model: torch.nn.Module) -> str | None:
-    """The attention the model dispatches to now (orpo's per-segment ones included)."""
-    from orpo.internals.private import attn_implementation  # imports transformers' Trainer: not at import time
-
-    return attn_implementation(getattr(unwrap(model, to_transformers=True), "config", None))
-
-
 def _compute_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
     """The dtype the model's matmuls run in: autocast's if on, else the parameters'."""
     if torch.is_autocast_enabled(device.type):
@@ -125,7 +81,7 @@ def run_capturing_head(model: torch.nn.Module, inputs: dict[str, Any], head: tor
     capture = HeadCapture.of(head)
     capture.armed = True
     try:
-        model(**inputs, use_cache=False)
+        model(**inputs, **forward_options(model))
         hidden = capture.hidden
     finally:
         capture.armed, capture.hidden = False, None
@@ -191,7 +147,7 @@ def _padded_scores(
 
 def plain_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int) -> TokenScores:
     """Scores of a padded batch from the model's logits."""
-    logits = model(**_model_inputs(batch), use_cache=False).logits
+    logits = model(**_model_inputs(batch), **forward_options(model)).logits
     return _padded_scores(batch, ignore_index, logits, _from_logits)
 
 
@@ -227,7 +183,7 @@ def row_scores(
     scored = targets.reshape(-1)[index]
     inputs = row_inputs({**batch, SEGMENTS_KEY: segments_of(batch)})
     if head is None:
-        scores = _from_logits(model(**inputs, use_cache=False).logits[0, source], scored)
+        scores = _from_logits(model(**inputs, **forward_options(model)).logits[0, source], scored)
     else:
         scores = _from_hidden(model, head, run_capturing_head(model, inputs, head)[0, source], scored)
     return _placed(scores, index, mask, targets)
@@ -314,8 +270,8 @@ def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: 
     packed, offset, alone = probe
     return verify(
         model,
-        lambda: model(input_ids=alone, use_cache=False).logits[0],
-        lambda: model(**row_inputs(packed), use_cache=False).logits[0, offset:],
+        lambda: model(input_ids=alone, **forward_options(model)).logits[0],
+        lambda: model(**row_inputs(packed), **forward_options(model)).logits[0, offset:],
         _layout_tolerance(model, alone.device),
         _problem(model, Layout.PADDING_FREE, "does not keep packed sequences apart"),
         "running these batches padded instead",
@@ -331,8 +287,8 @@ def verify_shared_prompt(model: torch.nn.Module, batch: dict[str, Any]) -> bool 
     row, rejected_start, alone, prompt = probe
     return verify(
         model,
-        lambda: model(input_ids=alone, use_cache=False).logits[0, prompt:],
-        lambda: model(**row_inputs(row), use_cache=False).logits[0, rejected_start:],
+        lambda: model(input_ids=alone, **forward_options(model)).logits[0, prompt:],
+        lambda: model(**row_inputs(row), **forward_options(model)).logits[0, rejected_start:],
         _layout_tolerance(model, alone.device),
         _problem(model, Layout.SHARED_PROMPT, "does not run shared-prompt rows exactly"),
         "running these batches padded instead",

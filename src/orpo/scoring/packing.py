@@ -16,6 +16,8 @@ A row batch carries, besides ``input_ids``/``position_ids`` ``[1, T]``:
 * ``labels`` (and ``nll_labels``) ``[2B, L]``: exactly the padded collator's labels (the loss and
   the window counts read them), and ``padded_input_ids``/``padded_attention_mask``, to run the
   batch padded if the model cannot run the row;
+* ``row_tokens``: how many of the row's tokens are real (a Python int; the rest is trailing padding),
+  for the load-balancing loss of MoE models (:mod:`orpo.scoring.moe`);
 * ``orpo_layout``: :attr:`orpo.scoring.layouts.Layout.PADDING_FREE` or ``SHARED_PROMPT``, what scoring dispatches on.
 """
 
@@ -29,6 +31,9 @@ import torch
 from orpo.scoring.collate import ORPODataCollator
 from orpo.scoring.layouts import LAYOUT_KEY, SCORE_INDEX_KEY, SCORE_SOURCE_KEY, SEGMENTS_KEY, score_positions
 from orpo.scoring.segments import Segments, packed_segments, shared_prompt_segments
+
+#: The batch key of a row's count of real tokens (a Python int, moved by nobody).
+ROW_TOKENS_KEY = "row_tokens"
 
 
 def _padded_total(length: int, multiple: int | None) -> int:
@@ -48,6 +53,7 @@ def _row_batch(
         "labels": padded["labels"],
         "padded_input_ids": padded["input_ids"],
         "padded_attention_mask": padded["attention_mask"],
+        ROW_TOKENS_KEY: len(ids),
     }
     for key in ("nll_labels", "orpo_row_index"):
         if key in padded:

@@ -15,7 +15,7 @@ import torch
 
 from orpo.scoring.attention import BASES, IMPLEMENTATIONS, register
 from orpo.scoring.layouts import Layout
-from orpo.scoring.logps import attn_implementation_of, unwrap
+from orpo.scoring.model_view import attn_implementation_of, unwrap
 
 logger = logging.getLogger(__name__)
 

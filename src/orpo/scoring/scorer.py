@@ -18,14 +18,13 @@ from orpo.scoring.layouts import Layout, layout_of, padded_of
 from orpo.scoring.logps import (
     TokenScores,
     fused_scores,
-    output_head,
     plain_scores,
     row_scores,
-    unwrap,
     verify_fused,
     verify_packing,
     verify_shared_prompt,
 )
+from orpo.scoring.model_view import output_head, unwrap
 from orpo.scoring.routing import choose_layout
 from orpo.scoring.segments import first_sequence
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from orpo.scoring.logps import unwrap
+from orpo.scoring.model_view import unwrap
 
 logger = logging.getLogger(__name__)
 

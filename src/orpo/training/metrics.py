@@ -3,7 +3,8 @@
 Sums (not per-step averages) are kept so a logged value is the average over every pair and
 token of the window, whatever the batch sizes, and so processes can be reduced exactly.  The
 logged ``loss`` is built from the same window (:func:`window_loss`), so
-``loss == nll_loss - beta * log_odds_ratio`` holds for every logged entry.
+``loss == nll_loss - beta * log_odds_ratio`` holds for every logged entry (plus
+``router_aux_loss_coef * aux_loss`` for a mixture-of-experts model with ``output_router_logits``).
 """
 
 from __future__ import annotations
@@ -35,13 +36,18 @@ METRIC_NAMES = (
     "log_odds_ratio",
     "log_odds_chosen",
 )
+#: Logged besides METRIC_NAMES for a mixture-of-experts model with ``output_router_logits``: the
+#: router's load-balancing loss, averaged over the window's micro-batches (orpo.scoring.moe).
+AUX_LOSS = "aux_loss"
 
 
-def window_loss(metrics: dict[str, float], beta: float) -> float:
+def window_loss(metrics: dict[str, float], beta: float, aux_coef: float = 0.0) -> float:
     """The ORPO loss over a logging window: its token-averaged NLL plus beta times its pair-averaged
     odds-ratio term, weighted as one accumulation window weights them (so micro-batching does not
-    change it, and it agrees with the logged ``nll_loss`` and ``log_odds_ratio``)."""
-    return metrics["nll_loss"] - beta * metrics["log_odds_ratio"]
+    change it, and it agrees with the logged ``nll_loss`` and ``log_odds_ratio``), plus ``aux_coef``
+    times the logged ``aux_loss`` where there is one."""
+    loss = metrics["nll_loss"] - beta * metrics["log_odds_ratio"]
+    return loss + aux_coef * metrics[AUX_LOSS] if AUX_LOSS in metrics else loss
 
 
 class MetricWindows:
@@ -91,8 +97,16 @@ class MetricWindows:
             float, {key: torch.tensor(value, dtype=torch.float64, device=device) for key, value in values.items()}
         )
 
-    def record(self, mode: str, loss: ORPOLossOutput, pairs: PairLogps, scores: TokenScores) -> None:
-        """Add one micro-batch's sums, so logged metrics are averages over the whole logging window."""
+    def record(
+        self,
+        mode: str,
+        loss: ORPOLossOutput,
+        pairs: PairLogps,
+        scores: TokenScores,
+        aux_loss: torch.Tensor | None = None,
+    ) -> None:
+        """Add one micro-batch's sums, so logged metrics are averages over the whole logging window
+        (``aux_loss``: the router's load-balancing loss of a MoE model, averaged per micro-batch)."""
         odds = loss.odds
         valid = pairs.valid.float()
         completion = pairs.completion_mask
@@ -119,6 +133,9 @@ class MetricWindows:
                 "nll/sum": -pairs.nll_logp_sum.detach(),
                 "nll/tokens": pairs.nll_mask.sum(),
             }
+            if aux_loss is not None:
+                sums["aux/sum"] = aux_loss.detach()
+                sums["aux/batches"] = torch.ones((), device=aux_loss.device)
             store = self.sums[mode]
             for key, value in sums.items():
                 store[key] = store[key] + value.detach().double()
@@ -157,4 +174,7 @@ class MetricWindows:
         metrics["logits/chosen"] = totals["logits/chosen"] / max(totals["tokens/chosen"], 1.0)
         metrics["logits/rejected"] = totals["logits/rejected"] / max(totals["tokens/rejected"], 1.0)
         metrics["nll_loss"] = totals["nll/sum"] / max(totals["nll/tokens"], 1.0)
-        return {name: metrics[name] for name in METRIC_NAMES}
+        out = {name: metrics[name] for name in METRIC_NAMES}
+        if totals.get("aux/batches"):
+            out[AUX_LOSS] = totals["aux/sum"] / totals["aux/batches"]
+        return out

@@ -182,6 +182,7 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
     """The given model and tokenizer, or those ``--model`` names (a start adapter: on its base), through the
     loader ``ORPOTrainer(model="id")`` uses, with the chosen chat template."""
     from orpo.models.loading import load_model_and_processor
+    from orpo.scoring.moe import apply_router_options
 
     template = resolve_chat_template(model_args.chat_template)
     # Only where something is loaded (a quantization config needs a GPU); they carry model_source's revision and
@@ -207,6 +208,7 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
         chat_template=template,
         tokenizer_from=name if own_tokenizer else base,
     )
+    apply_router_options(model, config.output_router_logits, config.router_aux_loss_coef)  # a model loaded here
     if base is not None:
         model = attach_start_adapter(model, name, merge=model_args.merge_start_adapter)
         how = "merged into its base" if model_args.merge_start_adapter else "trained on"

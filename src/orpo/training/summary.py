@@ -78,6 +78,7 @@ SUMMARY_METRICS = (
     "logps/chosen",
     "logps/rejected",
     "log_odds_chosen",
+    "aux_loss",  # mixture-of-experts models with output_router_logits only (a row without values is left out)
 )
 
 
@@ -151,7 +152,9 @@ def write_summary(path: str | Path, result: Any) -> str:
         "steps_run": result.steps_run,
         "resumed_from": result.resumed_from,
         "first_last": {
-            key: dict(zip(("first", "last"), first_last(history, key), strict=True)) for key in SUMMARY_METRICS
+            key: dict(zip(("first", "last"), first_last(history, key), strict=True))
+            for key in SUMMARY_METRICS
+            if key != "aux_loss" or first_last(history, key)[0] is not None
         },
         "health": [asdict(finding) for finding in result.health],
     }

@@ -23,7 +23,8 @@ from orpo.models.loading import (
 )
 from orpo.scoring.collate import Collator
 from orpo.scoring.layouts import Layout
-from orpo.scoring.logps import unwrap
+from orpo.scoring.model_view import unwrap
+from orpo.scoring.moe import RouterLoss, apply_router_options
 from orpo.scoring.routing import LayoutChoice, choose_layout
 from orpo.scoring.scorer import TokenScorer
 from orpo.training.card import write_model_card
@@ -107,12 +108,16 @@ class ORPOTrainer(Trainer):
         )
         if chooses_layout:
             self.layout_choice, self.data_collator = self._layout_and_collator(args, processing_class, tokenizer_)
+        self.router_loss = RouterLoss(args.output_router_logits, args.router_aux_loss_coef)
+        if self.model is not None:
+            self.router_loss.resolve(self.model)  # output_router_logits on a dense model: refused before training
         releases.loss_is_scaled_for_ga(self)  # compute_loss already normalises by the whole accumulation window
         releases.restore_indexed_cpu_locations()
         sharded = bool(getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False))
         self.scorer = TokenScorer(args.fused_lm_head, args.label_pad_token_id, allow_fused=not sharded)
         self.metric_windows = MetricWindows()
         self._window: torch.Tensor | None = None
+        self._window_batches = 1  # micro-batches of the accumulation window (the load-balancing term's mean)
         add_model_tags = getattr(self.model, "add_model_tags", None)  # PreTrainedModel's; PEFT forwards it
         if callable(add_model_tags):
             add_model_tags(self._tag_names)
@@ -213,9 +218,12 @@ class ORPOTrainer(Trainer):
         if not isinstance(model, str) and init_kwargs:
             warnings.warn("model_init_kwargs is ignored because the model is already instantiated", stacklevel=3)
         if model is not None:
+            named = isinstance(model, str)
             model, processing_class = load_model_and_processor(
                 model, processing_class, init_kwargs, trust_remote_code=args.trust_remote_code
             )
+            if named:  # loaded here: its config may say how it trains (a caller's model object stays as given)
+                apply_router_options(model, args.output_router_logits, args.router_aux_loss_coef)
             return prepare_model(model, args, peft_config), processing_class, model_init
         if processing_class is None:
             raise ValueError("ORPOTrainer needs processing_class (the tokenizer) to tokenize and pad the data")
@@ -300,6 +308,7 @@ class ORPOTrainer(Trainer):
             if self.args.world_size > 1:
                 counts = self.accelerator.reduce(counts, reduction="sum")
             self._window = counts
+            self._window_batches = len(batch_samples)
         return batch_samples, num_items
 
     def compute_loss(
@@ -310,7 +319,7 @@ class ORPOTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         mode = "train" if model.training else "eval"
-        scores = self.scorer(model, inputs)
+        scores, aux_loss = self.router_loss.score(self.scorer, model, inputs)
         pairs = pair_logps(scores.logps, inputs["labels"], inputs.get("nll_labels"), self.args.label_pad_token_id)
         scale = 1.0
         if mode == "train" and self._window is not None:
@@ -319,8 +328,13 @@ class ORPOTrainer(Trainer):
         else:
             nll_tokens, pair_count = pairs.counts
         out = orpo_loss(pairs.chosen, pairs.rejected, self.args.beta, pairs.nll_logp_sum, nll_tokens, pair_count)
-        self.metric_windows.record(mode, out, pairs, scores)
+        self.metric_windows.record(mode, out, pairs, scores, aux_loss)
         loss = out.loss * scale
+        if aux_loss is not None:
+            # TRL's coef * aux_loss per micro-batch, averaged over the window as Trainer averages TRL's losses
+            # (not scaled by world_size: DDP's mean over processes is the mean TRL gets)
+            batches = self._window_batches if mode == "train" and self._window is not None else 1
+            loss = loss + self.router_loss.resolve(model)[1] / batches * aux_loss.to(loss.device)
         if return_outputs:
             return loss, {"chosen_rewards": out.odds.chosen_rewards, "rejected_rewards": out.odds.rejected_rewards}
         return loss
@@ -339,10 +353,17 @@ class ORPOTrainer(Trainer):
         metrics = self._pop_metrics(mode)
         prefix = f"{eval_prefix}_" if mode == "eval" else ""
         if metrics and f"{prefix}loss" in logs:  # Trainer's loss averages steps, not the window's tokens and pairs
-            logs[f"{prefix}loss"] = window_loss(metrics, self.args.beta)
+            logs[f"{prefix}loss"] = window_loss(metrics, self.args.beta, self._aux_coef())
         logs.update({f"{prefix}{name}": value for name, value in metrics.items()})
         logs.update(self.reliability.guard.log_fields(logs))
         super().log(logs, start_time)
+
+    def _aux_coef(self) -> float:
+        """The load-balancing loss's coefficient in the logged loss (0 without a model or the term)."""
+        if self.model is None:
+            return 0.0
+        enabled, coef = self.router_loss.resolve(self.model)
+        return coef if enabled else 0.0
 
     # ---- evaluation ---------------------------------------------------------------------
     def evaluate(
