@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # A pip constraints file (.ci/floors.txt: the declared floors), or empty for the latest releases.
 CONSTRAINTS ?=
 
-.PHONY: install test test-floors pytest lint typecheck demo clean
+.PHONY: install test test-floors pytest lint typecheck demo docs clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,5 +41,22 @@ test-floors:
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/orpo demo --overwrite
 
+# The documentation site (mkdocs.yml) into site/, in its own small venv: mkdocs and mkdocstrings read src/
+# statically, so neither torch nor orpo is installed there.  --strict: every warning is an error.
+DOCS_VENV := .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.installed
+# The pins of pyproject.toml's `docs` extra (one line there), without installing orpo and its dependencies.
+DOCS_REQUIREMENTS := $(shell sed -n 's/^docs = \[\(.*\)\]$$/\1/p' pyproject.toml | tr -d '",')
+
+$(DOCS_STAMP): pyproject.toml
+	test -n "$(DOCS_REQUIREMENTS)"
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DOCS_VENV)/bin/python -m pip install --quiet $(foreach r,$(DOCS_REQUIREMENTS),'$(r)')
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .venv-floors build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-floors $(DOCS_VENV) site build dist src/*.egg-info .pytest_cache .ruff_cache
