@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 11, in one call on a bare H100/H200 (python3 with torch 2.11 and
 # transformers 5.17; nothing downloadable there), in under 8 minutes:
-#   1. tests/gpu (not the multi-process FSDP test, marked slow), at most 200 s;
+#   1. the tests marked gpu (not the multi-process FSDP test, marked slow), at most 200 s;
 #   2. bench_orpo.py on UltraFeedback-like lengths: TRL at its defaults (gradient checkpointing
 #      on) and without, orpo padded, padding-free and shared-prompt per segment (sdpa, flex), 200 s;
 #   3. 8 pairs of ~4096-token sequences: TRL at its defaults against orpo's shared prompt with
@@ -33,10 +33,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,n
 "$PY" -c 'import torch, transformers, sys; print("python", sys.version.split()[0], "torch", torch.__version__,
   "cuda", torch.version.cuda, "transformers", transformers.__version__)' | tee -a "$OUT/device.txt"
 
-stamp "tests/gpu"
-timeout 200 "$PY" -m pytest -q -p no:cacheprovider -o addopts='' -m "not slow" -rs --durations=8 tests/gpu \
+stamp "gpu tests"
+timeout 200 "$PY" -m pytest -q -p no:cacheprovider -o addopts='' -m "gpu and not slow" -rs --durations=8 tests \
     > "$OUT/tests.log" 2>&1
-echo "tests/gpu exit $?"
+echo "gpu tests exit $?"
 tail -n 30 "$OUT/tests.log"
 
 stamp "bench: UltraFeedback-like lengths"

@@ -55,7 +55,7 @@ class ORPOConfig(ORPOArguments, TrainingArguments):
     warmup_steps: float = field(default=0, metadata=_named("warmup_steps", "warmup_ratio"))
     lr_scheduler_type: SchedulerType | str = field(default="linear", metadata=_named("lr_scheduler_type", "scheduler"))
     # transformers' default from torch 2.8, kept on older torch too: there transformers falls back to the plain
-    # AdamW, whose float16 state goes non-finite on float16 parameters (tests/integration/test_trl_parity.py).
+    # AdamW, whose float16 state goes non-finite on float16 parameters (tests/training/test_trl_parity.py).
     optim: OptimizerNames | str = field(default="adamw_torch_fused", metadata=_named("optim", "optimizer"))
     # transformers' own order of the union: HfArgumentParser relies on it.
     report_to: None | str | list[str] = field(default="none", metadata=_named("report_to", "log"))  # noqa: RUF036

@@ -3,7 +3,7 @@
 Nothing else in orpo touches a name of transformers that starts with ``_``: ``Trainer`` members (besides
 overriding ``_save_checkpoint``, listed in :data:`OVERRIDDEN`), the flash-attention forward and the
 attention registry that :mod:`orpo.scoring.attention` builds on, a model config's ``_attn_implementation``.  Each
-function says what it relies on; ``tests/unit/test_internals.py`` checks every one of them against the
+function says what it relies on; ``tests/internals/test_internals.py`` checks every one of them against the
 installed transformers and fails naming the version and the piece that changed.
 """
 
