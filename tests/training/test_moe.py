@@ -185,17 +185,11 @@ def test_flags_and_yaml_keys(tmp_path):
         ORPOConfig(output_dir=str(tmp_path), router_aux_loss_coef=-1)
 
 
-#: transformers' save_pretrained writes Mixtral's experts in the original per-expert format (w1/w2/w3), and
-#: Trainer._load_from_checkpoint loads a full checkpoint with a plain load_state_dict(strict=False), without the
-#: weight conversion from_pretrained applies: the gate and experts keep the model's own weights (warned as
-#: missing/unexpected keys).  A transformers issue, not orpo's; strict, so the test says when it is fixed.
-FULL_RESUME_LOSES_EXPERTS = pytest.mark.xfail(
-    strict=True, reason="transformers' Trainer resume does not convert a full MoE checkpoint's expert weights"
-)
-
-
-@pytest.mark.parametrize("peft", [pytest.param(False, marks=FULL_RESUME_LOSES_EXPERTS), True], ids=["full", "lora"])
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
 def test_an_interrupted_run_resumes_exactly(tokenizer, tmp_path, peft):
+    """A full checkpoint's experts come back too: orpo writes checkpoints in the layout the model holds
+    (``Trainer`` resumes with a plain ``load_state_dict``, which would not undo transformers' per-expert
+    save format); the final model keeps transformers' original format."""
     common = {"max_steps": 4, "gradient_accumulation_steps": 2, "logging_steps": 1, "save_strategy": "steps"}
     straight = _trainer(tokenizer, tmp_path / "straight", peft=peft, **common)
     straight.train()
@@ -211,6 +205,14 @@ def test_an_interrupted_run_resumes_exactly(tokenizer, tmp_path, peft):
     for expected, got in zip(straight.recorder.logs, combined, strict=True):
         assert got == expected, f"step {expected['step']}"
     assert max_diff(weights(straight.model, trainable_only=peft), weights(second.model, trainable_only=peft)) == 0.0
+    if not peft:
+        import safetensors.torch
+
+        checkpoint = safetensors.torch.load_file(str(out / "checkpoint-2" / "model.safetensors"))
+        assert any("experts.gate_up_proj" in key for key in checkpoint)  # as held: one fused tensor per layer
+        final = tmp_path / "final"
+        second.save_model(str(final))
+        assert any(".experts.0." in key for key in safetensors.torch.load_file(str(final / "model.safetensors")))
 
 
 def test_the_summary_shows_aux_loss(tmp_path):

@@ -9,12 +9,17 @@ installed transformers and fails naming the version and the piece that changed.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from collections.abc import Iterator
 from typing import Any, cast
 
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import SaveStrategy, rotate_checkpoints
+
+from orpo.internals import releases
 
 #: What ``Trainer`` names its state file and checkpoint folders (``checkpoint-<global step>``,
 #: ``transformers.trainer_utils.PREFIX_CHECKPOINT_DIR``): orpo's checkpoints keep its layout so that
@@ -48,12 +53,33 @@ def write_checkpoint(trainer: Trainer, directory: str, run_dir: str, trial: Any)
     """
     if trainer.hp_search_backend is None and trial is None:
         trainer.store_flos()
-    trainer.save_model(directory, _internal_call=True)
+    with _weights_as_held(trainer):
+        trainer.save_model(directory, _internal_call=True)
     record_best_checkpoint(trainer, run_dir)
     if not trainer.args.save_only_model:
         trainer._save_optimizer_and_scheduler(directory)
         trainer._save_scaler(directory)
         trainer._save_rng_state(directory)
+
+
+@contextlib.contextmanager
+def _weights_as_held(trainer: Trainer) -> Iterator[None]:
+    """Checkpoint weights in the layout the model holds them (``save_original_format=False``).
+
+    ``Trainer._load_from_checkpoint`` restores a full checkpoint with a plain ``load_state_dict``, which does
+    not undo the conversion ``save_pretrained`` applies by default (MoE experts written back per expert):
+    the experts would silently keep their untrained weights on resume.  Saved as held, ``load_state_dict``
+    restores them exactly and ``from_pretrained`` still loads the checkpoint.  PEFT adapters are unaffected.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    if not releases.SAVES_ORIGINAL_FORMAT or not isinstance(model, PreTrainedModel):
+        yield
+        return
+    model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_original_format=False)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del model.save_pretrained
 
 
 def save_weights(trainer: Trainer, directory: str, state_dict: dict[str, Any]) -> None:

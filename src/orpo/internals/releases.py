@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from accelerate.utils import DistributedType
-from transformers import Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 _TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 
@@ -38,6 +38,11 @@ CREATE_OPTIMIZER_TAKES_MODEL = "model" in inspect.signature(Trainer.create_optim
 #: Newer transformers read ``Trainer.loss_is_scaled_for_ga``; older ones (5.3-5.5) skip their own division by the
 #: accumulation steps only when ``model_accepts_loss_kwargs`` (the loss was normalised by ``num_items_in_batch``).
 HAS_LOSS_IS_SCALED_FOR_GA = hasattr(Trainer, "loss_is_scaled_for_ga")
+
+#: Newer transformers convert some checkpoints' weights on load (e.g. MoE experts fused into one tensor) and
+#: convert them back on save unless ``save_pretrained(save_original_format=False)``; older ones store what
+#: the model holds.
+SAVES_ORIGINAL_FORMAT = "save_original_format" in inspect.signature(PreTrainedModel.save_pretrained).parameters
 
 
 def loss_is_scaled_for_ga(trainer: Any) -> None:
