@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orpo.data.images import with_storable_images
+
 from .errors import SOURCE_COLUMN, DataError
 from .files import SPLIT_ALIASES, assign_splits, files_in_folder, glob_root, load_local_files
 from .scan import DATA_EXTENSIONS, DataFile, extension
@@ -153,8 +155,6 @@ def load_preference_data(
 
     mapping = ColumnMapping(**columns) if isinstance(columns, dict) else columns
     if isinstance(source, list | dict):  # images given as paths, bytes and PIL images in one column
-        from orpo.data.images import with_storable_images
-
         source = with_storable_images(source, mapping.images if mapping is not None else None)
     splits, describe = _load_raw(source, split, subset, valid_split, cache_dir, _text_columns(mapping))
     out: dict[str, Any] = {}

@@ -30,7 +30,7 @@ from orpo.config.dataset_mixture import DatasetMixture, MixtureDataset
 from .errors import SOURCE_COLUMN, DataError, short, where
 from .normalise import ENCODED_COLUMN, TOOLS_COLUMN
 from .stream import MIX_COLUMN, READ_COLUMN
-from .validate import TEXT_COLUMNS
+from .validate import TEXT_COLUMNS, column_values
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,6 @@ def source_format(features: Any) -> str:
 def _log_sources(mixed: Any, sources: list[tuple[str, Any, int]]) -> None:
     """Per source: its format, rows read and rows mixed in; a warning for a source the mix took nothing from."""
     from collections import Counter
-
-    from .validate import column_values
 
     taken = Counter(column_values(mixed, MIX_COLUMN))
     for name, dataset, rows in sources:

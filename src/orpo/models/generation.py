@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from orpo.config.usage import describe_write_error
+from orpo.models.sources import check_model_source, resolve_chat_template
+
 if TYPE_CHECKING:
     from orpo.models.loading import HubSource
 
@@ -56,7 +59,6 @@ def load_for_inference(
 
     ``source`` (revision, trust_remote_code) applies to the model loaded: ``path``, or an adapter's base."""
     from orpo.models.loading import load_model_and_processor
-    from orpo.models.sources import check_model_source, resolve_chat_template
 
     template = resolve_chat_template(chat_template)
     check_model_source(path)
@@ -77,7 +79,6 @@ def load_for_inference(
 def _adapter_sources(adapter_dir: str, base: str | None) -> tuple[str, str]:
     """(the base model, where the tokenizer is) of a LoRA adapter directory: the tokenizer saved beside the
     adapter (training may have changed it), else the base's."""
-    from orpo.models.sources import check_model_source
 
     base = base or adapter_base(adapter_dir)
     if not base:
@@ -347,7 +348,5 @@ def merge_adapter(
         merged.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
     except (OSError, RuntimeError) as err:
-        from orpo.config.usage import describe_write_error
-
         raise OSError(f"could not write the merged model to {out}: {describe_write_error(err, str(out))}") from err
     return str(out)

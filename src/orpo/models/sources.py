@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from orpo.config.arguments import QUANTIZATIONS
 from orpo.config.usage import UsageError
+from orpo.models.adapters import lora_options
 
 if TYPE_CHECKING:
     from orpo.config.arguments import ModelArguments
@@ -143,8 +144,6 @@ def quantization_config(kind: str, dtype: Any = None) -> Any:
 def lora_config(model_args: ModelArguments, task_type: str = "CAUSAL_LM") -> Any:
     """orpo's LoRA fields, then ``lora_config``'s other ``LoraConfig`` options (checked)."""
     from peft import LoraConfig
-
-    from orpo.models.adapters import lora_options
 
     targets: Any = model_args.lora_target_modules or ["all-linear"]
     if len(targets) == 1:

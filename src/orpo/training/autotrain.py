@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from orpo.config.options import Source, option_table
 from orpo.config.resolve import ResolvedArgs, resolve
 from orpo.config.switches import check_backend
+from orpo.training.run import run_training
 
 if TYPE_CHECKING:
     from orpo.config.arguments import DataArguments, ModelArguments
@@ -182,7 +183,6 @@ class AutoTrainProject:
         self.process = process
 
     def create(self, console: bool = True) -> TrainResult:
-        from orpo.training.run import run_training
 
         resolved = self.params.resolve()
         result = run_training(

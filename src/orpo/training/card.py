@@ -16,6 +16,8 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orpo.models.sources import looks_like_hub_id
+
 if TYPE_CHECKING:
     from orpo.training.trainer import ORPOTrainer
 
@@ -134,7 +136,6 @@ def data_rows(trainer: ORPOTrainer) -> list[tuple[str, int | None, int | None]]:
 
 
 def _hub_dataset(source: str) -> bool:
-    from orpo.models.sources import looks_like_hub_id
 
     return "/" in source and looks_like_hub_id(source) and not Path(source).expanduser().exists()
 

@@ -12,6 +12,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from orpo.config.usage import UsageError
+from orpo.models.adapters import start_adapter_base
+from orpo.models.generation import merge_adapter
 
 if TYPE_CHECKING:
     from orpo.config.arguments import ModelArguments
@@ -105,7 +107,6 @@ def save_final(trainer: ORPOTrainer, model_args: ModelArguments, output_dir: str
     A merged LoRA model of a sharded run is built on the main process from the saved adapter and the
     base weights on disk: the trained model's shards cannot be merged in place.
     """
-    from orpo.models.adapters import start_adapter_base
     from orpo.models.loading import is_peft_model
 
     model: Any = trainer.model
@@ -117,8 +118,6 @@ def save_final(trainer: ORPOTrainer, model_args: ModelArguments, output_dir: str
     save_model(trainer, adapter_dir)
     if model_args.quantization is not None or is_sharded(trainer):
         if trainer.args.should_save:
-            from orpo.models.generation import merge_adapter
-
             base = start_adapter_base(model_args) or model_args.model_name_or_path
             merge_adapter(adapter_dir, output_dir, base=base)
     else:

@@ -14,6 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from orpo.data.errors import SOURCE_COLUMN
+from orpo.models.generation import stop_token_ids
+
 #: Summary of a set of pairs: what ``summarize`` returns and ``--json`` prints per model and group.
 METRICS = ("pairs", "accuracy", "ties", "chosen_logp", "rejected_logp", "margin", "log_odds")
 _FILE_OF = re.compile(r"^(.*?), (?:line|record) \d+")
@@ -50,7 +53,6 @@ def score_pairs(model: Any, pairs: Any, pad_token_id: int, batch_size: int = 8) 
     """One forward pass per batch of ``batch_size`` pairs over tokenized ``pairs`` (from :func:`prepare_pairs`)."""
     import torch
 
-    from orpo.data.errors import SOURCE_COLUMN
     from orpo.loss import sequence_logps
     from orpo.scoring.collate import ORPODataCollator
 
@@ -104,7 +106,6 @@ def summarize(scores: PairScores, select: Any = None) -> dict[str, Any]:
 def group_labels(pairs: Any, by: str | None = None, by_file: bool = False) -> list[str] | None:
     """Each pair's group: the value of column ``by``, or (``by_file``) the file its row came from."""
     from orpo.data import DataError
-    from orpo.data.errors import SOURCE_COLUMN
 
     if by_file:
         labels = []
@@ -173,8 +174,6 @@ def sample_completions(
     """``num_samples`` completions of each tokenized prompt (greedy at temperature 0), cut at the first
     stop token; prompts are left-padded into batches of ``batch_size`` sequences."""
     import torch
-
-    from orpo.models.generation import stop_token_ids
 
     stops = stop_token_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]

@@ -8,7 +8,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orpo.config.dataset_mixture import parse_mixture
 from orpo.config.usage import UsageError
+from orpo.data.load import ColumnMapping, load_preference_data, stream_from_hub
 from orpo.models.sources import looks_like_hub_id
 
 if TYPE_CHECKING:
@@ -35,7 +37,6 @@ def load_data(data_args: DataArguments) -> tuple[Any, Any]:
     from orpo.data.mix import mix
 
     if data_args.dataset_mixture is not None:
-        from orpo.config.dataset_mixture import parse_mixture
         from orpo.data.mix import load_mixture
 
         train, evaluation = load_mixture(
@@ -60,7 +61,6 @@ def load_data(data_args: DataArguments) -> tuple[Any, Any]:
 
 
 def _load_source(data_args: DataArguments, source: Any) -> tuple[Any, Any]:
-    from orpo.data.load import ColumnMapping, load_preference_data, stream_from_hub
 
     if isinstance(source, str):
         check_data_source(source)
@@ -95,7 +95,6 @@ def _load_source(data_args: DataArguments, source: Any) -> tuple[Any, Any]:
 
 def _load_mixture_entry(data_args: DataArguments, entry: MixtureDataset) -> Any:
     """One ``dataset_mixture`` entry: its split and config, its columns, then orpo's column mapping."""
-    from orpo.data.load import ColumnMapping, load_preference_data
 
     check_data_source(entry.id)
     mapping = ColumnMapping.from_autotrain(

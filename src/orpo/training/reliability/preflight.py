@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from orpo.scoring.collate import ORPODataCollator
 from orpo.training.reliability.checkpoint import format_bytes, free_bytes, is_no_space
 from orpo.training.reliability.diagnose import ROW_INDEX_COLUMN
 
@@ -102,8 +103,6 @@ def check_batch_size(dataset: Any, per_step: int, drop_last: bool) -> None:
 def with_row_index(dataset: Any, collator: Any) -> Any:
     """The train dataset with a :data:`ROW_INDEX_COLUMN`, where the collator carries it into batches."""
     import datasets
-
-    from orpo.scoring.collate import ORPODataCollator
 
     if (
         isinstance(collator, ORPODataCollator)
