@@ -193,6 +193,9 @@ class Requirement:
     processes: Callable[[Mapping[str, Any]], int] = lambda values: 1
     #: how to start several processes for it (accelerate launch config)
     launch: str = ""
+    #: "resolve": checked before ``TrainingArguments`` is built, whose own check would fail in other words;
+    #: "run": at the start of the run engine (``resolve`` maps such a setting on any machine)
+    stage: str = "run"
 
 
 def _flag(name: str) -> Callable[[Mapping[str, Any]], str]:
@@ -200,7 +203,7 @@ def _flag(name: str) -> Callable[[Mapping[str, Any]], str]:
 
 
 def _flag_value(name: str) -> Callable[[Mapping[str, Any]], str]:
-    return lambda values: f"--{name.replace('_', '-')} {values.get(name)}"
+    return lambda values: f"--{name.replace('_', '-')} {getattr(values.get(name), 'value', values.get(name))}"
 
 
 def _set(name: str) -> Callable[[Mapping[str, Any]], bool]:
@@ -243,7 +246,7 @@ def _bf16(values: Mapping[str, Any]) -> bool:
 
 #: Every option that needs a package, hardware or several processes (tested row by row).
 REQUIREMENTS: tuple[Requirement, ...] = (
-    Requirement(_flag("deepspeed"), _set("deepspeed"), package=lambda v: "deepspeed"),
+    Requirement(_flag("deepspeed"), _set("deepspeed"), package=lambda v: "deepspeed", stage="resolve"),
     Requirement(
         _flag_value("optim"),
         lambda v: optimizer_package(v.get("optim")) is not None,
@@ -282,8 +285,15 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         _bf16,
         hardware="bf16",
         remedy="add --use-cpu to train in bf16 on the CPU, or drop --bf16 (float32)",
+        stage="resolve",
     ),
-    Requirement(_flag("tf32"), lambda v: v.get("tf32") is True, hardware="tf32", remedy="drop --tf32 on this machine"),
+    Requirement(
+        _flag("tf32"),
+        lambda v: v.get("tf32") is True,
+        hardware="tf32",
+        remedy="drop --tf32 on this machine",
+        stage="resolve",
+    ),
     Requirement(
         _flag("fsdp"),
         lambda v: _set("fsdp")(v) and not _fsdp_xla(v),
@@ -295,6 +305,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         lambda v: _parallel_size(v) > 1,
         processes=_parallel_size,
         launch="torchrun --nproc-per-node N -m orpo train ... (or accelerate launch --num_processes N)",
+        stage="resolve",
     ),
 )
 
@@ -311,11 +322,12 @@ def check_trackers(report_to: str | Iterable[str] | None) -> None:
             require(f"--report-to {name}", package)
 
 
-def check_requirements(values: Mapping[str, Any]) -> None:
+def check_requirements(values: Mapping[str, Any], stages: tuple[str, ...] = ("resolve", "run")) -> None:
     """Refuse, in one line naming the option and what it needs, the first option this machine cannot run:
-    a missing package, no GPU, or one process where it needs several.  ``values``: field -> value as given."""
+    a missing package, no GPU, or one process where it needs several.  ``values``: field -> value as given;
+    ``stages``: the rows to check (all but the trackers for "resolve" alone)."""
     for row in REQUIREMENTS:
-        if not row.applies(values):
+        if row.stage not in stages or not row.applies(values):
             continue
         option = row.option(values)
         if row.hardware is not None:
@@ -331,4 +343,5 @@ def check_requirements(values: Mapping[str, Any]) -> None:
         package = row.package(values)
         if package is not None:
             require(option, package)
-    check_trackers(values.get("report_to"))
+    if "run" in stages:
+        check_trackers(values.get("report_to"))

@@ -130,7 +130,7 @@ def _check_before_loading(
         check_training_amounts(config)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    # packages, GPU, processes (`orpo train` checked them in resolve; Python callers get them here)
+    # packages, GPU, processes (orpo.config.extras), before any data or model
     check_requirements(_settings(config, model_args, data_args))
     if model is None:
         check_start_adapter(model_args)
