@@ -117,6 +117,4 @@ def test_missing_tracker_fails_before_data_preparation(tmp_path, monkeypatch, ca
     argv = ["train", "--model", str(tmp_path / "model"), "--data-path", str(tmp_path / "prefs.jsonl")]
     assert main([*argv, "--output-dir", str(tmp_path / "out"), "--report-to", "tensorboard", "wandb"]) == 2
     err = capsys.readouterr().err
-    assert (
-        err == "orpo train: error: --report-to wandb: the wandb package is not installed; pip install 'orpo[wandb]'\n"
-    )
+    assert err == "orpo train: error: --report-to wandb needs wandb: pip install 'orpo[wandb]'\n"

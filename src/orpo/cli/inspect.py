@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> InspectReport:
         loaded = named_load("the tokenizer of", args.model_name_or_path, load_tokenizer, template, source)
         tokenizer = getattr(loaded, "tokenizer", loaded)  # a vision model's processor: its text tokenizer
         name, note = args.model_name_or_path, ""
+        if not args.resize_embeddings:
+            _check_vocab(args.model_name_or_path, tokenizer, source)
     else:
         tokenizer = default_tokenizer(dataset)
         if template is not None:
@@ -89,6 +91,18 @@ def run(args: argparse.Namespace) -> InspectReport:
     report.tokenizer, report.tokenizer_note = name, note
     report.other_splits = {key: len(value) for key, value in splits.items() if key != "train"}
     return report
+
+
+def _check_vocab(name: str, tokenizer: Any, source: Any) -> None:
+    """Refuse a tokenizer with ids beyond the model's vocab_size, read from its config (no weights loaded):
+    training would stop at its first step."""
+    from orpo.models.checks import config_vocab_size, mismatch
+    from orpo.models.loading import saved_config
+
+    rows = config_vocab_size(saved_config(name, source))
+    message = mismatch(name, tokenizer, rows, "the model config's vocab_size is {rows}") if rows else None
+    if message is not None:
+        raise UsageError(message)
 
 
 def main(argv: list[str] | None = None) -> int:

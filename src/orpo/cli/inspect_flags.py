@@ -26,6 +26,7 @@ FIELDS = (
     "model_revision",
     "trust_remote_code",
     "chat_template",
+    "resize_embeddings",
     "max_length",
     "max_prompt_length",
     "max_completion_length",

@@ -114,6 +114,16 @@ class ModelArguments:
             also=("peft_config",),
         ),
     )
+    resize_embeddings: bool = field(
+        default=False,
+        metadata=meta(
+            "Grow the model's input (and tied output) embeddings when the tokenizer has more tokens than they have "
+            "rows (added or special tokens), to a multiple of 64; without it such a pair is refused at load. "
+            "New rows start at the mean embedding; with --peft they train only if embed_tokens/lm_head are in "
+            "--lora-modules-to-save.",
+            also=("resize_token_embeddings", "resize_vocab"),
+        ),
+    )
     merge_start_adapter: bool = field(
         default=False,
         metadata=meta(

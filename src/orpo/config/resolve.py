@@ -56,12 +56,18 @@ def resolve(*sources: Source, fill: Fill | None = None, table: OptionTable | Non
     """Sources, lowest priority first -> the run's arguments; every user error is a :class:`UsageError`.
 
     ``fill(values)`` gives defaults for fields the sources left unset (a route's defaults that depend on
-    other settings, e.g. AutoTrain's evaluation per epoch when there is a validation split).
+    other settings, e.g. AutoTrain's evaluation per epoch when there is a validation split).  Options that
+    ``TrainingArguments`` itself cannot take on this machine (deepspeed missing, bf16 or tf32 without a GPU, a
+    parallelism_config on one process) are refused first, in orpo's words (:mod:`orpo.config.extras`).
     """
+    from orpo.config.extras import check_requirements
     from orpo.config.orpo_config import ORPOConfig
 
     table = table or option_table()
     values, auto_logging = resolve_values(*sources, fill=fill, table=table)
+    # deepspeed, bf16, tf32, parallelism_config: before TrainingArguments, whose own checks fail in other words
+    # (the run engine checks the other options' packages and hardware before it loads anything).
+    check_requirements(values, stages=("resolve",))
     config_fields = table.names("orpo") | table.names("training")
     config_values = {k: v for k, v in values.items() if k in config_fields}
     if auto_logging:

@@ -74,5 +74,8 @@ def attach_start_adapter(model: Any, adapter_dir: str, merge: bool) -> Any:
     """The base ``model`` with the adapter: trainable, or merged into the weights (a plain model)."""
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=not merge)
+    from orpo.models.damaged import naming_damaged_files
+
+    with naming_damaged_files(adapter_dir, "adapter"):
+        peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=not merge)
     return peft_model.merge_and_unload() if merge else peft_model

@@ -6,7 +6,6 @@ generation prompt, BOS exactly once (:func:`orpo.data.tokenize.finalize_prompt`)
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -31,8 +30,10 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 
 def adapter_base(path: str | Path) -> str | None:
-    config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
-    return config.get("base_model_name_or_path")
+    from orpo.models.damaged import read_json
+
+    config = read_json(Path(path) / "adapter_config.json")  # a damaged one: named
+    return config.get("base_model_name_or_path") if isinstance(config, dict) else None
 
 
 def _has_tokenizer(path: str | Path) -> bool:
@@ -70,7 +71,10 @@ def load_for_inference(
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path)
+        from orpo.models.damaged import naming_damaged_files
+
+        with naming_damaged_files(path, "adapter"):
+            model = PeftModel.from_pretrained(model, path)
     model.to(device or default_device())
     model.eval()
     return model, tokenizer

@@ -209,6 +209,7 @@ def load_model_and_processor(
     trust_remote_code: bool = False,
     chat_template: str | None = None,
     tokenizer_from: str | None = None,
+    resize_embeddings: bool = False,
 ) -> tuple[torch.nn.Module, Any]:
     """The model and its processing class: the one loader behind ``ORPOTrainer(model="id")`` and the run engine.
 
@@ -216,7 +217,9 @@ def load_model_and_processor(
     processor for a vision-language model) is loaded from ``tokenizer_from`` or the model's name, and for a model
     object from the object's ``name_or_path`` (as TRL does). Every load gets the same :class:`HubSource`
     (``revision`` / ``trust_remote_code`` of ``model_init_kwargs``, or ``trust_remote_code``). ``chat_template``
-    replaces the processing class's own; the tokenizer gets a pad token."""
+    replaces the processing class's own; the tokenizer gets a pad token. A tokenizer with ids beyond the model's
+    input embeddings is refused, or with ``resize_embeddings`` the embeddings grow to it
+    (:func:`orpo.models.checks.fit_embeddings`)."""
     source = HubSource.split(model_init_kwargs or {}, trust_remote_code)[0]
     if isinstance(model, str):
         if processing_class is None:
@@ -232,15 +235,22 @@ def load_model_and_processor(
         if tokenizer is not processing_class:  # a processor renders with its own template
             processing_class.chat_template = chat_template
     prepare_tokenizer(tokenizer)
+    from orpo.models.checks import fit_embeddings
+
+    fit_embeddings(loaded, tokenizer, resize=resize_embeddings, name=model if isinstance(model, str) else None)
     return loaded, processing_class
 
 
 def named_load(what: str, name: str, load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``load(name, ...)``; a missing file or repository is an ``OSError`` saying what could not be loaded."""
-    try:
-        return load(name, *args, **kwargs)
-    except OSError as err:
-        raise OSError(f"cannot load {what} {name!r}: {first_line(err)}") from err
+    """``load(name, ...)``; a missing file or repository is an ``OSError`` saying what could not be loaded, a
+    damaged file one naming it (:mod:`orpo.models.damaged`; a tokenizer's files when ``what`` names one)."""
+    from orpo.models.damaged import naming_damaged_files
+
+    with naming_damaged_files(name, "tokenizer" if "tokenizer" in what else "model"):
+        try:
+            return load(name, *args, **kwargs)
+        except OSError as err:
+            raise OSError(f"cannot load {what} {name!r}: {first_line(err)}") from err
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

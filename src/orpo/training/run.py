@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orpo.config.arguments import DataArguments, ModelArguments
+from orpo.config.extras import check_requirements
 from orpo.config.usage import UsageError
 from orpo.models.adapters import attach_start_adapter, check_start_adapter, start_adapter_base
 from orpo.models.sources import check_model_source, lora_config, model_init_kwargs, model_source, resolve_chat_template
 from orpo.training.inputs import auto_logging_steps, load_data
-from orpo.training.trackers import check_trackers
 
 if TYPE_CHECKING:
     from orpo.config.orpo_config import ORPOConfig
@@ -79,7 +79,7 @@ def build_trainer(
     from orpo.training.distributed import quiet_replicas
     from orpo.training.trainer import ORPOTrainer
 
-    _check_before_loading(model_args, config, model)
+    _check_before_loading(model_args, data_args, config, model)
     quiet_replicas()
     train_dataset, eval_dataset = _training_data(data_args, train_dataset, eval_dataset)
     pairs = None if isinstance(train_dataset, datasets.IterableDataset) else len(train_dataset)
@@ -104,7 +104,16 @@ def build_trainer(
     return trainer
 
 
-def _check_before_loading(model_args: ModelArguments, config: ORPOConfig, model: Any) -> None:
+def _settings(*objects: Any) -> dict[str, Any]:
+    """field -> value of the given dataclasses (None: skipped), as a recipe would say them."""
+    return {
+        f.name: getattr(obj, f.name) for obj in objects if obj is not None for f in dataclasses.fields(obj) if f.init
+    }
+
+
+def _check_before_loading(
+    model_args: ModelArguments, data_args: DataArguments | None, config: ORPOConfig, model: Any
+) -> None:
     """Refuse settings that would fail or train nothing before any data or model is loaded."""
     from orpo.training.reliability.preflight import check_training_amounts
 
@@ -114,7 +123,8 @@ def _check_before_loading(model_args: ModelArguments, config: ORPOConfig, model:
         check_training_amounts(config)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    check_trackers(config.report_to)
+    # packages, GPU, processes (orpo.config.extras), before any data or model
+    check_requirements(_settings(config, model_args, data_args))
     if model is None:
         check_start_adapter(model_args)
     if model_args.use_peft:
@@ -188,8 +198,14 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
     # Only where something is loaded (a quantization config needs a GPU); they carry model_source's revision and
     # trust_remote_code.
     kwargs = model_init_kwargs(model_args, config) if model is None or tokenizer is None else None
+    resize = model_args.resize_embeddings
+    if resize and model_args.use_peft and not set(model_args.lora_modules_to_save or []) & _EMBEDDING_MODULES:
+        logger.warning(
+            "--resize-embeddings with --peft: new embedding rows stay as initialised unless --lora-modules-to-save "
+            "names embed_tokens and lm_head"
+        )
     if model is not None:
-        return load_model_and_processor(model, tokenizer, kwargs, chat_template=template)
+        return load_model_and_processor(model, tokenizer, kwargs, chat_template=template, resize_embeddings=resize)
     name = model_args.model_name_or_path
     if not name:
         raise UsageError("no model: pass --model (a hub id or a local directory)")
@@ -207,6 +223,7 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
         kwargs,
         chat_template=template,
         tokenizer_from=name if own_tokenizer else base,
+        resize_embeddings=resize,
     )
     apply_router_options(model, config.output_router_logits, config.router_aux_loss_coef)  # a model loaded here
     if base is not None:
@@ -214,6 +231,10 @@ def _model_and_tokenizer(model_args: ModelArguments, config: ORPOConfig, model: 
         how = "merged into its base" if model_args.merge_start_adapter else "trained on"
         logger.info("start adapter %s on base %s: %s", name, base, how)
     return model, tokenizer
+
+
+#: module names of input/output embeddings that LoRA's modules_to_save trains in full
+_EMBEDDING_MODULES = {"embed_tokens", "lm_head", "wte", "embed_in", "embed_out", "shared", "word_embeddings"}
 
 
 def copy_config(config: ORPOConfig, **changes: Any) -> ORPOConfig:
