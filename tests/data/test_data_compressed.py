@@ -176,7 +176,7 @@ def test_zstd_without_zstandard_is_one_line_naming_the_package(tmp_path, monkeyp
     path = tmp_path / "train.jsonl.zst"
     path.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 16)
     assert error_of(path) == (
-        f"{path}: reading zstd-compressed (.zst) files needs the zstandard package: pip install zstandard"
+        f"{path}: reading zstd-compressed (.zst) files needs the zstandard package: pip install 'orpo[zstd]'"
     )
 
 

@@ -44,6 +44,7 @@ PACKAGES: dict[str, Package] = _packages(
     Package("liger-kernel", ("liger_kernel",), "gpu"),
     Package("flash-attn", ("flash_attn",), "flash"),
     Package("pillow", ("PIL",), "vision"),
+    Package("zstandard", ("zstandard",), "zstd"),  # .zst data files (checked when such a file is read)
     Package("tensorboard", ("tensorboard", "tensorboardX"), "tensorboard"),  # transformers takes either
     Package("wandb", ("wandb",), "wandb"),
     Package("mlflow", ("mlflow",)),

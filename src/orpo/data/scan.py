@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
+from orpo.config.extras import PACKAGES
+
 from .errors import DataError, where
 from .formats import check_text
 
@@ -103,7 +105,9 @@ def open_data(file: DataFile) -> io.BufferedIOBase:
 
 
 def _zstd_missing(display: str) -> str:
-    return f"{display}: reading zstd-compressed (.zst) files needs the zstandard package: pip install zstandard"
+    return (
+        f"{display}: reading zstd-compressed (.zst) files needs the zstandard package: {PACKAGES['zstandard'].install}"
+    )
 
 
 def _decompression_errors() -> tuple[type[BaseException], ...]:
