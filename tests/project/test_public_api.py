@@ -4,8 +4,9 @@ the console scripts, the commands, the shipped recipes and launch configs (new o
 from __future__ import annotations
 
 import importlib
-import tomllib
 from pathlib import Path
+
+import pytest
 
 import orpo
 
@@ -28,6 +29,7 @@ def test_the_public_names_of_orpo():
 
 
 def test_the_console_scripts_and_commands():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
     assert scripts == {"orpo": "orpo.cli:main", "aitraining": "orpo.cli:aitraining_main"}
     for target in scripts.values():
