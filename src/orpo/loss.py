@@ -23,7 +23,12 @@ CPU_CHUNK_ELEMENTS = 1 << 21
 
 
 def rows_per_chunk(columns: int, device: torch.device) -> int:
-    """Rows of ``columns`` values processed at once: the chunk size of every chunked loop in orpo."""
+    """Rows of ``columns`` values processed at once: the chunk size of every chunked loop in orpo.
+
+    Args:
+        columns: values per row (the vocabulary size for logits).
+        device: where the rows live; CPU gets the smaller budget.
+    """
     budget = CHUNK_ELEMENTS if device.type != "cpu" else CPU_CHUNK_ELEMENTS
     return max(1, budget // max(columns, 1))
 
@@ -62,6 +67,9 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     differentiates the unused branch, so its inf/NaN leaks into the gradient (0 * inf).  Here
     each branch only ever sees inputs that are safe for it ("double where"), and ``x`` is
     clamped below zero so the value at ``x == 0`` is finite.
+
+    Args:
+        x: log-probabilities, ``<= 0``; clamped to at most :data:`MAX_AVG_LOGP`.
     """
     x = x.clamp(max=MAX_AVG_LOGP)
     near_zero = x > -_LN2
@@ -109,7 +117,15 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(logits, -1).gather(-1, index)`` in at least float32, memory-lean."""
+    """``log_softmax(logits, -1).gather(-1, index)`` in at least float32, memory-lean.
+
+    Args:
+        logits: ``[..., V]``, any float dtype.
+        index: the token to score at each position, shaped like ``logits`` without its last dimension.
+
+    Returns:
+        The log-probs of ``index``, shaped like ``index``, in at least float32.
+    """
     shape = index.shape
     flat = logits.reshape(-1, logits.shape[-1])
     out = _SelectiveLogSoftmax.apply(flat, index.reshape(-1).long())
@@ -125,6 +141,12 @@ def token_logps(
     the logits at position t score the label at t+1.  Only scored positions go through the
     softmax.  Returns ``(logps, mask)``, both shaped like the (shifted) labels, logps float32
     and exactly 0 where the mask is False.
+
+    Args:
+        logits: ``[..., L, V]``.
+        labels: ``[..., L]`` token ids, ``ignore_index`` where nothing is scored.
+        ignore_index: the label of unscored positions.
+        shift: whether logits at t score the label at t+1 (causal LMs); False when they are aligned.
     """
     if shift:
         logits = logits[..., :-1, :]
@@ -137,7 +159,13 @@ def token_logps(
 
 
 class SequenceLogps(NamedTuple):
-    """Per-sequence log-probability of the scored tokens."""
+    """Per-sequence log-probability of the scored tokens.
+
+    Attributes:
+        sum: summed log-prob of each sequence's scored tokens, float32 ``[batch]``.
+        count: scored tokens per sequence, int64 ``[batch]`` (shadows ``tuple.count``).
+        mean: ``sum / count``, the average per-token log-prob; 0 where ``count == 0`` (see ``valid``).
+    """
 
     sum: torch.Tensor  # float32 [batch]
     count: torch.Tensor  # type: ignore[assignment]  # int64 [batch]: scored tokens (shadows tuple.count)
@@ -145,6 +173,7 @@ class SequenceLogps(NamedTuple):
 
     @property
     def valid(self) -> torch.Tensor:
+        """Bool ``[batch]``: the sequence has at least one scored token (its ``mean`` means something)."""
         return self.count > 0
 
 
@@ -160,12 +189,23 @@ def sequence_logps(
     """Sum, count and average log-prob of the labelled tokens of each sequence.
 
     An empty completion (count 0) gets mean 0 instead of 0/0; callers exclude it via ``valid``.
+
+    Args:
+        logits: ``[batch, L, V]``.
+        labels: ``[batch, L]`` token ids, ``ignore_index`` outside the completion.
+        ignore_index: the label of unscored positions.
+        shift: whether logits at t score the label at t+1 (see :func:`token_logps`).
     """
     return _reduce(*token_logps(logits, labels, ignore_index, shift))
 
 
 class PairCounts(NamedTuple):
-    """The normalisers of one batch: what the loss divides by, summed over a whole accumulation window."""
+    """The normalisers of one batch: what the loss divides by, summed over a whole accumulation window.
+
+    Attributes:
+        nll_tokens: int64 0-d, the NLL tokens of the valid pairs.
+        pairs: int64 0-d, the valid pairs.
+    """
 
     nll_tokens: torch.Tensor  # int64 0-d: NLL tokens of the valid pairs
     pairs: torch.Tensor  # int64 0-d: valid pairs
@@ -176,6 +216,14 @@ class PairLogps(NamedTuple):
 
     Rows of the batch are chosen 0..B-1, then rejected B..2B-1.  A pair is valid when both
     completions have a token; an invalid pair takes part in nothing (loss, NLL, counts).
+
+    Attributes:
+        chosen: the chosen completions' sequence log-probs, ``[B]``.
+        rejected: the rejected completions' sequence log-probs, ``[B]``.
+        completion_mask: bool ``[2B, L-1]``, the completion tokens (the odds-ratio term's).
+        nll_mask: bool ``[B, L-1]``, the NLL tokens of the valid pairs.
+        nll_logp_sum: 0-d, the summed log-prob of the ``nll_mask`` tokens.
+        valid: bool ``[B]``, pairs whose two completions both have a token.
     """
 
     chosen: SequenceLogps  # [B]
@@ -187,6 +235,7 @@ class PairLogps(NamedTuple):
 
     @property
     def counts(self) -> PairCounts:
+        """This batch's own normalisers (what :func:`pair_counts` gives from its labels)."""
         return PairCounts(self.nll_mask.sum(), self.valid.sum())
 
 
@@ -211,7 +260,17 @@ def _pair_masks(labels: torch.Tensor, nll_labels: torch.Tensor | None, ignore_in
 
 
 def pair_counts(labels: torch.Tensor, nll_labels: torch.Tensor | None = None, ignore_index: int = -100) -> PairCounts:
-    """NLL tokens and valid pairs of a batch, from its labels alone (no model run)."""
+    """NLL tokens and valid pairs of a batch, from its labels alone (no model run).
+
+    Args:
+        labels: ``[2B, L]`` completion labels, chosen rows 0..B-1 then rejected B..2B-1.
+        nll_labels: ``[2B, L]`` labels of the NLL tokens (``nll_scope="prompt_and_completion"``);
+            None: the chosen completions.
+        ignore_index: the label of unscored positions.
+
+    Raises:
+        ValueError: ``labels`` is not 2-D with an even number of rows.
+    """
     masks = _pair_masks(labels, nll_labels, ignore_index)
     return PairCounts(masks.nll.sum(), masks.valid.sum())
 
@@ -230,6 +289,16 @@ def pair_logps(
     label (as :class:`orpo.scoring.logps.TokenScores` does).  Sequence log-probs use the ``labels``
     tokens (the completions); the NLL uses the chosen rows' ``nll_labels`` tokens when given
     (``nll_scope="prompt_and_completion"``), else their completion tokens.
+
+    Args:
+        token_logps: per-token log-probs, ``[2B, L-1]``, shifted; finite (e.g. 0) at unscored positions.
+        labels: ``[2B, L]`` completion labels, chosen rows 0..B-1 then rejected B..2B-1.
+        nll_labels: ``[2B, L]`` labels of the NLL tokens; None: the chosen completions.
+        ignore_index: the label of unscored positions.
+
+    Raises:
+        ValueError: ``labels`` is not 2-D with an even number of rows, or ``token_logps`` is not
+            ``[2B, L-1]``.
     """
     masks = _pair_masks(labels, nll_labels, ignore_index)
     if token_logps.shape != masks.completion.shape:
@@ -250,7 +319,16 @@ def pair_logps(
 
 
 class OddsRatioOutput(NamedTuple):
-    """Per-pair terms of the odds-ratio part of ORPO; invalid pairs hold zeros."""
+    """Per-pair terms of the odds-ratio part of ORPO; invalid pairs hold zeros.
+
+    Attributes:
+        losses: ``-beta * logsigmoid(log_odds)``, what is minimised, ``>= 0``.
+        log_odds: ``log odds(chosen) - log odds(rejected)`` (TRL's ``log_odds_chosen``).
+        log_sigmoid_odds: ``logsigmoid(log_odds)`` (TRL's ``log_odds_ratio``).
+        chosen_rewards: ``beta * avg logp(chosen)``, detached.
+        rejected_rewards: ``beta * avg logp(rejected)``, detached.
+        valid: bool, the pair takes part (both completions non-empty).
+    """
 
     losses: torch.Tensor  # -beta * logsigmoid(log_odds): what is minimised, >= 0
     log_odds: torch.Tensor  # log odds(chosen) - log odds(rejected)  (TRL: log_odds_chosen)
@@ -271,6 +349,12 @@ def odds_ratio_loss(
     Computed in at least float32 whatever the input dtype (bf16 has 3 significant digits,
     not enough for log(1 - p) near p = 1).  Pairs with ``valid == False`` contribute exactly
     zero loss and zero gradient.
+
+    Args:
+        chosen_logps: average per-token log-probs of the chosen completions, shape ``[B]``.
+        rejected_logps: average per-token log-probs of the rejected completions, shape ``[B]``.
+        beta: weight of the odds-ratio term (lambda in the ORPO paper).
+        valid: bool ``[B]``, the pairs that take part; None: all of them.
     """
     dtype = torch.promote_types(chosen_logps.dtype, torch.float32)
     lp_c = chosen_logps.to(dtype)
@@ -295,6 +379,15 @@ def odds_ratio_loss(
 
 
 class ORPOLossOutput(NamedTuple):
+    """The ORPO loss of a batch and its parts.
+
+    Attributes:
+        loss: ``nll_loss + or_loss``, the scalar to backpropagate.
+        nll_loss: the token-averaged NLL of the NLL tokens.
+        or_loss: the pair-averaged ``-beta * logsigmoid(log_odds)``.
+        odds: the per-pair terms behind ``or_loss``.
+    """
+
     loss: torch.Tensor  # nll_loss + or_loss: the scalar to backpropagate
     nll_loss: torch.Tensor  # token-averaged NLL of the NLL tokens
     or_loss: torch.Tensor  # pair-averaged -beta * logsigmoid(log_odds)
@@ -315,6 +408,17 @@ def orpo_loss(
     completion tokens).  ``nll_token_count`` and ``pair_count`` are the normalisers; pass the
     totals of a whole gradient-accumulation window (across processes) to make micro-batching
     invisible, or leave them None to normalise by this batch.
+
+    Args:
+        chosen: the chosen completions' sequence log-probs, ``[B]``.
+        rejected: the rejected completions' sequence log-probs, ``[B]``.
+        beta: weight of the odds-ratio term (lambda in the ORPO paper).
+        nll_logp_sum: 0-d summed log-prob of the NLL tokens; None: the valid pairs' chosen completions.
+        nll_token_count: the NLL's divisor (tokens); None: this batch's, allowed only without ``nll_logp_sum``.
+        pair_count: the odds-ratio term's divisor (valid pairs); None: this batch's.
+
+    Raises:
+        ValueError: ``nll_logp_sum`` is given without ``nll_token_count``.
     """
     valid = chosen.valid & rejected.valid
     odds = odds_ratio_loss(chosen.mean, rejected.mean, beta, valid)

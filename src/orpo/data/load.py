@@ -49,6 +49,12 @@ class ColumnMapping:
     ``None`` means the default: chosen -> ``chosen``, else ``text`` (AutoTrain's ``text_column``
     default); prompt -> ``prompt`` if present (optional: the prompt may be implicit); rejected ->
     ``rejected``; images -> ``images`` or ``image`` if present.
+
+    Attributes:
+        prompt: the source column of the prompt; None: ``prompt`` if present.
+        chosen: the source column of the chosen completion; None: ``chosen``, else ``text``.
+        rejected: the source column of the rejected completion; None: ``rejected``.
+        images: the source column of the images; None: ``images`` or ``image`` if present.
     """
 
     prompt: str | None = None
@@ -64,11 +70,27 @@ class ColumnMapping:
         rejected_text_column: str | None = None,
         image_column: str | None = None,
     ) -> ColumnMapping:
-        """AutoTrain's names for the same mapping."""
+        """AutoTrain's names for the same mapping.
+
+        Args:
+            prompt_text_column: the prompt column (``prompt``).
+            text_column: the chosen completion's column (``chosen``).
+            rejected_text_column: the rejected completion's column (``rejected``).
+            image_column: the images' column (``images``).
+        """
         return cls(prompt=prompt_text_column, chosen=text_column, rejected=rejected_text_column, images=image_column)
 
     def resolve(self, columns: Sequence[str], location: str = "data") -> dict[str, str]:
-        """{canonical name: source column}; errors list the available columns."""
+        """{canonical name: source column}; errors list the available columns.
+
+        Args:
+            columns: the source's column names.
+            location: what the data is, for error messages.
+
+        Raises:
+            DataError: a named column is missing, there is no chosen or rejected column, or one column
+                is mapped twice.
+        """
         available = list(columns)
         shown = ", ".join(c for c in available if c != SOURCE_COLUMN) or "(none)"
         flags = {
@@ -117,6 +139,14 @@ def apply_column_mapping(dataset: Any, mapping: ColumnMapping | None, location: 
     A column already named like a target but not mapped to it (e.g. ``chosen`` when
     ``text_column="answer_a"``) is removed so the mapped one can take its name.  A prompt
     column that is null in every row is removed (the prompt is then implicit).
+
+    Args:
+        dataset: a ``datasets.Dataset`` with the source's columns.
+        mapping: which source column holds what; None: the defaults (see :class:`ColumnMapping`).
+        location: what the data is, for error messages.
+
+    Raises:
+        DataError: the mapping does not fit the columns (see :meth:`ColumnMapping.resolve`).
     """
     resolved = (mapping or ColumnMapping()).resolve(dataset.column_names, location)
     renames = {source: target for target, source in resolved.items() if source != target}
@@ -150,6 +180,19 @@ def load_preference_data(
     ``train[:1000]`` or ``train[:10%]`` are accepted.  ``subset``: the dataset's config name.
     ``keep_columns``: only these source columns, selected before ``columns`` maps them (the
     alignment-handbook's ``dataset_mixture`` ``columns``).
+
+    Args:
+        source: a path, glob, hub dataset id, Dataset/DatasetDict, list of row dicts, dict of columns or DataFrame.
+        split: the training split, slices allowed; None: ``train`` or the only split.
+        subset: the dataset's config name (hub datasets and dataset repository folders).
+        columns: which source columns hold prompt/chosen/rejected/images (a :class:`ColumnMapping` or its
+            fields as a dict); None: the defaults.
+        valid_split: the split to return for evaluation, under this name; None: ``validation`` / ``test``.
+        cache_dir: the ``datasets`` cache for local files and hub datasets; None: ``datasets``' default.
+        keep_columns: the only source columns to keep; None: all.
+
+    Raises:
+        DataError: the source cannot be found or read, a split is missing, or the columns do not fit.
     """
     import datasets
 
@@ -178,7 +221,16 @@ def load_preference_data(
 
 
 def select_source_columns(dataset: Any, names: Sequence[str], location: str = "data") -> Any:
-    """Only the columns ``names`` (and each row's location); a missing one is an error listing those there."""
+    """Only the columns ``names`` (and each row's location); a missing one is an error listing those there.
+
+    Args:
+        dataset: a ``datasets.Dataset``.
+        names: the source columns to keep.
+        location: what the data is, for error messages.
+
+    Raises:
+        DataError: a column of ``names`` is missing.
+    """
     missing = [name for name in names if name not in dataset.column_names]
     if missing:
         shown = ", ".join(c for c in dataset.column_names if c != SOURCE_COLUMN) or "(none)"
@@ -303,7 +355,16 @@ def _load_raw(
 
 
 def stream_from_hub(path: str, subset: str | None, split: str | None) -> Any:
-    """A hub dataset's split as a ``datasets.IterableDataset`` (columns are mapped as the rows are prepared)."""
+    """A hub dataset's split as a ``datasets.IterableDataset`` (columns are mapped as the rows are prepared).
+
+    Args:
+        path: the hub dataset id.
+        subset: the dataset's config name, or None.
+        split: the split to stream; None: ``train``.
+
+    Raises:
+        DataError: the dataset cannot be streamed.
+    """
     import datasets
 
     try:
@@ -313,7 +374,15 @@ def stream_from_hub(path: str, subset: str | None, split: str | None) -> Any:
 
 
 def dataset_from_rows(rows: list[Any], split: str = "train") -> Any:
-    """A list of row dicts -> Dataset, with row-level type errors named before Arrow sees them."""
+    """A list of row dicts -> Dataset, with row-level type errors named before Arrow sees them.
+
+    Args:
+        rows: the rows, one dict each.
+        split: the split's name in error messages.
+
+    Raises:
+        DataError: a row has a bad type, or the rows do not fit one table.
+    """
     import datasets
 
     check_python_rows(rows, split)
@@ -326,7 +395,15 @@ def dataset_from_rows(rows: list[Any], split: str = "train") -> Any:
 
 
 def dataset_from_pandas(frame: Any, split: str = "train") -> Any:
-    """A pandas DataFrame -> Dataset; a column name used twice is an error (one of them would be lost)."""
+    """A pandas DataFrame -> Dataset; a column name used twice is an error (one of them would be lost).
+
+    Args:
+        frame: the DataFrame (its index is not kept).
+        split: the split's name in error messages.
+
+    Raises:
+        DataError: a column name is used twice.
+    """
     import datasets
 
     names = [str(name) for name in frame.columns]
@@ -340,7 +417,15 @@ def dataset_from_pandas(frame: Any, split: str = "train") -> Any:
 
 
 def dataset_from_columns(columns: dict[str, Any], split: str = "train") -> Any:
-    """A dict of column lists (TRL's docs' format) -> Dataset."""
+    """A dict of column lists (TRL's docs' format) -> Dataset.
+
+    Args:
+        columns: column name -> one value per row.
+        split: the split's name in error messages.
+
+    Raises:
+        DataError: a column has a bad type or length, or the columns do not fit one table.
+    """
     import datasets
 
     check_python_columns(columns, split)

@@ -42,17 +42,27 @@ logger = logging.getLogger(__name__)
 class DataReport:
     """Counts of what preparation found and did, per split."""
 
+    #: The split's name in messages (``train``, ``eval``, ``eval[<name>]``).
     split: str = "train"
+    #: Rows given, before anything was dropped.
     rows_in: int = 0
+    #: Rows per detected format (``standard``, ``conversational``...).
     formats: Counter = field(default_factory=Counter)
+    #: Rows whose chosen and rejected completions are the same (surrounding whitespace aside).
     identical_pairs: int = 0
+    #: Rows with an empty chosen or rejected completion.
     empty_completions: int = 0
+    #: Rows with an empty prompt.
     empty_prompts: int = 0
+    #: Rows equal to an earlier one (same prompt, chosen and rejected, and the same images where rows have them).
     duplicates: int = 0
+    #: Distinct prompts among the rows.
     distinct_prompts: int = 0
     #: Plain-string rows trained without the tokenizer's chat template (which generation applies).
     untemplated: int = 0
+    #: Rows dropped, per reason (the ``on_*`` policies).
     dropped: Counter = field(default_factory=Counter)
+    #: What tokenization cut and dropped (``on_too_long``); None before tokenization.
     tokenize: TokenizeReport | None = None
     #: Mixed data: {source: (rows in, rows kept)}.
     per_source: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -65,9 +75,11 @@ class DataReport:
 
     @property
     def rows_out(self) -> int:
+        """Rows kept: after tokenization, else the rows given less those dropped."""
         return self.tokenize.rows_out if self.tokenize else self.rows_in - sum(self.dropped.values())
 
     def summary(self) -> str:
+        """Everything counted, as one log line."""
         parts = [f"{self.split}: {self.rows_in} rows" + (" streamed so far" if self.streamed else "")]
         if self.formats:
             parts.append("format " + ", ".join(f"{name} x{count}" for name, count in sorted(self.formats.items())))
@@ -89,7 +101,13 @@ class DataReport:
         return "; ".join(parts)
 
     def source_line(self, name: str, rows_in: int, kept: int) -> str:
-        """One source of a mix: its format(s), the rows it had, those the mix took and those kept."""
+        """One source of a mix: its format(s), the rows it had, those the mix took and those kept.
+
+        Args:
+            name: the source's name in the mix.
+            rows_in: the rows the mix took from it.
+            kept: its rows left after preparation.
+        """
         formats = self.source_formats.get(name, Counter())
         shown = ", ".join(fmt if len(formats) == 1 else f"{fmt} x{n}" for fmt, n in sorted(formats.items()))
         read = self.source_rows.get(name)
@@ -98,7 +116,15 @@ class DataReport:
 
 
 def to_dataset(data: Any, split: str = "train") -> Any:
-    """Accept a datasets.Dataset, a list of row dicts, a dict of columns or a pandas DataFrame."""
+    """Accept a datasets.Dataset, a list of row dicts, a dict of columns or a pandas DataFrame.
+
+    Args:
+        data: the data as the user gave it.
+        split: the split's name in error messages.
+
+    Raises:
+        DataError: a ``DatasetDict``, a streamed dataset, or a type none of these.
+    """
     import datasets
 
     if isinstance(data, datasets.Dataset):
@@ -132,7 +158,17 @@ def _pair_length(batch: Batch) -> dict[str, list[int]]:
 
 def drop_questionable_rows(dataset: Any, policies: RowPolicies, split: str, report: DataReport) -> Any:
     """Count the normalised rows' formats and issues into ``report``, apply the row policies, and
-    remove the normaliser's bookkeeping columns."""
+    remove the normaliser's bookkeeping columns.
+
+    Args:
+        dataset: normalised rows, with the normaliser's bookkeeping columns.
+        policies: the ``on_*`` row policies.
+        split: the split's name in messages.
+        report: filled in with the counts.
+
+    Raises:
+        DataError: a policy raises on a row, or every row was dropped.
+    """
     formats = column_values(dataset, FORMAT_COLUMN)
     report.formats.update(formats)
     if MIX_COLUMN in dataset.column_names:
@@ -164,6 +200,13 @@ def tokenize_dataset(
 
     Returns the rows kept (text columns kept too, for generation and inspection) and the report
     of what the limits cut and dropped.
+
+    Args:
+        dataset: normalised rows (``prompt``, ``chosen``, ``rejected`` texts).
+        row_tokenizer: the kind of model's row tokenizer.
+        on_too_long: the policy for pairs over the length limits (``ORPOConfig.on_too_long``).
+        num_proc: worker processes for ``datasets.map``; None: the default.
+        split: the split's name in messages.
     """
     tokenized = dataset.map(
         row_tokenizer,
@@ -187,7 +230,22 @@ def prepare_dataset(
     num_proc: int | None = None,
 ) -> tuple[Any, DataReport]:
     """Validate, normalise, filter and tokenize ``data`` with ``row_tokenizer`` (data already holding
-    the three ``*_input_ids`` columns is taken as is)."""
+    the three ``*_input_ids`` columns is taken as is).
+
+    Args:
+        data: a Dataset, list of row dicts, dict of columns, DataFrame or (text models) IterableDataset.
+        row_tokenizer: the kind of model's row tokenizer.
+        policies: the ``on_*`` row policies.
+        split: the split's name in messages and in the report.
+        columns: which source columns hold prompt/chosen/rejected/images; None: the defaults.
+        num_proc: worker processes for ``datasets.map``; None: the default.
+
+    Returns:
+        ``(tokenized pairs, report)``.
+
+    Raises:
+        DataError: the data cannot be read, mapped or validated, or no pair is left.
+    """
     import datasets
 
     if isinstance(data, datasets.IterableDataset):
@@ -221,7 +279,19 @@ def prepare_dataset(
 def prepare_preference_dataset(
     data: Any, tokenizer: Any, args: Any, split: str = "train", columns: ColumnMapping | None = None
 ) -> tuple[Any, DataReport]:
-    """Preference data for a causal LM, by ``args`` (an ORPOConfig: limits, ``on_*`` policies)."""
+    """Preference data for a causal LM, by ``args`` (an ORPOConfig: limits, ``on_*`` policies).
+
+    Args:
+        data: the preference data (see :func:`prepare_dataset`).
+        tokenizer: the model's tokenizer.
+        args: the ``ORPOConfig`` whose length limits, row policies, chat template kwargs and
+            ``dataset_num_proc`` apply.
+        split: the split's name in messages and in the report.
+        columns: which source columns hold prompt/chosen/rejected; None: the defaults.
+
+    Returns:
+        ``(tokenized pairs, report)``.
+    """
     row_tokenizer = PairTokenizer(tokenizer, LengthLimits.from_args(args), args.chat_template_kwargs)
     dataset, report = prepare_dataset(
         data, row_tokenizer, RowPolicies.from_args(args), split, columns, args.dataset_num_proc
@@ -232,7 +302,12 @@ def prepare_preference_dataset(
 
 def warn_untemplated(report: DataReport, tokenizer: Any) -> None:
     """Count (and warn about) plain-string rows of a tokenizer with a chat template: they are trained on the text
-    as it is, while ``orpo generate`` / ``orpo chat`` (:mod:`orpo.models.generation`) render prompts with the template."""
+    as it is, while ``orpo generate`` / ``orpo chat`` (:mod:`orpo.models.generation`) render prompts with the template.
+
+    Args:
+        report: the split's report; its ``untemplated`` count is set.
+        tokenizer: the tokenizer the rows were prepared with.
+    """
     plain = report.formats.get("standard", 0) + report.formats.get("implicit_standard", 0)
     if not plain or not getattr(tokenizer, "chat_template", None):
         return

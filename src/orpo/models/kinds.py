@@ -92,6 +92,16 @@ class ModelKind:
         ``processor`` is the processing class (the image processor's owner for vision models),
         ``tokenizer`` its text tokenizer, ``model`` the unwrapped model (None with ``model_init``;
         an encoder-decoder collator reads its decoder start token from it).
+
+        Args:
+            args: the trainer's ``ORPOConfig`` (padding, label pad id, ``nll_scope``...).
+            processor: the processing class.
+            tokenizer: its text tokenizer.
+            model: the unwrapped model, or None.
+            layout: one of :attr:`layouts`.
+
+        Raises:
+            ValueError: this kind does not take ``layout`` batches.
         """
         if layout not in self.layouts:
             raise ValueError(
@@ -100,13 +110,22 @@ class ModelKind:
         return self.make_collator(args, processor, tokenizer, model, layout)
 
     def data_processor(self, processing_class: Any) -> Any:
-        """What preparation tokenizes with: the processor itself for images, else its text tokenizer."""
+        """What preparation tokenizes with: the processor itself for images, else its text tokenizer.
+
+        Args:
+            processing_class: the trainer's processing class (a tokenizer or a processor).
+        """
         if self.prepares_with_processor:
             return processing_class
         return getattr(processing_class, "tokenizer", processing_class)
 
     def new_tokens(self, output: torch.Tensor, prompt_length: int) -> torch.Tensor:
-        """The generated tokens of ``generate``'s first output row."""
+        """The generated tokens of ``generate``'s first output row.
+
+        Args:
+            output: what ``generate`` returned, ``[rows, tokens]``.
+            prompt_length: the prompt's tokens, cut off unless the kind returns new tokens only.
+        """
         return output[0] if self.generates_new_tokens_only else output[0, prompt_length:]
 
     def auto_model(self) -> Any:
@@ -156,6 +175,11 @@ def kind_of(
     (``model_init``).  Encoder-decoder when ``is_encoder_decoder_flag`` says so (None: the config
     decides); vision-language when the config has a ``vision_config`` or, without a model, when
     ``processing_class`` is a vision processor.
+
+    Args:
+        model_or_config: a model, a PEFT wrapper of one, a ``PretrainedConfig``, or None.
+        processing_class: the tokenizer or processor (decides only without a model or config).
+        is_encoder_decoder_flag: ``ORPOConfig.is_encoder_decoder``; None: the config decides.
     """
     config = model_or_config if isinstance(model_or_config, PretrainedConfig) else None
     if config is None and model_or_config is not None:

@@ -44,7 +44,11 @@ SEGMENT_MASK = torch.zeros((1, 1, 0, 0), dtype=torch.bool)
 
 
 def segment_forward_kwargs(segments: Segments) -> dict[str, Any]:
-    """What a packed forward passes besides ``input_ids`` and ``position_ids``."""
+    """What a packed forward passes besides ``input_ids`` and ``position_ids``.
+
+    Args:
+        segments: the attention calls of the packed row.
+    """
     return {"attention_mask": SEGMENT_MASK, SEGMENTS_KEY: segments}
 
 
@@ -154,7 +158,18 @@ def _flex_segments(module, q, k, v, segments: Segments, dropout, scaling, window
 
 def varlen_attention(query, key, value, cu_q, cu_k, max_q: int, max_k: int, **options: Any) -> torch.Tensor:
     """Flash varlen attention over ``[1, total, heads, dim]`` inputs (bottom-right causal), through
-    transformers' flash integration so its dtype and sliding-window handling apply."""
+    transformers' flash integration so its dtype and sliding-window handling apply.
+
+    Args:
+        query (torch.Tensor): ``[1, total_q, heads, dim]``, the calls' queries back to back.
+        key (torch.Tensor): ``[1, total_k, kv_heads, dim]``, the calls' keys back to back.
+        value (torch.Tensor): ``[1, total_k, kv_heads, dim]``, the values of ``key``'s positions.
+        cu_q (torch.Tensor): int32 cumulative query lengths of the calls, ``[calls + 1]``.
+        cu_k (torch.Tensor): int32 cumulative key lengths of the calls, ``[calls + 1]``.
+        max_q: the longest call's queries, a Python int (no read-back).
+        max_k: the longest call's keys, a Python int.
+        **options: passed on to transformers' flash forward (dropout, softmax_scale, sliding_window...).
+    """
     from orpo.internals.private import flash_attention_forward
 
     return flash_attention_forward(

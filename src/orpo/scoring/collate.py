@@ -31,6 +31,12 @@ class ORPODataCollator:
     an extra ``nll_labels`` tensor also scores the prompt (never a sequence's first token,
     which nothing predicts).  One forward pass then serves both halves of every pair.
     ``score_index`` lists the scored positions (:func:`orpo.scoring.layouts.score_positions`).
+
+    Attributes:
+        pad_token_id: the id that pads ``input_ids``.
+        label_pad_token_id: the label of unscored positions (``ORPOConfig.label_pad_token_id``).
+        pad_to_multiple_of: round the padded length up to a multiple of this; None: the longest sequence.
+        nll_scope: ``"completion"``, or ``"prompt_and_completion"`` to add ``nll_labels``.
     """
 
     pad_token_id: int

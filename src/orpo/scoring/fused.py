@@ -23,7 +23,12 @@ CPU_HEAD_MIN_ROWS = 128
 
 
 def head_chunk_rows(device: torch.device, vocab_size: int) -> int:
-    """Rows of hidden states per chunk of the fused head."""
+    """Rows of hidden states per chunk of the fused head.
+
+    Args:
+        device: where the hidden states live; CPU chunks are smaller but at least :data:`CPU_HEAD_MIN_ROWS` rows.
+        vocab_size: the head's output size (logits per row).
+    """
     if device.type != "cpu":
         return max(1, CHUNK_ELEMENTS // vocab_size)
     return max(CPU_HEAD_MIN_ROWS, CPU_HEAD_CHUNK_ELEMENTS // vocab_size)
@@ -188,6 +193,18 @@ def linear_selective_log_softmax(
     log-probs (differentiable w.r.t. hidden, weight, bias) and detached float32 mean logits
     (float64 for float64 inputs).  Under autocast the logits are computed, in forward and in the
     backward recomputation alike, in the autocast dtype.
+
+    Args:
+        hidden: ``[N, H]`` final hidden states of the scored positions.
+        weight: ``[V, H]`` the LM head's weight.
+        index: ``[N]`` the target token of each row.
+        bias: ``[V]`` the head's bias, if it has one.
+        softcap: ``cap(z) = softcap * tanh(z / softcap)`` (the config's ``final_logit_softcapping``); None: no cap.
+        scale: multiplies the logits before the cap (the config's ``logit_scale``); None: 1.
+        chunk_rows: rows per chunk; None: :func:`head_chunk_rows`.
+
+    Returns:
+        ``(logps, mean_logits)``, each ``[N]``.
     """
     if chunk_rows is None:
         chunk_rows = head_chunk_rows(hidden.device, weight.shape[0])
@@ -202,6 +219,10 @@ class HeadCapture:
     (``torch_compile``) does not guard on a module's hooks, so a hook added or removed per call
     would be missed by an already compiled model.  It does guard on ``armed``, so a compiled
     model keeps one graph for scoring and one for ordinary calls, with no graph break.
+
+    Attributes:
+        armed: whether the next head call is captured (set by the caller around one forward).
+        hidden: the captured head input, ``[..., L, H]``; None when nothing was captured.
     """
 
     def __init__(self) -> None:
@@ -217,6 +238,11 @@ class HeadCapture:
 
     @classmethod
     def of(cls, head: torch.nn.Module) -> HeadCapture:
+        """The capture installed on ``head``, installing it on first use (one hook per head, ever).
+
+        Args:
+            head: the model's LM head (its output embeddings).
+        """
         capture = head.__dict__.get("_orpo_head_capture")
         if capture is None:
             capture = cls()

@@ -45,7 +45,15 @@ SCORE_SOURCE_KEY = "score_source"
 def targets(batch: dict[str, Any], ignore: int) -> torch.Tensor:
     """The token each position 0..L-2 of a padded batch predicts, ``ignore`` where nothing is scored:
     completion labels, plus the prompt's where the NLL covers it (``nll_labels``).  The one place
-    labels and ``nll_labels`` are merged, for the collators' index and for scoring alike."""
+    labels and ``nll_labels`` are merged, for the collators' index and for scoring alike.
+
+    Args:
+        batch: a padded batch (``labels``, optionally ``nll_labels``), or a row batch's padded labels.
+        ignore: the label of unscored positions.
+
+    Returns:
+        ``[rows, L-1]`` token ids.
+    """
     shifted = batch["labels"][:, 1:]
     if "nll_labels" in batch:
         shifted = torch.where(shifted != ignore, shifted, batch["nll_labels"][:, 1:])
@@ -55,14 +63,26 @@ def targets(batch: dict[str, Any], ignore: int) -> torch.Tensor:
 def score_positions(batch: dict[str, Any], ignore: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rows, cols, flat index)`` of the positions the padded layout scores, row-major over
     ``labels[:, 1:]`` (and ``nll_labels``): computed by the collator on host tensors, so that
-    scoring gathers by index instead of selecting by a mask (which waits for the device)."""
+    scoring gathers by index instead of selecting by a mask (which waits for the device).
+
+    Args:
+        batch: a padded batch with ``labels`` (and optionally ``nll_labels``), on the host.
+        ignore: the label of unscored positions.
+    """
     scored = targets(batch, ignore)
     rows, cols = (scored != ignore).nonzero(as_tuple=True)
     return rows, cols, rows * scored.shape[1] + cols
 
 
 def layout_of(batch: dict[str, Any]) -> Layout:
-    """The layout a batch is marked with; a batch without a marker (a user's collator) is padded."""
+    """The layout a batch is marked with; a batch without a marker (a user's collator) is padded.
+
+    Args:
+        batch: a collated batch.
+
+    Raises:
+        TypeError: ``batch[LAYOUT_KEY]`` is not a :class:`Layout`.
+    """
     marker = batch.get(LAYOUT_KEY, Layout.PADDED)
     if not isinstance(marker, Layout):
         raise TypeError(f"batch[{LAYOUT_KEY!r}] must be an orpo.scoring.layouts.Layout, not {type(marker).__name__}")
@@ -70,7 +90,11 @@ def layout_of(batch: dict[str, Any]) -> Layout:
 
 
 def segments_of(batch: dict[str, Any]) -> Segments:
-    """The segments of a row batch, on the device of its ids (a no-op once the loader moved them)."""
+    """The segments of a row batch, on the device of its ids (a no-op once the loader moved them).
+
+    Args:
+        batch: a padding-free or shared-prompt batch.
+    """
     segments = batch[SEGMENTS_KEY]
     return segments.to(batch["input_ids"].device)
 
@@ -79,13 +103,23 @@ def place_scored(values: torch.Tensor, index: torch.Tensor, shape: torch.Size) -
     """``values`` of the scored positions at their flat ``index`` in a zero tensor of ``shape``.
 
     An ``index_copy``: gradients flow back as a gather, with no mask to count on the host.
+
+    Args:
+        values: ``[K]`` one value per scored position.
+        index: ``[K]`` their flat positions in ``shape`` (``score_index``).
+        shape: the padded layout's ``[rows, L-1]``.
     """
     flat = torch.zeros(shape.numel(), dtype=values.dtype, device=values.device)
     return flat.index_copy(0, index, values).view(shape)
 
 
 def padded_of(batch: dict[str, Any]) -> dict[str, Any]:
-    """The ordinary padded batch of the same pairs (for a model that cannot run the row)."""
+    """The ordinary padded batch of the same pairs (for a model that cannot run the row).
+
+    Args:
+        batch: a padding-free or shared-prompt batch (it carries ``padded_input_ids`` and
+            ``padded_attention_mask``).
+    """
     out: dict[str, Any] = {
         "input_ids": batch["padded_input_ids"],
         "attention_mask": batch["padded_attention_mask"],

@@ -50,7 +50,14 @@ MODEL_INPUT_KEYS = (
 
 
 class TokenScores(NamedTuple):
-    """Per (shifted) position of the padded layout: log-prob of the target, mean logit, and whether it is scored."""
+    """Per (shifted) position of the padded layout: log-prob of the target, mean logit, and whether it is scored.
+
+    Attributes:
+        logps: float32 ``[rows, L-1]``, the target's log-prob; 0 where not scored.
+        logit_means: float32 ``[rows, L-1]``, detached mean logit over the vocabulary; 0 where not scored.
+        mask: bool ``[rows, L-1]``, the scored positions.
+        targets: long ``[rows, L-1]``, the token each position predicts (``ignore_index`` where none).
+    """
 
     logps: torch.Tensor  # float32 [rows, L-1], 0 where not scored
     logit_means: torch.Tensor  # float32 [rows, L-1], detached, 0 where not scored
@@ -77,7 +84,16 @@ def _compute_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype:
 
 
 def run_capturing_head(model: torch.nn.Module, inputs: dict[str, Any], head: torch.nn.Linear) -> torch.Tensor:
-    """Run ``model`` on ``inputs`` and return the final hidden states its LM head ``head`` received."""
+    """Run ``model`` on ``inputs`` and return the final hidden states its LM head ``head`` received.
+
+    Args:
+        model: the model to run (wrapped or not).
+        inputs: its forward's keyword arguments.
+        head: the model's LM head (a plain Linear).
+
+    Raises:
+        RuntimeError: the forward never called ``head``.
+    """
     capture = HeadCapture.of(head)
     capture.armed = True
     try:
@@ -146,7 +162,13 @@ def _padded_scores(
 
 
 def plain_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: int) -> TokenScores:
-    """Scores of a padded batch from the model's logits."""
+    """Scores of a padded batch from the model's logits.
+
+    Args:
+        model: the model to run.
+        batch: a padded batch (``labels``, optionally ``nll_labels`` and ``score_index``).
+        ignore_index: the label of unscored positions.
+    """
     logits = model(**_model_inputs(batch), **forward_options(model)).logits
     return _padded_scores(batch, ignore_index, logits, _from_logits)
 
@@ -154,14 +176,25 @@ def plain_scores(model: torch.nn.Module, batch: dict[str, Any], ignore_index: in
 def fused_scores(
     model: torch.nn.Module, batch: dict[str, Any], ignore_index: int, head: torch.nn.Linear
 ) -> TokenScores:
-    """Scores of a padded batch through the LM head ``head``, on scored positions only."""
+    """Scores of a padded batch through the LM head ``head``, on scored positions only.
+
+    Args:
+        model: the model to run.
+        batch: a padded batch (``labels``, optionally ``nll_labels`` and ``score_index``).
+        ignore_index: the label of unscored positions.
+        head: the model's LM head (a plain Linear, see :func:`orpo.scoring.model_view.output_head`).
+    """
     hidden = run_capturing_head(model, _model_inputs(batch), head)
     return _padded_scores(batch, ignore_index, hidden, lambda rows, targets: _from_hidden(model, head, rows, targets))
 
 
 def row_inputs(row: dict[str, Any]) -> dict[str, Any]:
     """Model inputs of a padding-free or shared-prompt row: ids, positions and its segments
-    (attention per segment, no mask built)."""
+    (attention per segment, no mask built).
+
+    Args:
+        row: a row batch, or a view of one (``input_ids``, ``position_ids`` and ``orpo_segments``).
+    """
     return {
         "input_ids": row["input_ids"],
         "position_ids": row["position_ids"],
@@ -176,6 +209,12 @@ def row_scores(
 
     The collator's ``score_source`` picks the predicting positions of the row, ``score_index``
     places their scores in the padded layout: gathers and an ``index_copy``, no host sync.
+
+    Args:
+        model: the model to run, switched to a per-segment attention.
+        batch: a padding-free or shared-prompt batch.
+        ignore_index: the label of unscored positions.
+        head: the LM head to fuse through; None: score from the logits.
     """
     targets = layout_targets(batch, ignore_index)
     mask = targets != ignore_index
@@ -207,6 +246,15 @@ def verify(
     On a difference, warns ``"<problem> (max abs diff d); <fallback>"`` and returns False: the
     caller then takes the reference way.  None when either result is non-finite: such a probe
     proves nothing, so the caller takes the reference way for this batch and asks again later.
+
+    Args:
+        model: put in eval mode for the two runs, then back in its mode.
+        reference: runs the trusted way, returning its result.
+        candidate: runs the faster way, returning a result shaped like ``reference()``'s.
+        tolerance: the absolute tolerance, relative to ``1 + max|ref|``.
+        problem: the warning's first part: what differs, for which model.
+        fallback: the warning's second part: what is used instead.
+        rtol: the per-element relative tolerance added to it.
     """
     was_training = model.training
     model.eval()
@@ -244,7 +292,17 @@ def _fused_probe(batch: dict[str, Any]) -> dict[str, Any]:
 def verify_fused(
     model: torch.nn.Module, batch: dict[str, Any], head: torch.nn.Linear, ignore_index: int
 ) -> bool | None:
-    """Whether the fused LM head gives the model's own log-probs (a model may transform its logits)."""
+    """Whether the fused LM head gives the model's own log-probs (a model may transform its logits).
+
+    Args:
+        model: the model to check.
+        batch: a padded batch to take the probe from (its first row's first 32 tokens, where it slices).
+        head: the LM head to fuse through.
+        ignore_index: the label of unscored positions.
+
+    Returns:
+        True, False (warned) or None (a non-finite probe), as :func:`verify` returns.
+    """
     probe = _fused_probe(batch)
     return verify(
         model,
@@ -263,7 +321,16 @@ def _problem(model: torch.nn.Module, layout: Layout, what: str) -> str:
 
 def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: int = 24) -> bool | None:
     """Whether the model keeps the sequences of a padding-free row apart (attention and positions):
-    the row's second sequence, packed after its first, against the second one run alone."""
+    the row's second sequence, packed after its first, against the second one run alone.
+
+    Args:
+        model: the model, switched to a per-segment attention.
+        batch: a padding-free batch to take the probe from.
+        probe_tokens: tokens of each of the two sequences in the probe.
+
+    Returns:
+        The same as :func:`verify`; True for a row of one sequence (nothing to keep apart).
+    """
     probe = packing_probe(batch, probe_tokens)
     if probe is None:
         return True  # one sequence: nothing to keep apart
@@ -280,7 +347,15 @@ def verify_packing(model: torch.nn.Module, batch: dict[str, Any], probe_tokens: 
 
 def verify_shared_prompt(model: torch.nn.Module, batch: dict[str, Any]) -> bool | None:
     """Whether the model runs a shared-prompt row exactly: a pair's rejected tokens, run as
-    prompt | chosen | rejected, against prompt + rejected run alone."""
+    prompt | chosen | rejected, against prompt + rejected run alone.
+
+    Args:
+        model: the model, switched to a per-segment attention.
+        batch: a shared-prompt batch to take the probe from.
+
+    Returns:
+        The same as :func:`verify`; True when no pair has both a prompt and a rejected completion.
+    """
     probe = shared_prompt_probe(batch)
     if probe is None:
         return True  # nothing to compare; the padded fallback would not be safer

@@ -19,6 +19,10 @@ def unwrap(model: torch.nn.Module, to_transformers: bool = False) -> Any:
     With ``to_transformers`` also inside a PEFT model, down to the ``transformers`` model itself
     (what reads and switches ``attn_implementation``); without, a PEFT model stays itself (its
     head and config are the ones that train).
+
+    Args:
+        model: the model as the trainer or the caller holds it.
+        to_transformers: also unwrap a PEFT model, down to its ``transformers`` model.
     """
     from transformers import PreTrainedModel
 
@@ -39,7 +43,11 @@ def _config(model: torch.nn.Module) -> Any:
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The model's LM head if it is a plain Linear we can replicate (not LoRA-wrapped or quantized)."""
+    """The model's LM head if it is a plain Linear we can replicate (not LoRA-wrapped or quantized).
+
+    Args:
+        model: the model, wrapped or not; None is returned for one that is not a transformers model.
+    """
     get_head: Callable[[], Any] | None = getattr(unwrap(model), "get_output_embeddings", None)
     if get_head is None:  # not a transformers model
         return None
@@ -53,7 +61,11 @@ def output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
 
 
 def attn_implementation_of(model: torch.nn.Module) -> str | None:
-    """The attention the model dispatches to now (orpo's per-segment ones included)."""
+    """The attention the model dispatches to now (orpo's per-segment ones included).
+
+    Args:
+        model: the model, wrapped or not (PEFT included).
+    """
     from orpo.internals.private import attn_implementation  # imports transformers' Trainer: not at import time
 
     return attn_implementation(getattr(unwrap(model, to_transformers=True), "config", None))

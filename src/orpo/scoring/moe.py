@@ -48,6 +48,15 @@ class RouterCapture:
     Installed once per model (hooks added per call would be missed by a compiled model, as for
     :class:`orpo.scoring.fused.HeadCapture`).  Disarmed outside scoring, so the recomputation of
     activation checkpointing in backward adds nothing.
+
+    Attributes:
+        modules: the router modules hooked, in the order transformers records their outputs.
+        index: which element of a router's output tuple holds the gate logits.
+        num_experts: the model's routed experts (``num_experts``).
+        top_k: experts per token (``num_experts_per_tok``).
+        loss_function: the ``load_balancing_loss_func`` of the model's transformers module.
+        armed: whether calls are recorded now.
+        logits: the gate logits recorded while armed, in call order.
     """
 
     modules: tuple[torch.nn.Module, ...]
@@ -75,7 +84,11 @@ class RouterCapture:
     @classmethod
     def of(cls, model: torch.nn.Module) -> RouterCapture | None:
         """The capture of ``model`` (installed on first use), or None when it has no routed experts:
-        no router output transformers records, or no ``load_balancing_loss_func`` beside its class."""
+        no router output transformers records, or no ``load_balancing_loss_func`` beside its class.
+
+        Args:
+            model: the model, wrapped or not (PEFT included); the capture lives on its transformers model.
+        """
         pretrained = unwrap(model, to_transformers=True)
         if _CAPTURE_ATTRIBUTE in pretrained.__dict__:
             return pretrained.__dict__[_CAPTURE_ATTRIBUTE]
@@ -108,7 +121,11 @@ class RouterCapture:
 
 
 def has_router(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a mixture-of-experts model orpo can add the load-balancing loss of."""
+    """Whether ``model`` is a mixture-of-experts model orpo can add the load-balancing loss of.
+
+    Args:
+        model: the model, wrapped or not (installs its :class:`RouterCapture` if it has routers).
+    """
     return RouterCapture.of(model) is not None
 
 
@@ -118,7 +135,11 @@ _FLAG_CACHE: dict[type, bool] = {}
 def forward_options(model: torch.nn.Module) -> dict[str, Any]:
     """Keyword arguments of every scoring forward: no KV cache, and for a model that takes
     ``output_router_logits``, False: its own load-balancing loss would read the attention mask,
-    which a row layout does not have (:class:`RouterLoss` computes it instead)."""
+    which a row layout does not have (:class:`RouterLoss` computes it instead).
+
+    Args:
+        model: the model about to run, wrapped or not.
+    """
     cls = type(unwrap(model, to_transformers=True))
     if cls not in _FLAG_CACHE:
         _FLAG_CACHE[cls] = "output_router_logits" in inspect.signature(cls.forward).parameters
@@ -129,6 +150,10 @@ def real_token_mask(batch: dict[str, Any], ran_as_row: bool) -> torch.Tensor | N
     """``[rows, tokens]`` 1/0 over the tokens of the forward that scored ``batch``: which are real.
 
     None for a padded batch without an attention mask (every token counts, as in transformers).
+
+    Args:
+        batch: the collated batch.
+        ran_as_row: whether a row batch ran as its row (False: as its padded batch).
     """
     layout = layout_of(batch)
     if layout is Layout.PADDED:
@@ -147,13 +172,24 @@ class RouterLoss:
 
     ``enabled`` and ``coef`` are the trainer's options (``output_router_logits``,
     ``router_aux_loss_coef``); None takes the model config's value, as TRL reads it.
+
+    Attributes:
+        enabled: whether the term is added (``output_router_logits``); None: the model config's.
+        coef: the term's weight (``router_aux_loss_coef``); None: the model config's (0 if it has none).
     """
 
     enabled: bool | None = None
     coef: float | None = None
 
     def resolve(self, model: torch.nn.Module) -> tuple[bool, float]:
-        """(whether the term is on for ``model``, its coefficient); a dense model asked for it is an error."""
+        """(whether the term is on for ``model``, its coefficient); a dense model asked for it is an error.
+
+        Args:
+            model: the model trained, wrapped or not.
+
+        Raises:
+            ValueError: the term is on and ``model`` has no router orpo can capture.
+        """
         config = getattr(unwrap(model, to_transformers=True), "config", None)
         enabled = self.enabled if self.enabled is not None else bool(getattr(config, "output_router_logits", False))
         coef = self.coef
@@ -170,7 +206,16 @@ class RouterLoss:
         self, scorer: TokenScorer, model: torch.nn.Module, batch: dict[str, Any]
     ) -> tuple[TokenScores, torch.Tensor | None]:
         """``scorer(model, batch)`` and, when the term is on, the load-balancing loss of that forward
-        over its real tokens (float32, differentiable through the router logits)."""
+        over its real tokens (float32, differentiable through the router logits).
+
+        Args:
+            scorer: the trainer's token scorer.
+            model: the model to run.
+            batch: the collated batch, any layout.
+
+        Returns:
+            ``(scores, aux_loss)``; ``aux_loss`` is None when the term is off.
+        """
         capture = RouterCapture.of(model)
         if capture is None or not self.resolve(model)[0]:
             return scorer(model, batch), None
@@ -197,7 +242,13 @@ class RouterLoss:
 
 def apply_router_options(model: torch.nn.Module, enabled: bool | None, coef: float | None) -> None:
     """Write the router options into the config of a model orpo loaded itself (never a caller's
-    model object), so its saved config says how it was trained; keys the config lacks are left out."""
+    model object), so its saved config says how it was trained; keys the config lacks are left out.
+
+    Args:
+        model: a model orpo loaded itself.
+        enabled: ``output_router_logits``; None: leave the config's.
+        coef: ``router_aux_loss_coef``; None: leave the config's.
+    """
     config = getattr(unwrap(model, to_transformers=True), "config", None)
     if config is None:
         return

@@ -69,6 +69,12 @@ class ORPOPaddingFreeCollator(ORPODataCollator):
     ``pad_to_multiple_of`` pads the packed row (not each sequence) at its end; the padding is
     a sequence of its own with positions from 0, so it attends to nothing real and nothing
     real attends to it.
+
+    Attributes:
+        pad_token_id: the id that pads the row (and the padded batch it carries).
+        label_pad_token_id: the label of unscored positions.
+        pad_to_multiple_of: pad the packed row's length up to a multiple of this; None: no padding.
+        nll_scope: ``"completion"``, or ``"prompt_and_completion"`` to add ``nll_labels``.
     """
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -92,6 +98,12 @@ class ORPOSharedPromptCollator(ORPODataCollator):
     then computed exactly as in its own padded row.  A scored position of the padded layout is
     predicted by a prompt token (the last prompt token for both completions' first tokens) or by
     a token of its own completion.
+
+    Attributes:
+        pad_token_id: the id that pads the row (and the padded batch it carries).
+        label_pad_token_id: the label of unscored positions.
+        pad_to_multiple_of: pad the row's length up to a multiple of this; None: no padding.
+        nll_scope: ``"completion"``, or ``"prompt_and_completion"`` to add ``nll_labels``.
     """
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,14 +25,23 @@ AUTO_ORDER = (Layout.SHARED_PROMPT, Layout.PADDING_FREE)
 
 
 class AttentionRoute(NamedTuple):
-    """The implementation that runs a layout per segment on a model, or None and why not."""
+    """The implementation that runs a layout per segment on a model, or None and why not.
+
+    Attributes:
+        implementation: one of :data:`orpo.scoring.attention.IMPLEMENTATIONS`' names, or None.
+        reason: why none runs it (empty when one does).
+    """
 
     implementation: str | None
     reason: str = ""
 
 
 def base_implementation(model: torch.nn.Module) -> str | None:
-    """The model's attn_implementation, seen through ours (``orpo_sdpa`` -> ``sdpa``)."""
+    """The model's attn_implementation, seen through ours (``orpo_sdpa`` -> ``sdpa``).
+
+    Args:
+        model: the model, wrapped or not.
+    """
     name = attn_implementation_of(model)
     return BASES.get(name, name) if name is not None else None
 
@@ -44,7 +53,15 @@ def _flash_available(base: str) -> bool:
 
 
 def segment_route(model: torch.nn.Module, layout: Layout) -> AttentionRoute:
-    """Which per-segment implementation runs ``layout`` (packed or shared prompt) on ``model``."""
+    """Which per-segment implementation runs ``layout`` (packed or shared prompt) on ``model``.
+
+    Args:
+        model: the model, wrapped or not.
+        layout: :attr:`Layout.PADDING_FREE` or :attr:`Layout.SHARED_PROMPT`.
+
+    Raises:
+        ValueError: ``layout`` is another layout.
+    """
     from transformers import PreTrainedModel
 
     if layout not in AUTO_ORDER:
@@ -74,6 +91,14 @@ def use_segment_attention(model: torch.nn.Module, implementation: str) -> str:
 
     Padded forwards still run the base attention, so the switch can last the whole training
     run (gradient checkpointing recomputes layers outside any per-call scope).
+
+    Args:
+        model: the model, wrapped or not; its transformers model is switched.
+        implementation: one of :data:`orpo.scoring.attention.IMPLEMENTATIONS`' names (``orpo_sdpa``...).
+
+    Raises:
+        ValueError: ``implementation`` is not one of orpo's, or the model does not dispatch attention
+            through ``AttentionInterface``.
     """
     if implementation not in BASES:
         raise ValueError(f"not a per-segment implementation: {implementation!r}; one of {sorted(BASES)}")
@@ -87,7 +112,14 @@ def use_segment_attention(model: torch.nn.Module, implementation: str) -> str:
 
 
 class LayoutChoice(NamedTuple):
-    """The layout batches are collated in, the per-segment attention that runs it, and why."""
+    """The layout batches are collated in, the per-segment attention that runs it, and why.
+
+    Attributes:
+        layout: the layout batches are collated in.
+        implementation: the per-segment attention that runs it; None for padded.
+        reason: why this layout, for the log line.
+        refused: the layout asked for by name that cannot run here (it runs padded), else None.
+    """
 
     layout: Layout
     implementation: str | None  # one of orpo.scoring.attention.IMPLEMENTATIONS' names; None for padded
@@ -96,7 +128,11 @@ class LayoutChoice(NamedTuple):
     refused: Layout | None = None
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` switched to the attention that runs the layout (padded forwards keep the model's own)."""
+        """``model`` switched to the attention that runs the layout (padded forwards keep the model's own).
+
+        Args:
+            model: the model to switch (returned, switched in place).
+        """
         if self.implementation is not None and attn_implementation_of(model) != self.implementation:
             use_segment_attention(model, self.implementation)
         return model
@@ -117,6 +153,14 @@ def choose_layout(requested: str | Layout, model: torch.nn.Module, padded_only: 
     row layout asked for runs padded where no per-segment attention runs it on this model, and
     wherever ``padded_only`` gives a reason (a model kind whose rows hold more than token
     sequences; something that splits batches by rows), with :attr:`LayoutChoice.refused` set.
+
+    Args:
+        requested: ``"auto"``, a :class:`Layout` or its name (``"padded"``, ``"padding_free"``, ``"shared_prompt"``).
+        model: the model, wrapped or not.
+        padded_only: why only padded batches can run here, or None.
+
+    Raises:
+        ValueError: ``requested`` names no layout.
     """
     wanted = None if requested == "auto" else Layout(requested)
     origin = "auto" if wanted is None else "requested"

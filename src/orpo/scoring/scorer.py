@@ -38,7 +38,12 @@ VERIFIERS: dict[Layout, Callable[[torch.nn.Module, dict[str, Any]], bool | None]
 
 def route_rows(model: torch.nn.Module, layout: Layout) -> bool:
     """Switch ``model`` to the per-segment attention that runs ``layout`` (as :func:`choose_layout`
-    decides); False, with a warning, where none does (the caller runs such batches padded)."""
+    decides); False, with a warning, where none does (the caller runs such batches padded).
+
+    Args:
+        model: the model, wrapped or not.
+        layout: :attr:`Layout.PADDING_FREE` or :attr:`Layout.SHARED_PROMPT`.
+    """
     choice = choose_layout(layout, model)
     if choice.refused is not None:
         logger.warning("%s: %s; running these batches padded instead", layout.value, choice.reason)
@@ -54,6 +59,11 @@ class TokenScorer:
     chosen 0..B-1 then rejected.  Each choice (fused head, padding-free rows, shared prompt) is
     made on the first batch that needs it and kept; a row layout switches the model to the
     per-segment attention that runs it (padded batches still run the model's own attention).
+
+    Args:
+        fused: whether to try the fused LM head (``ORPOConfig.fused_lm_head``).
+        ignore_index: the label of unscored positions.
+        allow_fused: False to ignore ``fused`` (the trainer passes False under FSDP and DeepSpeed).
     """
 
     def __init__(self, fused: bool, ignore_index: int = -100, allow_fused: bool = True) -> None:

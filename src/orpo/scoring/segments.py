@@ -30,7 +30,14 @@ from orpo.scoring.layouts import SEGMENTS_KEY, Layout, segments_of
 
 class Call(NamedTuple):
     """Queries ``[start, stop)`` of the row; keys ``[prefix_start, prefix_stop)`` (all visible,
-    empty when equal) followed by ``[start, stop)`` itself, causally."""
+    empty when equal) followed by ``[start, stop)`` itself, causally.
+
+    Attributes:
+        start: the first query token's position in the row.
+        stop: one past the last query token.
+        prefix_start: the first prefix key (a rejected completion's prompt).
+        prefix_stop: one past the last prefix key; equal to ``prefix_start``: no prefix.
+    """
 
     start: int
     stop: int
@@ -39,10 +46,12 @@ class Call(NamedTuple):
 
     @property
     def prefix(self) -> int:
+        """Prefix keys: the prompt tokens a rejected completion attends to (0 for a sequence of its own)."""
         return self.prefix_stop - self.prefix_start
 
     @property
     def length(self) -> int:
+        """Query tokens of the call."""
         return self.stop - self.start
 
 
@@ -58,6 +67,12 @@ class Segments:
       prefix and the row positions they cover, in call order (one flash varlen call);
     * ``cu_prefix_q``, ``cu_prefix_k`` int32, ``prefix_q_index``, ``prefix_k_index`` int64: the
       same for the calls with a prefix, keys = prefix then own tokens (a second varlen call).
+
+    Attributes:
+        layout: :attr:`Layout.PADDING_FREE` or :attr:`Layout.SHARED_PROMPT`.
+        calls: the attention calls, in row order.
+        total: the row's length in tokens, trailing padding included.
+        tensors: the index tensors above, by name.
     """
 
     layout: Layout  # PADDING_FREE or SHARED_PROMPT
@@ -68,14 +83,17 @@ class Segments:
 
     @property
     def device(self) -> torch.device:
+        """Where the index tensors are."""
         return self.tensors["positions"].device
 
     @property
     def self_calls(self) -> tuple[Call, ...]:
+        """The calls without a prefix (sequences attending to themselves only)."""
         return tuple(call for call in self.calls if not call.prefix)
 
     @property
     def prefix_calls(self) -> tuple[Call, ...]:
+        """The calls with a prefix (rejected completions attending to their prompt)."""
         return tuple(call for call in self.calls if call.prefix)
 
     @property
@@ -84,22 +102,38 @@ class Segments:
         return not self.prefix_calls and sum(call.length for call in self.calls) == self.total
 
     def max_length(self, prefix: bool, keys: bool) -> int:
-        """Longest query (or key) range of the calls with (or without) a prefix, as a Python int."""
+        """Longest query (or key) range of the calls with (or without) a prefix, as a Python int.
+
+        Args:
+            prefix: the calls with a prefix (True) or those without (False).
+            keys: the key range (prefix included) rather than the query range.
+        """
         calls = self.prefix_calls if prefix else self.self_calls
         return max((call.length + (call.prefix if keys else 0) for call in calls), default=0)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Segments:
-        """On ``device``: this object itself (its cached block masks kept) if already there."""
+        """On ``device``: this object itself (its cached block masks kept) if already there.
+
+        Args:
+            device: the target device.
+            non_blocking: passed to ``Tensor.to`` (accelerate's loader sets it).
+        """
         moved = {name: t.to(device, non_blocking=non_blocking) for name, t in self.tensors.items()}
         if all(moved[name] is t for name, t in self.tensors.items()):
             return self
         return Segments(self.layout, self.calls, self.total, moved)
 
     def pin_memory(self) -> Segments:
+        """A copy with pinned index tensors (torch's data loader calls it with ``pin_memory=True``)."""
         return Segments(self.layout, self.calls, self.total, {n: t.pin_memory() for n, t in self.tensors.items()})
 
     def cached(self, key: Any, build: Any) -> Any:
-        """``build()`` once per key: one block mask serves every layer and the checkpoint recompute."""
+        """``build()`` once per key: one block mask serves every layer and the checkpoint recompute.
+
+        Args:
+            key: what the cached value depends on, e.g. ``("flex", window)``.
+            build: makes the value, called on the first request for ``key`` only.
+        """
         if key not in self._cache:
             self._cache[key] = build()
         return self._cache[key]
@@ -120,7 +154,15 @@ def _padding_call(calls: list[Call], used: int, total: int) -> None:
 
 
 def packed_segments(lengths: Sequence[int], total: int | None = None) -> Segments:
-    """Segments of a padding-free row: sequences of ``lengths`` back to back, then padding up to ``total``."""
+    """Segments of a padding-free row: sequences of ``lengths`` back to back, then padding up to ``total``.
+
+    Args:
+        lengths: tokens of each sequence, in row order (an empty one gets no call).
+        total: the row's length; None: the sum of ``lengths`` (no padding).
+
+    Raises:
+        ValueError: a length is negative, or ``total`` is shorter than the sequences.
+    """
     values = _check_lengths("packed_segments", lengths)
     calls, start = [], 0
     for n in values:
@@ -135,7 +177,17 @@ def packed_segments(lengths: Sequence[int], total: int | None = None) -> Segment
 def shared_prompt_segments(
     prompt: Sequence[int], chosen: Sequence[int], rejected: Sequence[int], total: int | None = None
 ) -> Segments:
-    """Segments of a shared-prompt row: per pair ``prompt | chosen | rejected``, then padding up to ``total``."""
+    """Segments of a shared-prompt row: per pair ``prompt | chosen | rejected``, then padding up to ``total``.
+
+    Args:
+        prompt: each pair's prompt length, in tokens.
+        chosen: each pair's chosen completion length.
+        rejected: each pair's rejected completion length.
+        total: the row's length; None: the sum of all lengths (no padding).
+
+    Raises:
+        ValueError: a length is negative, the three have different counts, or ``total`` is too short.
+    """
     p, c, r = (_check_lengths(name, x) for name, x in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)))
     if not len(p) == len(c) == len(r):
         raise ValueError(f"shared_prompt_segments: {len(p)} prompts, {len(c)} chosen and {len(r)} rejected lengths")
@@ -229,6 +281,11 @@ def flex_block_mask(segments: Segments, window: int | None = None, block_size: i
     A KV block is *full* for a Q block when every query of it sees every key of it (no mask_mod
     evaluation there), *partial* when some query sees some key; blocks with neither are skipped.
     Blocks at the ragged end of the row are never marked full (always safe).
+
+    Args:
+        segments: the row's attention calls.
+        window: the sliding window (keys at most ``window - 1`` positions back); None: none.
+        block_size: flex attention's block size, in tokens.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -269,7 +326,12 @@ def flex_block_mask(segments: Segments, window: int | None = None, block_size: i
 
 
 def dense_mask(segments: Segments, window: int | None = None) -> torch.Tensor:
-    """``[T, T]`` bool: whether query q sees key k.  The reference for tests; never on the training path."""
+    """``[T, T]`` bool: whether query q sees key k.  The reference for tests; never on the training path.
+
+    Args:
+        segments: the row's attention calls.
+        window: the sliding window, as in :func:`flex_block_mask`; None: none.
+    """
     own_lo, own_hi, pre_lo, pre_hi = (x[:, None] for x in _key_ranges(segments, window))
     keys = torch.arange(segments.total, device=segments.device)[None]
     return ((own_lo <= keys) & (keys < own_hi)) | ((pre_lo <= keys) & (keys < pre_hi))
@@ -279,7 +341,14 @@ def dense_mask(segments: Segments, window: int | None = None) -> torch.Tensor:
 
 
 def row_view(batch: dict[str, Any], start: int, stop: int, segments: Segments | None) -> dict[str, Any]:
-    """Tokens ``[start, stop)`` of a row batch as a one-row batch, with the ``segments`` that describe them."""
+    """Tokens ``[start, stop)`` of a row batch as a one-row batch, with the ``segments`` that describe them.
+
+    Args:
+        batch: a row batch (``input_ids`` and ``position_ids`` ``[1, T]``).
+        start: the first token of the view.
+        stop: one past its last token.
+        segments: the view's own segments (moved to the ids' device); None: none in the view.
+    """
     view = {key: batch[key][:, start:stop] for key in ("input_ids", "position_ids")}
     if segments is not None:
         view[SEGMENTS_KEY] = segments.to(batch["input_ids"].device)
@@ -287,7 +356,12 @@ def row_view(batch: dict[str, Any], start: int, stop: int, segments: Segments | 
 
 
 def first_sequence(batch: dict[str, Any], tokens: int) -> dict[str, Any]:
-    """The first ``tokens`` of the row's first sequence: a one-row padded batch (the fused head's probe)."""
+    """The first ``tokens`` of the row's first sequence: a one-row padded batch (the fused head's probe).
+
+    Args:
+        batch: a row batch.
+        tokens: the most tokens to keep.
+    """
     first = segments_of(batch).calls[0]  # always a sequence of its own starting the row
     view = row_view(batch, 0, min(tokens, first.length), None)
     view["labels"] = view["input_ids"].clone()
@@ -296,7 +370,15 @@ def first_sequence(batch: dict[str, Any], tokens: int) -> dict[str, Any]:
 
 def packing_probe(batch: dict[str, Any], probe_tokens: int = 24) -> tuple[dict[str, Any], int, torch.Tensor] | None:
     """The first ``probe_tokens`` of the row's first two sequences packed in one row, where the
-    second one starts in that row, and the second one's ids alone; None if the row has one sequence."""
+    second one starts in that row, and the second one's ids alone; None if the row has one sequence.
+
+    Args:
+        batch: a padding-free batch.
+        probe_tokens: the most tokens kept of each of the two sequences.
+
+    Returns:
+        ``(row, offset, alone_ids)``: the second sequence is ``row[offset:]`` and ``alone_ids``.
+    """
     calls = segments_of(batch).calls
     if len(calls) < 2:
         return None
@@ -318,6 +400,9 @@ def shared_prompt_probe(batch: dict[str, Any]) -> tuple[dict[str, Any], int, tor
 
     Returns ``(row, rejected_start, alone_ids, prompt_length)``: the rejected tokens are
     ``row[rejected_start:]`` and ``alone_ids[prompt_length:]``; None when no pair has both.
+
+    Args:
+        batch: a shared-prompt batch.
     """
     call = next((call for call in segments_of(batch).calls if call.prefix), None)
     if call is None:

@@ -24,7 +24,13 @@ _FILE_OF = re.compile(r"^(.*?), (?:line|record) \d+")
 
 @dataclass(frozen=True)
 class PairScores:
-    """Average log-prob per completion token of each pair's chosen and rejected answer."""
+    """Average log-prob per completion token of each pair's chosen and rejected answer.
+
+    Attributes:
+        chosen: float32 ``[pairs]``, the chosen answers' average per-token log-probs.
+        rejected: float32 ``[pairs]``, the rejected answers'.
+        rows: each pair's source row ("data.jsonl, line 3 (row 2)", or its index), to line up two models.
+    """
 
     chosen: Any  # float32 tensor [pairs]
     rejected: Any  # float32 tensor [pairs]
@@ -32,25 +38,44 @@ class PairScores:
 
     @property
     def wins(self) -> Any:
+        """Bool ``[pairs]``: the chosen answer is strictly more likely (a tie is no win)."""
         return self.chosen > self.rejected
 
 
 def eval_config(**limits: Any) -> Any:
-    """The ORPOConfig whose data settings eval uses: training's defaults unless given (max_length...)."""
+    """The ORPOConfig whose data settings eval uses: training's defaults unless given (max_length...).
+
+    Args:
+        **limits: ``ORPOConfig`` fields to set (``max_length``, ``on_too_long``...).
+    """
     from orpo.config.orpo_config import ORPOConfig
 
     return ORPOConfig(output_dir="orpo-eval", report_to="none", **limits)
 
 
 def prepare_pairs(data: Any, tokenizer: Any, config: Any = None, split: str = "eval") -> tuple[Any, Any]:
-    """Preference rows (a datasets.Dataset or list of dicts) -> (tokenized pairs, DataReport), as training does."""
+    """Preference rows (a datasets.Dataset or list of dicts) -> (tokenized pairs, DataReport), as training does.
+
+    Args:
+        data: the preference rows.
+        tokenizer: the model's tokenizer.
+        config: the ``ORPOConfig`` whose data settings apply; None: :func:`eval_config`'s.
+        split: the split's name in messages.
+    """
     from orpo.data import prepare_preference_dataset
 
     return prepare_preference_dataset(data, tokenizer, config if config is not None else eval_config(), split)
 
 
 def score_pairs(model: Any, pairs: Any, pad_token_id: int, batch_size: int = 8) -> PairScores:
-    """One forward pass per batch of ``batch_size`` pairs over tokenized ``pairs`` (from :func:`prepare_pairs`)."""
+    """One forward pass per batch of ``batch_size`` pairs over tokenized ``pairs`` (from :func:`prepare_pairs`).
+
+    Args:
+        model: a causal LM, in eval mode for the passes, then back in its mode.
+        pairs: tokenized pairs (a ``datasets.Dataset``).
+        pad_token_id: the id that pads the batches.
+        batch_size: pairs per forward pass (2 x ``batch_size`` rows).
+    """
     import torch
 
     from orpo.loss import sequence_logps
@@ -82,7 +107,15 @@ def score_pairs(model: Any, pairs: Any, pad_token_id: int, batch_size: int = 8) 
 
 
 def summarize(scores: PairScores, select: Any = None) -> dict[str, Any]:
-    """The ``METRICS`` of the pairs ``select`` picks (a bool mask; default all), averaged over pairs."""
+    """The ``METRICS`` of the pairs ``select`` picks (a bool mask; default all), averaged over pairs.
+
+    Args:
+        scores: the pairs' scores.
+        select: bool ``[pairs]`` tensor; None: every pair.
+
+    Returns:
+        The metrics by name; ``pairs`` 0 and the others None when nothing is selected.
+    """
     from orpo.loss import odds_ratio_loss
 
     chosen, rejected = scores.chosen.double(), scores.rejected.double()
@@ -104,7 +137,19 @@ def summarize(scores: PairScores, select: Any = None) -> dict[str, Any]:
 
 
 def group_labels(pairs: Any, by: str | None = None, by_file: bool = False) -> list[str] | None:
-    """Each pair's group: the value of column ``by``, or (``by_file``) the file its row came from."""
+    """Each pair's group: the value of column ``by``, or (``by_file``) the file its row came from.
+
+    Args:
+        pairs: tokenized pairs (a ``datasets.Dataset``).
+        by: a column of the data to group by; None: no grouping (unless ``by_file``).
+        by_file: group by source file (takes precedence over ``by``).
+
+    Returns:
+        One label per pair, or None when neither is asked for.
+
+    Raises:
+        DataError: ``by`` is no column to group by, or ``by_file`` for rows not read from files.
+    """
     from orpo.data import DataError
 
     if by_file:
@@ -127,7 +172,12 @@ def group_labels(pairs: Any, by: str | None = None, by_file: bool = False) -> li
 
 
 def evaluate(scores: PairScores, groups: list[str] | None = None) -> dict[str, Any]:
-    """Summary of all pairs, and of each group (sorted by name) when ``groups`` labels the pairs."""
+    """Summary of all pairs, and of each group (sorted by name) when ``groups`` labels the pairs.
+
+    Args:
+        scores: the pairs' scores.
+        groups: one label per pair (:func:`group_labels`), or None.
+    """
     import torch
 
     result = summarize(scores)
@@ -140,7 +190,15 @@ def evaluate(scores: PairScores, groups: list[str] | None = None) -> dict[str, A
 
 
 def compare(first: PairScores, second: PairScores) -> dict[str, int]:
-    """Pair by pair, on the rows both models scored: which model prefers the chosen answer."""
+    """Pair by pair, on the rows both models scored: which model prefers the chosen answer.
+
+    Args:
+        first: the first model's scores.
+        second: the second model's, matched to the first's by ``rows``.
+
+    Returns:
+        Counts of ``pairs`` compared and of those ``both``, ``first_only``, ``second_only`` and ``neither`` won.
+    """
     won = dict(zip(second.rows, second.wins.tolist(), strict=True))
     counts = {"pairs": 0, "both": 0, "first_only": 0, "second_only": 0, "neither": 0}
     for row, first_won in zip(first.rows, first.wins.tolist(), strict=True):
@@ -172,7 +230,21 @@ def sample_completions(
     batch_size: int = 256,
 ) -> list[list[str]]:
     """``num_samples`` completions of each tokenized prompt (greedy at temperature 0), cut at the first
-    stop token; prompts are left-padded into batches of ``batch_size`` sequences."""
+    stop token; prompts are left-padded into batches of ``batch_size`` sequences.
+
+    Args:
+        model: a causal LM, in eval mode for generation, then back in its mode.
+        tokenizer: its tokenizer (stop tokens, padding, decoding).
+        prompt_ids: the tokenized prompts.
+        num_samples: completions per prompt.
+        temperature: sampling temperature; 0: greedy.
+        max_new_tokens: the most tokens generated per completion.
+        seed: seeds torch's generator first (sampling is reproducible).
+        batch_size: sequences per ``generate`` call.
+
+    Returns:
+        Per prompt, its ``num_samples`` decoded completions.
+    """
     import torch
 
     stops = stop_token_ids(tokenizer)

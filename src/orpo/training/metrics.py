@@ -45,7 +45,13 @@ def window_loss(metrics: dict[str, float], beta: float, aux_coef: float = 0.0) -
     """The ORPO loss over a logging window: its token-averaged NLL plus beta times its pair-averaged
     odds-ratio term, weighted as one accumulation window weights them (so micro-batching does not
     change it, and it agrees with the logged ``nll_loss`` and ``log_odds_ratio``), plus ``aux_coef``
-    times the logged ``aux_loss`` where there is one."""
+    times the logged ``aux_loss`` where there is one.
+
+    Args:
+        metrics: the window's averages, as :meth:`MetricWindows.pop` returns them.
+        beta: the odds-ratio term's weight (``ORPOConfig.beta``).
+        aux_coef: the load-balancing loss's weight; 0 without one.
+    """
     loss = metrics["nll_loss"] - beta * metrics["log_odds_ratio"]
     return loss + aux_coef * metrics[AUX_LOSS] if AUX_LOSS in metrics else loss
 
@@ -62,21 +68,36 @@ class MetricWindows:
         self.sums: dict[str, defaultdict[str, Any]] = {"train": defaultdict(float), "eval": defaultdict(float)}
 
     def reset(self, mode: str) -> None:
+        """Forget ``mode``'s sums ("train" or "eval")."""
         self.sums[mode] = defaultdict(float)
 
     # ---- the contract the reliability objects rely on (guard, diagnostics, checkpoints) ----
     def snapshot(self, mode: str) -> dict[str, Any]:
-        """A copy of ``mode``'s sums, to put back with :meth:`restore` or :meth:`keep_if`."""
+        """A copy of ``mode``'s sums, to put back with :meth:`restore` or :meth:`keep_if`.
+
+        Args:
+            mode: "train" or "eval".
+        """
         return dict(self.sums[mode])
 
     def restore(self, mode: str, snapshot: dict[str, Any]) -> None:
-        """Put back the sums of a :meth:`snapshot` (e.g. after a diagnostic re-run)."""
+        """Put back the sums of a :meth:`snapshot` (e.g. after a diagnostic re-run).
+
+        Args:
+            mode: "train" or "eval".
+            snapshot: what :meth:`snapshot` returned.
+        """
         self.sums[mode] = defaultdict(float, snapshot)
 
     def keep_if(self, mode: str, snapshot: dict[str, Any], keep: torch.Tensor) -> None:
         """Keep what was recorded since ``snapshot`` only where the 0-d bool ``keep`` is True.
 
         A ``torch.where`` on device, so leaving a non-finite micro-batch out costs no host sync.
+
+        Args:
+            mode: "train" or "eval".
+            snapshot: what :meth:`snapshot` returned before the micro-batch was recorded.
+            keep: 0-d bool tensor, on any device.
         """
         store = self.sums[mode]
         for key in list(store):
@@ -88,11 +109,21 @@ class MetricWindows:
                 store[key] = torch.where(keep.to(new.device), new, old)
 
     def export(self, mode: str) -> dict[str, float]:
-        """``mode``'s sums as plain floats (saved in checkpoints for an exact resume)."""
+        """``mode``'s sums as plain floats (saved in checkpoints for an exact resume).
+
+        Args:
+            mode: "train" or "eval".
+        """
         return {key: float(value) for key, value in self.sums[mode].items()}
 
     def load(self, mode: str, values: dict[str, float], device: Any) -> None:
-        """Sums saved by :meth:`export`, as float64 tensors on ``device``."""
+        """Sums saved by :meth:`export`, as float64 tensors on ``device``.
+
+        Args:
+            mode: "train" or "eval".
+            values: what :meth:`export` returned.
+            device: where the sums are kept.
+        """
         self.sums[mode] = defaultdict(
             float, {key: torch.tensor(value, dtype=torch.float64, device=device) for key, value in values.items()}
         )
@@ -106,7 +137,15 @@ class MetricWindows:
         aux_loss: torch.Tensor | None = None,
     ) -> None:
         """Add one micro-batch's sums, so logged metrics are averages over the whole logging window
-        (``aux_loss``: the router's load-balancing loss of a MoE model, averaged per micro-batch)."""
+        (``aux_loss``: the router's load-balancing loss of a MoE model, averaged per micro-batch).
+
+        Args:
+            mode: "train" or "eval".
+            loss: the micro-batch's :func:`orpo.loss.orpo_loss` output.
+            pairs: its :func:`orpo.loss.pair_logps`.
+            scores: its token scores (the mean logits).
+            aux_loss: the router's load-balancing loss of the micro-batch, or None.
+        """
         odds = loss.odds
         valid = pairs.valid.float()
         completion = pairs.completion_mask
@@ -143,7 +182,16 @@ class MetricWindows:
     def pop(
         self, mode: str, device: Any, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> dict[str, float]:
-        """The window's averages (``METRIC_NAMES``), summed over processes with ``reduce``; starts a new window."""
+        """The window's averages (``METRIC_NAMES``), summed over processes with ``reduce``; starts a new window.
+
+        Args:
+            mode: "train" or "eval".
+            device: where the sums are stacked (and reduced).
+            reduce: sums a tensor over processes; None: one process.
+
+        Returns:
+            The averages by name (plus ``aux_loss`` for a MoE model), or ``{}`` when nothing was recorded.
+        """
         store = self.sums[mode]
         if not store:
             return {}

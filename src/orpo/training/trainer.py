@@ -43,6 +43,30 @@ class ORPOTrainer(Trainer):
     ``NLL(chosen) + beta * mean(-logsigmoid(log_odds))`` (see :mod:`orpo.loss`), normalised over
     the whole gradient-accumulation window so micro-batching does not change the update.
     Checkpoints, resume, signals and the non-finite guard are objects it owns (:mod:`orpo.training.reliability`).
+
+    Args:
+        model: a model, a hub id or local folder to load one from, or None with ``model_init``.
+        args: an ``ORPOConfig`` (or ``TrainingArguments``, converted); the trainer keeps its own copy.
+            None: the defaults, with ``output_dir`` ``<model name>-ORPO``.
+        data_collator: None: the model kind's collator for the layout chosen (:mod:`orpo.scoring.routing`);
+            a collator of your own is used as given (no layout is chosen).
+        train_dataset: preference data (Dataset, list of dicts, dict of lists, DataFrame; text models also a
+            streamed ``IterableDataset``, with ``max_steps``), prepared by :mod:`orpo.data`; tokenized pairs pass
+            through.
+        eval_dataset: preference data prepared the same way, or a dict of them (named evaluations).
+        processing_class: the tokenizer (a processor for vision-language models); None: loaded with the model.
+        model_init: makes a fresh model for each ``train()`` (hyperparameter search); needs ``processing_class``.
+        callbacks: extra ``TrainerCallback`` s, as in ``Trainer``.
+        optimizers: ``(optimizer, scheduler)``, as in ``Trainer``; the optimizer is gated by the non-finite guard.
+        preprocess_logits_for_metrics: as in ``Trainer``; it receives :meth:`prediction_step`'s rewards.
+        peft_config: a PEFT config: train a LoRA adapter of it (also applied to ``model_init``'s models).
+        compute_metrics: as in ``Trainer``; its predictions are the chosen and rejected rewards, ``[B, 2]``.
+        tokenizer: TRL's older name of ``processing_class`` (pass one of them).
+
+    Raises:
+        ValueError: both ``processing_class`` and ``tokenizer`` are given, ``model_init`` comes without a
+            processing class, settings would train nothing, ``output_dir`` is not writable, streamed data has
+            no ``max_steps``, or ``output_router_logits`` is on for a model without routed experts.
     """
 
     args: ORPOConfig  # always a resolved copy (resolve_config), never the caller's object
@@ -133,7 +157,22 @@ class ORPOTrainer(Trainer):
         ignore_keys_for_eval: list[str] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Checks first, resumes only from a verified checkpoint, stops cleanly on SIGINT/SIGTERM."""
+        """Checks first, resumes only from a verified checkpoint, stops cleanly on SIGINT/SIGTERM.
+
+        Args:
+            resume_from_checkpoint: a checkpoint folder, or True (also "true"/"latest") for the newest one in
+                ``output_dir`` that verifies; None or False: start afresh.
+            trial: as in ``Trainer.train`` (hyperparameter search).
+            ignore_keys_for_eval: as in ``Trainer.train``.
+            **kwargs: passed to ``Trainer.train``.
+
+        Raises:
+            TrainingInterrupted: SIGINT/SIGTERM stopped the run (after saving a checkpoint).
+            NonFiniteError: a non-finite loss or gradient under ``on_nonfinite="error"``.
+            CheckpointError: a checkpoint could not be saved.
+            ValueError: nothing to resume from, a checkpoint that does not fit the run, or settings that
+                would train nothing.
+        """
         resume = self.reliability.before_train(resume_from_checkpoint)
         with self.reliability.signals.installed(self.handle_signals), self.reliability.load_errors_named():
             output = super().train(resume, trial, ignore_keys_for_eval, **kwargs)
@@ -141,12 +180,20 @@ class ORPOTrainer(Trainer):
         return output
 
     def call_model_init(self, trial: Any = None) -> Any:
-        """Trainer's, with the chosen layout's attention: each run of model_init makes a new model."""
+        """Trainer's, with the chosen layout's attention: each run of model_init makes a new model.
+
+        Args:
+            trial: the hyperparameter-search trial, passed to ``model_init``.
+        """
         model = super().call_model_init(trial)
         return self.layout_choice.apply(model) if self.layout_choice is not None else model
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer, behind the gate the non-finite guard closes to hold an update back."""
+        """Trainer's optimizer, behind the gate the non-finite guard closes to hold an update back.
+
+        Args:
+            model: the model to optimize (transformers releases that take it); None: ``self.model``.
+        """
         created = (
             super().create_optimizer(model) if releases.CREATE_OPTIMIZER_TAKES_MODEL else super().create_optimizer()
         )
@@ -156,6 +203,7 @@ class ORPOTrainer(Trainer):
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
     ) -> torch.Tensor:
+        """Trainer's step; the micro-batch's loss (at a window's end, its gradients) goes to the non-finite guard."""
         self.reliability.guard.begin_micro_batch()
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.reliability.end_micro_batch(loss, inputs, model)
@@ -168,7 +216,15 @@ class ORPOTrainer(Trainer):
     # ---- saving: every saved model carries its card, every adapter an absolute base path ------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Trainer's ``save_model`` plus the card; a failed save of the final model is a :class:`CheckpointError`
-        naming the folder, the cause and the last complete checkpoint (inside a checkpoint the commit reports it)."""
+        naming the folder, the cause and the last complete checkpoint (inside a checkpoint the commit reports it).
+
+        Args:
+            output_dir: where to save; None: ``args.output_dir``.
+            _internal_call: Trainer's flag for saves inside its loop (checkpoints).
+
+        Raises:
+            CheckpointError: the final model could not be written.
+        """
         if is_peft_model(self.model):
             absolute_base_path(self.model)
         target = output_dir or str(self.args.output_dir)
@@ -193,7 +249,22 @@ class ORPOTrainer(Trainer):
         dataset: str | list[str] | None = None,
         dataset_args: str | list[str] | None = None,
     ) -> None:
-        """orpo's card in ``output_dir`` (what ``push_to_hub`` uploads), with the caller's extra tags."""
+        """orpo's card in ``output_dir`` (what ``push_to_hub`` uploads), with the caller's extra tags.
+
+        Only ``model_name`` and ``tags`` are used; the other arguments are ``Trainer``'s, accepted and ignored
+        (the card describes the model, data and run itself).
+
+        Args:
+            language: ignored.
+            license: ignored.
+            tags: extra tags, one or a list.
+            model_name: the model's name on the card.
+            finetuned_from: ignored.
+            tasks: ignored.
+            dataset_tags: ignored.
+            dataset: ignored.
+            dataset_args: ignored.
+        """
         if self.is_world_process_zero():
             extra = [tags] if isinstance(tags, str) else list(tags or [])
             write_model_card(self, str(self.args.output_dir), model_name=model_name, tags=extra)
@@ -301,7 +372,13 @@ class ORPOTrainer(Trainer):
         return torch.stack(counts).to(torch.float64)
 
     def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
-        """Also count NLL tokens and pairs of the whole accumulation window, across processes."""
+        """Also count NLL tokens and pairs of the whole accumulation window, across processes.
+
+        Args:
+            epoch_iterator: the epoch's data iterator.
+            num_batches: the micro-batches of the window.
+            device: where the counts go (summed across processes there).
+        """
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if batch_samples:
             counts = torch.stack([self._counts(batch) for batch in batch_samples]).sum(0).to(device)
@@ -318,6 +395,7 @@ class ORPOTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
+        """The ORPO loss of a micro-batch, normalised in training by the whole window's NLL tokens and pairs."""
         mode = "train" if model.training else "eval"
         scores, aux_loss = self.router_loss.score(self.scorer, model, inputs)
         pairs = pair_logps(scores.logps, inputs["labels"], inputs.get("nll_labels"), self.args.label_pad_token_id)
@@ -346,6 +424,7 @@ class ORPOTrainer(Trainer):
         return self.metric_windows.pop(mode, self.args.device, reduce if self.args.world_size > 1 else None)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's log plus the window's ORPO metrics, with ``loss`` recomputed from the window's sums."""
         # evaluate() names its metrics "<metric_key_prefix>_...": "eval_", "eval_<name>_" for a dict of eval
         # datasets, or any prefix the caller chose.
         eval_prefix = self._eval_prefix or "eval"
@@ -373,7 +452,14 @@ class ORPOTrainer(Trainer):
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
         """``Trainer.evaluate`` that also accepts raw preference data, logs the ORPO metrics under
-        ``metric_key_prefix`` and, with ``generate_during_eval``, saves a few greedy generations."""
+        ``metric_key_prefix`` and, with ``generate_during_eval``, saves a few greedy generations.
+
+        Args:
+            eval_dataset: preference data (prepared like ``eval_dataset``), tokenized pairs, a dict of them, or
+                the name of one of ``self.eval_dataset``'s; None: ``self.eval_dataset``.
+            ignore_keys: as in ``Trainer.evaluate``.
+            metric_key_prefix: the prefix of the logged metrics (``eval_rewards/accuracies``...).
+        """
         if eval_dataset is not None and not isinstance(eval_dataset, str):
             eval_dataset = self._tokenized_eval(eval_dataset)
         if isinstance(eval_dataset, dict) or (eval_dataset is None and isinstance(self.eval_dataset, dict)):
@@ -401,7 +487,13 @@ class ORPOTrainer(Trainer):
 
     def generate_samples(self, dataset: Any, num_samples: int = 4, suffix: str = "") -> str | None:
         """Greedy generations for the first ``num_samples`` prompts of a tokenized eval dataset, written as
-        JSONL to ``output_dir/generations/step-<global step><suffix>.jsonl``; returns the path (main process)."""
+        JSONL to ``output_dir/generations/step-<global step><suffix>.jsonl``; returns the path (main process).
+
+        Args:
+            dataset: tokenized eval pairs.
+            num_samples: how many prompts to generate for.
+            suffix: appended to the file name (a named eval dataset's).
+        """
         return generate_samples(self, dataset, num_samples, suffix)
 
     def prediction_step(
@@ -411,6 +503,7 @@ class ORPOTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The eval loss; as logits the chosen and rejected rewards ``[B, 2]``, as labels zeros (chosen is index 0)."""
         inputs = private.prepare_inputs(self, inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, extra = self.compute_loss(model, inputs, return_outputs=True)

@@ -31,6 +31,15 @@ class ReliabilityCallback(TrainerCallback):
     evaluation or stop (which wait anyway), else at the next step's ``on_pre_optimizer_step``, when
     they have long been computed.  A held-back update is therefore reported (and, under ``"error"``,
     raised) at the latest one step late; nothing it held back is applied in between.
+
+    The hooks take ``TrainerCallback``'s arguments (``args``, ``state``, ``control``, ``**kwargs``).
+
+    Args:
+        guard: the non-finite guard whose flags are agreed and judged.
+        signals: the signal handler whose request is agreed across processes.
+        restore: puts back the resumed checkpoint's loop state (at ``on_train_begin``).
+        device: where the flags are formed and all-reduced.
+        world_size: the number of processes (above 1: agree by all-reduce).
     """
 
     def __init__(
@@ -49,10 +58,12 @@ class ReliabilityCallback(TrainerCallback):
         self._unread: _Unread | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Restore the resumed loop state."""
         self._unread = None
         self.restore()
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Agree the guard's flags and any signal across processes, on the device, and close the window."""
         self.read_back(state)  # the previous step's, if its end did not read them
         flags = self.guard.local_flags(self.device)
         if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -65,9 +76,11 @@ class ReliabilityCallback(TrainerCallback):
         self._unread = _Unread(DeferredRead(flags), state.global_step + 1, state.epoch or 0.0)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Release the gate for the next update."""
         self.guard.step_done()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Log the last step; read the flags back where the step ends in a log, save, evaluation or stop."""
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_log = True  # the last step is always logged: no summary without a point
         if (
@@ -83,10 +96,18 @@ class ReliabilityCallback(TrainerCallback):
             control.should_training_stop = True
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Judge the last step's flags."""
         self.read_back(state)
 
     def read_back(self, state: Any) -> None:
-        """Judge the last closed window on its flags, read on the host."""
+        """Judge the last closed window on its flags, read on the host.
+
+        Args:
+            state: Trainer's state; its ``global_step`` is put back before the held update when that raises.
+
+        Raises:
+            NonFiniteError: the guard stops the run.
+        """
         unread, self._unread = self._unread, None
         if unread is None:
             return

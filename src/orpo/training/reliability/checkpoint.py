@@ -54,6 +54,12 @@ class CheckpointError(RuntimeError):
 
 
 def staging_dir(run_dir: str, step: int) -> str:
+    """Where the checkpoint of ``step`` is written before it is committed: ``run_dir/tmp-checkpoint-<step>``.
+
+    Args:
+        run_dir: the folder of the checkpoints.
+        step: the global step.
+    """
     return os.path.join(run_dir, f"{STAGING_PREFIX}{step}")
 
 
@@ -71,6 +77,12 @@ def _files(root: str) -> list[str]:
 
 
 def sha256_file(path: str, fsync: bool = False) -> str:
+    """The file's SHA-256, hex.
+
+    Args:
+        path: the file.
+        fsync: also flush the file to disk (best effort), as a manifest needs.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -145,7 +157,15 @@ def _check_torch_zip(path: str) -> str | None:
 
 
 def check_structure(root: str, require_trainer_state: bool = True) -> list[str]:
-    """Problems found by reading headers only: missing essentials, truncated or unreadable files."""
+    """Problems found by reading headers only: missing essentials, truncated or unreadable files.
+
+    Args:
+        root: the checkpoint folder.
+        require_trainer_state: whether a missing ``trainer_state.json`` is a problem.
+
+    Returns:
+        One line per problem; empty when none was found.
+    """
     if not os.path.isdir(root):
         return [f"{root} is not a directory"]
     problems: list[str] = []
@@ -179,7 +199,16 @@ def check_structure(root: str, require_trainer_state: bool = True) -> list[str]:
 
 # ---- manifest ---------------------------------------------------------------------------
 def write_manifest(root: str, step: int | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hash every file (flushing each to disk) and write the manifest last."""
+    """Hash every file (flushing each to disk) and write the manifest last.
+
+    Args:
+        root: the (staging) checkpoint folder.
+        step: the global step recorded in the manifest.
+        extra: more keys for the manifest.
+
+    Returns:
+        The manifest written.
+    """
     entries = {}
     for rel in _files(root):
         path = os.path.join(root, rel)
@@ -202,6 +231,14 @@ def write_manifest(root: str, step: int | None = None, extra: dict[str, Any] | N
 
 
 def read_manifest(root: str) -> dict[str, Any] | None:
+    """The manifest of the checkpoint ``root``, or None if it has none.
+
+    Args:
+        root: the checkpoint folder.
+
+    Raises:
+        ValueError: the manifest is not valid JSON or has no file list.
+    """
     path = os.path.join(root, MANIFEST_NAME)
     if not os.path.isfile(path):
         return None
@@ -218,6 +255,13 @@ def verify_checkpoint(root: str, hashes: bool = True) -> list[str]:
     With a manifest: every listed file must exist with its recorded size (and hash, if
     ``hashes``), plus the structural checks.  Without one (a checkpoint not written by orpo)
     only the structural checks apply.
+
+    Args:
+        root: the checkpoint folder.
+        hashes: also compare every file's SHA-256 (slower than sizes alone).
+
+    Returns:
+        One line per problem; empty when the checkpoint is complete.
     """
     try:
         manifest = read_manifest(root)
@@ -240,7 +284,12 @@ def verify_checkpoint(root: str, hashes: bool = True) -> list[str]:
 
 
 def commit_checkpoint(staging: str, final: str) -> None:
-    """Rename a verified staging directory to its final name, replacing an older one of that name."""
+    """Rename a verified staging directory to its final name, replacing an older one of that name.
+
+    Args:
+        staging: the verified ``tmp-checkpoint-<step>`` folder.
+        final: its ``checkpoint-<step>`` name.
+    """
     parent = os.path.dirname(os.path.abspath(final))
     replaced = None
     if os.path.exists(final):
@@ -256,7 +305,11 @@ def commit_checkpoint(staging: str, final: str) -> None:
 
 # ---- finding checkpoints ----------------------------------------------------------------
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
-    """(step, path) of every ``checkpoint-<step>`` directory, newest first."""
+    """(step, path) of every ``checkpoint-<step>`` directory, newest first.
+
+    Args:
+        output_dir: the run's output folder.
+    """
     if not os.path.isdir(output_dir):
         return []
     found = []
@@ -269,6 +322,11 @@ def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
 
 
 def stale_staging_dirs(output_dir: str) -> list[str]:
+    """The ``tmp-checkpoint-*`` and ``tmp-replaced-checkpoint-*`` folders in ``output_dir``, sorted.
+
+    Args:
+        output_dir: the run's output folder.
+    """
     if not os.path.isdir(output_dir):
         return []
     return sorted(
@@ -279,7 +337,11 @@ def stale_staging_dirs(output_dir: str) -> list[str]:
 
 
 def remove_stale_staging(output_dir: str) -> list[str]:
-    """Delete what interrupted saves left behind; returns the removed paths."""
+    """Delete what interrupted saves left behind; returns the removed paths.
+
+    Args:
+        output_dir: the run's output folder.
+    """
     removed = stale_staging_dirs(output_dir)
     for path in removed:
         logger.warning("removing %s: an incomplete checkpoint left by an interrupted save", path)
@@ -288,7 +350,15 @@ def remove_stale_staging(output_dir: str) -> list[str]:
 
 
 def latest_complete_checkpoint(output_dir: str, hashes: bool = True) -> tuple[str | None, list[tuple[str, list[str]]]]:
-    """The newest checkpoint that verifies, and the (path, problems) of every newer one skipped."""
+    """The newest checkpoint that verifies, and the (path, problems) of every newer one skipped.
+
+    Args:
+        output_dir: the run's output folder.
+        hashes: also compare SHA-256 hashes (see :func:`verify_checkpoint`).
+
+    Returns:
+        ``(path or None, skipped)``.
+    """
     skipped: list[tuple[str, list[str]]] = []
     for _step, path in list_checkpoints(output_dir):
         problems = verify_checkpoint(path, hashes=hashes)
@@ -307,4 +377,9 @@ def latest_complete_checkpoint(output_dir: str, hashes: bool = True) -> tuple[st
 
 
 def describe_skipped(skipped: Iterable[tuple[str, list[str]]]) -> str:
+    """The skipped checkpoints and their problems, as one line.
+
+    Args:
+        skipped: (path, problems) pairs, as :func:`latest_complete_checkpoint` returns them.
+    """
     return "; ".join(f"{os.path.basename(path)} ({', '.join(problems)})" for path, problems in skipped)

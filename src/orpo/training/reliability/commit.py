@@ -40,7 +40,15 @@ logger = logging.getLogger(__name__)
 
 
 def save_failure(what: str, directory: str, err: BaseException, last: str | None, resume_hint: str) -> str:
-    """The one-line message of a failed save: what, why, the last complete checkpoint, what to do."""
+    """The one-line message of a failed save: what, why, the last complete checkpoint, what to do.
+
+    Args:
+        what: what was being written ("checkpoint ...", "the model to ...").
+        directory: where, for the free-space part of the cause.
+        err: the error the save raised.
+        last: the last complete checkpoint, or None.
+        resume_hint: how to resume (:func:`~orpo.training.reliability.stops.resume_advice`).
+    """
     cause = describe_write_error(err, directory)
     fix = "Free space or save less (save_total_limit, save_only_model=True)" if is_no_space(err) else "Fix that"
     if last:  # no final period: the hint may end with a command to copy
@@ -53,6 +61,13 @@ def elect_committer(run_dir: str, process_index: int, node_main: bool, token: st
     sees the same folder (each node main leaves a marker, then reads which markers it sees).
 
     Every process must call it (two barriers).
+
+    Args:
+        run_dir: the folder the checkpoints go to.
+        process_index: this process's global rank.
+        node_main: whether this process is its node's main one (local rank 0).
+        token: the same random string on every process, naming this election's markers.
+        barrier: waits for every process.
     """
     prefix = f".orpo-node-{token}-"
     marker = os.path.join(run_dir, f"{prefix}{process_index}")
@@ -75,6 +90,11 @@ class CheckpointCommitter:
     """Atomic checkpoints; ``last`` is the newest one committed in this run, ``size`` its bytes.
 
     ``is_main``: whether this process verifies and renames (see :func:`elect_committer` for several nodes).
+
+    Args:
+        barrier: waits for every process (accelerate's ``wait_for_everyone``).
+        is_main: whether this process verifies and renames.
+        resume_hint: how to resume, asked when a message needs it.
     """
 
     def __init__(self, barrier: Callable[[], None], is_main: bool, resume_hint: Callable[[], str]) -> None:
@@ -85,11 +105,24 @@ class CheckpointCommitter:
         self.size = 0
 
     def last_complete(self, run_dir: str) -> str | None:
-        """The newest complete checkpoint: this run's, else one an earlier run left in ``run_dir``."""
+        """The newest complete checkpoint: this run's, else one an earlier run left in ``run_dir``.
+
+        Args:
+            run_dir: the folder of the checkpoints.
+        """
         return self.last or latest_complete_checkpoint(run_dir, hashes=False)[0]
 
     def save(self, run_dir: str, step: int, write: Callable[[str], None]) -> str:
-        """Commit ``run_dir/checkpoint-<step>`` from what ``write`` puts in the staging folder; returns its path."""
+        """Commit ``run_dir/checkpoint-<step>`` from what ``write`` puts in the staging folder; returns its path.
+
+        Args:
+            run_dir: the folder of the checkpoints.
+            step: the global step.
+            write: writes every file of the checkpoint into the staging folder it is given (on every process).
+
+        Raises:
+            CheckpointError: writing or verifying failed; the partial folder was removed.
+        """
         final = checkpoint_dir(run_dir, step)
         staging = staging_dir(run_dir, step)
         if self.is_main:

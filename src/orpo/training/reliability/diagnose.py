@@ -19,19 +19,37 @@ Batch = dict[str, Any]
 
 
 def rows_of(batch: Batch) -> list[int]:
-    """The dataset rows of a collated micro-batch (empty when the collator does not carry them)."""
+    """The dataset rows of a collated micro-batch (empty when the collator does not carry them).
+
+    Args:
+        batch: a collated micro-batch.
+    """
     index = batch.get(ROW_INDEX_COLUMN) if isinstance(batch, dict) else None
     return [int(i) for i in index.tolist()] if index is not None else []
 
 
 def format_rows(rows: list[int]) -> str:
+    """Dataset rows for a message: the first 16 and how many in all, or "unknown".
+
+    Args:
+        rows: dataset row indices.
+    """
     if not rows:
         return "unknown"
     return "[" + ", ".join(map(str, rows[:16])) + (f", ... ({len(rows)} in all)" if len(rows) > 16 else "") + "]"
 
 
 def preview(dataset: Any, rows: list[int], limit: int = 3) -> str:
-    """Where each row came from (file and line, when loaded from a file) and the start of its prompt."""
+    """Where each row came from (file and line, when loaded from a file) and the start of its prompt.
+
+    Args:
+        dataset: the prepared train dataset.
+        rows: its row indices.
+        limit: the most rows shown.
+
+    Returns:
+        `` (...)`` to append to a message, or ``""`` with nothing to show.
+    """
     columns = getattr(dataset, "column_names", None) or []
     if not rows or not columns:
         return ""
@@ -56,6 +74,14 @@ class Diagnosis:
     log-probs (``TokenScores.logps``: 2B rows, chosen first), ``loss(batch)`` its training loss with
     autograd on (it records metrics: ``windows`` are restored afterwards so the logs do not count the
     re-runs), ``context()`` the trainer's ``compute_loss_context_manager``.
+
+    Args:
+        dataset: returns the train dataset.
+        model: returns the model being trained.
+        rescore: a micro-batch's per-token log-probs, ``[2B, L-1]``.
+        loss: a micro-batch's training loss, with autograd on.
+        windows: the trainer's metric windows (restored after the re-runs).
+        context: the trainer's ``compute_loss_context_manager``.
     """
 
     def __init__(
@@ -75,10 +101,19 @@ class Diagnosis:
         self.context = context
 
     def preview(self, rows: list[int]) -> str:
+        """:func:`preview` of the train dataset's ``rows``.
+
+        Args:
+            rows: dataset row indices.
+        """
         return preview(self.dataset(), rows)
 
     def bad_rows(self, batch: Batch) -> str:
-        """Re-score the micro-batch (no grad) to find the rows whose log-probs are non-finite."""
+        """Re-score the micro-batch (no grad) to find the rows whose log-probs are non-finite.
+
+        Args:
+            batch: the collated micro-batch, as the step got it.
+        """
         rows = rows_of(batch)
         with torch.no_grad(), self.context():
             logps = self.rescore(batch)
@@ -95,7 +130,14 @@ class Diagnosis:
     def bad_gradients(self, inputs: list[Batch]) -> list[str]:
         """Re-run each micro-batch's backward alone to find which one, and which parameters, go non-finite.
 
-        The gradients already accumulated (a later step's, when the report comes a step late) are put back."""
+        The gradients already accumulated (a later step's, when the report comes a step late) are put back.
+
+        Args:
+            inputs: the step's collated micro-batches.
+
+        Returns:
+            One indented line per micro-batch with non-finite gradients (or one saying none reproduces it).
+        """
         model = self.model()
         snapshot = self.windows.snapshot("train")
         accumulated = [(p, p.grad) for p in model.parameters()]

@@ -66,7 +66,11 @@ _FULL_FILES = (
 
 
 def checkpoint_kind(path: str) -> str | None:
-    """ "adapter" (LoRA weights only), "full" (the model's weights) or None (sharded engine state: unknown)."""
+    """ "adapter" (LoRA weights only), "full" (the model's weights) or None (sharded engine state: unknown).
+
+    Args:
+        path: the checkpoint folder.
+    """
     names = set(os.listdir(path)) if os.path.isdir(path) else set()
     if names & set(_ADAPTER_FILES):
         return "adapter"
@@ -76,7 +80,15 @@ def checkpoint_kind(path: str) -> str | None:
 
 
 def check_kind(path: str, adapter: bool) -> None:
-    """A LoRA checkpoint resumed without LoRA, or a full one with it: a ``ValueError`` saying which."""
+    """A LoRA checkpoint resumed without LoRA, or a full one with it: a ``ValueError`` saying which.
+
+    Args:
+        path: the checkpoint folder.
+        adapter: whether this run trains a LoRA adapter.
+
+    Raises:
+        ValueError: the checkpoint's kind does not match the run's.
+    """
     kind = checkpoint_kind(path)
     if kind == "adapter" and not adapter:
         raise ValueError(
@@ -92,7 +104,15 @@ def check_kind(path: str, adapter: bool) -> None:
 
 
 def check_model(path: str, model_config: Any) -> None:
-    """A full checkpoint of another model (other sizes or architecture): a ``ValueError`` naming the differences."""
+    """A full checkpoint of another model (other sizes or architecture): a ``ValueError`` naming the differences.
+
+    Args:
+        path: the checkpoint folder (its ``config.json`` is compared, if it has one).
+        model_config: the run's model config; None: nothing to compare.
+
+    Raises:
+        ValueError: a shape key (``hidden_size``, ``num_hidden_layers``...) differs.
+    """
     saved_path = os.path.join(path, "config.json")
     if model_config is None or not os.path.isfile(saved_path):
         return
@@ -118,7 +138,12 @@ _SIZE_MISMATCH = re.compile(
 
 
 def describe_load_error(err: BaseException, path: str) -> str | None:
-    """One line for an error loading ``path`` into the model or optimizer; None if ``err`` is not one."""
+    """One line for an error loading ``path`` into the model or optimizer; None if ``err`` is not one.
+
+    Args:
+        err: the error raised while loading.
+        path: the checkpoint being loaded.
+    """
     text = str(err)
     mismatches = _SIZE_MISMATCH.findall(text)
     if mismatches:
@@ -142,7 +167,11 @@ def describe_load_error(err: BaseException, path: str) -> str | None:
 # ---- fingerprint --------------------------------------------------------------------------------
 def data_fingerprint(dataset: Any) -> dict[str, Any] | None:
     """The training data in a few numbers: pair count, and a hash of every pair's length and the tokens of
-    up to :data:`SAMPLED_ROWS` evenly spaced pairs.  None for data without a length (an iterable dataset)."""
+    up to :data:`SAMPLED_ROWS` evenly spaced pairs.  None for data without a length (an iterable dataset).
+
+    Args:
+        dataset: the prepared train dataset.
+    """
     import datasets
 
     if not isinstance(dataset, datasets.Dataset):
@@ -161,6 +190,12 @@ def data_fingerprint(dataset: Any) -> dict[str, Any] | None:
 
 
 def run_fingerprint(args: Any, dataset: Any) -> dict[str, Any]:
+    """The run's :data:`RUN_FIELDS` settings and its data fingerprint, as saved in every checkpoint.
+
+    Args:
+        args: the run's ``ORPOConfig``.
+        dataset: the prepared train dataset.
+    """
     settings = {name: _plain(getattr(args, name, None)) for name in RUN_FIELDS}
     return {"settings": settings, "data": data_fingerprint(dataset)}
 
@@ -172,12 +207,23 @@ def _plain(value: Any) -> Any:
 
 
 def write_fingerprint(directory: str, fingerprint: dict[str, Any]) -> None:
+    """Write ``fingerprint`` as :data:`FINGERPRINT_NAME` in ``directory``.
+
+    Args:
+        directory: the (staging) checkpoint folder.
+        fingerprint: what :func:`run_fingerprint` returned.
+    """
     with open(os.path.join(directory, FINGERPRINT_NAME), "w", encoding="utf-8") as handle:
         json.dump(fingerprint, handle, indent=1, sort_keys=True)
 
 
 def fingerprint_changes(checkpoint: str, fingerprint: dict[str, Any]) -> list[str]:
-    """What differs between the run that wrote ``checkpoint`` and this one (empty: nothing, or not recorded)."""
+    """What differs between the run that wrote ``checkpoint`` and this one (empty: nothing, or not recorded).
+
+    Args:
+        checkpoint: the checkpoint folder.
+        fingerprint: this run's :func:`run_fingerprint`.
+    """
     path = os.path.join(checkpoint, FINGERPRINT_NAME)
     if not os.path.isfile(path):
         return []
@@ -198,6 +244,12 @@ def fingerprint_changes(checkpoint: str, fingerprint: dict[str, Any]) -> list[st
 
 
 def warn_if_changed(checkpoint: str, fingerprint: dict[str, Any]) -> list[str]:
+    """Warn about every :func:`fingerprint_changes` of resuming from ``checkpoint``; returns them.
+
+    Args:
+        checkpoint: the checkpoint folder.
+        fingerprint: this run's :func:`run_fingerprint`.
+    """
     changes = fingerprint_changes(checkpoint, fingerprint)
     if changes:
         logger.warning(

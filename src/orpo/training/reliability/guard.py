@@ -30,14 +30,27 @@ Verdict = Literal["apply", "skip", "stop"]
 
 
 def decide(loss_bad: bool, grad_bad: bool, policy: str) -> Verdict:
-    """The decision table, on flags already agreed across processes."""
+    """The decision table, on flags already agreed across processes.
+
+    Args:
+        loss_bad: some micro-batch's loss was non-finite.
+        grad_bad: the gradient norm was non-finite.
+        policy: ``ORPOConfig.on_nonfinite`` (``"error"`` or ``"skip"``).
+    """
     if not (loss_bad or grad_bad):
         return "apply"
     return "skip" if policy == "skip" else "stop"
 
 
 def gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor | None:
-    """The 2-norm of this process's gradients (its shards under FSDP), on device: no host sync."""
+    """The 2-norm of this process's gradients (its shards under FSDP), on device: no host sync.
+
+    Args:
+        parameters: the model's parameters; those without a gradient are left out.
+
+    Returns:
+        A 0-d tensor, or None when no parameter has a gradient.
+    """
     grads = [_local(p.grad) for p in parameters if p.grad is not None]
     if not grads:
         return None
@@ -69,6 +82,17 @@ class NonFiniteGuard:
     are not ours to read (DeepSpeed); ``deepspeed`` means the update already happened inside backward,
     so a bad step can only be reported. ``diagnose`` re-runs micro-batches to name rows and parameters
     (one process, unsharded model only).
+
+    Args:
+        policy: ``"error"`` or ``"skip"``.
+        windows: the trainer's metric windows (a skipped micro-batch is left out of them).
+        diagnosis: re-runs micro-batches for the report.
+        check_gradients: whether the gradient norm is checked.
+        deepspeed: whether DeepSpeed applies the update inside backward.
+        diagnose: whether reports re-run micro-batches to name rows and parameters.
+        world_size: the number of processes.
+        process_index: this process's rank, named in reports.
+        last_checkpoint: returns the last checkpoint committed in this run, for messages.
     """
 
     def __init__(
@@ -113,13 +137,20 @@ class NonFiniteGuard:
 
     # ---- fed by training_step ---------------------------------------------------------------
     def begin_micro_batch(self) -> None:
+        """Before a micro-batch: under ``"skip"``, snapshot the metric sums it may have to be left out of."""
         if self.policy == "skip":  # to leave a non-finite micro-batch out of the logged metrics
             self._snapshot = self.windows.snapshot("train")
 
     def end_micro_batch(
         self, loss: torch.Tensor, inputs: dict[str, Any], gradients: Iterable[torch.nn.Parameter] | None = None
     ) -> None:
-        """Record a micro-batch's loss; ``gradients`` after the accumulation window's last backward."""
+        """Record a micro-batch's loss; ``gradients`` after the accumulation window's last backward.
+
+        Args:
+            loss: the micro-batch's loss (detached here).
+            inputs: the micro-batch, kept for the report.
+            gradients: the model's parameters at the window's end, else None.
+        """
         loss = loss.detach()
         self._current.losses.append(loss)
         self._current.inputs.append(inputs)
@@ -131,7 +162,11 @@ class NonFiniteGuard:
 
     # ---- before and at the optimizer step ---------------------------------------------------
     def local_flags(self, device: Any) -> torch.Tensor:
-        """[non-finite loss, non-finite gradient] on this process, as floats on ``device`` (no host sync)."""
+        """[non-finite loss, non-finite gradient] on this process, as floats on ``device`` (no host sync).
+
+        Args:
+            device: where the flags go (to be all-reduced there).
+        """
         zero = torch.zeros((), device=device)
         losses = self._current.losses
         loss_bad = (~torch.isfinite(torch.stack(losses))).any().float().to(device) if losses else zero
@@ -141,14 +176,28 @@ class NonFiniteGuard:
 
     def close_window(self, flags: torch.Tensor) -> None:
         """The step's micro-batches are in and ``flags`` (``local_flags``, agreed across processes) say whether
-        its update may be applied: decided on the device, for the gate; :meth:`judge` reads them later."""
+        its update may be applied: decided on the device, for the gate; :meth:`judge` reads them later.
+
+        Args:
+            flags: ``[loss, gradient]`` flags, agreed across processes (non-zero: non-finite).
+        """
         self._allowed = flags.amax() <= 0
         self._closed = self._current
         self._current = _Window()
 
     def judge(self, loss_bad: bool, grad_bad: bool, step: int, epoch: float) -> None:
         """Report, count or stop on the closed window's update (the gate applied or held it already on the
-        device); the flags read back from :meth:`close_window`'s."""
+        device); the flags read back from :meth:`close_window`'s.
+
+        Args:
+            loss_bad: the agreed loss flag, read on the host.
+            grad_bad: the agreed gradient flag, read on the host.
+            step: the optimizer step (1-based), for the report.
+            epoch: the epoch, for the report.
+
+        Raises:
+            NonFiniteError: the policy is ``"error"``, or DeepSpeed already applied the update.
+        """
         assert self._closed is not None, "close_window() comes first"
         verdict = decide(loss_bad, grad_bad, self.policy)
         report = self.report(step, epoch) if verdict != "apply" else ""
@@ -176,17 +225,27 @@ class NonFiniteGuard:
         return True if self._allowed is None else self._allowed
 
     def step_done(self) -> None:
+        """After the optimizer step: open the gate for the next one."""
         self._allowed = None
 
     def log_fields(self, logs: dict[str, float]) -> dict[str, float]:
-        """``skipped_batches`` for a training log under the ``"skip"`` policy."""
+        """``skipped_batches`` for a training log under the ``"skip"`` policy.
+
+        Args:
+            logs: the log being written.
+        """
         if self.policy == "skip" and "loss" in logs and not any(key.startswith("eval_") for key in logs):
             return {"skipped_batches": self.skipped}
         return {}
 
     # ---- the report -------------------------------------------------------------------------
     def report(self, step: int, epoch: float) -> str:
-        """What went non-finite at optimizer step ``step`` (1-based), and where."""
+        """What went non-finite at optimizer step ``step`` (1-based), and where.
+
+        Args:
+            step: the optimizer step.
+            epoch: the epoch.
+        """
         window = self._closed
         assert window is not None, "close_window() comes first"
         losses, inputs = window.losses, window.inputs

@@ -109,7 +109,12 @@ class HostSyncError(AssertionError):
 
 
 class HostSyncs(TorchFunctionMode):
-    """What :func:`detect_host_syncs` saw: one ``"name at file:line"`` per call."""
+    """What :func:`detect_host_syncs` saw: one ``"name at file:line"`` per call.
+
+    Args:
+        raise_on_sync: raise :class:`HostSyncError` at the first sync counted.
+        within: a folder or file (or several): only syncs whose first caller outside torch is there count.
+    """
 
     def __init__(self, raise_on_sync: bool, within: str | tuple[str, ...] | None = None) -> None:
         super().__init__()
@@ -120,6 +125,14 @@ class HostSyncs(TorchFunctionMode):
         self.outside: list[str] = []
 
     def record(self, label: str) -> None:
+        """Note one sync, named by its first caller outside torch (and raise, if asked to).
+
+        Args:
+            label: what synced (``"Tensor.item"``...).
+
+        Raises:
+            HostSyncError: ``raise_on_sync`` and the sync counts.
+        """
         frames = reversed(traceback.extract_stack()[:-1])
         frame = next((f for f in frames if f.filename != __file__ and not f.filename.startswith(_TORCH)), None)
         event = f"{label} at {frame.filename}:{frame.lineno}" if frame else label
@@ -145,7 +158,12 @@ def detect_host_syncs(raise_on_sync: bool = True, within: str | tuple[str, ...] 
     ``nonzero``-like ops (``torch.where(condition)`` included), boolean-mask indexing and assignment of
     tensors, ``repeat_interleave`` and ``bincount`` without a size, ``.to("cpu")`` and
     ``torch.cuda.synchronize``.  With ``within`` (a folder or file, e.g. orpo's package, or a tuple of them), only syncs whose first
-    caller outside torch lies there count; the others are kept in ``outside``."""
+    caller outside torch lies there count; the others are kept in ``outside``.
+
+    Args:
+        raise_on_sync: raise at the first sync counted; False: only record them in ``events``.
+        within: the folders or files whose syncs count; None: all.
+    """
     syncs = HostSyncs(raise_on_sync, within)
     synchronize = torch.cuda.synchronize
 
@@ -170,6 +188,9 @@ class DeferredRead:
     nothing waits; other devices, where it is a plain copy) the values are taken as they are.
     The one read of values from Python that :func:`detect_host_syncs` does not count, because it is
     not a wait: tests check it stays out of the step that computes the values.
+
+    Args:
+        values: the device values to copy (detached).
     """
 
     def __init__(self, values: Tensor) -> None:

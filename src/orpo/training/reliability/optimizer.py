@@ -25,7 +25,12 @@ import torch
 
 class GatedOptimizer(torch.optim.Optimizer):
     """Forwards to ``optimizer``; ``step`` applies the update only when ``gate()`` is True (a bool, or a
-    0-d bool tensor on the device)."""
+    0-d bool tensor on the device).
+
+    Args:
+        optimizer: the optimizer that does the work; its state and parameter groups are this one's.
+        gate: asked at every ``step``: whether the update may be applied.
+    """
 
     # Deliberately no ``__init__`` of the base class: state and parameter groups stay the inner optimizer's.
     def __init__(self, optimizer: torch.optim.Optimizer, gate: Callable[[], bool | torch.Tensor]) -> None:
@@ -69,6 +74,11 @@ class GatedOptimizer(torch.optim.Optimizer):
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure: Callable[[], float] | None = None) -> Any:
+        """The inner optimizer's step, unless the gate holds it back (on the device where it can).
+
+        Args:
+            closure: as in :meth:`torch.optim.Optimizer.step`.
+        """
         allowed = self.gate()
         if isinstance(allowed, torch.Tensor) and self.skips_on_device:
             return self._step_unless(allowed, closure)

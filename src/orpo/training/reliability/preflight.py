@@ -18,7 +18,14 @@ logger = logging.getLogger(__name__)
 
 def check_training_amounts(args: Any) -> None:
     """Settings under which ``train()`` would change nothing: a ``ValueError`` naming each, raised before
-    any data is prepared, so such a run is never reported as a finished training."""
+    any data is prepared, so such a run is never reported as a finished training.
+
+    Args:
+        args: the run's ``ORPOConfig``.
+
+    Raises:
+        ValueError: ``max_steps``, ``num_train_epochs``, ``learning_rate`` or a batch setting trains nothing.
+    """
     problems = []
     if args.max_steps == 0:
         problems.append("max_steps=0 trains no step (-1 trains num_train_epochs; or give a positive number)")
@@ -38,7 +45,14 @@ def check_training_amounts(args: Any) -> None:
 
 
 def check_output_dir(output_dir: str) -> None:
-    """Create ``output_dir`` and write a probe file in it; a clear ValueError if that is impossible."""
+    """Create ``output_dir`` and write a probe file in it; a clear ValueError if that is impossible.
+
+    Args:
+        output_dir: the run's output folder.
+
+    Raises:
+        ValueError: the folder cannot be created or written, or its disk is full.
+    """
     try:
         os.makedirs(output_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".orpo-write-test-") as probe:
@@ -61,7 +75,13 @@ def check_output_dir(output_dir: str) -> None:
 
 def checkpoint_size_estimate(model: torch.nn.Module | None, adapter_only: bool, with_optimizer: bool) -> int:
     """Bytes of one checkpoint: the weights saved (the adapter's only for PEFT) and, unless
-    ``save_only_model``, two float32 Adam moments per trainable parameter."""
+    ``save_only_model``, two float32 Adam moments per trainable parameter.
+
+    Args:
+        model: the model trained; None: 0.
+        adapter_only: only the trainable (adapter) weights are saved.
+        with_optimizer: the optimizer state is saved too.
+    """
     if model is None:
         return 0
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -70,7 +90,12 @@ def checkpoint_size_estimate(model: torch.nn.Module | None, adapter_only: bool, 
 
 
 def warn_if_disk_small(output_dir: str, need: int) -> None:
-    """Warn when the disk has less room than one checkpoint (``need`` bytes, an estimate) takes."""
+    """Warn when the disk has less room than one checkpoint (``need`` bytes, an estimate) takes.
+
+    Args:
+        output_dir: the run's output folder.
+        need: bytes of one checkpoint (:func:`checkpoint_size_estimate`); 0: no check.
+    """
     free = free_bytes(output_dir)
     if need and free is not None and free < need:
         logger.warning(
@@ -83,7 +108,16 @@ def warn_if_disk_small(output_dir: str, need: int) -> None:
 
 
 def check_batch_size(dataset: Any, per_step: int, drop_last: bool) -> None:
-    """A train set smaller than one batch (``per_step`` rows over all processes): an error if it would be dropped."""
+    """A train set smaller than one batch (``per_step`` rows over all processes): an error if it would be dropped.
+
+    Args:
+        dataset: the prepared train dataset; one without a length is not checked.
+        per_step: pairs per step over all processes (``per_device_train_batch_size x`` processes).
+        drop_last: ``dataloader_drop_last``.
+
+    Raises:
+        ValueError: the set is smaller than one batch and ``drop_last`` would drop it.
+    """
     if dataset is None or not hasattr(dataset, "__len__"):  # an IterableDataset has no length
         return
     rows = len(dataset)
@@ -101,7 +135,12 @@ def check_batch_size(dataset: Any, per_step: int, drop_last: bool) -> None:
 
 
 def with_row_index(dataset: Any, collator: Any) -> Any:
-    """The train dataset with a :data:`ROW_INDEX_COLUMN`, where the collator carries it into batches."""
+    """The train dataset with a :data:`ROW_INDEX_COLUMN`, where the collator carries it into batches.
+
+    Args:
+        dataset: the prepared train dataset (a ``datasets.Dataset`` gets the column; others pass through).
+        collator: the trainer's collator (only orpo's carry the column).
+    """
     import datasets
 
     if (

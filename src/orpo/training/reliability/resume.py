@@ -40,6 +40,16 @@ def resolve_resume(
     """The checkpoint to resume from, verified; ``True`` (or "true"/"latest") for the newest complete one.
 
     Under several processes the main one decides and broadcasts, so all resume from the same place.
+
+    Args:
+        resume: a checkpoint folder, True or a word ("true", "latest", "last", "yes"; "false", "no", "none"),
+            or None/False: start afresh.
+        output_dir: where ``True`` looks for checkpoints.
+        world_size: the number of processes.
+        process_index: this process's rank (0 decides).
+
+    Raises:
+        ValueError: no complete checkpoint to resume from, or the one named does not verify.
     """
     if isinstance(resume, str) and not os.path.exists(resume):
         # From YAML or a command line: "true"/"latest" mean the newest complete checkpoint.
@@ -68,6 +78,15 @@ def resolve_resume(
 
 
 def find_resume(resume: str | os.PathLike[str] | Literal[True], output_dir: str) -> str:
+    """The checkpoint ``resume`` names, verified (once per process); True: the newest complete one.
+
+    Args:
+        resume: a checkpoint folder, or True.
+        output_dir: where ``True`` looks for checkpoints.
+
+    Raises:
+        ValueError: no complete checkpoint in ``output_dir``, or the one named does not verify.
+    """
     if resume is True:
         path, skipped = latest_complete_checkpoint(output_dir)
         if path is not None and (stamp := _stamp(path)) is not None:
@@ -109,6 +128,13 @@ class LoopState:
 
     ``tr_loss`` is the sum of the losses since ``globalstep_last_logged``; ``metric_sums`` are
     :meth:`orpo.training.metrics.MetricWindows.export`'s; ``skipped_batches`` the guard's count.
+
+    Attributes:
+        global_step: the step the state was saved at.
+        tr_loss: the sum of the losses since ``globalstep_last_logged``.
+        globalstep_last_logged: the step of the last log.
+        metric_sums: the train metric sums not yet logged.
+        skipped_batches: the guard's count of skipped updates.
     """
 
     global_step: int
@@ -119,16 +145,36 @@ class LoopState:
 
     @staticmethod
     def file_name(world_size: int, process_index: int) -> str:
+        """``orpo_state.json``, or ``orpo_state_<rank>.json`` under several processes.
+
+        Args:
+            world_size: the number of processes.
+            process_index: this process's rank.
+        """
         return "orpo_state.json" if world_size <= 1 else f"orpo_state_{process_index}.json"
 
     def save(self, directory: str, world_size: int = 1, process_index: int = 0) -> None:
+        """Write this process's state into the (staging) checkpoint ``directory``.
+
+        Args:
+            directory: the checkpoint folder.
+            world_size: the number of processes.
+            process_index: this process's rank.
+        """
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, self.file_name(world_size, process_index)), "w", encoding="utf-8") as f:
             json.dump(dataclasses.asdict(self), f)
 
     @classmethod
     def load(cls, checkpoint: str, global_step: int, world_size: int = 1, process_index: int = 0) -> LoopState | None:
-        """The state saved in ``checkpoint``, if it has one for this process and ``global_step``."""
+        """The state saved in ``checkpoint``, if it has one for this process and ``global_step``.
+
+        Args:
+            checkpoint: the resumed checkpoint folder.
+            global_step: the step Trainer resumed at (a state of another step is ignored).
+            world_size: the number of processes.
+            process_index: this process's rank.
+        """
         path = os.path.join(checkpoint, cls.file_name(world_size, process_index))
         if not os.path.isfile(path):
             logger.info(

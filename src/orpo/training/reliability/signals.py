@@ -28,6 +28,10 @@ class SignalHandler:
     ``requested`` is this process's signal; ``agreed`` is set before an optimizer step when any
     process has one (see :class:`orpo.training.reliability.callback.ReliabilityCallback`), so all stop
     after the same step.  ``last_checkpoint`` and ``resume_hint`` are asked when a message needs them.
+
+    Args:
+        last_checkpoint: returns the last complete checkpoint, or None.
+        resume_hint: returns how to resume the run.
     """
 
     def __init__(
@@ -42,12 +46,17 @@ class SignalHandler:
         self._previous: dict[int, Any] = {}
 
     def reset(self) -> None:
+        """Forget a signal of an earlier ``train()``."""
         self.requested = None
         self.agreed = False
 
     @contextlib.contextmanager
     def installed(self, enabled: bool = True) -> Iterator[None]:
-        """Handle SIGINT/SIGTERM inside the block (main thread only); the previous handlers come back after."""
+        """Handle SIGINT/SIGTERM inside the block (main thread only); the previous handlers come back after.
+
+        Args:
+            enabled: False: leave the handlers as they are (``ORPOTrainer.handle_signals``).
+        """
         if not enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -89,7 +98,16 @@ class SignalHandler:
         """After ``Trainer.train`` returned: raise :class:`TrainingInterrupted` if a signal stopped it early.
 
         ``checkpoint``: the newest checkpoint committed in this run, named as saved only when it is
-        the one of the step the run stopped at."""
+        the one of the step the run stopped at.
+
+        Args:
+            global_step: the step the run ended at.
+            max_steps: the run's total steps (a signal at the last one stops nothing).
+            checkpoint: the newest checkpoint committed in this run, or None.
+
+        Raises:
+            TrainingInterrupted: an agreed signal stopped the run before ``max_steps``.
+        """
         if self.requested is None:
             return
         name = signal.Signals(self.requested).name

@@ -7,7 +7,11 @@ import signal
 
 def resume_advice(command: str | None) -> str:
     """How to continue a stopped run, in the terms it was started in: the command line that resumes it
-    (set by ``orpo train``), else the Python call."""
+    (set by ``orpo train``), else the Python call.
+
+    Args:
+        command: the command line that resumes the run, or None.
+    """
     if command:
         return f"resume with: {command}"
     return "resume with trainer.train(resume_from_checkpoint=True) and the same output_dir"
@@ -23,6 +27,11 @@ class TrainingInterrupted(SystemExit):
 
     A ``SystemExit``: left uncaught, the process exits with code ``128 + signum`` (130 for
     SIGINT, 143 for SIGTERM) and no traceback.
+
+    Args:
+        signum: the signal's number.
+        global_step: the step the run stopped after; None: stopped at once, by a second signal.
+        checkpoint: the checkpoint saved (or the last complete one), or None.
     """
 
     def __init__(self, signum: int, global_step: int | None, checkpoint: str | None) -> None:

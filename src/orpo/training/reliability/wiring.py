@@ -39,7 +39,11 @@ if TYPE_CHECKING:
 
 class Reliability:
     """``guard`` (non-finite losses and gradients), ``checkpoints`` (atomic commits), ``signals``
-    (SIGINT/SIGTERM), wired to one trainer after ``Trainer.__init__`` (they need its accelerator)."""
+    (SIGINT/SIGTERM), wired to one trainer after ``Trainer.__init__`` (they need its accelerator).
+
+    Args:
+        trainer: the trainer, after ``Trainer.__init__``; its reliability callback is added.
+    """
 
     def __init__(self, trainer: ORPOTrainer) -> None:
         self.trainer = trainer
@@ -83,7 +87,15 @@ class Reliability:
         )
 
     def before_train(self, resume_from_checkpoint: str | bool | None) -> str | None:
-        """Checks before any compute; the verified checkpoint to resume from (None: start afresh)."""
+        """Checks before any compute; the verified checkpoint to resume from (None: start afresh).
+
+        Args:
+            resume_from_checkpoint: ``train()``'s argument (a folder, True for the newest, or None).
+
+        Raises:
+            ValueError: settings that train nothing, an unwritable output dir, a dataset smaller than a
+                dropped batch, or a checkpoint that does not verify or fit the run.
+        """
         trainer, args = self.trainer, self.trainer.args
         output_dir = args.output_dir
         assert output_dir is not None, "TrainingArguments.__post_init__ sets output_dir"
@@ -125,7 +137,13 @@ class Reliability:
 
     def save_error(self, what: str, directory: str, err: BaseException) -> CheckpointError:
         """A failed save outside a checkpoint (the final model, a merged one) as one line: what, why, the last
-        complete checkpoint, how to resume."""
+        complete checkpoint, how to resume.
+
+        Args:
+            what: what was being written ("the model to ...").
+            directory: where.
+            err: the error the save raised.
+        """
         last = self.checkpoints.last_complete(str(self.trainer.args.output_dir))
         return CheckpointError(save_failure(what, directory, err, last, self.resume_hint()))
 
@@ -162,17 +180,35 @@ class Reliability:
 
     def gate(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """The optimizer behind the guard's gate; as is under DeepSpeed (it steps inside backward) or when
-        already gated (a second ``train()``: accelerate's wrapper holds the gated one)."""
+        already gated (a second ``train()``: accelerate's wrapper holds the gated one).
+
+        Args:
+            optimizer: the optimizer Trainer created.
+        """
         if self.trainer.is_deepspeed_enabled or isinstance(optimizer, (GatedOptimizer, AcceleratedOptimizer)):
             return optimizer
         return GatedOptimizer(optimizer, self.guard.allow_step)
 
     def end_micro_batch(self, loss: torch.Tensor, inputs: dict[str, Any], model: torch.nn.Module) -> None:
+        """Hand a micro-batch's loss to the guard, and the model's parameters at the window's end.
+
+        Args:
+            loss: the micro-batch's loss.
+            inputs: the micro-batch.
+            model: the model trained.
+        """
         window_end = private.is_window_end(self.trainer)
         self.guard.end_micro_batch(loss, inputs, model.parameters() if window_end else None)
 
     def save_checkpoint(self, trial: Any) -> None:
-        """Trainer's checkpoint files and orpo's loop state, committed atomically, then pushed and rotated."""
+        """Trainer's checkpoint files and orpo's loop state, committed atomically, then pushed and rotated.
+
+        Args:
+            trial: the hyperparameter-search trial, as Trainer passes it.
+
+        Raises:
+            CheckpointError: the checkpoint could not be written.
+        """
         trainer = self.trainer
         args, state = trainer.args, trainer.state
         run_dir = private.run_dir(trainer, trial)
