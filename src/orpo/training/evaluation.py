@@ -248,7 +248,7 @@ def sample_completions(
     import torch
 
     stops = stop_token_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops), 0)  # pads only
     device = next(model.parameters()).device
     rows = [ids for ids in prompt_ids for _ in range(num_samples)]
     sample = temperature > 0
@@ -283,6 +283,3 @@ def sample_completions(
     finally:
         model.train(was_training)
     return [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
-
-
-# ---- the command line -------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from orpo.internals.private import checkpoint_dir as checkpoint_dir
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "orpo_manifest.json"
-#: What ``Trainer`` saves its state as in every checkpoint.
+#: The version of the manifest's layout (bumped when its fields change).
 MANIFEST_FORMAT = 1
 STAGING_PREFIX = "tmp-checkpoint-"
 REPLACED_PREFIX = "tmp-replaced-checkpoint-"
@@ -103,7 +103,6 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
-# ---- describing faults ------------------------------------------------------------------
 # ---- structural checks (no manifest needed) ---------------------------------------------
 def _check_safetensors(path: str) -> str | None:
     """None if the file is a whole safetensors file: header parses and the data is all there."""
