@@ -254,7 +254,7 @@ def test_print_config_does_not_check_this_machines_hardware(capsys):
     assert main(argv) == 0
     assert "bf16: true" in capsys.readouterr().out
     assert main(["train", "--model", "m", "--data-path", "d.jsonl", "--beta", "-1", "--print-config"]) == 2
-    assert "beta must be >= 0" in capsys.readouterr().err  # orpo's own checks still apply
+    assert "--beta -1: must be a finite number >= 0" in capsys.readouterr().err  # orpo's own checks still apply
 
 
 def test_the_resume_hint_is_the_same_command_with_resume(monkeypatch):
@@ -377,7 +377,7 @@ def test_error_bad_data_subprocess(workspace):
             2,
             "argument --truncation-mode: invalid choice 'middle'; choose from keep_end, keep_start",
         ),
-        (["train", "--model", "m", "--data-path", "d", "--beta", "-1"], 2, "beta must be >= 0"),
+        (["train", "--model", "m", "--data-path", "d", "--beta", "-1"], 2, "--beta -1: must be a finite number >= 0"),
         (["train", "--config", "nowhere.yaml"], 1, "config file not found: nowhere.yaml"),
         (["train", "--model", "./no-model", "--data-path", "PREFS"], 1, "model not found: ./no-model"),
         (["train", "--model", "MODEL", "--data-path", "PREFS", "--chat-template", "nonsense"], 2, "chat template"),

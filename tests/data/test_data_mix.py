@@ -100,7 +100,7 @@ def test_streamed_mix_from_the_hub_and_a_file(sources, tmp_path):
 
 
 def test_mixer_errors_name_the_source_and_option(sources):
-    with pytest.raises(DataError, match=r"dataset_mixer\['a.jsonl'\]=1.5: a fraction must be a number between 0 and 1"):
+    with pytest.raises(ValueError, match=r"dataset_mixer=\{'a.jsonl': 1.5\}: each fraction must be a finite number in"):
         load_data(DataArguments(dataset_mixer={"a.jsonl": 1.5}))
     with pytest.raises(
         DataError, match=r"dataset_mixer\['a.jsonl'\].*with --streaming use dataset_mixing='probabilities'"

@@ -181,7 +181,7 @@ def test_flags_and_yaml_keys(tmp_path):
     recipe.write_text("model: m\ndata: d.jsonl\noutput_router_logits: true\nrouter_aux_loss_coef: 0.02\n")
     config = resolve(*train_sources(["--config", str(recipe)])[0]).config
     assert config.output_router_logits is True and config.router_aux_loss_coef == 0.02
-    with pytest.raises(ValueError, match=r"ORPOConfig.router_aux_loss_coef must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"ORPOConfig.router_aux_loss_coef=-1: must be a finite number >= 0"):
         ORPOConfig(output_dir=str(tmp_path), router_aux_loss_coef=-1)
 
 

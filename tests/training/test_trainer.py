@@ -416,7 +416,6 @@ def test_label_pad_and_padding_value_do_not_change_the_loss(tokenizer, tmp_path)
         ({"max_steps": 0}, "max_steps=0 trains no step"),
         ({"max_steps": -1, "num_train_epochs": 0}, "num_train_epochs=0 trains no step"),
         ({"learning_rate": 0.0}, "learning_rate=0 leaves the weights as they are"),
-        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size=0 gives batches without a pair"),
     ],
 )
 def test_settings_that_train_nothing_are_refused_before_the_data_is_prepared(tokenizer, tmp_path, overrides, reason):

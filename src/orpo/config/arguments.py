@@ -6,7 +6,8 @@ LoRA, quantization, chat template), with TRL's and the alignment-handbook's fiel
 This module imports neither torch nor transformers, so commands that only need the fields start fast.
 
 Other tools' names for a field are listed in its metadata as ``aliases`` (flag strings, the convention of
-``transformers.HfArgumentParser``, which therefore accepts them too).
+``transformers.HfArgumentParser``, which therefore accepts them too).  A field's ``choices`` and its numeric
+``rule`` (:mod:`orpo.config.rules`) are declared here once and checked by :mod:`orpo.config.values` only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from orpo.config.rules import ANY_FINITE, Metadata, Range, RangeWhen
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("int4", "int8")
@@ -24,8 +27,10 @@ ROW_POLICIES = ("error", "drop", "keep")
 LENGTH_POLICIES = ("error", "drop", "truncate")
 NONFINITE_POLICIES = ("error", "skip")
 MIXINGS = ("fractions", "probabilities")
-#: ``layout`` values: "auto", then orpo.scoring.layouts.Layout's values
-LAYOUTS = ("auto", "padded", "padding_free", "shared_prompt")
+#: The batch layouts, the one list of their names: ``orpo.scoring.layouts.Layout``'s values (tested to match).
+LAYOUT_NAMES = ("padded", "padding_free", "shared_prompt")
+#: ``layout`` values: "auto", then the layouts.
+LAYOUTS = ("auto", *LAYOUT_NAMES)
 
 
 def aliases(*names: str) -> list[str]:
@@ -38,21 +43,31 @@ def aliases(*names: str) -> list[str]:
     return flags
 
 
-def meta(help_text: str, choices: tuple[str, ...] | None = None, also: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Field metadata: help, choices and aliases, in the keys argparse and HfArgumentParser understand."""
-    out: dict[str, Any] = {"help": help_text}
+def meta(
+    help_text: str,
+    choices: tuple[str, ...] | None = None,
+    also: tuple[str, ...] = (),
+    rule: Range | None = None,
+    rule_when: RangeWhen | None = None,
+) -> dict[str, Any]:
+    """Field metadata: help, choices and aliases, in the keys argparse and HfArgumentParser understand, and
+    orpo's range of a numeric field (``rule``; ``rule_when``: a range that depends on another field)."""
+    out = Metadata(help=help_text)
     if choices:
         out["choices"] = list(choices)
     if also:
         out["aliases"] = aliases(*also)
+    if rule is not None:
+        out["rule"] = rule
+    if rule_when is not None:
+        out["rule_when"] = rule_when
     return out
 
 
-def check_choice(owner: str, name: str, value: Any, allowed: tuple[Any, ...], optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if value not in allowed:
-        raise ValueError(f"{owner}.{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+def _check(obj: Any, owner: str | None = None) -> None:
+    from orpo.config.values import check_fields
+
+    check_fields(obj, owner)
 
 
 @dataclass
@@ -84,9 +99,9 @@ class ModelArguments:
         ),
     )
     use_peft: bool = field(default=False, metadata=meta("Train a LoRA adapter instead of all weights.", also=("peft",)))
-    lora_r: int = field(default=16, metadata=meta("LoRA rank."))
-    lora_alpha: int = field(default=32, metadata=meta("LoRA alpha (scale = alpha / r)."))
-    lora_dropout: float = field(default=0.05, metadata=meta("Dropout on the LoRA input."))
+    lora_r: int = field(default=16, metadata=meta("LoRA rank.", rule=Range(ge=1)))
+    lora_alpha: int = field(default=32, metadata=meta("LoRA alpha (scale = alpha / r).", rule=Range(ge=1)))
+    lora_dropout: float = field(default=0.05, metadata=meta("Dropout on the LoRA input.", rule=Range(ge=0, lt=1)))
     lora_target_modules: list[str] | None = field(
         default=None,
         metadata=meta(
@@ -133,8 +148,7 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        check_choice("ModelArguments", "dtype", self.dtype, DTYPES, optional=True)
-        check_choice("ModelArguments", "quantization", self.quantization, QUANTIZATIONS, optional=True)
+        _check(self)
 
 
 @dataclass
@@ -172,7 +186,9 @@ class DataArguments:
     image_column: str | None = field(
         default=None, metadata=meta("Column holding images, for vision-language models (default: images, image).")
     )
-    max_samples: int | None = field(default=None, metadata=meta("Use only the first N training pairs (quick tries)."))
+    max_samples: int | None = field(
+        default=None, metadata=meta("Use only the first N training pairs (quick tries).", rule=Range(ge=1))
+    )
     streaming: bool = field(
         default=False,
         metadata=meta(
@@ -184,7 +200,12 @@ class DataArguments:
         default=None,
         metadata=meta(
             "Several sources (files, folders, hub ids) as {source: weight} (JSON on the command line); the weights "
-            "are read as dataset_mixing says. Replaces dataset_name."
+            "are read as dataset_mixing says. Replaces dataset_name.",
+            rule=Range(ge=0, each=True, item="weight"),
+            rule_when=RangeWhen(
+                "dataset_mixing",
+                {"fractions": Range(ge=0, le=1, each=True, item="fraction", note="with dataset_mixing fractions")},
+            ),
         ),
     )
     dataset_mixing: str = field(
@@ -208,7 +229,7 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        check_choice("DataArguments", "dataset_mixing", self.dataset_mixing, MIXINGS)
+        _check(self)
         if self.dataset_mixture is not None:
             from orpo.config.dataset_mixture import check_with
 
@@ -223,21 +244,26 @@ class ORPOArguments:
     beta: float = field(
         default=0.1,
         metadata=meta(
-            "Weight of the odds-ratio term (lambda in the ORPO paper): loss = NLL + beta * L_OR.", also=("dpo_beta",)
+            "Weight of the odds-ratio term (lambda in the ORPO paper): loss = NLL + beta * L_OR.",
+            also=("dpo_beta",),
+            rule=Range(ge=0),
         ),
     )
     max_length: int | None = field(
-        default=1024, metadata=meta("Max tokens of prompt + completion per sequence (None: no limit).")
+        default=1024,
+        metadata=meta("Max tokens of prompt + completion per sequence (None: no limit).", rule=Range(ge=1)),
     )
     max_prompt_length: int | None = field(
         default=512,
         metadata=meta(
             "Max prompt tokens, truncated by `truncation_mode` (None: no limit). Used as given, also when it is not "
-            "below max_length: pairs left without room for a completion are dropped and counted."
+            "below max_length: pairs left without room for a completion are dropped and counted.",
+            rule=Range(ge=1),
         ),
     )
     max_completion_length: int | None = field(
-        default=None, metadata=meta("Max tokens of each completion, cut from the end (None: no limit).")
+        default=None,
+        metadata=meta("Max tokens of each completion, cut from the end (None: no limit).", rule=Range(ge=1)),
     )
     truncation_mode: str = field(
         default="keep_end",
@@ -246,9 +272,12 @@ class ORPOArguments:
         ),
     )
     disable_dropout: bool = field(default=True, metadata=meta("Set every dropout probability of the model to 0."))
-    label_pad_token_id: int = field(default=-100, metadata=meta("Label value of tokens that carry no loss."))
+    label_pad_token_id: int = field(
+        default=-100, metadata=meta("Label value of tokens that carry no loss.", rule=ANY_FINITE)
+    )
     padding_value: int | None = field(
-        default=None, metadata=meta("Token id used to pad input_ids (default: the tokenizer's pad_token_id).")
+        default=None,
+        metadata=meta("Token id used to pad input_ids (default: the tokenizer's pad_token_id).", rule=Range(ge=0)),
     )
     generate_during_eval: bool = field(
         default=False,
@@ -273,7 +302,9 @@ class ORPOArguments:
     )
     dataset_num_proc: int | None = field(
         default=None,
-        metadata=meta("Processes used to tokenize the dataset.", also=("preprocessing_num_workers", "num_proc")),
+        metadata=meta(
+            "Processes used to tokenize the dataset.", also=("preprocessing_num_workers", "num_proc"), rule=Range(ge=1)
+        ),
     )
 
     # ---- orpo's own fields ------------------------------------------------------------
@@ -286,7 +317,8 @@ class ORPOArguments:
         ),
     )
     pad_to_multiple_of: int | None = field(
-        default=None, metadata=meta("Pad each batch's length to a multiple of this (e.g. 8 for tensor cores).")
+        default=None,
+        metadata=meta("Pad each batch's length to a multiple of this (e.g. 8 for tensor cores).", rule=Range(ge=1)),
     )
     fused_lm_head: bool = field(
         default=True,
@@ -339,7 +371,8 @@ class ORPOArguments:
         default=None,
         metadata=meta(
             "Weight of the load-balancing loss when output_router_logits is on (None: the model config's "
-            "router_aux_loss_coef)."
+            "router_aux_loss_coef).",
+            rule=Range(ge=0),
         ),
     )
     on_identical_pair: str = field(
@@ -372,29 +405,11 @@ class ORPOArguments:
 
     def check_orpo_fields(self, owner: str | None = None) -> None:
         """Validate (and parse ``model_init_kwargs`` JSON): errors name the field, e.g. ``ORPOConfig.beta``
-        (``owner``: the class to name, by default this object's)."""
+        (``owner``: the class to name, by default this object's).  Each field's choices and range are
+        checked by :func:`orpo.config.values.check_fields` (on an ``ORPOConfig``, its inherited fields too)."""
         owner = owner or type(self).__name__
-        for name, allowed in (
-            ("truncation_mode", TRUNCATION_MODES),
-            ("nll_scope", NLL_SCOPES),
-            ("on_identical_pair", ROW_POLICIES),
-            ("on_empty_completion", ROW_POLICIES),
-            ("on_duplicate", ROW_POLICIES),
-            ("on_empty_prompt", ROW_POLICIES),
-            ("on_too_long", LENGTH_POLICIES),
-            ("on_nonfinite", NONFINITE_POLICIES),
-            ("layout", LAYOUTS),
-        ):
-            check_choice(owner, name, getattr(self, name), allowed)
+        _check(self, owner)
         self.requested_layout(owner)
-        if self.beta < 0:
-            raise ValueError(f"{owner}.beta must be >= 0, got {self.beta}")
-        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
-            raise ValueError(f"{owner}.router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
-        for name in ("max_length", "max_prompt_length", "max_completion_length", "pad_to_multiple_of"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{owner}.{name} must be a positive integer or None, got {value}")
         # max_prompt_length >= max_length is allowed, as in TRL: `ORPOConfig(max_length=512)` keeps the default
         # max_prompt_length=512, and encoder-decoder prompts do not count towards max_length at all.  A prompt that
         # leaves no room for a completion drops its pair, counted in the data report.

@@ -19,7 +19,7 @@ from typing import Any
 
 from orpo.config.switches import Switch, Switches
 from orpo.config.usage import UsageError
-from orpo.config.values import ValueKind, ValueProblem, value_kind
+from orpo.config.values import RangeProblem, ValueKind, ValueProblem, field_metadata, value_kind
 
 #: Groups of options, in the order ``orpo train --help`` lists them.
 GROUPS = {
@@ -66,7 +66,7 @@ def field_options(cls: type, group: str | Mapping[str, str]) -> list[Option]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        metadata = dict(f.metadata)
+        metadata = field_metadata(cls, f)
         default = f.default
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
@@ -198,6 +198,21 @@ class Source:
             return f"key {entry.spelling!r}"
         return f"{self.name}.{entry.spelling}"
 
+    def problem(self, entry: Entry, err: ValueProblem) -> str:
+        """The one line for a value its option refuses: ``--beta nan: must be a finite number >= 0`` (a flag
+        as typed), ``recipe.yaml, line 3: beta=nan: ...`` (a key), ``LLMTrainingParams.dpo_beta=nan: ...``."""
+        if not isinstance(err, RangeProblem):
+            return f"{self._where(entry)}{self._label(entry)}: {err}"
+        if self.style == "flags":
+            shown = entry.raw if isinstance(entry.raw, str) and not isinstance(err.shown, dict) else repr(err.shown)
+            return f"{entry.spelling} {shown}: {err.rule}"
+        name = f"{self.name}.{entry.spelling}" if self.style == "fields" else entry.spelling
+        return f"{self._where(entry)}{name}={err.shown!r}: {err.rule}"
+
+    def setter(self, name: str) -> Entry | None:
+        """The last entry of this source that gives field ``name`` by its own option."""
+        return next((entry for entry in reversed(self.entries) if entry.option.name == name), None)
+
     def _clash(self, first: Entry, second: Entry, target: str) -> str:
         if self.style == "flags":
             if normalize(first.spelling) == normalize(second.spelling):
@@ -218,7 +233,7 @@ class Source:
             try:
                 value = entry.option.kind.convert(entry.raw)
             except ValueProblem as err:
-                raise UsageError(f"{self._where(entry)}{self._label(entry)}: {err}") from None
+                raise UsageError(self.problem(entry, err)) from None
             try:
                 sets, implies = entry.option.effects(value)
             except UsageError as err:
@@ -230,6 +245,28 @@ class Source:
             explicit.update(sets)
             implied.update(implies)
         return explicit, implied
+
+
+def check_dependent_ranges(values: Mapping[str, Any], sources: Iterable[Source], table: OptionTable) -> None:
+    """The ranges that depend on another field (``dataset_mixer``'s weights on ``dataset_mixing``), checked
+    once the sources are merged, the error naming the option as the source that set it spelled it."""
+    for name, value in values.items():
+        option = table.options.get(name)
+        when = option.kind.when if option is not None else None
+        if option is None or when is None:
+            continue
+        other = table.options.get(when.other)
+        rule = when.pick(values.get(when.other, other.default if other else None), None)
+        if rule is None:
+            continue
+        try:
+            option.kind.check(value, rule)
+        except RangeProblem as err:
+            for source in reversed(list(sources)):
+                entry = source.setter(name)
+                if entry is not None:
+                    raise UsageError(source.problem(entry, err)) from None
+            raise UsageError(f"{name}={err.shown!r}: {err.rule}") from None
 
 
 def merge(*sources: Source) -> dict[str, Any]:

@@ -5,14 +5,52 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import TrainingArguments
 from transformers.trainer_utils import FSDPOption, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from orpo.config.arguments import ORPOArguments, aliases
+from orpo.config.rules import ANY_FINITE, Range
 from orpo.internals import releases
+
+_SEED = Range(ge=0, le=2**32 - 1)  # numpy's seed range (transformers.set_seed seeds numpy too)
+
+#: The range of each numeric field of ``TrainingArguments`` (orpo does not own their metadata, so they are
+#: declared here, once; orpo's own fields declare theirs in their metadata).  Values that are in range but
+#: train nothing (``learning_rate`` 0, ``max_steps`` 0, ``num_train_epochs`` 0) are refused by
+#: ``orpo.training.reliability.preflight`` with the reason.
+TRAINING_RULES: dict[str, Range] = {
+    "per_device_train_batch_size": Range(ge=1),
+    "per_device_eval_batch_size": Range(ge=1),
+    "gradient_accumulation_steps": Range(ge=1),
+    "eval_accumulation_steps": Range(ge=1),
+    "num_train_epochs": Range(ge=0),
+    "max_steps": Range(ge=-1, note="-1: num_train_epochs decides"),
+    "learning_rate": Range(ge=0),
+    "warmup_steps": Range(ge=0),
+    "weight_decay": Range(ge=0),
+    "adam_beta1": Range(ge=0, lt=1),
+    "adam_beta2": Range(ge=0, lt=1),
+    "adam_epsilon": Range(ge=0),
+    "max_grad_norm": Range(ge=0, note="0: no clipping"),
+    "label_smoothing_factor": Range(ge=0, le=1),
+    "neftune_noise_alpha": Range(ge=0),
+    "torch_empty_cache_steps": Range(ge=1),
+    "logging_steps": Range(note="below 0: about 20 points per run"),
+    "eval_steps": Range(gt=0),
+    "eval_delay": Range(ge=0),
+    "save_steps": Range(gt=0),
+    "save_total_limit": ANY_FINITE,  # None or <= 0: keep every checkpoint
+    "seed": _SEED,
+    "data_seed": _SEED,
+    "dataloader_num_workers": Range(ge=0),
+    "dataloader_prefetch_factor": Range(ge=1),
+    "ddp_bucket_cap_mb": Range(ge=1),
+    "ddp_timeout": Range(ge=1),
+    "local_rank": ANY_FINITE,  # set by launchers; -1: not distributed
+}
 
 
 def _named(name: str, *names: str) -> dict[str, Any]:
@@ -29,6 +67,9 @@ class ORPOConfig(ORPOArguments, TrainingArguments):
     also an ``orpo train`` flag and a YAML key.  The fields re-declared below are
     ``TrainingArguments``' own, given their AutoTrain names as aliases (``--lr``, ``--epochs``...).
     """
+
+    #: the ranges of TrainingArguments' fields (read by orpo.config.values.field_metadata)
+    inherited_rules: ClassVar[dict[str, Range]] = TRAINING_RULES
 
     # TRL's defaults that differ from TrainingArguments.
     learning_rate: float = field(

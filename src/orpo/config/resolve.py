@@ -6,6 +6,8 @@ a ``fill`` for the defaults that depend on other values).  Rules every route sha
 
 - ``max_prompt_length`` is used as given, also when it is not below ``max_length`` (as TRL does); pairs
   left without room for a completion are dropped and counted in the data report.
+- Every value is in its field's choices and range (:mod:`orpo.config.rules`), checked as it is read,
+  before anything loads; a range that depends on another field once the sources are merged.
 - ``logging_steps`` not given, or negative (AutoTrain's -1), means about 20 logged points per run, picked
   by the run engine once the data size is known (:attr:`ResolvedArgs.auto_logging`).
 - Without an output dir a run goes to ``runs/<model name>-orpo``; with ``push_to_hub`` and a ``username``,
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orpo.config.arguments import DataArguments, ModelArguments
-from orpo.config.options import Entry, OptionTable, Source, merge, option_table
+from orpo.config.options import Entry, OptionTable, Source, check_dependent_ranges, merge, option_table
 from orpo.config.usage import UsageError
 
 if TYPE_CHECKING:
@@ -105,9 +107,7 @@ def resolve_values(
     if not values.get("output_dir"):
         values["output_dir"] = str(Path("runs") / f"{Path(str(model_name).rstrip('/')).name or 'model'}-orpo")
     _hub_model_id(values, username)
-    warmup = values.get("warmup_steps")
-    if warmup is not None and warmup < 0:
-        raise UsageError(f"warmup must be >= 0, got {warmup}")
+    check_dependent_ranges(values, sources, table)
     logging_steps = values.get("logging_steps")
     auto_logging = logging_steps is None or logging_steps < 0
     try:

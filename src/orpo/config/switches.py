@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orpo.config.arguments import MIXED_PRECISIONS
+from orpo.config.rules import Range
 from orpo.config.usage import UsageError
 
 Effect = Callable[[Any], dict[str, Any]]
@@ -100,10 +101,14 @@ def _splits(value: list[str] | None) -> dict[str, Any]:
     return dict(zip(("dataset_train_split", "dataset_test_split"), splits, strict=False))
 
 
-def _switch(help_text: str, switch: Switch, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+def _switch(
+    help_text: str, switch: Switch, choices: tuple[str, ...] | None = None, rule: Range | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"help": help_text, "switch": switch}
     if choices:
         out["choices"] = list(choices)
+    if rule is not None:
+        out["rule"] = rule
     return out
 
 
@@ -120,12 +125,15 @@ class Switches:
                 sets=_both_batch_sizes,
                 implies=_eval_batch_size,
             ),
+            rule=Range(ge=1),
         ),
     )
     block_size: int | None = field(
         default=None,
         metadata=_switch(
-            "AutoTrain: max_length (-1: keep the default).", Switch(("max_length",), _positive_max_length)
+            "AutoTrain: max_length (-1: keep the default).",
+            Switch(("max_length",), _positive_max_length),
+            rule=Range(note="below 1: keep the default"),
         ),
     )
     model_max_length: int | None = field(
@@ -133,6 +141,7 @@ class Switches:
         metadata=_switch(
             "AutoTrain: max_length when neither max_length nor block_size is given.",
             Switch(("max_length",), implies=_positive_max_length),
+            rule=Range(note="below 1: keep the default"),
         ),
     )
     mixed_precision: str | None = field(
