@@ -16,7 +16,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from orpo.config.dataset_mixture import check_with
 from orpo.config.rules import ANY_FINITE, Metadata, Range, RangeWhen
+from orpo.config.usage import UsageError
+from orpo.config.values import check_fields
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("int4", "int8")
@@ -65,7 +68,6 @@ def meta(
 
 
 def _check(obj: Any, owner: str | None = None) -> None:
-    from orpo.config.values import check_fields
 
     check_fields(obj, owner)
 
@@ -231,8 +233,6 @@ class DataArguments:
     def __post_init__(self) -> None:
         _check(self)
         if self.dataset_mixture is not None:
-            from orpo.config.dataset_mixture import check_with
-
             check_with(self.dataset_mixture, vars(self))
 
 
@@ -430,7 +430,6 @@ class ORPOArguments:
         layout (padding_free, or shared_prompt, which is padding-free too); a ``layout`` they
         contradict is a :class:`~orpo.config.usage.UsageError` naming the options.
         """
-        from orpo.config.usage import UsageError
 
         owner = owner or type(self).__name__
         requested = self.layout

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orpo.config.arguments import DataArguments, ModelArguments, ORPOArguments
 from orpo.config.switches import Switch, Switches
 from orpo.config.usage import UsageError
 from orpo.config.values import RangeProblem, ValueKind, ValueProblem, field_metadata, value_kind
@@ -119,7 +120,6 @@ class OptionTable:
 
 
 def _table(orpo_options: list[Option]) -> OptionTable:
-    from orpo.config.arguments import DataArguments, ModelArguments
 
     return OptionTable(
         [
@@ -134,7 +134,6 @@ def _table(orpo_options: list[Option]) -> OptionTable:
 @functools.cache
 def option_table() -> OptionTable:
     """Every flag/key ``orpo train`` accepts, built once from the dataclasses (imports transformers)."""
-    from orpo.config.arguments import ORPOArguments
     from orpo.config.orpo_config import ORPOConfig
 
     orpo_fields = {f.name: "orpo" for f in dataclasses.fields(ORPOArguments)}
@@ -144,7 +143,6 @@ def option_table() -> OptionTable:
 @functools.cache
 def light_table() -> OptionTable:
     """The options that need neither torch nor transformers: all but TrainingArguments' own fields."""
-    from orpo.config.arguments import ORPOArguments
 
     return _table(field_options(ORPOArguments, "orpo"))
 

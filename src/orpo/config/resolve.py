@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orpo.config.arguments import DataArguments, ModelArguments
+from orpo.config.arguments import DataArguments, ModelArguments, ORPOArguments
+from orpo.config.extras import check_requirements
 from orpo.config.options import Entry, OptionTable, Source, check_dependent_ranges, merge, option_table
 from orpo.config.usage import UsageError
 
@@ -62,7 +63,6 @@ def resolve(*sources: Source, fill: Fill | None = None, table: OptionTable | Non
     ``TrainingArguments`` itself cannot take on this machine (deepspeed missing, bf16 or tf32 without a GPU, a
     parallelism_config on one process) are refused first, in orpo's words (:mod:`orpo.config.extras`).
     """
-    from orpo.config.extras import check_requirements
     from orpo.config.orpo_config import ORPOConfig
 
     table = table or option_table()
@@ -89,7 +89,6 @@ def resolve_values(
     """The settings a run would get (field -> value) and whether logging steps are automatic, checked as far
     as they can be without this machine: ``TrainingArguments``' hardware checks (bf16, GPUs) are left to
     :func:`resolve`, so ``--print-config`` can write a recipe here for another machine."""
-    from orpo.config.arguments import ORPOArguments
 
     table = table or option_table()
     values = merge(*sources)
