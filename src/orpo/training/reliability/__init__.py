@@ -1,7 +1,7 @@
 """Reliability for ``ORPOTrainer``: atomic checkpoints, exact resume, signals, non-finite guard.
 
 Objects the trainer owns, each with its dependencies passed in, connected to ``Trainer``'s loop
-by one callback (:mod:`~orpo.training.reliability.callback`):
+by one callback (:mod:`~orpo.training.reliability.loop_hooks`):
 
 * **Atomic checkpoints** (:mod:`~orpo.training.reliability.commit`, files checked by :mod:`orpo.training.reliability.checkpoint`):
   written to ``tmp-checkpoint-<step>``, verified, described by a manifest of sizes and SHA-256

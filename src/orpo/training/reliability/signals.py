@@ -26,7 +26,7 @@ class SignalHandler:
     """Records the first SIGINT/SIGTERM; the loop stops once every process has agreed on it.
 
     ``requested`` is this process's signal; ``agreed`` is set before an optimizer step when any
-    process has one (see :class:`orpo.training.reliability.callback.ReliabilityCallback`), so all stop
+    process has one (see :class:`orpo.training.reliability.loop_hooks.ReliabilityCallback`), so all stop
     after the same step.  ``last_checkpoint`` and ``resume_hint`` are asked when a message needs them.
 
     Args:

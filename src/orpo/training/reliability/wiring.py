@@ -21,11 +21,11 @@ from orpo.config.usage import UsageError
 from orpo.internals import private
 from orpo.models.loading import is_peft_model
 from orpo.training.reliability import fit, preflight
-from orpo.training.reliability.callback import ReliabilityCallback
 from orpo.training.reliability.checkpoint import CheckpointError, remove_stale_staging
 from orpo.training.reliability.commit import CheckpointCommitter, elect_committer, save_failure
 from orpo.training.reliability.diagnose import Diagnosis
 from orpo.training.reliability.guard import NonFiniteGuard
+from orpo.training.reliability.loop_hooks import ReliabilityCallback
 from orpo.training.reliability.optimizer import GatedOptimizer
 from orpo.training.reliability.resume import LoopState, resolve_resume
 from orpo.training.reliability.signals import SignalHandler
