@@ -1,13 +1,19 @@
-"""The demo's controlled comparison: one base model, then SFT and ORPO with everything else equal."""
+"""The demo's controlled comparison: one base model, then SFT and ORPO with everything else equal.
+
+It returns :mod:`orpo.demo.records` objects and prints nothing but the library's own data reports;
+:func:`orpo.demo.run_demo` hands the records to :mod:`orpo.demo.report`.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import (
-    ASSETS,
+from .build_assets import KINDS
+from .records import Outcome, Run, Setup
+from .setting import (
     BASE_LR,
     BASE_STEPS,
     BATCH,
@@ -18,6 +24,7 @@ from . import (
     FAST_STEPS,
     LR,
     MAX_LENGTH,
+    MAX_NEW_TOKENS,
     MAX_PROMPT_LENGTH,
     SAMPLES,
     STEPS,
@@ -25,31 +32,17 @@ from . import (
     load_rows,
     load_tokenizer,
 )
-from .build_assets import KINDS
 from .task import is_correct, is_hedged, operands, rate
 
-MAX_NEW_TOKENS = 24  # the longest answer, '19 + 19 = 38, but I am not sure.', is 19 tokens with its EOS
-
-#: (label, key, +1 if higher is better / -1 if lower is better / 0 for information only)
-MEASURES = (
-    ("preference accuracy, hedged pairs", "accuracy_hedged", 1),
-    ("preference accuracy, wrong pairs", "accuracy_wrong", 1),
-    ("hedged generations, greedy", "hedged_greedy", -1),
-    ("hedged generations, sampled", "hedged_sampled", -1),
-    ("correct sums, greedy", "correct_greedy", 1),
-    ("correct sums, sampled", "correct_sampled", 1),
-    ("logp/token, plain answers (chosen)", "logp_plain", 0),
-    ("logp/token, hedged answers (rejected)", "logp_hedged", 0),
-    ("logp/token, wrong sums (rejected)", "logp_wrong", 0),
-)
+#: The two alignments of the base model: (name, beta).  beta=0 leaves the NLL of the chosen answers only.
+ALIGNMENTS = (("sft", 0.0), ("orpo", BETA))
 
 
 class Demo:
-    """Data, tokenizer and settings shared by the three trainings and four measurements."""
+    """Data, tokenizer and settings shared by the three trainings and their measurements."""
 
-    def __init__(self, out: Path, fast: bool, steps: int | None, seed: int) -> None:
-        self.start = time.time()
-        self.out, self.seed = out, seed
+    def __init__(self, out: Path, fast: bool, steps: int | None, seed: int, threads: int = 1) -> None:
+        self.out, self.seed, self.fast, self.threads = out, seed, fast, threads
         self.base_steps = FAST_BASE_STEPS if fast else BASE_STEPS
         self.steps = steps or (FAST_STEPS if fast else STEPS)
         self.samples = FAST_SAMPLES if fast else SAMPLES
@@ -64,9 +57,32 @@ class Demo:
             first.setdefault(operands(row["prompt"][0]["content"]), index)
         self.prompt_rows = list(first.values())
         self.prompts = [rows["heldout"][i]["prompt"][0]["content"] for i in self.prompt_rows]
+        self.base = build_model(self.tokenizer, seed)
         self.pairs: dict[str, Any] = {}
         self.kinds: list[str] = []
         self.eval_sets: dict[str, Any] = {}
+
+    @property
+    def setup(self) -> Setup:
+        text = lambda row, key: str(row[key][0]["content"])  # noqa: E731
+        hedged = next(row for row in self.rows["train"] if row["kind"] == "hedged")
+        wrong = next(row for row in self.rows["train"] if row["kind"] == "wrong")
+        return Setup(
+            prompts=len(self.prompts),
+            base_rows=len(self.rows["base"]),
+            train_rows=len(self.rows["train"]),
+            heldout_rows=len(self.rows["heldout"]),
+            hedged_example=(text(hedged, "chosen"), text(hedged, "rejected")),
+            wrong_example=(text(wrong, "chosen"), text(wrong, "rejected")),
+            parameters=sum(p.numel() for p in self.base.parameters()),
+            vocabulary=len(self.tokenizer),
+            base_steps=self.base_steps,
+            steps=self.steps,
+            samples=self.samples,
+            seed=self.seed,
+            threads=self.threads,
+            fast=self.fast,
+        )
 
     def prepare(self) -> None:
         """Tokenize the three files once, with the limits the trainings use (each prints its data report)."""
@@ -81,7 +97,7 @@ class Demo:
 
     # ---- training -------------------------------------------------------------------------------
     def config(self, name: str, steps: int, beta: float, lr: float, evaluate: bool) -> Any:
-        from .. import ORPOConfig
+        from orpo.config.orpo_config import ORPOConfig
 
         every = max(steps // 10, 1)
         return ORPOConfig(
@@ -107,11 +123,11 @@ class Demo:
             max_prompt_length=MAX_PROMPT_LENGTH,
         )
 
-    def train(self, name: str, model: Any, data: str, steps: int, beta: float, lr: float) -> dict[str, Any]:
-        """Train ``model`` in place; returns seconds, first and last loss, and held-out log-prob curves."""
+    def train(self, name: str, model: Any, data: str, steps: int, beta: float, lr: float) -> Run:
+        """Train ``model`` in place and save it; the alignments also log held-out log-prob curves."""
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        from .. import ORPOTrainer
+        from orpo.training.trainer import ORPOTrainer
 
         evaluate = name != "base"
         trainer = ORPOTrainer(
@@ -132,17 +148,18 @@ class Demo:
         losses = [log["loss"] for log in history if "loss" in log]
         curves = {
             kind: [
-                (log["step"], log[f"eval_{kind}_logps/chosen"], log[f"eval_{kind}_logps/rejected"])
+                (int(log["step"]), log[f"eval_{kind}_logps/chosen"], log[f"eval_{kind}_logps/rejected"])
                 for log in history
                 if f"eval_{kind}_logps/chosen" in log
             ]
             for kind in KINDS
         }
-        return {"seconds": seconds, "first_loss": losses[0], "last_loss": losses[-1], "curves": curves}
+        rows = len(self.pairs[data])
+        return Run(name, beta, steps, lr, rows, seconds, losses[0], losses[-1], curves)
 
     # ---- measuring ------------------------------------------------------------------------------
-    def measure(self, model: Any) -> dict[str, Any]:
-        """The ``MEASURES`` of one model on the held-out sums, with its generations."""
+    def measure(self, model: Any) -> tuple[dict[str, float], list[list[str]]]:
+        """The measures of one model on the held-out sums (``claims.MEASURES``), and its sampled answers."""
         from orpo.training.evaluation import evaluate, sample_completions, score_pairs
 
         heldout = self.pairs["heldout"]
@@ -151,69 +168,35 @@ class Demo:
         greedy = [s[0] for s in sample_completions(model, self.tokenizer, ids, 1, 0.0, MAX_NEW_TOKENS)]
         sampled = sample_completions(model, self.tokenizer, ids, self.samples, 1.0, MAX_NEW_TOKENS, self.seed)
         flat = [(prompt, text) for prompt, texts in zip(self.prompts, sampled, strict=True) for text in texts]
-        return {
-            "accuracy_hedged": groups["hedged"]["accuracy"],
-            "accuracy_wrong": groups["wrong"]["accuracy"],
+        hedged, wrong = groups["hedged"], groups["wrong"]
+        measures = {
+            "accuracy_hedged": hedged["accuracy"],
+            "accuracy_wrong": wrong["accuracy"],
             "hedged_greedy": rate([is_hedged(text) for text in greedy]),
             "hedged_sampled": rate([is_hedged(text) for _, text in flat]),
             "correct_greedy": rate([is_correct(p, t) for p, t in zip(self.prompts, greedy, strict=True)]),
             "correct_sampled": rate([is_correct(p, t) for p, t in flat]),
-            "logp_plain": groups["hedged"]["chosen_logp"],
-            "logp_hedged": groups["hedged"]["rejected_logp"],
-            "logp_wrong": groups["wrong"]["rejected_logp"],
-            "greedy": greedy,
-            "sampled": sampled,
+            "logp_plain": hedged["chosen_logp"],
+            "logp_hedged": hedged["rejected_logp"],
+            "logp_wrong": wrong["rejected_logp"],
+            "margin_hedged": hedged["margin"],
+            "margin_wrong": wrong["margin"],
         }
+        return {key: float(value) for key, value in measures.items()}, [list(texts) for texts in sampled]
 
-    # ---- the whole demo -------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        from .plot import plot_logps
-        from .report import print_header, print_results
-
-        base = build_model(self.tokenizer, self.seed)
-        print_header(self, sum(p.numel() for p in base.parameters()))
+    # ---- the whole experiment -------------------------------------------------------------------
+    def run(self, progress: Callable[[Run], None] = lambda run: None) -> Outcome:
+        """Base model, then SFT and ORPO from its weights; ``progress`` gets each run as it finishes."""
         self.prepare()
-        base_run = self.train("base", base, "base", self.base_steps, 0.0, BASE_LR)
-        print(
-            f"1. base model: SFT on {len(self.pairs['base'])} answers that all hedge, {self.base_steps} steps, "
-            f"lr {BASE_LR:g}: loss {base_run['first_loss']:.2f} -> {base_run['last_loss']:.2f} "
-            f"in {base_run['seconds']:.0f} s",
-            flush=True,
-        )
-        results = {"base": self.measure(base)}
-        state = {key: value.clone() for key, value in base.state_dict().items()}
-        runs = {}
-        for name, beta in (("sft", 0.0), ("orpo", BETA)):
+        runs = {"base": self.train("base", self.base, "base", self.base_steps, 0.0, BASE_LR)}
+        progress(runs["base"])
+        measures, sampled = {}, {}
+        measures["base"], sampled["base"] = self.measure(self.base)
+        state = {key: value.clone() for key, value in self.base.state_dict().items()}
+        for name, beta in ALIGNMENTS:
             model = build_model(self.tokenizer, self.seed)
             model.load_state_dict(state)
             runs[name] = self.train(name, model, "train", self.steps, beta, LR)
-            results[name] = self.measure(model)
-            print(
-                f"   {name.upper():<4} (beta={beta:g}): {self.steps} steps, loss {runs[name]['first_loss']:.2f} -> "
-                f"{runs[name]['last_loss']:.2f} in {runs[name]['seconds']:.0f} s",
-                flush=True,
-            )
-        plot = plot_logps(
-            {"SFT (beta=0)": runs["sft"]["curves"], f"ORPO (beta={BETA:g})": runs["orpo"]["curves"]},
-            self.out / "logps.png",
-        )
-        verdicts = print_results(self, results)
-        seconds = time.time() - self.start
-        print(f"\ncurves  {plot} (held-out log-probs of chosen and rejected answers over training)")
-        print(f"models  {self.out / 'base'}, {self.out / 'sft'}, {self.out / 'orpo'}")
-        heldout = ASSETS / "heldout.jsonl"
-        shown = heldout.relative_to(Path.cwd()) if heldout.is_relative_to(Path.cwd()) else heldout
-        print(f"try     orpo eval {self.out / 'orpo'} {shown} --compare {self.out / 'sft'} --by kind --samples 3")
-        print(f"done in {seconds:.0f} s")
-        numbers = {
-            name: {key: value for key, value in measured.items() if key not in ("greedy", "sampled")}
-            for name, measured in results.items()
-        }
-        return {
-            **numbers,
-            "verdicts": verdicts,
-            "curves": {name: run["curves"] for name, run in runs.items()},
-            "plot": plot,
-            "output_dir": str(self.out),
-            "seconds": seconds,
-        }
+            measures[name], sampled[name] = self.measure(model)
+            progress(runs[name])
+        return Outcome(measures, self.prompts, sampled, runs)

@@ -1,67 +1,86 @@
-"""What the demo prints: the setting, then each measure for the base model, SFT and ORPO, and who won it."""
+"""What the demo prints: the setting, each run, the measures as information, and the checked claims.
+
+Every function takes :mod:`orpo.demo.records` / :mod:`orpo.demo.claims` objects, so this module never
+imports the experiment (nor the experiment this one).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
-from . import ASSETS, BATCH, BETA, EXAMPLES, LR
-from .experiment import MEASURES
+from .claims import MEASURES, Check
+from .records import Outcome, Run, Setup
+from .setting import ASSETS, BATCH, BETA, EXAMPLES, LR, STEPS
 
 
-def print_header(demo: Any, parameters: int) -> None:
-    rows = demo.rows
-    hedged = next(row for row in rows["train"] if row["kind"] == "hedged")
-    wrong = next(row for row in rows["train"] if row["kind"] == "wrong")
-    text = lambda row, key: repr(row[key][0]["content"])  # noqa: E731
+def print_header(setup: Setup) -> None:
     print("orpo demo: what ORPO adds over supervised fine-tuning (SFT), on one tiny model, offline")
     print(
-        f"  task   'What is a + b?' (a, b in 0..19, 4 phrasings); {len(demo.prompts)} sums are held out of every "
+        f"  task   'What is a + b?' (a, b in 0..19, 4 phrasings); {setup.prompts} sums are held out of every "
         f"training file ({ASSETS.relative_to(ASSETS.parents[2])})"
     )
     print(
-        f"  model  Llama, 2 layers, hidden 64, {parameters / 1e6:.2f}M parameters, random init; "
-        f"{len(demo.tokenizer)}-token byte-level BPE, ChatML"
+        f"  model  Llama, 2 layers, hidden 64, {setup.parameters / 1e6:.2f}M parameters, random init; "
+        f"{setup.vocabulary}-token byte-level BPE, ChatML"
     )
-    print(f"  pairs  {len(rows['train'])} for alignment, {len(rows['heldout'])} held out, half of each kind:")
-    print(f"           hedged  {text(hedged, 'chosen')} over {text(hedged, 'rejected')}")
-    print(f"           wrong   {text(wrong, 'chosen')} over {text(wrong, 'rejected')} (the chosen answer hedges too)")
+    print(f"  pairs  {setup.train_rows} for alignment, {setup.heldout_rows} held out, half of each kind:")
+    print(f"           hedged  {setup.hedged_example[0]!r} over {setup.hedged_example[1]!r}")
     print(
-        f"  runs   from the same base model, same pairs, {demo.steps} steps, batch {BATCH}, lr {LR:g}, seed "
-        f"{demo.seed}: SFT = beta 0 (NLL of the chosen answers only), ORPO = beta {BETA:g}",
+        f"           wrong   {setup.wrong_example[0]!r} over {setup.wrong_example[1]!r} (the chosen answer hedges too)"
+    )
+    print(
+        f"  runs   from the same base model, same pairs, {setup.steps} steps, batch {BATCH}, lr {LR:g}, seed "
+        f"{setup.seed}, {setup.threads} thread{'s' * (setup.threads != 1)}: SFT = beta 0 (NLL of the chosen "
+        f"answers only), ORPO = beta {BETA:g}",
         flush=True,
     )
 
 
-def _cell(key: str, value: float) -> str:
-    return f"{value:+.2f}" if key.startswith("logp") else f"{100 * value:.1f}%"
+def print_run(run: Run) -> None:
+    loss = f"loss {run.first_loss:.2f} -> {run.last_loss:.2f} in {run.seconds:.0f} s"
+    if run.name == "base":
+        print(f"1. base model: SFT on {run.rows} answers that all hedge, {run.steps} steps, lr {run.lr:g}: {loss}")
+    else:
+        print(f"   {run.name.upper():<4} (beta={run.beta:g}): {run.steps} steps, {loss}", flush=True)
 
 
-def print_results(demo: Any, results: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The table; returns, per measure with a direction, 'ORPO', 'SFT' or 'tie' (at the printed precision)."""
-    print(f"\non {len(demo.prompts)} unseen sums ({demo.samples} samples each at temperature 1)")
-    print(f"  {'':<40}{'base':>8}{'SFT':>8}{'ORPO':>8}   better")
-    verdicts: dict[str, str] = {}
-    for label, key, direction in MEASURES:
-        cells = [_cell(key, results[name][key]) for name in ("base", "sft", "orpo")]
-        better = ""
-        if direction:
-            sft, orpo = (float(c.rstrip("%")) for c in cells[1:])
-            better = "tie" if sft == orpo else "ORPO" if (orpo - sft) * direction > 0 else "SFT"
-            verdicts[key] = better
-        print((f"  {label:<40}" + "".join(f"{c:>8}" for c in cells) + f"   {better}").rstrip())
-    labels = {key: label for label, key, _ in MEASURES}
-    lost = [
-        f"{labels[k]} ({_cell(k, results['sft'][k])} vs {_cell(k, results['orpo'][k])})"
-        for k, v in verdicts.items()
-        if v == "SFT"
-    ]
-    ties = [labels[k] for k, v in verdicts.items() if v == "tie"]
-    won = sum(v == "ORPO" for v in verdicts.values())
-    print(f"\nORPO was better on {won} of {len(verdicts)} measures.", end="")
-    print(f" SFT was better on: {'; '.join(lost)}." if lost else " SFT was better on none.", end="")
-    print(f" Tied: {'; '.join(ties)}." if ties else "")
+def _cell(value: float, percent: bool) -> str:
+    return f"{100 * value:.1f}%" if percent else f"{value:+.2f}"
+
+
+def print_measures(setup: Setup, outcome: Outcome) -> None:
+    """The information table: one run's numbers, which move with the seed and the machine."""
+    print(
+        f"\nmeasured on {setup.prompts} unseen sums ({setup.samples} samples each at temperature 1); "
+        "information only: one run's numbers move with seed and machine"
+    )
+    print(f"  {'':<40}{'base':>8}{'SFT':>8}{'ORPO':>8}")
+    for label, key, percent in MEASURES:
+        cells = "".join(f"{_cell(outcome.measures[name][key], percent):>8}" for name in ("base", "sft", "orpo"))
+        print(f"  {label:<40}{cells}")
+
+
+def print_claims(checks: Sequence[Check], setup: Setup) -> None:
+    """One PASS/FAIL line per claim, with its margin, then a one-line summary."""
+    checked = not setup.fast
+    if checked:
+        note = "" if setup.steps == STEPS else f"; the margins were set for {STEPS} steps, not {setup.steps}"
+        print(f"\nclaims (each held over 5 seeds x 1/2/4 threads, see src/orpo/demo/MEASURED.md{note})")
+    else:
+        print("\nclaims: not checked with --fast (too few steps for them to hold); the margins, for information")
+    for check in checks:
+        print(f"  {check.line(checked)}")
+    if checked:
+        failed = [check for check in checks if not check.passed]
+        print(
+            f"  all {len(checks)} claims hold"
+            if not failed
+            else f"  {len(failed)} of {len(checks)} claims FAILED on this run: please report it with this output"
+        )
+
+
+def print_examples(outcome: Outcome) -> None:
     print("\n  unseen prompt                 SFT, sampled                        ORPO, sampled")
-    for index in range(min(EXAMPLES, len(demo.prompts))):
-        sft, orpo = results["sft"]["sampled"][index][0], results["orpo"]["sampled"][index][0]
-        print(f"  {demo.prompts[index]:<29} {sft!r:<35} {orpo!r}")
-    return verdicts
+    for index in range(min(EXAMPLES, len(outcome.prompts))):
+        sft, orpo = outcome.sampled["sft"][index][0], outcome.sampled["orpo"][index][0]
+        print(f"  {outcome.prompts[index]:<29} {sft!r:<35} {orpo!r}")
