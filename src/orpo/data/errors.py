@@ -16,19 +16,34 @@ SOURCE_COLUMN = "_orpo_source"
 
 
 class DataError(ValueError):
-    """Bad preference data.  The message is one line naming file/line/row/column where known."""
+    """Bad preference data.  The message is one line naming file/line/row/column where known.
+
+    Args:
+        message: the message; its whitespace (newlines included) is collapsed to single spaces.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
 
 
 def where(location: str, column: str | None = None) -> str:
-    """``"data.jsonl, line 3 (row 2), column 'chosen'"``."""
+    """``"data.jsonl, line 3 (row 2), column 'chosen'"``.
+
+    Args:
+        location: the row's location (``"data.jsonl, line 3 (row 2)"``).
+        column: the column; None: the row alone.
+    """
     return f"{location}, column '{column}'" if column else location
 
 
 def row_location(dataset: Any, index: int, split: str = "train") -> str:
-    """Location of row ``index`` of ``dataset``: its source column if present, else '<split> row i'."""
+    """Location of row ``index`` of ``dataset``: its source column if present, else '<split> row i'.
+
+    Args:
+        dataset: a ``datasets.Dataset`` (or anything with ``column_names`` and row access).
+        index: the row's index.
+        split: the split's name, for the fallback.
+    """
     if SOURCE_COLUMN in getattr(dataset, "column_names", ()):
         value = dataset[int(index)][SOURCE_COLUMN]
         if value:
@@ -37,6 +52,11 @@ def row_location(dataset: Any, index: int, split: str = "train") -> str:
 
 
 def short(value: Any, limit: int = 60) -> str:
-    """repr of a value, cut for an error message."""
+    """repr of a value, cut for an error message.
+
+    Args:
+        value: anything.
+        limit: the most characters, ``...`` included.
+    """
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

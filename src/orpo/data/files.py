@@ -29,6 +29,11 @@ SPLIT_ALIASES = {
 
 
 def glob_root(pattern: str) -> str:
+    """The folder a glob pattern starts from: its path parts before the first one with ``*``, ``?`` or ``[``.
+
+    Args:
+        pattern: a path with wildcards (``data/*/train-*.jsonl``); ``"."`` when the first part has one.
+    """
     parts = Path(pattern).parts
     fixed = []
     for part in parts:
@@ -39,6 +44,14 @@ def glob_root(pattern: str) -> str:
 
 
 def files_in_folder(folder: Path) -> dict[str, list[DataFile]]:
+    """The data files under ``folder`` (recursively; hidden files and ``datasets``' metadata skipped), by split.
+
+    Args:
+        folder: the data folder.
+
+    Raises:
+        DataError: no data files, or files that name a split mixed with files that do not.
+    """
     found: list[Path] = []
     others: list[str] = []
     for root, dirs, files in os.walk(folder):
@@ -70,6 +83,16 @@ def _split_of(relative: Path) -> str | None:
 
 
 def assign_splits(files: list[Path], root: Path, describe: str) -> dict[str, list[DataFile]]:
+    """Split name -> files, by each file's name, then its folders (:data:`SPLIT_ALIASES`); none named: all train.
+
+    Args:
+        files: the data files.
+        root: the folder their names are read relative to (folders above it do not count).
+        describe: what the files are, for the error (the folder or pattern given).
+
+    Raises:
+        DataError: some files name a split and others do not.
+    """
     by_split: dict[str, list[DataFile]] = {}
     unassigned = []
     for file in files:
@@ -96,6 +119,20 @@ def assign_splits(files: list[Path], root: Path, describe: str) -> dict[str, lis
 def load_local_files(
     by_split: dict[str, list[DataFile]], describe: str, cache_dir: str | None, text_columns: frozenset[str]
 ) -> dict[str, Any]:
+    """Split name -> ``datasets.Dataset`` of its files, each row located (file and line) in ``_orpo_source``.
+
+    Every file is scanned first (:func:`~orpo.data.scan.prescan`), so a bad line is named before ``datasets``
+    reads it.
+
+    Args:
+        by_split: split name -> its files (:func:`assign_splits`).
+        describe: what the files are; unused.
+        cache_dir: the ``datasets`` cache folder; None: its default.
+        text_columns: the columns orpo reads as text (mixed types in them are errors naming the row).
+
+    Raises:
+        DataError: a file that cannot be read, files of a split with different columns, or a split with no rows.
+    """
     out = {}
     for split, files in by_split.items():
         for file in files:

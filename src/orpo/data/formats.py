@@ -39,7 +39,11 @@ _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "bot": "assistant", "mod
 
 
 def maybe_decode_messages(value: Any) -> Any:
-    """A JSON-encoded message list (as stored in CSV cells) -> the list; anything else unchanged."""
+    """A JSON-encoded message list (as stored in CSV cells) -> the list; anything else unchanged.
+
+    Args:
+        value: a cell's value; only a string that looks like ``[{"role": ...}]`` is decoded.
+    """
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("[{") and text.endswith("}]") and '"role"' in text:
@@ -53,11 +57,20 @@ def maybe_decode_messages(value: Any) -> Any:
 
 
 def is_conversation(value: Any) -> bool:
+    """Whether ``value`` is a message list: a list of dicts (roles and contents are checked elsewhere).
+
+    Args:
+        value: a text column's value.
+    """
     return isinstance(value, list) and all(isinstance(item, dict) for item in value)
 
 
 def detect_format(row: dict[str, Any]) -> str:
-    """One of :data:`FORMATS`."""
+    """One of :data:`FORMATS`.
+
+    Args:
+        row: the row's ``prompt`` (absent or None: an implicit prompt), ``chosen`` and ``rejected``.
+    """
     prompt, chosen, rejected = (maybe_decode_messages(row.get(name)) for name in ("prompt", "chosen", "rejected"))
     conversational = any(is_conversation(value) for value in (prompt, chosen, rejected))
     has_prompt = prompt is not None
@@ -67,7 +80,15 @@ def detect_format(row: dict[str, Any]) -> str:
 
 
 def check_text(value: Any, where: str) -> None:
-    """A text column's value: a string or a message list (null, numbers, dicts are errors)."""
+    """A text column's value: a string or a message list (null, numbers, dicts are errors).
+
+    Args:
+        value: the value.
+        where: the row's location and column, for the message.
+
+    Raises:
+        DataError: anything but a string or a list of dicts.
+    """
     if value is None:
         raise DataError(f"{where}: value is missing or null, expected text")
     if isinstance(value, str) or is_conversation(value):
@@ -81,7 +102,16 @@ def check_text(value: Any, where: str) -> None:
 
 
 def clean_messages(messages: Messages, where: str) -> Messages:
-    """Validate roles and contents; drop keys that Arrow filled with null (e.g. absent tool_calls)."""
+    """Validate roles and contents; drop keys that Arrow filled with null (e.g. absent tool_calls).
+
+    Args:
+        messages: the message list.
+        where: the row's location and column, for the message.
+
+    Raises:
+        DataError: an empty list, a message without a role or with an unknown one, or without content (and
+            without tool calls), or content that is not text or a list of parts.
+    """
     if not messages:
         raise DataError(f"{where}: the message list is empty")
     out = []
@@ -109,13 +139,25 @@ def clean_messages(messages: Messages, where: str) -> Messages:
 
 
 def as_messages(value: Any, default_role: str, where: str) -> Messages:
-    """A string is one message of ``default_role``; a list is validated."""
+    """A string is one message of ``default_role``; a list is validated.
+
+    Args:
+        value: a string or a message list.
+        default_role: the role of a string (``"user"`` for a prompt, ``"assistant"`` for a completion).
+        where: the row's location and column, for errors.
+    """
     if isinstance(value, str):
         return [{"role": default_role, "content": value}]
     return clean_messages(value, where)
 
 
 def common_prefix_length(a: list[Any], b: list[Any]) -> int:
+    """How many leading items ``a`` and ``b`` share.
+
+    Args:
+        a: a list.
+        b: another list.
+    """
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -155,7 +197,21 @@ def _check_completions(chosen: Messages, rejected: Messages, n: int, where: str)
 def split_implicit_conversation(
     chosen: Messages, rejected: Messages, where: str
 ) -> tuple[Messages, Messages, Messages]:
-    """Prompt = longest shared message prefix ending at a user/system turn."""
+    """Prompt = longest shared message prefix ending at a user/system turn.
+
+    (Also a developer or tool turn: :data:`PROMPT_END_ROLES`.)
+
+    Args:
+        chosen: the chosen conversation, prompt included.
+        rejected: the rejected conversation, prompt included.
+        where: the row's location, for errors.
+
+    Returns:
+        (prompt messages, chosen completion messages, rejected completion messages).
+
+    Raises:
+        DataError: no shared prompt, or a completion that is missing or does not start with the assistant.
+    """
     n = _shared_prompt_length(chosen, rejected)
     if n == 0:
         first = chosen[0].get("role") if chosen else None
@@ -174,7 +230,19 @@ def split_implicit_conversation(
 
 
 def split_conversation(prompt: Any, chosen: Any, rejected: Any, where: str) -> tuple[Messages, Messages, Messages]:
-    """(prompt messages, chosen completion messages, rejected completion messages)."""
+    """(prompt messages, chosen completion messages, rejected completion messages).
+
+    Args:
+        prompt: the prompt (a string is a user turn, or messages); None: implicit, the shared prefix of the
+            conversations.
+        chosen: the chosen answer (a string is an assistant turn), or the whole conversation.
+        rejected: the rejected answer, or the whole conversation.
+        where: the row's location, for errors.
+
+    Raises:
+        DataError: invalid messages, completions that do not answer the same prompt, or a prompt column that
+            does not match the prompt the conversations repeat.
+    """
     chosen_msgs = as_messages(chosen, "assistant", f"{where}, column 'chosen'")
     rejected_msgs = as_messages(rejected, "assistant", f"{where}, column 'rejected'")
     if prompt is None:
@@ -214,7 +282,19 @@ def render_conversation(
 ) -> tuple[str, str]:
     """(prompt_text, completion_text) such that prompt_text + completion_text is the full chat.
 
-    ``template_kwargs`` go to ``apply_chat_template`` (the row's ``tools``, ``chat_template_kwargs``)."""
+    ``template_kwargs`` go to ``apply_chat_template`` (the row's ``tools``, ``chat_template_kwargs``).
+
+    Args:
+        tokenizer: a tokenizer (or processor) with a chat template.
+        prompt: the prompt messages, rendered with the generation prompt.
+        completion: the completion messages.
+        where: the row's location, for errors.
+        template_kwargs: extra keyword arguments of ``apply_chat_template``.
+
+    Raises:
+        DataError: no chat template, the template fails, or it does not render the prompt as a prefix of the
+            conversation.
+    """
     kwargs = template_kwargs or {}
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         raise DataError(
@@ -290,7 +370,16 @@ def normalize_row(
     ``empty`` is True when the chosen or rejected completion has no content, ``empty_prompt`` when
     the prompt has none (both judged on the content, not on the rendered text, which holds
     template tokens even for an empty turn).
-    ``columns``: the dataset's columns, listed when there is no prompt to be found.
+    Args:
+        row: the row's ``prompt`` (absent or None: implicit), ``chosen``, ``rejected`` and ``tools`` values.
+        tokenizer: renders conversations through its chat template (unused for text rows).
+        where: the row's location, for errors.
+        columns: the dataset's columns, listed when there is no prompt to be found.
+        template_kwargs: extra keyword arguments of the chat template (``chat_template_kwargs``).
+
+    Raises:
+        DataError: a value that is not text or messages, a conversation that cannot be split or rendered, or
+            no prompt to be found.
     """
     prompt, chosen, rejected = (maybe_decode_messages(row.get(name)) for name in ("prompt", "chosen", "rejected"))
     check_text(chosen, f"{where}, column 'chosen'")
@@ -342,7 +431,16 @@ def normalize_row(
 
 
 def to_text_triple(row: dict[str, Any], tokenizer: Any, where: str) -> tuple[str, str, str]:
-    """Normalise one row (with columns already named prompt/chosen/rejected)."""
+    """Normalise one row (with columns already named prompt/chosen/rejected).
+
+    Args:
+        row: the row.
+        tokenizer: renders conversations through its chat template.
+        where: the row's location, for errors.
+
+    Returns:
+        (prompt, chosen, rejected) texts (:func:`normalize_row`).
+    """
     out = normalize_row(row, tokenizer, where)
     return out["prompt"], out["chosen"], out["rejected"]
 

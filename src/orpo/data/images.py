@@ -29,7 +29,11 @@ def _digest(data: bytes, extra: Any = "") -> str:
 
 def image_key(item: Any) -> str:
     """What identifies one image for duplicate detection, without decoding it: a file's absolute
-    path, else a hash of the encoded bytes or of the pixels."""
+    path, else a hash of the encoded bytes or of the pixels.
+
+    Args:
+        item: a path, encoded bytes, a PIL image, an array, or a ``{"bytes", "path"}`` dict.
+    """
     from PIL import Image
 
     if isinstance(item, dict):
@@ -51,7 +55,15 @@ def image_key(item: Any) -> str:
 
 
 def image_items(value: Any, where: str) -> list[Any]:
-    """The image values of one row (None or [] -> none); a null entry is an error naming ``where``."""
+    """The image values of one row (None or [] -> none); a null entry is an error naming ``where``.
+
+    Args:
+        value: the row's image column: None, one image, or a list (or tuple) of them.
+        where: the row's location and column, for the error.
+
+    Raises:
+        DataError: an entry of the list is None.
+    """
     if value is None:
         return []
     items = list(value) if isinstance(value, list | tuple) else [value]
@@ -74,6 +86,13 @@ def storable_image(item: Any, where: str) -> dict[str, Any]:
     In-memory rows may mix paths, bytes, PIL images and arrays; Arrow stores a column of one type
     only (given paths and bytes it stores the paths *as bytes*, which then read as broken images),
     so every form is brought to this one before the rows become a table.
+
+    Args:
+        item: a path, encoded bytes, a PIL image, an array, or a ``{"bytes", "path"}`` dict.
+        where: the row's location and column, for the error.
+
+    Raises:
+        DataError: a value of another type.
     """
     from PIL import Image
 
@@ -92,7 +111,12 @@ def storable_image(item: Any, where: str) -> dict[str, Any]:
 
 
 def storable_images(value: Any, where: str) -> list[dict[str, Any]]:
-    """A row's images (None, one, or a list) as a list of :func:`storable_image` dicts."""
+    """A row's images (None, one, or a list) as a list of :func:`storable_image` dicts.
+
+    Args:
+        value: the row's image column.
+        where: the row's location and column, for errors.
+    """
     items = image_items(value, where)
     return [storable_image(item, f"{where}, image {n}" if len(items) > 1 else where) for n, item in enumerate(items)]
 
@@ -101,7 +125,16 @@ def with_storable_images(data: Any, image_column: str | None, split: str = "trai
     """In-memory rows (a list of dicts, a dict of lists) with every image in :func:`storable_images` form,
     so one dataset can mix paths, bytes, PIL images and arrays.  ``image_column``: the user's name for
     it (None: ``images`` or ``image``).  Anything else (a ``datasets.Dataset`` stores one type per
-    column already) is returned as is."""
+    column already) is returned as is.
+
+    Args:
+        data: the data as the user gave it.
+        image_column: the user's name of the image column; None: ``images`` or ``image``.
+        split: the split's name, for error locations.
+
+    Raises:
+        DataError: a null or unsupported image value.
+    """
     import datasets
 
     def name_in(names: Any) -> str | None:
@@ -154,6 +187,13 @@ def load_image(item: Any, where: str) -> tuple[Any, str]:
 
     ``where`` names the row's file/line and column for the error raised when the image is missing
     or unreadable.
+
+    Args:
+        item: a local path, encoded bytes, a PIL image, an array, or a ``{"bytes", "path"}`` dict.
+        where: the row's location and column, for the error.
+
+    Raises:
+        DataError: a URL, a missing file, an unreadable image or an unsupported value.
     """
     from PIL import UnidentifiedImageError
 
@@ -172,7 +212,18 @@ def load_image(item: Any, where: str) -> tuple[Any, str]:
 
 
 def load_images(value: Any, where: str) -> tuple[list[Any], list[str]]:
-    """All images of one row (None or [] -> none), with their keys."""
+    """All images of one row (None or [] -> none), with their keys.
+
+    Args:
+        value: the row's image column: None, one image, or a list of them.
+        where: the row's location and column, for errors (each image numbered when there are several).
+
+    Returns:
+        (the RGB PIL images, their :func:`image_key` values).
+
+    Raises:
+        DataError: a null, missing or unreadable image.
+    """
     items = image_items(value, where)
     images, keys = [], []
     for number, item in enumerate(items):

@@ -45,6 +45,15 @@ Batch = dict[str, list[Any]]
 
 
 def check_weights(mixer: Mapping[str, float], mixing: str) -> None:
+    """Refuse weights that mix nothing or that the convention does not allow.
+
+    Args:
+        mixer: source -> weight.
+        mixing: ``"fractions"`` (each weight between 0 and 1) or ``"probabilities"`` (each at least 0).
+
+    Raises:
+        DataError: an unknown convention, no sources, a weight out of range, or every weight 0.
+    """
     if mixing not in MIXINGS:
         raise DataError(f"dataset_mixing={mixing!r} is not one of {', '.join(MIXINGS)}")
     if not mixer:
@@ -64,14 +73,22 @@ def _is_text(feature: Any) -> bool:
 
 
 def needs_encoding(features: Any) -> bool:
-    """Whether a source's texts must travel as JSON: any text column not of strings, or no prompt column."""
+    """Whether a source's texts must travel as JSON: any text column not of strings, or no prompt column.
+
+    Args:
+        features: the source's ``datasets.Features``; None (a stream not yet read): True.
+    """
     if features is None or "prompt" not in features:
         return True
     return not all(_is_text(features[name]) for name in TEXT_COLUMNS if name in features)
 
 
 def source_format(features: Any) -> str:
-    """The format a source's columns show (rows are checked one by one when normalised); for the log."""
+    """The format a source's columns show (rows are checked one by one when normalised); for the log.
+
+    Args:
+        features: the source's ``datasets.Features``; None: not known before it is read.
+    """
     if features is None:
         return "format known once read"
     prompt = "prompt" in features
@@ -106,7 +123,14 @@ def _json_text(value: Any, location: str, column: str) -> str:
 
 
 class Canonical:
-    """Batch function for ``map``: one source's rows -> the canonical mixed columns (picklable)."""
+    """Batch function for ``map``: one source's rows -> the canonical mixed columns (picklable).
+
+    Args:
+        name: the source's name, in :data:`~orpo.data.stream.MIX_COLUMN` and in locations.
+        rows: the source's row count before mixing (:data:`UNCOUNTED` for a stream).
+        encode: carry the texts as JSON (:func:`needs_encoding`).
+        tools: give the rows a ``tools`` column (some source of the mix has one).
+    """
 
     def __init__(self, name: str, rows: int, encode: bool, tools: bool) -> None:
         self.name, self.rows, self.encode, self.tools = name, rows, encode, tools
@@ -158,7 +182,17 @@ def _column_names(dataset: Any, name: str) -> list[str]:
 
 def canonical(dataset: Any, name: str, rows: int, tools: bool) -> Any:
     """``dataset`` (one source) in the canonical mixed columns; columns preparation does not read are left out
-    (and named in the log)."""
+    (and named in the log).
+
+    Args:
+        dataset: the source's ``Dataset`` or ``IterableDataset``.
+        name: the source's name.
+        rows: its row count before mixing (:data:`UNCOUNTED` for a stream).
+        tools: whether the mix has a ``tools`` column.
+
+    Raises:
+        DataError: an empty stream, or a value that cannot be carried as JSON.
+    """
     import datasets
 
     names = _column_names(dataset, name)
@@ -217,7 +251,21 @@ def _count(dataset: Any) -> int:
 def mix(
     mixer: Mapping[str, float], mixing: str, load: Callable[[str], tuple[Any, Any]], seed: int = 42
 ) -> tuple[Any, Any]:
-    """(mixed train data, concatenated eval data or None); ``load(source)`` gives one source's (train, eval)."""
+    """(mixed train data, concatenated eval data or None); ``load(source)`` gives one source's (train, eval).
+
+    Sources of weight 0 are not loaded.
+
+    Args:
+        mixer: source -> weight.
+        mixing: ``"fractions"`` (the first ``weight * rows`` rows of each, concatenated and shuffled) or
+            ``"probabilities"`` (rows drawn with the normalised weights until one source runs out).
+        load: source -> its (train, eval or None) data.
+        seed: the shuffle's (or the draw's) seed.
+
+    Raises:
+        DataError: bad weights (:func:`check_weights`), fractions of a stream, or sources that cannot be
+            mixed (images in some only).
+    """
     import datasets
 
     check_weights(mixer, mixing)
@@ -259,14 +307,32 @@ def mix(
 
 
 def take(dataset: Any, entry: MixtureDataset, seed: int) -> Any:
-    """``int(weight * rows)`` rows after a seeded shuffle; all rows, in order, without a weight."""
+    """``int(weight * rows)`` rows after a seeded shuffle; all rows, in order, without a weight.
+
+    Args:
+        dataset: one entry's data.
+        entry: the ``dataset_mixture`` entry (its ``weight``).
+        seed: the mixture's seed.
+    """
     if entry.weight is None:
         return dataset
     return dataset.shuffle(seed=seed).select(range(int(len(dataset) * entry.weight)))
 
 
 def load_mixture(mixture: DatasetMixture, load: Callable[[MixtureDataset], Any]) -> tuple[Any, Any]:
-    """(train data, eval data or None); ``load(entry)`` gives one entry's split with its columns selected."""
+    """(train data, eval data or None); ``load(entry)`` gives one entry's split with its columns selected.
+
+    Each entry is cut to its weight (:func:`take`), the parts are concatenated and shuffled with the mixture's
+    seed, and ``test_split_size`` (when set) splits the eval data off.
+
+    Args:
+        mixture: the parsed ``dataset_mixture``.
+        load: entry -> its data.
+
+    Raises:
+        DataError: an entry that cannot be loaded (named by its index), no rows taken, or a ``test_split_size``
+            that does not fit.
+    """
     parts: dict[str, Any] = {}
     for index, (label, entry) in enumerate(zip(mixture.labels, mixture.datasets, strict=True)):
         try:

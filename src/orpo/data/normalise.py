@@ -33,7 +33,13 @@ Batch = dict[str, list[Any]]
 
 
 class Normaliser:
-    """Picklable batch function for ``datasets.map``: text rows (plain or chat) -> text triple."""
+    """Picklable batch function for ``datasets.map``: text rows (plain or chat) -> text triple.
+
+    Args:
+        tokenizer: renders message lists through its chat template.
+        template_kwargs: extra keyword arguments of the chat template (``chat_template_kwargs``, e.g.
+            ``enable_thinking``).
+    """
 
     def __init__(self, tokenizer: Any, template_kwargs: dict[str, Any] | None = None) -> None:
         self.tokenizer = tokenizer
@@ -56,7 +62,11 @@ class Normaliser:
 
 
 def decode_mixed(batch: Batch) -> Batch:
-    """The batch with the text values of rows marked in :data:`ENCODED_COLUMN` decoded (as the source held them)."""
+    """The batch with the text values of rows marked in :data:`ENCODED_COLUMN` decoded (as the source held them).
+
+    Args:
+        batch: column -> values; returned as it is without marked rows.
+    """
     flags = batch.get(ENCODED_COLUMN)
     if not flags or not any(flags):
         return batch
@@ -71,7 +81,11 @@ def decode_mixed(batch: Batch) -> Batch:
 
 
 class Decoding:
-    """A normaliser that first decodes a mix's JSON-carried rows (:func:`decode_mixed`); picklable for ``map``."""
+    """A normaliser that first decodes a mix's JSON-carried rows (:func:`decode_mixed`); picklable for ``map``.
+
+    Args:
+        normaliser: the batch function that gets the decoded batch.
+    """
 
     def __init__(self, normaliser: Callable[[Batch], Batch]) -> None:
         self.normaliser = normaliser
@@ -81,12 +95,22 @@ class Decoding:
 
 
 def map_workers(num_proc: int | None, rows: int) -> int | None:
-    """``num_proc`` for ``datasets.map``: worker processes only when each gets at least two rows."""
+    """``num_proc`` for ``datasets.map``: worker processes only when each gets at least two rows.
+
+    Args:
+        num_proc: the processes asked for (``dataset_num_proc``); None or 1: none.
+        rows: the dataset's rows.
+    """
     return num_proc if num_proc and num_proc > 1 and rows >= 2 * num_proc else None
 
 
 def with_source_column(dataset: Any, split: str) -> Any:
-    """Give every row a location ('train row 7') unless loading already recorded its file/line."""
+    """Give every row a location ('train row 7') unless loading already recorded its file/line.
+
+    Args:
+        dataset: a ``datasets.Dataset``.
+        split: the split's name, in the locations.
+    """
     if SOURCE_COLUMN in dataset.column_names:
         return dataset
     return dataset.add_column(SOURCE_COLUMN, [f"{split} row {index}" for index in range(len(dataset))])
@@ -95,7 +119,17 @@ def with_source_column(dataset: Any, split: str) -> Any:
 def normalise_dataset(
     dataset: Any, normaliser: Callable[[Batch], Batch], split: str = "train", num_proc: int | None = None
 ) -> Any:
-    """Canonical columns -> prompt/chosen/rejected texts plus the format/empty/empty-prompt (/key) columns."""
+    """Canonical columns -> prompt/chosen/rejected texts plus the format/empty/empty-prompt (/key) columns.
+
+    Args:
+        dataset: a ``datasets.Dataset`` with canonical columns.
+        normaliser: the batch function (:class:`Normaliser`, or a model kind's own).
+        split: the split's name, for locations and the progress bar.
+        num_proc: worker processes for ``map`` (:func:`map_workers`).
+
+    Raises:
+        DataError: a row that cannot be normalised; names its location.
+    """
     dataset = with_source_column(dataset, split)
     encoded = ENCODED_COLUMN in dataset.column_names
     return dataset.map(

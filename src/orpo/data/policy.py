@@ -31,6 +31,15 @@ class RowPolicies:
     like any other), so dropping it would lose data and an error would refuse data that means it;
     it is kept, counted in the report and warned about with the first row's location, which is
     where a wrongly mapped or missing prompt column shows.
+
+    Each is ``"error"``, ``"drop"`` or ``"keep"``; ``on_too_long`` is ``"truncate"``, ``"drop"`` or ``"error"``.
+
+    Attributes:
+        on_identical_pair: rows whose chosen equals their rejected (surrounding whitespace aside).
+        on_empty_completion: rows with an empty chosen or rejected completion.
+        on_duplicate: rows equal to an earlier one.
+        on_too_long: rows over a length limit.
+        on_empty_prompt: rows with an empty or whitespace-only prompt.
     """
 
     on_identical_pair: str
@@ -41,6 +50,11 @@ class RowPolicies:
 
     @classmethod
     def from_args(cls, args: Any) -> RowPolicies:
+        """The policies of an ``ORPOConfig`` (its ``on_*`` fields).
+
+        Args:
+            args: an ``ORPOConfig``.
+        """
         return cls(
             args.on_identical_pair, args.on_empty_completion, args.on_duplicate, args.on_too_long, args.on_empty_prompt
         )
@@ -49,7 +63,20 @@ class RowPolicies:
 def apply_policy(
     policy: str, rows: Sequence[int], label: str, option: str, dataset: Any, split: str, dropped: Counter
 ) -> bool:
-    """One option applied to the ``rows`` it concerns; True if they must be dropped (counted in ``dropped``)."""
+    """One option applied to the ``rows`` it concerns; True if they must be dropped (counted in ``dropped``).
+
+    Args:
+        policy: ``"error"``, ``"drop"`` or ``"keep"`` (a kept row is warned about).
+        rows: the indices of the rows concerned; none: nothing happens.
+        label: what is wrong with them, for the messages and the count.
+        option: the option's name, for the error's advice.
+        dataset: the dataset, for the first row's location.
+        split: the split's name, for the messages.
+        dropped: label -> dropped rows; increased in place.
+
+    Raises:
+        DataError: ``policy`` is ``"error"``; names the first row.
+    """
     if not rows:
         return False
     first = row_location(dataset, rows[0], split)
@@ -69,7 +96,18 @@ def apply_policy(
 def apply_row_policies(
     issues: RowIssues, policies: RowPolicies, dataset: Any, split: str, dropped: Counter
 ) -> set[int]:
-    """Indices of the rows to drop; a row is counted once, under the first policy that drops it."""
+    """Indices of the rows to drop; a row is counted once, under the first policy that drops it.
+
+    Args:
+        issues: the questionable rows (:func:`~orpo.data.validate.find_row_issues`).
+        policies: what to do with each kind.
+        dataset: the normalised dataset, for the rows' locations.
+        split: the split's name, for the messages.
+        dropped: label -> dropped rows; increased in place.
+
+    Raises:
+        DataError: a policy is ``"error"`` and rows of its kind exist.
+    """
     drop: set[int] = set()
     for rows, policy, label, option in (
         (issues.empty, policies.on_empty_completion, "empty chosen or rejected", "on_empty_completion"),
@@ -92,6 +130,19 @@ def apply_length_policy(
     image cut) is dropped under any policy; a row merely over a limit is kept truncated
     (``truncate``) or dropped (``drop``).  ``error`` raises on the first row either would drop,
     described by ``describe`` (the row tokenizer's account of its limits).
+
+    Args:
+        flags: each tokenized row's truncation flags (0: not cut).
+        on_too_long: ``"truncate"``, ``"drop"`` or ``"error"``.
+        describe: flags -> why a row was cut, in words.
+        dataset: the dataset, for the first row's location.
+        split: the split's name, for the messages.
+
+    Returns:
+        (indices of the rows to keep, the report of truncations and drops).
+
+    Raises:
+        DataError: ``on_too_long="error"`` and a row over a limit (or unusable).
     """
     report = TokenizeReport(rows_in=len(flags))
     keep: list[int] = []

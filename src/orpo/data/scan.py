@@ -50,7 +50,11 @@ _COMPRESSIBLE = ("jsonl", "json", "csv", "tsv")
 
 
 def extension(path: Path) -> str:
-    """The data format's suffix: ``.jsonl`` for ``train.jsonl`` and for ``train.jsonl.gz``."""
+    """The data format's suffix: ``.jsonl`` for ``train.jsonl`` and for ``train.jsonl.gz``.
+
+    Args:
+        path: the file.
+    """
     suffix = path.suffix.lower()
     if suffix in COMPRESSIONS:
         return Path(path.stem).suffix.lower()
@@ -58,12 +62,23 @@ def extension(path: Path) -> str:
 
 
 def compression(path: Path) -> str | None:
-    """The compression the file's name declares ('gzip', 'bzip2', 'xz', 'zstd'), or None."""
+    """The compression the file's name declares ('gzip', 'bzip2', 'xz', 'zstd'), or None.
+
+    Args:
+        path: the file; only its last suffix is read.
+    """
     return COMPRESSIONS.get(path.suffix.lower())
 
 
 def sniff_compression(path: Path) -> str | None:
-    """The compression the file's first bytes show, whatever its name."""
+    """The compression the file's first bytes show, whatever its name.
+
+    Args:
+        path: the file; its first 10 bytes are read.
+
+    Returns:
+        ``"gzip"``, ``"bzip2"``, ``"xz"``, ``"zstd"``, or None for none of them.
+    """
     with open(path, "rb") as handle:
         head = handle.read(10)
     if head.startswith(b"\x1f\x8b"):
@@ -87,7 +102,14 @@ def _zstandard() -> Any:
 
 
 def open_data(file: DataFile) -> io.BufferedIOBase:
-    """The file's bytes, decompressed as its name says."""
+    """The file's bytes, decompressed as its name says.
+
+    Args:
+        file: the data file.
+
+    Raises:
+        DataError: a ``.zst`` file without the zstandard package.
+    """
     kind = compression(file.path)
     if kind == "gzip":
         return gzip.GzipFile(file.path, "rb")
@@ -120,7 +142,15 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
 
 @contextlib.contextmanager
 def decompressing(file: DataFile, lines: list[int] | None = None) -> Iterator[None]:
-    """A compressed file that ends early or holds bad data: one line naming it (and the last good line)."""
+    """A compressed file that ends early or holds bad data: one line naming it (and the last good line).
+
+    Args:
+        file: the file being read.
+        lines: a one-item list the reader keeps the last line it read in (for the message); None: not known.
+
+    Raises:
+        DataError: decompression failed inside the block.
+    """
     kind = compression(file.path)
     if kind is None:
         yield
@@ -136,7 +166,17 @@ def decompressing(file: DataFile, lines: list[int] | None = None) -> Iterator[No
 
 
 def check_compression(path: Path, display: str, kind: str) -> None:
-    """The name's compression must be the content's; a zstd file needs zstandard."""
+    """The name's compression must be the content's; a zstd file needs zstandard.
+
+    Args:
+        path: the file.
+        display: the file as the user named it, for the message.
+        kind: its data kind (``jsonl``, ``json``, ``csv``, ``tsv``, ``parquet``).
+
+    Raises:
+        DataError: content compressed otherwise than the name says, a compressed Parquet file, or a ``.zst``
+            file without zstandard.
+    """
     named = compression(path)
     actual = sniff_compression(path) if path.stat().st_size else named
     if actual != named:
@@ -167,6 +207,18 @@ def check_compression(path: Path, display: str, kind: str) -> None:
 
 @dataclass
 class DataFile:
+    """One local data file, as the scans find it.
+
+    Attributes:
+        path: the file.
+        display: the file as the user named it, in messages and row locations.
+        kind: ``jsonl``, ``json_list``, ``json_object``, ``csv``, ``tsv``, ``parquet`` or ``empty``.
+        locations: each row's location in the file (file and line or record), without the row index; None
+            until scanned (or, for a JSON document, loaded).
+        rows: the row count; None until known.
+        columns: the column names (CSV header, Parquet schema); None where not read up front.
+    """
+
     path: Path
     display: str
     kind: str  # jsonl | json_list | json_object | csv | tsv | parquet | empty
@@ -176,6 +228,15 @@ class DataFile:
 
     @classmethod
     def of(cls, path: Path, display: str) -> DataFile:
+        """The file with its kind (for JSON: lines, a list or an object, from its first line).
+
+        Args:
+            path: the file.
+            display: the file as the user named it.
+
+        Raises:
+            DataError: an unsupported extension, or a compression that does not match (:func:`check_compression`).
+        """
         ext = extension(path)
         if ext not in DATA_EXTENSIONS:
             named = compression(path)
@@ -316,13 +377,26 @@ def _scan_parquet(file: DataFile) -> None:
 
 
 class TypeTracker:
-    """Text columns must hold text or message lists, one kind per column across the split's rows."""
+    """Text columns must hold text or message lists, one kind per column across the split's rows.
+
+    Args:
+        columns: the text columns to check.
+    """
 
     def __init__(self, columns: frozenset[str]) -> None:
         self.columns = columns
         self.first: dict[str, tuple[str, str]] = {}  # column -> (kind, location)
 
     def check(self, row: dict[str, Any], location: str) -> None:
+        """Check one row's text columns against the kinds seen first (missing and null values are skipped).
+
+        Args:
+            row: the row.
+            location: where it is, for the message.
+
+        Raises:
+            DataError: a value that is neither text nor messages, or of another kind than the column's first.
+        """
         for column in self.columns:
             value = row.get(column)
             if value is None:
@@ -340,7 +414,17 @@ class TypeTracker:
 def diagnose_json(file: DataFile, tracker: TypeTracker, start_row: int) -> int:
     """Re-read a JSON file that the builder could not load; raise the precise error if there is one.
 
-    Returns the file's row count (for the next file's row indices)."""
+    Args:
+        file: the JSON (lines, list or object) file.
+        tracker: the split's text-column type checks.
+        start_row: the split's row index of the file's first row.
+
+    Returns:
+        The file's row count (for the next file's row indices).
+
+    Raises:
+        DataError: malformed JSON, a row that is not an object, or a text column of mixed types; names the line.
+    """
     if file.kind == "jsonl":
         row = start_row
         with decompressing(file), open_data(file) as handle:
@@ -405,6 +489,17 @@ def _check_json_document(file: DataFile, value: Any) -> list[Any]:
 
 
 def prescan(file: DataFile) -> None:
+    """Check a file before ``datasets`` loads it and record what it shows: rows, their locations, columns.
+
+    JSON lines and CSV/TSV: UTF-8, syntax and record shape, with each row's line; Parquet: readable, its rows
+    and columns; a JSON document: UTF-8 and (an object) its ``data`` list.
+
+    Args:
+        file: the file; its ``rows``, ``locations``, ``columns`` (and ``kind``, for an empty one) are set.
+
+    Raises:
+        DataError: the first problem, naming the file and line.
+    """
     if file.kind == "jsonl":
         _scan_lines(file)
     elif file.kind in ("csv", "tsv"):

@@ -55,7 +55,14 @@ def _take(batch: Batch, keep: Sequence[int]) -> Batch:
 
 
 class StreamPreparer:
-    """Batch function for ``IterableDataset.map``: raw rows in, tokenized pairs out (fewer when dropped)."""
+    """Batch function for ``IterableDataset.map``: raw rows in, tokenized pairs out (fewer when dropped).
+
+    Args:
+        row_tokenizer: the model kind's row tokenizer (with its ``normaliser`` and ``describe``).
+        policies: what to do with questionable rows.
+        report: the split's :class:`~orpo.data.prepare.DataReport`; marked ``streamed`` and filled as rows pass.
+        columns: how the data's column names map to orpo's; None: the usual names.
+    """
 
     def __init__(self, row_tokenizer: Any, policies: RowPolicies, report: Any, columns: ColumnMapping | None) -> None:
         self.row_tokenizer = row_tokenizer
@@ -141,7 +148,14 @@ class StreamPreparer:
 def count_source_formats(
     report: Any, sources: Sequence[str] | None, formats: Sequence[str], read: Sequence[int] | None
 ) -> None:
-    """A mix's rows: each source's formats (as the normaliser found them) and its row count before mixing."""
+    """A mix's rows: each source's formats (as the normaliser found them) and its row count before mixing.
+
+    Args:
+        report: the :class:`~orpo.data.prepare.DataReport` to add to (``source_formats``, ``source_rows``).
+        sources: each row's source (:data:`MIX_COLUMN`); None: not a mix, nothing is counted.
+        formats: each row's format, as the normaliser found it.
+        read: each row's source's row count before mixing (:data:`READ_COLUMN`; -1: a stream, not recorded).
+    """
     if sources is None:
         return
     for index, (name, fmt) in enumerate(zip(sources, formats, strict=True)):
@@ -168,7 +182,21 @@ def _accumulate(total: TokenizeReport, part: TokenizeReport) -> None:
 def stream_dataset(
     data: Any, row_tokenizer: Any, policies: RowPolicies, report: Any, columns: ColumnMapping | None = None
 ) -> Any:
-    """``data`` (an ``IterableDataset``) prepared lazily; ``report`` fills as the rows are read."""
+    """``data`` (an ``IterableDataset``) prepared lazily; ``report`` fills as the rows are read.
+
+    Data that is already tokenized is returned as it is.
+
+    Args:
+        data: a ``datasets.IterableDataset``.
+        row_tokenizer: the model kind's row tokenizer.
+        policies: what to do with questionable rows.
+        report: the split's :class:`~orpo.data.prepare.DataReport`.
+        columns: how the data's column names map to orpo's; None: the usual names.
+
+    Raises:
+        DataError: an empty stream (found when its columns are unknown); later, as rows arrive, what the
+            policies refuse.
+    """
     names = data.column_names
     if names is None:  # features unknown until read (e.g. JSON on the hub): the first row's keys
         first = next(iter(data.take(1)), None)

@@ -37,6 +37,16 @@ FLAGS_COLUMN = "tokenize_flags"
 
 @dataclass(frozen=True)
 class LengthLimits:
+    """The length limits of tokenized rows, in tokens (ORPOConfig's fields of the same names).
+
+    Attributes:
+        max_length: prompt plus completion (causal models; the decoder's limit for encoder-decoders without
+            ``max_completion_length``); None: no limit.
+        max_prompt_length: the prompt; None: no limit.
+        max_completion_length: each completion, EOS included; None: no limit.
+        truncation_mode: ``"keep_end"`` or ``"keep_start"``: which end of a long prompt is kept.
+    """
+
     max_length: int | None = None
     max_prompt_length: int | None = None
     max_completion_length: int | None = None
@@ -44,12 +54,23 @@ class LengthLimits:
 
     @classmethod
     def from_args(cls, args: Any) -> LengthLimits:
+        """The limits of an ``ORPOConfig``.
+
+        Args:
+            args: an ``ORPOConfig``.
+        """
         return cls(args.max_length, args.max_prompt_length, args.max_completion_length, args.truncation_mode)
 
 
 @dataclass
 class SpecialTokens:
-    """How this tokenizer marks sequence starts and ends, probed once."""
+    """How this tokenizer marks sequence starts and ends, probed once.
+
+    Attributes:
+        bos_token_id: the BOS id, or None.
+        eos_token_id: the EOS id, appended to every completion.
+        adds_bos: whether the tokenizer puts BOS first when it adds special tokens (then prompts start with one).
+    """
 
     bos_token_id: int | None
     eos_token_id: int
@@ -57,6 +78,14 @@ class SpecialTokens:
 
     @classmethod
     def probe(cls, tokenizer: PreTrainedTokenizerBase) -> SpecialTokens:
+        """Read the specials off ``tokenizer`` (its encoding of ``"a"`` tells whether it adds BOS).
+
+        Args:
+            tokenizer: the model's tokenizer.
+
+        Raises:
+            ValueError: it has no EOS token.
+        """
         if tokenizer.eos_token_id is None:
             raise ValueError(
                 "the tokenizer has no eos_token: ORPO appends EOS to every completion so the model learns to stop; "
@@ -70,7 +99,19 @@ class SpecialTokens:
 
 @dataclass
 class TokenizeReport:
-    """What tokenization did to the rows: nothing is changed or dropped without a count here."""
+    """What tokenization did to the rows: nothing is changed or dropped without a count here.
+
+    Attributes:
+        rows_in: rows tokenized.
+        rows_out: rows kept.
+        prompt_truncated: rows whose prompt was cut (kept or dropped).
+        chosen_truncated: rows whose chosen completion was cut.
+        rejected_truncated: rows whose rejected completion was cut.
+        dropped_no_room_for_completion: rows dropped because the prompt fills ``max_length``.
+        dropped_image_truncated: rows dropped because a prompt limit would cut image tokens.
+        dropped_too_long: rows dropped for being over a limit (``on_too_long="drop"``).
+        dropped_rows: the indices of the dropped rows (in the tokenized data).
+    """
 
     rows_in: int = 0
     rows_out: int = 0
@@ -83,11 +124,17 @@ class TokenizeReport:
     dropped_rows: list[int] = field(default_factory=list)
 
     def count_truncations(self, flags: int) -> None:
+        """Count one row's cuts.
+
+        Args:
+            flags: the row's truncation flags.
+        """
         self.prompt_truncated += bool(flags & PROMPT_TRUNCATED)
         self.chosen_truncated += bool(flags & CHOSEN_TRUNCATED)
         self.rejected_truncated += bool(flags & REJECTED_TRUNCATED)
 
     def summary(self) -> str:
+        """One line: pairs kept of those read, then each kind of cut and drop that happened."""
         parts = [f"{self.rows_out}/{self.rows_in} pairs kept"]
         for name in ("prompt_truncated", "chosen_truncated", "rejected_truncated"):
             if getattr(self, name):
@@ -108,7 +155,12 @@ def _cut(ids: Sequence[int], limit: int | None, keep_end: bool) -> Sequence[int]
 
 
 def finalize_prompt(ids: list[int], special: SpecialTokens) -> list[int]:
-    """Ensure exactly one leading BOS when the tokenizer uses BOS (templates often add it too)."""
+    """Ensure exactly one leading BOS when the tokenizer uses BOS (templates often add it too).
+
+    Args:
+        ids: the prompt's token ids.
+        special: the tokenizer's specials (:meth:`SpecialTokens.probe`).
+    """
     if not special.adds_bos or special.bos_token_id is None:
         return ids
     bos = special.bos_token_id
@@ -123,6 +175,11 @@ def finalize_completion(ids: list[int], special: SpecialTokens, whitespace_ids: 
 
     A chat template usually renders the end-of-turn token followed by a newline; if that
     token is the EOS, the trailing whitespace is dropped rather than appending a second EOS.
+
+    Args:
+        ids: the completion's token ids.
+        special: the tokenizer's specials.
+        whitespace_ids: ids of whitespace-only tokens (:func:`whitespace_token_ids`).
     """
     eos = special.eos_token_id
     end = len(ids)
@@ -134,7 +191,11 @@ def finalize_completion(ids: list[int], special: SpecialTokens, whitespace_ids: 
 
 
 def whitespace_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """Ids of tokens that decode to pure whitespace (e.g. the '\\n' after an end-of-turn)."""
+    """Ids of tokens that decode to pure whitespace (e.g. the '\\n' after an end-of-turn).
+
+    Args:
+        tokenizer: the model's tokenizer; common whitespace strings that it encodes as one token are collected.
+    """
     ids = set()
     for text in ("\n", "\n\n", " ", "  ", "\t", " \n"):
         encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -165,6 +226,13 @@ def truncate_pair(
     ``bos_token_id`` stays first), each completion to ``max_completion_length`` (keeping its
     start), then each completion to what ``max_length`` leaves after the prompt.  If that is
     nothing, NO_ROOM_FOR_COMPLETION is set.
+
+    Args:
+        prompt: the prompt's ids.
+        chosen: the chosen completion's ids.
+        rejected: the rejected completion's ids.
+        limits: the length limits.
+        bos_token_id: a BOS that ``keep_end`` keeps first; None: none kept.
     """
     flags = 0
     keep_end = limits.truncation_mode == "keep_end"
@@ -187,7 +255,12 @@ def truncate_pair(
 
 
 def describe_flags(flags: int, limits: LengthLimits) -> str:
-    """What ``limits`` do to a row with these flags, for a causal model (prompt + completion <= max_length)."""
+    """What ``limits`` do to a row with these flags, for a causal model (prompt + completion <= max_length).
+
+    Args:
+        flags: the row's truncation flags.
+        limits: the limits that set them.
+    """
     if flags & NO_ROOM_FOR_COMPLETION:
         return f"the prompt fills max_length={limits.max_length} and leaves no room for a completion"
     parts = []
@@ -221,7 +294,11 @@ class RowTokenizer(Protocol):
         ...
 
     def describe(self, flags: int) -> str:
-        """What the length limits do to a row with these flags, naming the limits (for errors)."""
+        """What the length limits do to a row with these flags, naming the limits (for errors).
+
+        Args:
+            flags: the row's truncation flags.
+        """
         ...
 
 
@@ -229,6 +306,11 @@ class PairTokenizer:
     """Causal-LM rows: prompt and completions tokenized separately, so the boundary is exact.
 
     A :class:`RowTokenizer`; picklable so ``datasets.map`` can run it in workers and fingerprint it.
+
+    Args:
+        tokenizer: the model's tokenizer (it needs an EOS token).
+        limits: the length limits and truncation mode.
+        template_kwargs: extra keyword arguments of the chat template (``chat_template_kwargs``).
     """
 
     def __init__(
@@ -243,6 +325,11 @@ class PairTokenizer:
         self.bos_to_keep = self.special.bos_token_id if self.special.adds_bos else None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens.
+
+        Args:
+            texts: the texts.
+        """
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def __call__(self, batch: Batch) -> Batch:
@@ -261,9 +348,20 @@ class PairTokenizer:
         return out
 
     def describe(self, flags: int) -> str:
+        """What the limits do to a row with these flags (:func:`describe_flags`).
+
+        Args:
+            flags: the row's truncation flags.
+        """
         return describe_flags(flags, self.limits)
 
     def one(self, prompt: str, chosen: str, rejected: str) -> dict[str, Any]:
-        """Tokenize a single triple (for inspection and tests)."""
+        """Tokenize a single triple (for inspection and tests).
+
+        Args:
+            prompt: the rendered prompt text.
+            chosen: the chosen completion's text.
+            rejected: the rejected completion's text.
+        """
         result = self({"prompt": [prompt], "chosen": [chosen], "rejected": [rejected]})
         return {key: values[0] for key, values in result.items()}

@@ -23,12 +23,28 @@ TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 
 def column_values(dataset: Any, name: str) -> list[Any]:
     """A whole column as a Python list, in one Arrow conversion (``dataset[name]`` in datasets >= 4
-    is a lazy column whose element access formats one row at a time)."""
+    is a lazy column whose element access formats one row at a time).
+
+    Args:
+        dataset: a ``datasets.Dataset``.
+        name: the column.
+    """
     return dataset.with_format("arrow")[name].to_pylist()
 
 
 def check_python_rows(rows: Sequence[Any], split: str = "train") -> None:
-    """Rows of a list of dicts: each a dict, text columns text or messages, one kind per column."""
+    """Rows of a list of dicts: each a dict, text columns text or messages, one kind per column.
+
+    A prompt that is None in every row is an implicit prompt; None in only some rows is an error.
+
+    Args:
+        rows: the rows.
+        split: the split's name, for the messages.
+
+    Raises:
+        DataError: no rows, a row that is not a dict, a text column of another type or mixing text and messages,
+            or a prompt missing in some rows.
+    """
     if not rows:
         raise DataError(f"{split} data is empty: no preference pairs")
     kinds: dict[str, tuple[str, int]] = {}
@@ -63,7 +79,16 @@ def _kind_name(kind: str) -> str:
 
 
 def check_python_columns(columns: dict[str, Any], split: str = "train") -> None:
-    """A dict of lists: equal lengths, then the same checks as rows."""
+    """A dict of lists: equal lengths, then the same checks as rows.
+
+    Args:
+        columns: column -> values.
+        split: the split's name, for the messages.
+
+    Raises:
+        DataError: a column that is not a list, columns of different lengths, or what :func:`check_python_rows`
+            refuses.
+    """
     lengths = {name: len(values) for name, values in columns.items() if isinstance(values, Sequence)}
     not_lists = [
         name for name, values in columns.items() if not isinstance(values, Sequence) or isinstance(values, str)
@@ -108,7 +133,16 @@ def _feature_kind(feature: Any) -> str:
 
 
 def check_dataset(dataset: Any, split: str = "train") -> None:
-    """Schema-level checks of a dataset whose columns are already prompt/chosen/rejected."""
+    """Schema-level checks of a dataset whose columns are already prompt/chosen/rejected.
+
+    Args:
+        dataset: a ``datasets.Dataset`` with canonical columns.
+        split: the split's name, for the messages.
+
+    Raises:
+        DataError: no rows, a text column of another type, or a null value (a prompt null in every row is
+            allowed).
+    """
     import pyarrow.compute as pc
 
     if len(dataset) == 0:
@@ -144,7 +178,16 @@ def check_dataset(dataset: Any, split: str = "train") -> None:
 
 @dataclass
 class RowIssues:
-    """Indices of questionable rows (after normalisation)."""
+    """Indices of questionable rows (after normalisation).
+
+    Attributes:
+        identical: rows whose chosen equals their rejected (surrounding whitespace aside).
+        empty: rows with an empty chosen or rejected completion.
+        empty_prompts: rows with an empty prompt.
+        duplicates: rows equal to an earlier one (the first occurrence is not listed).
+        distinct_prompts: how many different prompts there are.
+        max_prompt_repeats: the most rows that share one prompt.
+    """
 
     identical: list[int] = field(default_factory=list)
     empty: list[int] = field(default_factory=list)
@@ -165,7 +208,16 @@ def find_row_issues(
     """chosen == rejected (ignoring surrounding whitespace), an empty completion, an empty prompt,
     or a row equal to an earlier one (same prompt, chosen and rejected, and the same ``keys``
     entry: e.g. the same images).  A prompt repeating with other answers is fine.  ``empty`` and
-    ``empty_prompts`` are the normaliser's verdicts on the content; without them the texts decide."""
+    ``empty_prompts`` are the normaliser's verdicts on the content; without them the texts decide.
+
+    Args:
+        prompts: the rendered prompts.
+        chosens: the chosen completions.
+        rejecteds: the rejected completions.
+        empty: per row, whether a completion is empty (the normaliser's ``_orpo_empty``).
+        keys: per row, what else makes it distinct (e.g. its images); None: the texts alone.
+        empty_prompts: per row, whether the prompt is empty.
+    """
     issues = RowIssues()
     seen: set[tuple[str, ...]] = set()
     prompt_counts: dict[str, int] = {}

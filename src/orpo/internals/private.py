@@ -29,6 +29,12 @@ CHECKPOINT_PREFIX = "checkpoint-"
 
 
 def checkpoint_dir(run_dir: str, step: int) -> str:
+    """``run_dir/checkpoint-<step>``, as ``Trainer`` names its checkpoints.
+
+    Args:
+        run_dir: the run's output folder (:func:`run_dir`).
+        step: the global step.
+    """
     return os.path.join(run_dir, f"{CHECKPOINT_PREFIX}{step}")
 
 
@@ -39,7 +45,12 @@ OVERRIDDEN: dict[str, tuple[str, ...]] = {"_save_checkpoint": ("self", "model", 
 
 
 def run_dir(trainer: Trainer, trial: Any) -> str:
-    """``Trainer._get_output_dir(trial)``: ``output_dir``, or the trial's folder under hyperparameter search."""
+    """``Trainer._get_output_dir(trial)``: ``output_dir``, or the trial's folder under hyperparameter search.
+
+    Args:
+        trainer: the trainer.
+        trial: the hyperparameter-search trial, or None.
+    """
     return trainer._get_output_dir(trial=trial)
 
 
@@ -50,6 +61,12 @@ def write_checkpoint(trainer: Trainer, directory: str, run_dir: str, trial: Any)
     ``_save_optimizer_and_scheduler``, ``_save_scaler`` and ``_save_rng_state`` each writing their files
     (per process where needed) into the folder they are given.  The contract test checks that these
     produce the same files as ``Trainer._save_checkpoint``.
+
+    Args:
+        trainer: the trainer.
+        directory: the folder to write (a staging folder, committed afterwards).
+        run_dir: the run's output folder, where the committed checkpoint will be.
+        trial: the hyperparameter-search trial, or None.
     """
     if trainer.hp_search_backend is None and trial is None:
         trainer.store_flos()
@@ -85,13 +102,24 @@ def _weights_as_held(trainer: Trainer) -> Iterator[None]:
 def save_weights(trainer: Trainer, directory: str, state_dict: dict[str, Any]) -> None:
     """``Trainer._save(directory, state_dict)``: what ``save_model`` writes (weights through ``save_pretrained``,
     the processing class, ``training_args.bin``) from an already gathered state dict, on ``should_save``
-    processes only; the others return (the gather was the collective)."""
+    processes only; the others return (the gather was the collective).
+
+    Args:
+        trainer: the trainer.
+        directory: the folder to write.
+        state_dict: the model's full (gathered) state dict.
+    """
     trainer._save(directory, state_dict=state_dict)
 
 
 def record_best_checkpoint(trainer: Trainer, run_dir: str) -> None:
     """As ``Trainer._save_checkpoint``: point ``state.best_model_checkpoint`` at the best step's checkpoint
-    once it exists, the one being written included (its final path, not the staging folder)."""
+    once it exists, the one being written included (its final path, not the staging folder).
+
+    Args:
+        trainer: the trainer; its ``state.best_model_checkpoint`` is set.
+        run_dir: the run's output folder.
+    """
     args, state = trainer.args, trainer.state
     if args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST) and state.best_global_step:
         trainer.accelerator.wait_for_everyone()
@@ -102,7 +130,12 @@ def record_best_checkpoint(trainer: Trainer, run_dir: str) -> None:
 
 def save_trainer_state(trainer: Trainer, directory: str) -> None:
     """``trainer_state.json`` with the ``ExportableState`` callbacks' and the control's state, as
-    ``Trainer._save_checkpoint`` exports them (resume reloads them through ``_load_callback_state``)."""
+    ``Trainer._save_checkpoint`` exports them (resume reloads them through ``_load_callback_state``).
+
+    Args:
+        trainer: the trainer (only ``should_save`` processes write).
+        directory: the checkpoint folder to write into.
+    """
     if not trainer.args.should_save:
         return
     state = trainer.state
@@ -119,7 +152,13 @@ def save_trainer_state(trainer: Trainer, directory: str) -> None:
 
 def finish_checkpoint(trainer: Trainer, checkpoint: str, run_dir: str) -> None:
     """After the commit, what ``Trainer._save_checkpoint`` does last: ``_push_from_checkpoint`` (a
-    background upload from the committed folder) and ``rotate_checkpoints`` for ``save_total_limit``."""
+    background upload from the committed folder) and ``rotate_checkpoints`` for ``save_total_limit``.
+
+    Args:
+        trainer: the trainer.
+        checkpoint: the committed checkpoint folder.
+        run_dir: the run's output folder, whose checkpoints are rotated.
+    """
     args = trainer.args
     if args.push_to_hub:
         trainer._push_from_checkpoint(checkpoint)
@@ -136,6 +175,12 @@ def unlogged_loss(trainer: Trainer) -> tuple[float, int]:
     """``Trainer._tr_loss`` (the loss summed since the last log) and ``_globalstep_last_logged``.
 
     They exist only while ``train()`` runs; outside it nothing is waiting to be logged.
+
+    Args:
+        trainer: the trainer.
+
+    Returns:
+        (the unlogged loss sum, 0.0 outside ``train()``; the step last logged, the global step outside it).
     """
     tr_loss = getattr(trainer, "_tr_loss", None)
     last_logged = getattr(trainer, "_globalstep_last_logged", trainer.state.global_step)
@@ -144,7 +189,13 @@ def unlogged_loss(trainer: Trainer) -> tuple[float, int]:
 
 def restore_unlogged_loss(trainer: Trainer, tr_loss: float, last_logged: int) -> None:
     """Put back what :func:`unlogged_loss` saved; called from ``on_train_begin``, which ``Trainer`` fires
-    right after resetting ``_tr_loss`` to 0 and ``_globalstep_last_logged`` to the resumed step."""
+    right after resetting ``_tr_loss`` to 0 and ``_globalstep_last_logged`` to the resumed step.
+
+    Args:
+        trainer: the trainer, inside ``train()``.
+        tr_loss: the unlogged loss sum to add back.
+        last_logged: the step last logged.
+    """
     trainer._tr_loss += tr_loss
     trainer._globalstep_last_logged = last_logged
 
@@ -154,13 +205,21 @@ def is_window_end(trainer: Trainer) -> bool:
 
     ``Trainer`` sets ``accelerator.sync_gradients`` before each ``training_step``.  Were it ever left
     True throughout, the guard would read the gradients after every micro-batch: slower, same verdicts.
+
+    Args:
+        trainer: the trainer, inside ``train()``.
     """
     return bool(trainer.accelerator.sync_gradients)
 
 
 def prepare_inputs(trainer: Trainer, inputs: dict[str, Any]) -> dict[str, Any]:
     """``Trainer._prepare_inputs``: a batch moved to the device (and cast for DeepSpeed), as
-    ``training_step`` prepares it; for ``prediction_step``, which runs ``compute_loss`` itself."""
+    ``training_step`` prepares it; for ``prediction_step``, which runs ``compute_loss`` itself.
+
+    Args:
+        trainer: the trainer.
+        inputs: the collated batch.
+    """
     return trainer._prepare_inputs(inputs)
 
 
@@ -187,7 +246,12 @@ FLASH_KWARGS = (
 def flash_attention_forward(*args: Any, **kwargs: Any) -> Any:
     """``transformers.modeling_flash_attention_utils._flash_attention_forward``: the flash entry point
     transformers' own layers call (dtype casts, sliding window, varlen from ``cu_seq_lens_*``); it has
-    no public name, and going through it keeps flash-attn 2/3 and kernels-hub versions alike."""
+    no public name, and going through it keeps flash-attn 2/3 and kernels-hub versions alike.
+
+    Args:
+        *args: passed on (query, key and value states...).
+        **kwargs: passed on (:data:`FLASH_KWARGS`).
+    """
     from transformers.modeling_flash_attention_utils import _flash_attention_forward
 
     return _flash_attention_forward(*args, **kwargs)
@@ -195,7 +259,11 @@ def flash_attention_forward(*args: Any, **kwargs: Any) -> Any:
 
 def attention_registered(name: str) -> bool:
     """Whether ``AttentionInterface`` globally knows ``name`` (its ``_global_mapping``), so that
-    registering orpo's implementations stays idempotent."""
+    registering orpo's implementations stays idempotent.
+
+    Args:
+        name: an attention implementation's name.
+    """
     from transformers import AttentionInterface
 
     return name in AttentionInterface._global_mapping
@@ -203,7 +271,11 @@ def attention_registered(name: str) -> bool:
 
 def attn_implementation(config: Any) -> str | None:
     """``PretrainedConfig._attn_implementation``: the attention a model dispatches to now (after
-    ``set_attn_implementation``); the public ``attn_implementation`` argument is only what it loaded with."""
+    ``set_attn_implementation``); the public ``attn_implementation`` argument is only what it loaded with.
+
+    Args:
+        config: a model config (the answer is None where it has no ``_attn_implementation``).
+    """
     return getattr(config, "_attn_implementation", None)
 
 
@@ -211,7 +283,15 @@ def router_recorder(model: Any) -> tuple[type, int, str | None] | None:
     """``PreTrainedModel._can_record_outputs["router_logits"]``: the module class whose output (at an
     index, under a layer name) transformers records as a MoE model's router logits, or None where the
     model records none.  The one description of "the router" every MoE class in transformers gives;
-    a bare class means index 1 there (transformers' default for outputs other than hidden states)."""
+    a bare class means index 1 there (transformers' default for outputs other than hidden states).
+
+    Args:
+        model: a model (or anything: None where it declares no router outputs).
+
+    Returns:
+        (the router module class, the index of the router logits in its output, the layer name or None), or
+        None.
+    """
     spec = (getattr(model, "_can_record_outputs", None) or {}).get("router_logits")
     if isinstance(spec, list):
         spec = spec[0] if len(spec) == 1 else None

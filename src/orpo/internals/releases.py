@@ -52,6 +52,9 @@ def loss_is_scaled_for_ga(trainer: Any) -> None:
     Older transformers (5.3-5.5) also create the Accelerator with the accumulation steps, whose ``backward`` then
     divides a second time; newer ones give it 1 and accumulate themselves, as is done here.  DeepSpeed scales
     in its own engine, where the Trainer already turns that off.
+
+    Args:
+        trainer: the ``ORPOTrainer``, with its accelerator created; changed in place.
     """
     trainer.loss_is_scaled_for_ga = True
     if not HAS_LOSS_IS_SCALED_FOR_GA:
@@ -63,7 +66,11 @@ def loss_is_scaled_for_ga(trainer: Any) -> None:
 
 def sync_activation_checkpointing(args: Any) -> None:
     """Where ORPOConfig declares ``activation_checkpointing*`` itself: the new name wins when set, as in
-    transformers >= 5.23, and both names end up equal (transformers before it reads only the old one)."""
+    transformers >= 5.23, and both names end up equal (transformers before it reads only the old one).
+
+    Args:
+        args: an ``ORPOConfig``; changed in place (nothing to do on transformers >= 5.23).
+    """
     if HAS_ACTIVATION_CHECKPOINTING:
         return
     if args.activation_checkpointing is None:
@@ -75,7 +82,13 @@ def sync_activation_checkpointing(args: Any) -> None:
 
 
 def enable_activation_checkpointing(model: Any, kwargs: dict[str, Any] | None = None) -> None:
-    """``model.activation_checkpointing_enable`` (transformers >= 5.23) or ``gradient_checkpointing_enable``."""
+    """``model.activation_checkpointing_enable`` (transformers >= 5.23) or ``gradient_checkpointing_enable``.
+
+    Args:
+        model: the model.
+        kwargs: the checkpointing options (``activation_checkpointing_kwargs``, e.g. ``use_reentrant``); None: the
+            defaults.
+    """
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
         enable(kwargs)

@@ -29,7 +29,14 @@ OWN_OPTIONS = {
 
 
 def lora_options(model_args: ModelArguments) -> dict[str, Any]:
-    """``lora_config``'s mapping, checked against ``peft.LoraConfig``'s fields: one error naming the key."""
+    """``lora_config``'s mapping, checked against ``peft.LoraConfig``'s fields: one error naming the key.
+
+    Args:
+        model_args: the model options; ``lora_config`` is read.
+
+    Raises:
+        UsageError: a key ``LoraConfig`` does not take, or one that has its own option (:data:`OWN_OPTIONS`).
+    """
     from peft import LoraConfig
 
     given = dict(model_args.lora_config or {})
@@ -43,7 +50,14 @@ def lora_options(model_args: ModelArguments) -> dict[str, Any]:
 
 
 def start_adapter_base(model_args: ModelArguments) -> str | None:
-    """The base model of a ``--model`` that is a LoRA adapter directory (None for any other model)."""
+    """The base model of a ``--model`` that is a LoRA adapter directory (None for any other model).
+
+    Args:
+        model_args: the model options; ``model_name_or_path`` is read.
+
+    Raises:
+        UsageError: the adapter's config is not valid JSON or names no base model.
+    """
     name = model_args.model_name_or_path
     file = Path(name).expanduser() / ADAPTER_CONFIG if name else None
     if file is None or not file.is_file():
@@ -58,7 +72,15 @@ def start_adapter_base(model_args: ModelArguments) -> str | None:
 
 
 def check_start_adapter(model_args: ModelArguments) -> None:
-    """Refuse a new adapter on an adapter that is continued (it would be stacked): before any data is read."""
+    """Refuse a new adapter on an adapter that is continued (it would be stacked): before any data is read.
+
+    Args:
+        model_args: the model options (``model_name_or_path``, ``use_peft``, ``merge_start_adapter``).
+
+    Raises:
+        UsageError: ``--peft`` on a start adapter that is not merged first, or ``--merge-start-adapter`` without
+            a start adapter.
+    """
     if start_adapter_base(model_args) is None:
         if model_args.merge_start_adapter:
             raise UsageError("--merge-start-adapter: --model is not a LoRA adapter directory (no adapter_config.json)")
@@ -71,7 +93,13 @@ def check_start_adapter(model_args: ModelArguments) -> None:
 
 
 def attach_start_adapter(model: Any, adapter_dir: str, merge: bool) -> Any:
-    """The base ``model`` with the adapter: trainable, or merged into the weights (a plain model)."""
+    """The base ``model`` with the adapter: trainable, or merged into the weights (a plain model).
+
+    Args:
+        model: the adapter's base model, loaded.
+        adapter_dir: the adapter's folder.
+        merge: merge the adapter into the weights rather than train it.
+    """
     from peft import PeftModel
 
     from orpo.models.damaged import naming_damaged_files

@@ -36,7 +36,11 @@ def _template_texts(tokenizer: Any) -> list[str]:
 
 def token_id_range(tokenizer: Any) -> tuple[int, int]:
     """(tokens, highest id + 1) of what ``tokenizer`` can produce: its vocabulary with the added and special
-    tokens (``len(tokenizer)``), and the ids the chat template's special tokens map to."""
+    tokens (``len(tokenizer)``), and the ids the chat template's special tokens map to.
+
+    Args:
+        tokenizer: a tokenizer, or a processor (its text tokenizer is read).
+    """
     tok = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's text tokenizer
     count = len(tok)
     ids = [count - 1]
@@ -55,7 +59,11 @@ def token_id_range(tokenizer: Any) -> tuple[int, int]:
 
 
 def embedding_rows(model: Any) -> int | None:
-    """Rows of the model's input embeddings (None where the model does not say)."""
+    """Rows of the model's input embeddings (None where the model does not say).
+
+    Args:
+        model: a model with ``get_input_embeddings``.
+    """
     try:
         embeddings = model.get_input_embeddings()
     except (AttributeError, NotImplementedError):
@@ -71,7 +79,14 @@ def mismatch(
     name: str, tokenizer: Any, rows: int, what: str = "the model's input embeddings have {rows} rows"
 ) -> str | None:
     """The message when ``tokenizer`` produces ids beyond ``rows`` embedding rows, else None (``what``: how the
-    message says the model's size)."""
+    message says the model's size).
+
+    Args:
+        name: the model's name, at the start of the message.
+        tokenizer: a tokenizer or processor.
+        rows: the embedding rows (or vocabulary size) to fit into.
+        what: how the message says the model's size; ``{rows}`` is filled in.
+    """
     count, needed = token_id_range(tokenizer)
     if needed <= rows:
         return None
@@ -84,7 +99,17 @@ def mismatch(
 def fit_embeddings(model: Any, tokenizer: Any, *, resize: bool = False, name: str | None = None) -> None:
     """Refuse a tokenizer whose ids exceed the model's input embeddings (a :class:`UsageError` with both sizes
     and the remedy), or with ``resize`` grow the embeddings to it, to a multiple of :data:`RESIZE_MULTIPLE`
-    (embeddings that are large enough are left as they are)."""
+    (embeddings that are large enough are left as they are).
+
+    Args:
+        model: the model; resized in place.
+        tokenizer: its tokenizer or processor.
+        resize: grow the embeddings instead of refusing.
+        name: the model's name for the message; None: its config's ``_name_or_path``.
+
+    Raises:
+        UsageError: the tokenizer does not fit and ``resize`` is off.
+    """
     rows = embedding_rows(model)
     if rows is None:
         return
@@ -106,7 +131,14 @@ def fit_embeddings(model: Any, tokenizer: Any, *, resize: bool = False, name: st
 
 
 def config_vocab_size(config: Any) -> int | None:
-    """``vocab_size`` of a model config (its text model's for a vision-language model), without the weights."""
+    """``vocab_size`` of a model config (its text model's for a vision-language model), without the weights.
+
+    Args:
+        config: a model config; None gives None.
+
+    Returns:
+        The vocabulary size, or None where the config has no positive one.
+    """
     if config is None:
         return None
     text = config.get_text_config() if hasattr(config, "get_text_config") else config

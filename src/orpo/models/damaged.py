@@ -48,7 +48,12 @@ WEIGHT_GLOBS: dict[str, tuple[str, ...]] = {
 
 
 class DamagedFile(OSError):
-    """A file a load reads is truncated or corrupt; the message names it and the cause."""
+    """A file a load reads is truncated or corrupt; the message names it and the cause.
+
+    Args:
+        path: the file, as the user would recognise it.
+        cause: why it cannot be read, in a few words.
+    """
 
     def __init__(self, path: str, cause: str) -> None:
         super().__init__(f"{path}: truncated or corrupt ({cause})")
@@ -56,7 +61,11 @@ class DamagedFile(OSError):
 
 
 def json_problem(path: Path) -> str | None:
-    """Why a JSON file cannot be read (None: it can), with the line and column of a syntax error."""
+    """Why a JSON file cannot be read (None: it can), with the line and column of a syntax error.
+
+    Args:
+        path: the file; it must exist.
+    """
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -75,6 +84,9 @@ def safetensors_problem(path: Path) -> str | None:
 
     The format: 8 bytes of header length, a JSON header giving each tensor's byte range, the data; a
     truncated file is shorter than the header says.
+
+    Args:
+        path: the file; it must exist.
     """
     size = path.stat().st_size
     with path.open("rb") as handle:
@@ -109,7 +121,13 @@ def _short(err: BaseException) -> str:
 
 
 def torch_problem(path: Path) -> str | None:
-    """Why a PyTorch checkpoint (``pytorch_model.bin``) cannot be read (None: it loads)."""
+    """Why a PyTorch checkpoint (``pytorch_model.bin``) cannot be read (None: it loads).
+
+    The checkpoint is loaded (``weights_only``, memory-mapped where it is a zip archive) to find out.
+
+    Args:
+        path: the file; it must exist.
+    """
     import torch
 
     with path.open("rb") as handle:
@@ -151,7 +169,13 @@ def _files(folder: Path, kind: LoadKind) -> list[Path]:
 
 
 def find_damaged(name_or_path: str, folder: Path, kind: LoadKind) -> DamagedFile | None:
-    """The first damaged file ``kind``'s load reads in ``folder``, named as the user gave the model."""
+    """The first damaged file ``kind``'s load reads in ``folder``, named as the user gave the model.
+
+    Args:
+        name_or_path: the model as the user gave it (a hub id or a path).
+        folder: where its files are (:func:`local_folder`).
+        kind: which load's files to check (:data:`JSON_FILES`, :data:`WEIGHT_GLOBS`).
+    """
     for file in _files(folder, kind):
         try:
             cause = _problem(file)
@@ -164,7 +188,15 @@ def find_damaged(name_or_path: str, folder: Path, kind: LoadKind) -> DamagedFile
 
 
 def local_folder(name_or_path: str, revision: str | None = None) -> Path | None:
-    """The folder a model's files are read from: the local directory, or its hub cache snapshot."""
+    """The folder a model's files are read from: the local directory, or its hub cache snapshot.
+
+    Args:
+        name_or_path: a local folder or a hub id.
+        revision: the hub revision whose snapshot to find; None: the default branch.
+
+    Returns:
+        The folder, or None where the model is neither local nor cached.
+    """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -185,7 +217,16 @@ def local_folder(name_or_path: str, revision: str | None = None) -> Path | None:
 @contextlib.contextmanager
 def naming_damaged_files(name_or_path: str, kind: LoadKind, revision: str | None = None) -> Iterator[None]:
     """A load of ``name_or_path`` that fails on a damaged file raises :class:`DamagedFile` naming it;
-    any other failure is raised as it is."""
+    any other failure is raised as it is.
+
+    Args:
+        name_or_path: the model being loaded, as the user gave it.
+        kind: what the load reads.
+        revision: the hub revision being loaded (to find its cached files).
+
+    Raises:
+        DamagedFile: the load failed and one of the files it reads is damaged.
+    """
     try:
         yield
     except DamagedFile:
@@ -199,7 +240,14 @@ def naming_damaged_files(name_or_path: str, kind: LoadKind, revision: str | None
 
 
 def read_json(path: str | Path) -> Any:
-    """A JSON file orpo reads itself (``adapter_config.json``...); a damaged one is a :class:`DamagedFile`."""
+    """A JSON file orpo reads itself (``adapter_config.json``...); a damaged one is a :class:`DamagedFile`.
+
+    Args:
+        path: the file.
+
+    Raises:
+        DamagedFile: it is empty, not UTF-8 or not valid JSON.
+    """
     file = Path(path)
     cause = json_problem(file)
     if cause is not None:

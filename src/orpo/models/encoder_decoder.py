@@ -53,7 +53,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EncoderSpecials:
-    """The special tokens the tokenizer wraps a single sequence in (``<s> x </s>``, ``x </s>``)."""
+    """The special tokens the tokenizer wraps a single sequence in (``<s> x </s>``, ``x </s>``).
+
+    Attributes:
+        prefix: the ids before the sequence (``<s>``), or none.
+        suffix: the ids after it (``</s>``), or none.
+        strip_bos: a BOS this tokenizer adds itself: leading copies written in the prompt text are dropped;
+            None where it adds none.
+    """
 
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
@@ -61,6 +68,11 @@ class EncoderSpecials:
 
     @classmethod
     def probe(cls, tokenizer: Any) -> EncoderSpecials:
+        """The specials ``tokenizer`` adds, read off its encoding of ``"a"`` with and without them.
+
+        Args:
+            tokenizer: the model's tokenizer.
+        """
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
         full = tokenizer("a", add_special_tokens=True)["input_ids"]
         start = next((i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain), None)
@@ -72,7 +84,13 @@ class EncoderSpecials:
         )
 
     def wrap(self, ids: list[int], limit: int | None, keep_end: bool) -> tuple[list[int], bool]:
-        """Prompt ids (no special tokens) -> encoder input within ``limit``; and whether it was cut."""
+        """Prompt ids (no special tokens) -> encoder input within ``limit``; and whether it was cut.
+
+        Args:
+            ids: the prompt's token ids, without special tokens.
+            limit: the most ids of the encoder input, its special tokens included; None: no limit.
+            keep_end: keep the prompt's end (drop its start) when it is cut; False keeps the start.
+        """
         if self.strip_bos is not None:
             start = 0
             while start < len(ids) and ids[start] == self.strip_bos:
@@ -93,6 +111,11 @@ class Seq2SeqRowTokenizer:
     separate sequences, so ``max_length`` does not bound their sum).
 
     A :class:`orpo.data.tokenize.RowTokenizer`; picklable for ``datasets.map``.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        limits: the length limits (``max_prompt_length`` for the encoder input, ``max_completion_length`` or
+            ``max_length`` for each completion) and ``truncation_mode``.
     """
 
     def __init__(self, tokenizer: Any, limits: LengthLimits) -> None:
@@ -124,6 +147,11 @@ class Seq2SeqRowTokenizer:
         return out
 
     def describe(self, flags: int) -> str:
+        """Why a row was cut, in words, for the data report and errors.
+
+        Args:
+            flags: the row's truncation flags (``PROMPT_TRUNCATED``, ``CHOSEN_TRUNCATED``, ``REJECTED_TRUNCATED``).
+        """
         parts = []
         if flags & PROMPT_TRUNCATED:
             parts.append(f"the prompt is longer than max_prompt_length={self.limits.max_prompt_length} encoder tokens")
@@ -145,6 +173,19 @@ def prepare_seq2seq_dataset(
 
     The same formats, checks, policies, errors and report as
     :func:`orpo.data.prepare_preference_dataset`, with :class:`Seq2SeqRowTokenizer`.
+
+    Args:
+        data: preference data (a Dataset, list of dicts, dict of lists, DataFrame...).
+        tokenizer: the model's tokenizer.
+        args: an ``ORPOConfig`` (length limits, row policies, ``dataset_num_proc``, ``nll_scope``).
+        split: the split's name, for messages and the report.
+        columns: how the data's column names map to orpo's; None: the usual names.
+
+    Returns:
+        (the tokenized dataset, its :class:`~orpo.data.prepare.DataReport`).
+
+    Raises:
+        DataError: the data cannot be read or validated, or no pair is left.
     """
     if args.nll_scope == "prompt_and_completion":
         logger.warning(
@@ -159,7 +200,17 @@ def prepare_seq2seq_dataset(
 
 
 def decoder_prefix(model: Any, tokenizer: Any) -> tuple[int, ...]:
-    """``(decoder_start_token_id[, forced BOS])`` for ``model``: what generation starts the decoder with."""
+    """``(decoder_start_token_id[, forced BOS])`` for ``model``: what generation starts the decoder with.
+
+    The start token falls back to the pad token (with a warning), the forced BOS to the BOS the tokenizer adds.
+
+    Args:
+        model: the encoder-decoder model (its generation config and config); None under ``model_init``.
+        tokenizer: its tokenizer.
+
+    Raises:
+        ValueError: no decoder start token and no pad token.
+    """
     config = getattr(model, "config", None)
     generation = getattr(model, "generation_config", None)
     start = next(
@@ -203,7 +254,14 @@ def decoder_prefix(model: Any, tokenizer: Any) -> tuple[int, ...]:
 
 @dataclass
 class Seq2SeqORPODataCollator:
-    """Pads B pairs into 2B encoder rows and 2B decoder rows (chosen 0..B-1, rejected B..2B-1)."""
+    """Pads B pairs into 2B encoder rows and 2B decoder rows (chosen 0..B-1, rejected B..2B-1).
+
+    Attributes:
+        pad_token_id: the id encoder and decoder inputs are padded with.
+        decoder_prefix: what each decoder sequence starts with (:func:`decoder_prefix`); at least one id.
+        label_pad_token_id: the label of unscored positions.
+        pad_to_multiple_of: round padded lengths up to a multiple of this; None: no rounding.
+    """
 
     pad_token_id: int
     decoder_prefix: tuple[int, ...]
@@ -257,5 +315,12 @@ class Seq2SeqORPODataCollator:
 
     @classmethod
     def from_args(cls, model: Any, tokenizer: Any, args: Any) -> Seq2SeqORPODataCollator:
+        """The collator an ``ORPOConfig`` asks for.
+
+        Args:
+            model: the model (its decoder start token; see :func:`decoder_prefix`).
+            tokenizer: its tokenizer (the pad token unless ``args.padding_value`` is set).
+            args: an ``ORPOConfig`` (``padding_value``, ``label_pad_token_id``, ``pad_to_multiple_of``).
+        """
         pad = args.padding_value if args.padding_value is not None else tokenizer.pad_token_id
         return cls(pad, decoder_prefix(model, tokenizer), args.label_pad_token_id, args.pad_to_multiple_of)

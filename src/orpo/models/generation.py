@@ -26,10 +26,23 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<
 
 
 def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a LoRA (PEFT) adapter folder: it has an ``adapter_config.json``.
+
+    Args:
+        path: a folder (or anything else: False).
+    """
     return (Path(path) / "adapter_config.json").is_file()
 
 
 def adapter_base(path: str | Path) -> str | None:
+    """The base model an adapter folder names (``base_model_name_or_path``), or None.
+
+    Args:
+        path: the adapter's folder.
+
+    Raises:
+        DamagedFile: its ``adapter_config.json`` is truncated or not JSON.
+    """
     from orpo.models.damaged import read_json
 
     config = read_json(Path(path) / "adapter_config.json")  # a damaged one: named
@@ -41,6 +54,7 @@ def _has_tokenizer(path: str | Path) -> bool:
 
 
 def default_device() -> str:
+    """``"cuda"`` where a CUDA GPU is available, else ``"cpu"``."""
     import torch
 
     if torch.cuda.is_available():
@@ -58,7 +72,21 @@ def load_for_inference(
 ) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) from a saved model directory, hub id, or LoRA adapter directory.
 
-    ``source`` (revision, trust_remote_code) applies to the model loaded: ``path``, or an adapter's base."""
+    ``source`` (revision, trust_remote_code) applies to the model loaded: ``path``, or an adapter's base.
+
+    Args:
+        path: a saved model folder, a hub id, or a LoRA adapter folder (loaded on its base).
+        base: an adapter's base model, instead of the one its config names.
+        dtype: the weights' dtype name (``"bfloat16"``, ``"float16"``, ``"float32"``, ``"auto"``); None: the default.
+        device: where to put the model; None: :func:`default_device`.
+        chat_template: a template name, file or Jinja text replacing the tokenizer's
+            (:func:`~orpo.models.sources.resolve_chat_template`).
+        source: the revision and remote-code permission of the model loaded.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist or is not a saved model.
+        ValueError: an adapter whose base is not known (pass ``base``).
+    """
     from orpo.models.loading import load_model_and_processor
 
     template = resolve_chat_template(chat_template)
@@ -99,7 +127,17 @@ def _init_kwargs(dtype: str | None, source: HubSource | None) -> dict[str, Any]:
 def render_prompt(
     tokenizer: Any, prompt: str | list[dict[str, Any]], system: str | None = None, use_chat_template: bool = True
 ) -> str:
-    """The text the model continues: the chat template with the generation prompt, or the raw prompt."""
+    """The text the model continues: the chat template with the generation prompt, or the raw prompt.
+
+    Args:
+        tokenizer: a tokenizer or processor.
+        prompt: a user message, or a whole conversation (a list of ``{"role", "content"}`` messages).
+        system: a system message, put first unless the conversation has one.
+        use_chat_template: False (or a tokenizer without a template): the prompt as it is; ``system`` is dropped.
+
+    Raises:
+        ValueError: a conversation but no chat template to render it.
+    """
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     if use_chat_template and getattr(tok, "chat_template", None):
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
@@ -112,6 +150,12 @@ def render_prompt(
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:
+    """The ids generation stops at: EOS, and those of :data:`END_OF_TURN_TOKENS` that are special tokens of
+    this tokenizer.
+
+    Args:
+        tokenizer: a tokenizer or processor.
+    """
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
     vocab = tok.get_vocab()
@@ -122,7 +166,12 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a rendered prompt, with BOS exactly once (as in training)."""
+    """Token ids of a rendered prompt, with BOS exactly once (as in training).
+
+    Args:
+        tokenizer: a tokenizer or processor.
+        text: the rendered prompt (:func:`render_prompt`).
+    """
     from orpo.data.tokenize import SpecialTokens, finalize_prompt
 
     tok = getattr(tokenizer, "tokenizer", tokenizer)
@@ -135,7 +184,14 @@ _CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_lengt
 
 
 def context_length(model: Any) -> int | None:
-    """The number of positions the model was built for (its text model's, for a vision-language model)."""
+    """The number of positions the model was built for (its text model's, for a vision-language model).
+
+    Args:
+        model: a model with a ``config``.
+
+    Returns:
+        The context length, or None where the config does not say.
+    """
     config = getattr(model, "config", None)
     if config is None:
         return None
@@ -149,7 +205,16 @@ def context_length(model: Any) -> int | None:
 
 
 def new_token_budget(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
-    """``max_new_tokens``, cut to what the model's context leaves after the prompt (with a notice)."""
+    """``max_new_tokens``, cut to what the model's context leaves after the prompt (with a notice).
+
+    Args:
+        model: the model (its context length, :func:`context_length`).
+        prompt_tokens: the prompt's length in tokens.
+        max_new_tokens: the tokens asked for.
+
+    Raises:
+        ValueError: the prompt fills the whole context.
+    """
     context = context_length(model)
     if context is None:
         return max_new_tokens
@@ -221,7 +286,25 @@ def generate(
     At most what the model's context leaves is generated (:func:`new_token_budget`).  ``stream``: each
     completion is also written there as it is generated (after ``before_each(prompt)``, e.g. a header;
     a newline follows it).  ``skip_special_tokens=False`` keeps other special tokens visible (e.g. an
-    untrained model's stray ``<pad>``)."""
+    untrained model's stray ``<pad>``).
+
+    Args:
+        model: the model, in eval mode.
+        tokenizer: its tokenizer or processor.
+        prompts: user messages or conversations (see :func:`render_prompt`).
+        max_new_tokens: the most tokens per completion.
+        temperature: 0: greedy; above 0: sampling at this temperature.
+        top_p: nucleus sampling's probability mass (only when sampling).
+        system: a system message for each prompt.
+        use_chat_template: render through the chat template (see :func:`render_prompt`).
+        seed: seeds torch once, before the first prompt; None: not seeded.
+        skip_special_tokens: drop special tokens from the decoded text.
+        stream: a text stream each completion is also written to as it is generated.
+        before_each: called with each prompt before its completion is streamed (only with ``stream``).
+
+    Returns:
+        One completion per prompt, stripped of surrounding whitespace.
+    """
     import torch
 
     tok = getattr(tokenizer, "tokenizer", tokenizer)
@@ -269,6 +352,7 @@ _COMMAND_RE = re.compile(r"^/[A-Za-z?]+$")
 
 
 def chat_help() -> str:
+    """The chat commands and what they do, one indented line each."""
     return "\n".join(f"  {name:<8}{text}" for name, text in CHAT_COMMANDS.items())
 
 
@@ -283,7 +367,26 @@ def chat(
     stdout: TextIO | None = None,
 ) -> int:
     """An interactive chat on the terminal, each reply written as it is generated.  A line that is one
-    /word is a command (:data:`CHAT_COMMANDS`), never sent to the model."""
+    /word is a command (:data:`CHAT_COMMANDS`), never sent to the model.
+
+    The conversation so far is sent with each message; it ends at ``/exit``, ``/quit`` or the end of input.
+
+    Args:
+        model: the model, in eval mode.
+        tokenizer: its tokenizer or processor; it needs a chat template.
+        system: a system message, kept across ``/reset``.
+        max_new_tokens: the most tokens per reply.
+        temperature: 0: greedy; above 0: sampling at this temperature.
+        top_p: nucleus sampling's probability mass.
+        stdin: where messages are read; None: ``sys.stdin`` (prompts are shown only on a terminal).
+        stdout: where replies are written; None: ``sys.stdout``.
+
+    Returns:
+        0, the exit status.
+
+    Raises:
+        ValueError: the tokenizer has no chat template.
+    """
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     tok = getattr(tokenizer, "tokenizer", tokenizer)
@@ -334,7 +437,23 @@ def merge_adapter(
 ) -> str:
     """Merge a LoRA adapter into its base model and save the full model (and tokenizer) to ``output_dir``.
 
-    ``source`` (revision, trust_remote_code) applies to the base model."""
+    ``source`` (revision, trust_remote_code) applies to the base model.
+
+    Args:
+        adapter_dir: the adapter's folder.
+        output_dir: where the merged model goes; created if missing.
+        base: the base model, instead of the one the adapter's config names.
+        dtype: the base weights' dtype name; None: the default.
+        source: the revision and remote-code permission of the base model.
+
+    Returns:
+        ``output_dir``.
+
+    Raises:
+        FileNotFoundError: no such adapter folder.
+        ValueError: the folder is not an adapter, or its base is not known.
+        OSError: the merged model could not be written.
+    """
     from peft import PeftModel
 
     from orpo.models.loading import load_model_and_processor

@@ -44,12 +44,18 @@ def _resolve_dtype(kwargs: dict[str, Any]) -> dict[str, Any]:
 class HubSource:
     """Where and how to fetch a model: every config, model, tokenizer and processor load of one model uses
     the same ``revision`` and ``trust_remote_code`` (a config read without them would refuse remote code
-    that the model load itself allows, or read another revision)."""
+    that the model load itself allows, or read another revision).
+
+    Attributes:
+        trust_remote_code: allow the repository's own model code (``auto_map``) to run.
+        revision: the branch, tag or commit to read; None: the default branch.
+    """
 
     trust_remote_code: bool = False
     revision: str | None = None
 
     def kwargs(self) -> dict[str, Any]:
+        """The ``from_pretrained`` keyword arguments: ``trust_remote_code`` and, when set, ``revision``."""
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
         if self.revision is not None:
             kwargs["revision"] = self.revision
@@ -58,7 +64,12 @@ class HubSource:
     @classmethod
     def split(cls, kwargs: dict[str, Any], trust_remote_code: bool = False) -> tuple[HubSource, dict[str, Any]]:
         """(the source, the other kwargs) of ``model_init_kwargs`` that may carry ``revision`` /
-        ``trust_remote_code`` themselves (a True there, or ``trust_remote_code``, allows remote code)."""
+        ``trust_remote_code`` themselves (a True there, or ``trust_remote_code``, allows remote code).
+
+        Args:
+            kwargs: ``from_pretrained`` keyword arguments; not changed.
+            trust_remote_code: allow remote code even where ``kwargs`` does not.
+        """
         rest = dict(kwargs)
         trust = bool(rest.pop("trust_remote_code", False)) or trust_remote_code
         return cls(trust, rest.pop("revision", None)), rest
@@ -95,7 +106,15 @@ def _config_of(name_or_path: str, source: HubSource, required: bool = True) -> A
 
 def saved_config(name_or_path: str, source: HubSource = HubSource()) -> Any:
     """The model config saved at ``name_or_path``, or None where there is none; remote code it would run without
-    ``trust_remote_code`` is refused (in orpo's words)."""
+    ``trust_remote_code`` is refused (in orpo's words).
+
+    Args:
+        name_or_path: a hub id or a local folder.
+        source: the revision and remote-code permission to read it with.
+
+    Raises:
+        ValueError: the config needs remote code that ``source`` does not allow.
+    """
     return _config_of(name_or_path, source, required=False)
 
 
@@ -104,7 +123,18 @@ def load_model(
 ) -> PreTrainedModel:
     """Load a causal LM, an encoder-decoder (seq2seq) LM or an image-text-to-text model (by its config).
 
-    ``revision`` / ``trust_remote_code`` in ``model_init_kwargs`` apply to the config probe too."""
+    ``revision`` / ``trust_remote_code`` in ``model_init_kwargs`` apply to the config probe too.
+
+    Args:
+        name_or_path: a hub id or a local folder.
+        model_init_kwargs: ``from_pretrained`` keyword arguments; ``dtype`` / ``torch_dtype`` may be a name
+            (``"auto"``, ``"bfloat16"``, ``"float16"``, ``"float32"``).
+        trust_remote_code: allow the repository's own model code.
+
+    Raises:
+        ValueError: an unknown dtype name, or remote code that is not allowed.
+        OSError: no model config at ``name_or_path``.
+    """
     source, kwargs = HubSource.split(_resolve_dtype(model_init_kwargs or {}), trust_remote_code)
     auto = kind_of(_config_of(name_or_path, source)).auto_model()
     with _remote_code_check(name_or_path, source):
@@ -113,7 +143,20 @@ def load_model(
 
 def load_processor(name_or_path: str, chat_template: str | None = None, source: HubSource = HubSource()) -> Any:
     """The model's processing class: an ``AutoProcessor`` (tokenizer + image processor) for a
-    vision-language model, else its tokenizer (as :func:`load_tokenizer`)."""
+    vision-language model, else its tokenizer (as :func:`load_tokenizer`).
+
+    The tokenizer gets a pad token (:func:`prepare_tokenizer`).
+
+    Args:
+        name_or_path: a hub id or a local folder.
+        chat_template: Jinja text replacing the saved chat template; None keeps it.
+        source: the revision and remote-code permission to load with.
+
+    Raises:
+        OSError: a local folder without tokenizer files.
+        ValueError: a vision-language processor without a tokenizer or image processor, or remote code that is
+            not allowed.
+    """
     if _saved_kind(name_or_path, source) is not VISION:
         return _load_tokenizer(name_or_path, chat_template, source)
     from transformers import AutoProcessor
@@ -140,7 +183,13 @@ def _saved_kind(name_or_path: str, source: HubSource) -> ModelKind:
 def load_tokenizer(
     name_or_path: str, chat_template: str | None = None, source: HubSource = HubSource()
 ) -> PreTrainedTokenizerBase:
-    """The tokenizer; for a vision-language model the whole processor (see :func:`load_processor`)."""
+    """The tokenizer; for a vision-language model the whole processor (see :func:`load_processor`).
+
+    Args:
+        name_or_path: a hub id or a local folder.
+        chat_template: Jinja text replacing the saved chat template; None keeps it.
+        source: the revision and remote-code permission to load with.
+    """
     if _saved_kind(name_or_path, source) is VISION:
         return load_processor(name_or_path, chat_template, source)
     return _load_tokenizer(name_or_path, chat_template, source)
@@ -160,7 +209,14 @@ TOKENIZER_FILES = (
 
 def check_tokenizer_files(path: str) -> None:
     """A local model folder without tokenizer files: an ``OSError`` saying so (transformers would ask to install
-    sentencepiece or tiktoken instead)."""
+    sentencepiece or tiktoken instead).
+
+    Args:
+        path: a model name or path; anything but an existing local folder passes.
+
+    Raises:
+        OSError: a local folder with none of :data:`TOKENIZER_FILES`.
+    """
     folder = os.path.expanduser(path)
     if not os.path.isdir(folder) or any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
         return
@@ -219,7 +275,25 @@ def load_model_and_processor(
     (``revision`` / ``trust_remote_code`` of ``model_init_kwargs``, or ``trust_remote_code``). ``chat_template``
     replaces the processing class's own; the tokenizer gets a pad token. A tokenizer with ids beyond the model's
     input embeddings is refused, or with ``resize_embeddings`` the embeddings grow to it
-    (:func:`orpo.models.checks.fit_embeddings`)."""
+    (:func:`orpo.models.checks.fit_embeddings`).
+
+    Args:
+        model: a hub id or local folder, or a model object (used as it is).
+        processing_class: a tokenizer or processor; None: loaded as described above.
+        model_init_kwargs: ``from_pretrained`` keyword arguments of a model given by name.
+        trust_remote_code: allow the repository's own code.
+        chat_template: Jinja text replacing the processing class's chat template; None keeps it.
+        tokenizer_from: where to load the tokenizer of a model given by name; None: the model's name.
+        resize_embeddings: grow the input embeddings to the tokenizer instead of refusing it.
+
+    Returns:
+        (the model, its processing class).
+
+    Raises:
+        OSError: the model or tokenizer cannot be loaded (the message says which), or a file is damaged.
+        ValueError: a model object without a processing class to load, or a tokenizer without pad or EOS token.
+        UsageError: a tokenizer with ids beyond the model's input embeddings (without ``resize_embeddings``).
+    """
     source = HubSource.split(model_init_kwargs or {}, trust_remote_code)[0]
     if isinstance(model, str):
         if processing_class is None:
@@ -243,7 +317,15 @@ def load_model_and_processor(
 
 def named_load(what: str, name: str, load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``load(name, ...)``; a missing file or repository is an ``OSError`` saying what could not be loaded, a
-    damaged file one naming it (:mod:`orpo.models.damaged`; a tokenizer's files when ``what`` names one)."""
+    damaged file one naming it (:mod:`orpo.models.damaged`; a tokenizer's files when ``what`` names one).
+
+    Args:
+        what: what is loaded, for the message (``"model"``, ``"the tokenizer of"``).
+        name: the hub id or folder, passed first to ``load``.
+        load: the loader.
+        *args: passed to ``load`` after ``name``.
+        **kwargs: passed to ``load``.
+    """
     from orpo.models.damaged import naming_damaged_files
 
     with naming_damaged_files(name, "tokenizer" if "tokenizer" in what else "model"):
@@ -254,7 +336,14 @@ def named_load(what: str, name: str, load: Callable[..., Any], *args: Any, **kwa
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Give the tokenizer a pad token if it lacks one (padding is masked, so EOS is safe)."""
+    """Give the tokenizer a pad token if it lacks one (padding is masked, so EOS is safe).
+
+    Args:
+        tokenizer: the tokenizer, changed in place and returned.
+
+    Raises:
+        ValueError: it has neither a pad token nor an EOS token.
+    """
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise ValueError("the tokenizer has neither a pad_token nor an eos_token; set tokenizer.pad_token")
@@ -266,13 +355,24 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every ``torch.nn.Dropout`` of ``model`` to ``p=0`` (in place).
+
+    Args:
+        model: the model.
+    """
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
 
 
 def apply_peft(model: torch.nn.Module, peft_config: Any, gradient_checkpointing: bool = False) -> torch.nn.Module:
-    """Wrap ``model`` with a PEFT adapter (LoRA etc.), preparing k-bit models first."""
+    """Wrap ``model`` with a PEFT adapter (LoRA etc.), preparing k-bit models first.
+
+    Args:
+        model: the base model.
+        peft_config: a PEFT config (``LoraConfig``...).
+        gradient_checkpointing: whether training checkpoints activations (the inputs then need gradients).
+    """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
@@ -288,6 +388,9 @@ def absolute_base_path(model: Any) -> None:
     """Record a local base model by its absolute path in the adapter's config (hub ids stay as they are).
 
     PEFT stores the path the base was loaded by; a relative one only resolves from the directory training ran in.
+
+    Args:
+        model: a PEFT model; its adapter configs are changed in place.
     """
     from pathlib import Path
 
@@ -298,6 +401,11 @@ def absolute_base_path(model: Any) -> None:
 
 
 def is_peft_model(model: Any) -> bool:
+    """Whether ``model`` is a ``peft.PeftModel`` (an adapter on its base).
+
+    Args:
+        model: any object.
+    """
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -307,7 +415,16 @@ def is_peft_model(model: Any) -> bool:
 
 def prepare_model(model: torch.nn.Module, args: Any, peft_config: Any) -> torch.nn.Module:
     """``model`` as ORPOConfig ``args`` trains it: the LoRA adapter of ``peft_config`` (a model that
-    has one already is refused: which adapter trains would be ambiguous), dropout off, vision tower frozen."""
+    has one already is refused: which adapter trains would be ambiguous), dropout off, vision tower frozen.
+
+    Args:
+        model: the model to train.
+        args: an ``ORPOConfig``: ``activation_checkpointing``, ``disable_dropout``, ``freeze_vision_tower``.
+        peft_config: a new adapter's PEFT config; None trains ``model`` as it is.
+
+    Raises:
+        ValueError: ``peft_config`` for a model that already has an adapter.
+    """
     if peft_config is not None:
         if is_peft_model(model):
             raise ValueError("the model already has a PEFT adapter; pass peft_config=None to train it as is")

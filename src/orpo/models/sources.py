@@ -38,7 +38,15 @@ CHAT_TEMPLATES = {
 
 
 def resolve_chat_template(value: str | None) -> str | None:
-    """A template name, file path or literal -> the Jinja text; None/'tokenizer' -> None (keep the tokenizer's)."""
+    """A template name, file path or literal -> the Jinja text; None/'tokenizer' -> None (keep the tokenizer's).
+
+    Args:
+        value: a name of :data:`CHAT_TEMPLATES`, a Jinja template, a file holding one, or None / ``"tokenizer"`` /
+            ``"none"`` / ``""``.
+
+    Raises:
+        UsageError: none of these.
+    """
     if value is None or value in ("tokenizer", "none", ""):
         return None
     if value in CHAT_TEMPLATES:
@@ -58,7 +66,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def looks_like_hub_id(name: str) -> bool:
-    """``gpt2`` or ``org/name`` (no file suffix, no leading ./ or /)."""
+    """``gpt2`` or ``org/name`` (no file suffix, no leading ./ or /).
+
+    Args:
+        name: a model or dataset name; only its shape is checked, not the hub.
+    """
     return bool(_HUB_ID.match(name)) and Path(name).suffix.lower() not in _FILE_SUFFIXES
 
 
@@ -66,7 +78,15 @@ _FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".ndjson", ".tx
 
 
 def check_model_source(name: str) -> None:
-    """Fail early, in one line, for a local model path that does not exist."""
+    """Fail early, in one line, for a local model path that does not exist.
+
+    Args:
+        name: a hub id or a local folder.
+
+    Raises:
+        FileNotFoundError: a path that does not exist and is not shaped like a hub id, a file, or a folder without
+            ``config.json`` or ``adapter_config.json``.
+    """
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
@@ -80,7 +100,12 @@ def check_model_source(name: str) -> None:
 
 def model_source(model_args: ModelArguments, config: Any) -> HubSource:
     """The revision and trust_remote_code of every load of ``--model`` (config, weights, tokenizer, the resume
-    check): ``--model-revision`` over ``model_init_kwargs``' revision; remote code allowed by either switch."""
+    check): ``--model-revision`` over ``model_init_kwargs``' revision; remote code allowed by either switch.
+
+    Args:
+        model_args: the model options (``model_revision``).
+        config: an ``ORPOConfig`` (``model_init_kwargs``, ``trust_remote_code``).
+    """
     from orpo.models.loading import HubSource
 
     kwargs = dict(config.model_init_kwargs or {})
@@ -90,7 +115,18 @@ def model_source(model_args: ModelArguments, config: Any) -> HubSource:
 
 
 def model_init_kwargs(model_args: ModelArguments, config: Any) -> dict[str, Any]:
-    """``from_pretrained`` kwargs of ``--model``: ``model_init_kwargs``, orpo's model options, :func:`model_source`."""
+    """``from_pretrained`` kwargs of ``--model``: ``model_init_kwargs``, orpo's model options, :func:`model_source`.
+
+    A quantized model is placed on this process's GPU (``LOCAL_RANK``) unless ``model_init_kwargs`` has a
+    ``device_map``.
+
+    Args:
+        model_args: the model options (dtype, attention implementation, quantization, revision).
+        config: an ``ORPOConfig`` (``model_init_kwargs``, ``trust_remote_code``).
+
+    Raises:
+        UsageError: quantization without a CUDA GPU or without bitsandbytes.
+    """
     from orpo.models.loading import HubSource
 
     kwargs = HubSource.split(config.model_init_kwargs or {})[1]
@@ -110,6 +146,16 @@ def _local_device_index() -> int:
 
 
 def quantization_config(kind: str, dtype: Any = None) -> Any:
+    """The bitsandbytes config of a quantization: 8-bit, or 4-bit NF4 with double quantization (QLoRA).
+
+    Args:
+        kind: ``"int8"`` or ``"int4"`` (:data:`~orpo.config.arguments.QUANTIZATIONS`).
+        dtype: the 4-bit compute dtype (a ``torch.dtype`` or its name); None or ``"auto"``: bf16 where the GPU
+            supports it, else fp16.
+
+    Raises:
+        UsageError: an unknown kind, no CUDA GPU, or bitsandbytes not installed.
+    """
     import torch
 
     if kind not in QUANTIZATIONS:
@@ -142,7 +188,17 @@ def quantization_config(kind: str, dtype: Any = None) -> Any:
 
 
 def lora_config(model_args: ModelArguments, task_type: str = "CAUSAL_LM") -> Any:
-    """orpo's LoRA fields, then ``lora_config``'s other ``LoraConfig`` options (checked)."""
+    """orpo's LoRA fields, then ``lora_config``'s other ``LoraConfig`` options (checked).
+
+    Args:
+        model_args: the LoRA options (rank, alpha, dropout, target modules, modules to save, DoRA, rsLoRA, and
+            the ``lora_config`` mapping); targets default to ``all-linear``.
+        task_type: PEFT's task type (``"CAUSAL_LM"``, ``"SEQ_2_SEQ_LM"``).
+
+    Raises:
+        UsageError: options ``LoraConfig`` refuses, or a ``lora_config`` key it does not take (or that has its own
+            option).
+    """
     from peft import LoraConfig
 
     targets: Any = model_args.lora_target_modules or ["all-linear"]

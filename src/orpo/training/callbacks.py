@@ -19,7 +19,12 @@ _ACTIVE_BAR: Any = None
 
 
 def emit(line: str, err: bool = False) -> None:
-    """Print a line without breaking an active progress bar."""
+    """Print a line without breaking an active progress bar.
+
+    Args:
+        line: the text, without its newline.
+        err: to stderr rather than stdout.
+    """
     stream = sys.stderr if err else sys.stdout
     if _ACTIVE_BAR is not None:
         from tqdm.auto import tqdm
@@ -38,6 +43,12 @@ def use_tqdm() -> bool:
 
 
 def format_value(value: Any, digits: int = 4) -> str:
+    """A metric as the progress lines and the summary table show it: ``-`` for None, floats short.
+
+    Args:
+        value: the value; None, a float (scientific notation below 1e-3 and from 1e5 on) or anything else (``str``).
+        digits: significant digits of a float.
+    """
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -72,17 +83,22 @@ def _eval_line(logs: dict[str, float]) -> str:
 
 
 class LineProgressCallback(TrainerCallback):
-    """One line per logging step: ``step 40/300 (13%)  loss 1.23  nll 1.10  acc 0.750  margin 0.300``."""
+    """One line per logging step: ``step 40/300  loss 1.23  nll 1.10  acc 0.750  margin 0.300  [12s]``.
+
+    Evaluations get a line of their own; only the main process prints.  Takes no arguments.
+    """
 
     def __init__(self) -> None:
         self.start = 0.0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """``TrainerCallback``'s hook: starts the clock and prints the run's steps and logging interval."""
         self.start = time.time()
         if state.is_world_process_zero:
             emit(f"training: {state.max_steps} steps, logging every {args.logging_steps:g}")
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        """``TrainerCallback``'s hook: one line per training or evaluation log."""
         if not state.is_world_process_zero or not logs:
             return
         width = len(str(state.max_steps))
@@ -95,7 +111,10 @@ class LineProgressCallback(TrainerCallback):
 
 
 class TqdmProgressCallback(TrainerCallback):
-    """A live progress bar whose postfix shows loss, NLL, preference accuracy and margin."""
+    """A live progress bar whose postfix shows loss, NLL, preference accuracy and margin.
+
+    Evaluations are printed as lines above the bar; only the main process draws it.  Takes no arguments.
+    """
 
     def __init__(self) -> None:
         self.bar: Any = None
@@ -103,6 +122,7 @@ class TqdmProgressCallback(TrainerCallback):
         self.postfix: dict[str, str] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """``TrainerCallback``'s hook: opens the bar (main process), which :func:`emit` then writes above."""
         global _ACTIVE_BAR
         if state.is_world_process_zero:
             from tqdm.auto import tqdm
@@ -112,11 +132,13 @@ class TqdmProgressCallback(TrainerCallback):
             _ACTIVE_BAR = self.bar
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """``TrainerCallback``'s hook: advances the bar to the global step."""
         if self.bar is not None:
             self.bar.update(state.global_step - self.last)
             self.last = state.global_step
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        """``TrainerCallback``'s hook: a training log updates the postfix, an evaluation log prints a line."""
         if self.bar is None or not logs:
             return
         if "loss" in logs:
@@ -133,6 +155,7 @@ class TqdmProgressCallback(TrainerCallback):
             emit(f"step {state.global_step}: {_eval_line(logs)}")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """``TrainerCallback``'s hook: closes the bar."""
         global _ACTIVE_BAR
         if self.bar is not None:
             self.bar.close()

@@ -52,7 +52,19 @@ HYPERPARAMETERS = (
 
 @dataclass
 class CardFacts:
-    """Everything the card shows, gathered first so it can be tested without rendering."""
+    """Everything the card shows, gathered first so it can be tested without rendering.
+
+    Attributes:
+        model_name: the card's title (and the hub metadata's ``model_name``).
+        base_model: the hub id or path the model was fine-tuned from; None: unknown.
+        adapter: whether the saved model is a LoRA (PEFT) adapter.
+        data: (source, rows in, rows kept) per training data source; row counts None when streamed.
+        hyperparameters: name -> value of :data:`HYPERPARAMETERS` (and the LoRA settings).
+        metrics: the last logged value of each metric (:func:`final_metrics`).
+        health: the health check's verdict, one line per finding; empty before the run ends.
+        versions: distribution name -> version of :data:`VERSIONED`.
+        tags: the hub tags.
+    """
 
     model_name: str
     base_model: str | None = None
@@ -66,6 +78,11 @@ class CardFacts:
 
 
 def versions(names: Sequence[str] = VERSIONED) -> dict[str, str]:
+    """Installed version of each distribution (``"not installed"`` for one that is not).
+
+    Args:
+        names: distribution names, as ``pip`` knows them.
+    """
     out: dict[str, str] = {}
     for name in names:
         try:
@@ -76,7 +93,14 @@ def versions(names: Sequence[str] = VERSIONED) -> dict[str, str]:
 
 
 def base_model_of(model: Any) -> str | None:
-    """The hub id or local path the model (or its adapter) was loaded from."""
+    """The hub id or local path the model (or its adapter) was loaded from.
+
+    Args:
+        model: a model, or a PEFT model (its adapter config's base model wins).
+
+    Returns:
+        The name, or None where the model does not record one.
+    """
     from orpo.models.loading import is_peft_model
 
     if is_peft_model(model):
@@ -89,7 +113,13 @@ def base_model_of(model: Any) -> str | None:
 
 
 def final_metrics(history: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """The last logged value of each metric (train loss, eval metrics, ORPO's rewards and accuracies)."""
+    """The last logged value of each metric (train loss, eval metrics, ORPO's rewards and accuracies).
+
+    Steps, epochs, learning rate, gradient norm, runtimes and throughputs are left out.
+
+    Args:
+        history: log entries, as in ``trainer.state.log_history``.
+    """
     skip = {"epoch", "step", "total_flos", "learning_rate", "grad_norm"}
     out: dict[str, float] = {}
     for log in history:
@@ -100,7 +130,13 @@ def final_metrics(history: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def gather(trainer: ORPOTrainer, model_name: str, extra_tags: Sequence[str] = ()) -> CardFacts:
-    """The facts of ``trainer``'s run as it stands now."""
+    """The facts of ``trainer``'s run as it stands now.
+
+    Args:
+        trainer: the run's trainer (its model, arguments, log history, data reports and health callback).
+        model_name: the card's title.
+        extra_tags: hub tags beyond orpo's own (``orpo``, ``transformers``; ``peft``, ``lora`` for an adapter).
+    """
     from orpo.models.loading import is_peft_model
     from orpo.training.health import HealthCallback
 
@@ -125,7 +161,11 @@ def gather(trainer: ORPOTrainer, model_name: str, extra_tags: Sequence[str] = ()
 
 
 def data_rows(trainer: ORPOTrainer) -> list[tuple[str, int | None, int | None]]:
-    """(source, rows in, rows kept) of the training data: per source when several were mixed."""
+    """(source, rows in, rows kept) of the training data: per source when several were mixed.
+
+    Args:
+        trainer: the run's trainer; its ``data_reports["train"]`` is read (none: an empty list).
+    """
     report = trainer.data_reports.get("train")
     if report is None:
         return []
@@ -141,7 +181,11 @@ def _hub_dataset(source: str) -> bool:
 
 
 def render(facts: CardFacts) -> str:
-    """The README.md text: hub metadata (YAML) and the body."""
+    """The README.md text: hub metadata (YAML) and the body.
+
+    Args:
+        facts: what the card shows (:func:`gather`).
+    """
     from huggingface_hub import ModelCardData
 
     metadata = ModelCardData(
@@ -190,7 +234,14 @@ def _table(values: dict[str, Any]) -> list[str]:
 def write_model_card(
     trainer: ORPOTrainer, directory: str, model_name: str | None = None, tags: Sequence[str] = ()
 ) -> str:
-    """Write README.md into ``directory``; returns its path."""
+    """Write README.md into ``directory``; returns its path.
+
+    Args:
+        trainer: the run's trainer (see :func:`gather`).
+        directory: the saved model's folder; created if missing.
+        model_name: the card's title; None: the folder's name.
+        tags: extra hub tags.
+    """
     from huggingface_hub import ModelCard
 
     name = model_name or Path(directory).resolve().name

@@ -41,6 +41,13 @@ def launch_changes(config: ORPOConfig, has_accelerator: bool) -> dict[str, Any]:
 
     On a machine without GPUs transformers forms a process group only with ``use_cpu``; without it
     ``torchrun --nproc_per_node 2`` would start two independent runs racing on one output dir.
+
+    Args:
+        config: the run's config (``use_cpu``).
+        has_accelerator: whether this machine has a GPU (or another accelerator).
+
+    Returns:
+        Field -> value changes for the run's copy of the config (``{"use_cpu": True}`` or nothing).
     """
     processes = launched_processes()
     if processes > 1 and not config.use_cpu and not has_accelerator:
@@ -50,7 +57,14 @@ def launch_changes(config: ORPOConfig, has_accelerator: bool) -> dict[str, Any]:
 
 
 def check_launch(trainer: ORPOTrainer) -> None:
-    """One clear error for processes that did not join one group, one warning for FSDP that is not applied."""
+    """One clear error for processes that did not join one group, one warning for FSDP that is not applied.
+
+    Args:
+        trainer: the trainer just built, with its ``args`` set up (``world_size`` known).
+
+    Raises:
+        UsageError: several processes were launched but each formed a group of one.
+    """
     args = trainer.args
     processes = launched_processes()
     if processes > 1 and args.world_size == 1:
@@ -75,7 +89,11 @@ def quiet_replicas() -> None:
 
 
 def is_sharded(trainer: ORPOTrainer) -> bool:
-    """Whether no process holds the whole model: FSDP, or DeepSpeed ZeRO-3."""
+    """Whether no process holds the whole model: FSDP, or DeepSpeed ZeRO-3.
+
+    Args:
+        trainer: the trainer whose accelerator setup is read.
+    """
     if trainer.is_fsdp_enabled:
         return True
     if trainer.is_deepspeed_enabled:
@@ -90,6 +108,10 @@ def save_model(trainer: ORPOTrainer, output_dir: str) -> None:
     Under FSDP the full state dict is gathered whatever ``fsdp_state_dict_type`` says (with
     ``SHARDED_STATE_DICT``, ``Trainer.save_model`` writes no weights); DeepSpeed's ``save_model``
     gathers ZeRO-3 weights itself.  Only the processes that ``should_save`` write.
+
+    Args:
+        trainer: the trainer whose model is saved.
+        output_dir: the folder to write.
     """
     from orpo.internals import private
 
@@ -106,6 +128,15 @@ def save_final(trainer: ORPOTrainer, model_args: ModelArguments, output_dir: str
 
     A merged LoRA model of a sharded run is built on the main process from the saved adapter and the
     base weights on disk: the trained model's shards cannot be merged in place.
+
+    Args:
+        trainer: the trainer at the end of its run; holds the merged model afterwards when it was merged in memory.
+        model_args: ``merge_adapter`` (merge a LoRA model, the adapter going to ``output_dir/adapter``), and the
+            base model and quantization a merge from disk needs.
+        output_dir: the run's output folder.
+
+    Raises:
+        CheckpointError: the merged model could not be written.
     """
     from orpo.models.loading import is_peft_model
 

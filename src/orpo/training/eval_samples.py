@@ -19,7 +19,21 @@ logger = logging.getLogger(__name__)
 
 def generate_samples(trainer: Any, dataset: Any, num_samples: int = 4, suffix: str = "") -> str | None:
     """Greedy generations for the first ``num_samples`` prompts of a tokenized eval dataset, written as
-    JSONL to ``output_dir/generations/step-<global step><suffix>.jsonl``; returns the path (main process)."""
+    JSONL to ``output_dir/generations/step-<global step><suffix>.jsonl``; returns the path (main process).
+
+    New tokens are capped by ``max_completion_length`` (else what ``max_length`` leaves after the prompt),
+    and at 256.
+
+    Args:
+        trainer: the :class:`~orpo.ORPOTrainer` whose model, tokenizer, arguments and step are used.
+        dataset: the tokenized eval dataset (with ``prompt_input_ids``); None or without prompts: nothing is done.
+        num_samples: how many prompts, from the first.
+        suffix: appended to the file name (e.g. an eval dataset's name).
+
+    Returns:
+        The JSONL file's path on the main process; None elsewhere, and when skipped (no prompts, or a model
+        kind that cannot generate).
+    """
     if dataset is None or len(dataset) == 0 or "prompt_input_ids" not in (dataset.column_names or []):
         return None
     if trainer.model_kind.cannot_generate:

@@ -36,7 +36,15 @@ NOISE_SE = 2.0
 
 @dataclass
 class Finding:
-    """One verdict of the health check."""
+    """One verdict of the health check.
+
+    Attributes:
+        level: ``"ok"``, ``"info"``, ``"warning"`` or ``"error"``.
+        code: the problem's short name (``"collapse"``, ``"reversed"``, ``"nll_rising"``, ``"healthy"``...);
+            a warning is shown once per code during a run.
+        message: what the logs show.
+        advice: what to try; empty when there is nothing to do.
+    """
 
     level: str  # "ok" | "info" | "warning" | "error"
     code: str
@@ -44,11 +52,17 @@ class Finding:
     advice: str = ""
 
     def line(self) -> str:
+        """``level: message -> advice``, as the console and the model card show it."""
         return f"{self.level}: {self.message}" + (f" -> {self.advice}" if self.advice else "")
 
 
 def series(history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
-    """(step, value) of every log entry that has a number under ``key``."""
+    """(step, value) of every log entry that has a number under ``key``.
+
+    Args:
+        history: log entries, as in ``trainer.state.log_history``.
+        key: the metric's name (``"nll_loss"``, ``"eval_loss"``...).
+    """
     return [
         (int(log.get("step", 0)), float(log[key]))
         for log in history
@@ -66,7 +80,14 @@ def _se(values: list[float]) -> float:
 
 
 def exceeds(difference: float, minimum: float, *groups: list[float]) -> bool:
-    """``difference`` (a mean, or a difference of means of ``groups``) beyond ``minimum`` and the noise."""
+    """``difference`` (a mean, or a difference of means of ``groups``) beyond ``minimum`` and the noise.
+
+    Args:
+        difference: the observed difference, signed so that a problem is positive.
+        minimum: the smallest difference that counts, whatever the noise.
+        *groups: the values each mean was taken over; their standard errors, combined, make the noise
+            (``NOISE_SE`` of them).
+    """
     noise = NOISE_SE * math.sqrt(sum(_se(group) ** 2 for group in groups))
     return difference > max(minimum, noise)
 
@@ -198,7 +219,19 @@ def health_check(
     final: bool = True,
 ) -> list[Finding]:
     """Read the logged ORPO signals; return what looks wrong (or that all looks fine).  The rules are in
-    the module's docstring."""
+    the module's docstring.
+
+    Args:
+        history: log entries, as in ``trainer.state.log_history`` (training and eval logs).
+        beta: the run's odds-ratio weight; 0 (SFT) skips the preference and beta checks.
+        learning_rate: the run's learning rate, quoted in the advice; None: not quoted.
+        progress: the fraction of the run done, 0 to 1; the preference checks wait for half of it (during training).
+        final: the end-of-run verdict (with info findings and "healthy"); False: only warnings and errors, and
+            none before ``2 * MIN_POINTS`` logged points.
+
+    Returns:
+        The findings; a non-finite loss or gradient norm is the only one when there is one.
+    """
     nonfinite = _nonfinite(history)
     if nonfinite is not None:
         return [nonfinite]
@@ -268,7 +301,12 @@ def _healthy(w: _Window, beta: float) -> Finding:
 
 
 class HealthCallback(TrainerCallback):
-    """Warns during training (once per problem) and gives the verdict at the end."""
+    """Warns during training (once per problem) and gives the verdict at the end.
+
+    Args:
+        beta: the run's odds-ratio weight (see :func:`health_check`).
+        console: print the warnings (to stderr); False: only keep them for the final report.
+    """
 
     def __init__(self, beta: float, console: bool = True) -> None:
         self.beta = beta
@@ -278,9 +316,11 @@ class HealthCallback(TrainerCallback):
         self.learning_rate: float | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """``TrainerCallback``'s hook: keeps the learning rate for the final report's advice."""
         self.learning_rate = args.learning_rate
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        """``TrainerCallback``'s hook: checks the history so far; a new warning or error is printed once."""
         if not state.is_world_process_zero or not logs:
             return
         progress = state.global_step / state.max_steps if state.max_steps else 0.0
@@ -291,5 +331,11 @@ class HealthCallback(TrainerCallback):
                     emit(f"[health] {finding.line()}", err=True)
 
     def final_report(self, history: list[dict[str, Any]], state: Any = None) -> list[Finding]:
+        """The end-of-run verdict, kept in ``report`` (the model card shows it).
+
+        Args:
+            history: the run's log entries.
+            state: the trainer state; unused.
+        """
         self.report = health_check(history, self.beta, self.learning_rate, 1.0, final=True)
         return self.report

@@ -21,7 +21,14 @@ logger = logging.getLogger(__name__)
 
 
 def check_data_source(name: str) -> None:
-    """Fail early, in one line, for a local data path that does not exist."""
+    """Fail early, in one line, for a local data path that does not exist.
+
+    Args:
+        name: a file, folder, glob pattern or hub dataset id.
+
+    Raises:
+        FileNotFoundError: ``name`` is neither an existing path, a glob pattern nor shaped like a hub id.
+    """
     if Path(name).expanduser().exists() or any(ch in name for ch in "*?["):
         return
     if not looks_like_hub_id(name):
@@ -33,6 +40,14 @@ def load_data(data_args: DataArguments) -> tuple[Any, Any]:
 
     With ``streaming`` the training data is a ``datasets.IterableDataset`` (hub ids are streamed from the hub;
     local files are read as usual and iterated), prepared lazily as the trainer reads it.
+
+    Args:
+        data_args: the data options: ``dataset_name`` or a mixture (``dataset_mixture``, ``dataset_mixer``),
+            splits, config, column names, ``max_samples`` (the first rows of the training data), ``streaming``.
+
+    Raises:
+        UsageError: no data named, or both ``dataset_name`` and ``dataset_mixer``.
+        FileNotFoundError: a local path that does not exist.
     """
     from orpo.data.mix import mix
 
@@ -111,7 +126,12 @@ def _is_local(source: str) -> bool:
 
 
 def auto_logging_steps(num_pairs: int | None, config: Any) -> int:
-    """Roughly 20 points per run (at most every 25 steps), like AutoTrain's logging_steps=-1."""
+    """Roughly 20 points per run (at most every 25 steps), like AutoTrain's logging_steps=-1.
+
+    Args:
+        num_pairs: training pairs; None when streamed (then ``max_steps`` decides, or one step per epoch).
+        config: an ``ORPOConfig`` (batch size, accumulation, ``world_size``, ``max_steps``, epochs).
+    """
     world = max(int(getattr(config, "world_size", 1) or 1), 1)
     per_step = max(config.per_device_train_batch_size * config.gradient_accumulation_steps * world, 1)
     steps_per_epoch = max(math.ceil((num_pairs or 0) / per_step), 1)

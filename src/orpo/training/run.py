@@ -33,7 +33,30 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced.
+
+    ``plot_path`` and ``summary_path`` are set on the main process only (None on the others).
+
+    Attributes:
+        output_dir: the folder the model (or adapter, or merged model), card, state and summary were saved to.
+        train_metrics: the metrics ``Trainer.train`` returned (``train_loss``, ``train_runtime``, ``epoch``...);
+            empty when the run did not train.
+        eval_metrics: ``eval_``-prefixed metrics of the final model: the last evaluation's when it was at the
+            last step (and ``load_best_model_at_end`` is off), else a fresh one; empty without evaluation data.
+        plot_path: the training curves PNG; None when nothing was logged.
+        summary_path: ``training_summary.json``.
+        adapter_dir: where the LoRA adapter was saved (``output_dir``, or ``output_dir/adapter`` when merged);
+            None for a full model.
+        merged: whether the adapter was merged into the model saved in ``output_dir``.
+        health: the health check's verdict (:class:`~orpo.training.health.Finding` objects).
+        log_history: every log entry of the run (``trainer.state.log_history``).
+        steps_run: optimizer steps this run made (a resumed run: those after its checkpoint); None when it did
+            not train.
+        first_step: the global step it started from (a resumed checkpoint's, else 0).
+        resumed_from: the checkpoint folder it resumed from, or None.
+        pairs_per_step: pairs per optimizer step over all processes (per-device batch x processes x
+            accumulation); 0 when it did not train.
+    """
 
     output_dir: str
     train_metrics: dict[str, float] = field(default_factory=dict)
@@ -69,9 +92,25 @@ def build_trainer(
     """Load model, tokenizer and data and build an :class:`~orpo.ORPOTrainer` with orpo's callbacks.
 
     The trainer's ``args`` are :func:`run_config`'s copy of ``config``; ``config`` itself is left as it is.
-    Settings that would train nothing are refused before any data is loaded.  ``resume_command``: the
-    command line that resumes this run, for the messages of an interrupted or failed one (``orpo train``
-    passes it).
+    Settings that would train nothing are refused before any data is loaded.
+
+    Args:
+        model_args: the model to load (``--model``, revision, quantization, LoRA and start-adapter options).
+        data_args: the data to load; None when ``train_dataset`` is given.
+        config: the training settings; copied, never changed.
+        model: a loaded model (or a hub id or folder) to use instead of ``model_args.model_name_or_path``.
+        tokenizer: a tokenizer or processor to use instead of the model's own.
+        train_dataset: preference data to use instead of loading ``data_args``.
+        eval_dataset: evaluation data; wins over the split ``data_args`` names.
+        callbacks: more ``TrainerCallback`` objects, after orpo's own.
+        auto_logging: set ``logging_steps`` from the data size (about 20 logs per run, like AutoTrain's -1).
+        console: a progress bar (or progress lines) in place of Trainer's; False keeps Trainer's callbacks.
+        resume_command: the command line that resumes this run, for the messages of an interrupted or failed
+            one (``orpo train`` passes it).
+
+    Raises:
+        UsageError: no output directory, no data, no model, settings that would train nothing, a missing
+            optional package, or a quantized model without LoRA.
     """
     import datasets
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -166,7 +205,16 @@ def _own_callbacks(config: ORPOConfig, console: bool) -> list[Any]:
 
 def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
     """With ``resume_from_checkpoint``: the checkpoint found, verified and checked against the model (adapter or
-    full, its sizes) before any data is loaded; None without."""
+    full, its sizes) before any data is loaded; None without.
+
+    Args:
+        model_args: the run's model options (whether it trains an adapter, the base model to compare with).
+        config: the run's settings (``resume_from_checkpoint``, ``output_dir``, the processes).
+
+    Raises:
+        ValueError: no complete checkpoint to resume from, the one named does not verify, or it does not fit
+            the model (adapter against full model, different sizes).
+    """
     from orpo.training.reliability import fit
     from orpo.training.reliability.resume import resolve_resume
 
@@ -243,6 +291,10 @@ def copy_config(config: ORPOConfig, **changes: Any) -> ORPOConfig:
     Built like ``dataclasses.replace`` (so ``__post_init__`` runs again and validates the changes; on an
     already initialised config it only re-derives what it derived before), with every value deep-copied:
     ``replace`` would hand the same ``fsdp_config`` / ``report_to`` objects to both configs.
+
+    Args:
+        config: the config to copy; left as it is.
+        **changes: field values to set on the copy.
     """
     values = {f.name: copy.deepcopy(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
     values.update(changes)
@@ -250,8 +302,14 @@ def copy_config(config: ORPOConfig, **changes: Any) -> ORPOConfig:
 
 
 def run_config(config: ORPOConfig, *, pairs: int | None, has_eval: bool, auto_logging: bool) -> ORPOConfig:
-    """The config the trainer gets: a copy of the caller's, with what only the run knows (``pairs``: None when
-    streamed, then automatic logging goes by ``max_steps`` alone)."""
+    """The config the trainer gets: a copy of the caller's, with what only the run knows.
+
+    Args:
+        config: the caller's config; left as it is.
+        pairs: the training pairs; None when streamed, then automatic logging goes by ``max_steps`` alone.
+        has_eval: whether there is evaluation data; without it evaluation is turned off (with a warning).
+        auto_logging: set ``logging_steps`` from the run's length (:func:`~orpo.training.inputs.auto_logging_steps`).
+    """
     from orpo.training.distributed import launch_changes
 
     changes: dict[str, Any] = {}
@@ -285,8 +343,20 @@ def finish_training(
 ) -> TrainResult:
     """Train (unless ``train=False``), save the model (and merged model), write curves, summary and health report.
 
-    ``model_args`` says how to save a LoRA model (merged or as an adapter), as in :func:`build_trainer`.
     The output dir is locked for the run (:mod:`orpo.training.runlock`): a second run on it is refused.
+    Every process calls it (the final save of a sharded model is a collective); the files are written by the
+    main process.
+
+    Args:
+        trainer: a trainer from :func:`build_trainer`.
+        model_args: how to save a LoRA model (merged or as an adapter), as in :func:`build_trainer`; None: the
+            defaults.
+        console: print the summary table at the end.
+        resume_from_checkpoint: a checkpoint to resume from, as ``ORPOTrainer.train`` takes it; falsy: start afresh.
+        train: False only saves and reports (and evaluates, with evaluation data) the model as it is.
+
+    Raises:
+        UsageError: another run holds the output dir.
     """
     from orpo.training.runlock import holding
 
@@ -373,7 +443,31 @@ def run_training(
     **kwargs: Any,
 ) -> TrainResult:
     """Build the trainer, train, save, plot, summarise: the whole run.  A checkpoint to resume is found and
-    checked (:func:`check_resume`) before anything is loaded."""
+    checked (:func:`check_resume`) before anything is loaded.
+
+    The steps: :func:`check_resume` (with ``config.resume_from_checkpoint``), :func:`build_trainer` (settings
+    checked, data and model loaded, the trainer built with :func:`run_config`'s copy of ``config``), then
+    :func:`finish_training`: the output dir locked, training, the final evaluation (with evaluation data), the
+    model saved (a LoRA model merged or as an adapter, as ``model_args`` says), the trainer state, the model
+    card, ``training_curves.png`` and ``training_summary.json`` written into ``output_dir``.
+
+    Args:
+        model_args: the model to load and how (revision, quantization, LoRA, a start adapter, merging at the end).
+        data_args: the data to load (files, hub ids or a mixture, splits, columns); None with ``train_dataset``.
+        config: the training settings; copied, never changed (``output_dir`` is required).
+        console: a progress bar or progress lines, health warnings and the summary table on the console.
+        auto_logging: set ``logging_steps`` from the data size (about 20 logs per run).
+        **kwargs: passed to :func:`build_trainer`: ``model``, ``tokenizer``, ``train_dataset``,
+            ``eval_dataset``, ``callbacks``, ``resume_command``.
+
+    Returns:
+        The paths and metrics of the run (on processes other than the main one, without ``plot_path`` and
+            ``summary_path``).
+
+    Raises:
+        UsageError: settings that cannot train (see :func:`build_trainer`), or another run on the output dir.
+        ValueError: a checkpoint to resume that is missing, does not verify or does not fit the model.
+    """
     resume = check_resume(model_args, config)
     trainer = build_trainer(model_args, data_args, config, console=console, auto_logging=auto_logging, **kwargs)
     return finish_training(trainer, model_args=model_args, console=console, resume_from_checkpoint=resume)

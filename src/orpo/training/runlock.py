@@ -53,7 +53,11 @@ def _refusal(path: str, holder: dict[str, Any]) -> str:
 
 
 def acquire(output_dir: str) -> str | None:
-    """Create the lock; None on success, else why it is held.  Takes over a stale lock of this host."""
+    """Create the lock; None on success, else why it is held.  Takes over a stale lock of this host.
+
+    Args:
+        output_dir: the run's output folder; created if missing.
+    """
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, LOCK_NAME)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -76,7 +80,11 @@ def acquire(output_dir: str) -> str | None:
 
 
 def release(output_dir: str) -> None:
-    """Remove the lock if this process holds it."""
+    """Remove the lock if this process holds it.
+
+    Args:
+        output_dir: the run's output folder.
+    """
     path = os.path.join(output_dir, LOCK_NAME)
     holder = _read(path)
     if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
@@ -86,7 +94,16 @@ def release(output_dir: str) -> None:
 
 @contextlib.contextmanager
 def holding(output_dir: str, is_main: bool, share: Callable[[str | None], str | None] | None = None) -> Iterator[None]:
-    """Hold the output dir's lock for the block; ``share`` hands the main process's outcome to every process."""
+    """Hold the output dir's lock for the block; ``share`` hands the main process's outcome to every process.
+
+    Args:
+        output_dir: the run's output folder.
+        is_main: whether this process creates (and removes) the lock.
+        share: broadcasts the main process's outcome (None or the refusal) to all; None for one process.
+
+    Raises:
+        UsageError: another run holds the lock.
+    """
     problem = acquire(output_dir) if is_main else None
     if share is not None:
         problem = share(problem)

@@ -25,7 +25,15 @@ PANELS = (
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> str | None:
-    """Write the training (and eval) curves to a PNG; None when nothing was logged."""
+    """Write the training (and eval) curves to a PNG; None when nothing was logged.
+
+    Args:
+        history: the run's log entries (``trainer.state.log_history``).
+        path: the PNG to write; its folder is created.
+
+    Returns:
+        The PNG's path, or None when no loss was logged.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -83,6 +91,12 @@ SUMMARY_METRICS = (
 
 
 def first_last(history: list[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
+    """The first and last value of ``key`` in the training logs; (None, None) when it was never logged.
+
+    Args:
+        history: the run's log entries; only training logs (those with a ``loss``) are read.
+        key: the metric's name.
+    """
     points = series([log for log in history if "loss" in log], key)
     if not points:
         return None, None
@@ -90,7 +104,11 @@ def first_last(history: list[dict[str, Any]], key: str) -> tuple[float | None, f
 
 
 def summary_table(result: Any) -> str:
-    """The end-of-run table: first/last logged value of each metric, eval, where things are."""
+    """The end-of-run table: first/last logged value of each metric, eval, where things are.
+
+    Args:
+        result: a :class:`~orpo.training.run.TrainResult` (or an object with its attributes).
+    """
     history = result.log_history
     eval_metrics = result.eval_metrics or {}
     rows = [("metric", "first", "last", "eval")]
@@ -141,6 +159,15 @@ def _steps_line(result: Any, metrics: dict[str, Any]) -> str:
 
 
 def write_summary(path: str | Path, result: Any) -> str:
+    """Write the run's summary as JSON: where things are, the metrics, first/last values, the health verdict.
+
+    Args:
+        path: the JSON file to write (its folder must exist).
+        result: a :class:`~orpo.training.run.TrainResult` (or an object with its attributes).
+
+    Returns:
+        The file's path.
+    """
     history = result.log_history
     payload = {
         "output_dir": result.output_dir,

@@ -33,6 +33,13 @@ def _without_decoding(feature: Any) -> Any:
 
 
 def without_image_decoding(dataset: Any) -> Any:
+    """``dataset`` with its ``datasets.Image`` columns (nested ones too) cast to ``decode=False``.
+
+    orpo reads the images itself, so a missing or broken file is orpo's error naming the row.
+
+    Args:
+        dataset: a ``datasets.Dataset``; returned as it is when it has no image feature.
+    """
     for name, feature in dataset.features.items():
         undecoded = _without_decoding(feature)
         if repr(undecoded) != repr(feature):
@@ -56,6 +63,20 @@ def prepare_vision_dataset(
     a missing or unreadable image raises naming the row's file/line and the column.  Duplicates
     compare the images too.  Prompts are never truncated through image placeholders: such a row
     is dropped (counted) or, with ``on_too_long="error"``, raises.
+
+    Args:
+        data: preference data with an image column (``images`` or an alias, or ``columns.images``).
+        processor: the model's processor (tokenizer and image processor).
+        args: an ``ORPOConfig`` (length limits, row policies, ``dataset_num_proc``).
+        split: the split's name, for messages and the report.
+        columns: how the data's column names map to orpo's; None: the usual names.
+
+    Returns:
+        (the tokenized dataset, its :class:`~orpo.data.prepare.DataReport`).
+
+    Raises:
+        ValueError: ``processor`` is not a vision-language processor.
+        DataError: a row or image that cannot be read or used, or no pair left.
     """
     if not is_vision_processor(processor):
         raise ValueError(

@@ -15,11 +15,18 @@ from orpo.scoring.layouts import SCORE_INDEX_KEY, score_positions
 
 @dataclass
 class VisionORPODataCollator:
-    """:class:`orpo.data.ORPODataCollator` plus the pixel inputs of every row's images.
+    """:class:`orpo.scoring.collate.ORPODataCollator` plus the pixel inputs of every row's images.
 
     Rows are laid out as for text (chosen rows 0..B-1, rejected rows B..2B-1), so each pair's
     images appear twice, in the order their placeholders appear in the batch.  Image placeholder
     tokens never carry a label, whatever ``nll_scope`` says.
+
+    Attributes:
+        processor: the model's processor (its image processor makes the pixel inputs).
+        pad_token_id: the id input rows are padded with.
+        label_pad_token_id: the label of unscored positions (padding, prompts, image placeholders).
+        pad_to_multiple_of: round padded lengths up to a multiple of this; None: no rounding.
+        nll_scope: ``"completion"`` or ``"prompt_and_completion"``: which tokens the NLL term scores.
     """
 
     processor: Any
@@ -60,6 +67,13 @@ class VisionORPODataCollator:
 
     @classmethod
     def from_args(cls, processor: Any, args: Any) -> VisionORPODataCollator:
+        """The collator an ``ORPOConfig`` asks for.
+
+        Args:
+            processor: the model's processor (its tokenizer's pad token unless ``args.padding_value`` is set).
+            args: an ``ORPOConfig`` (``padding_value``, ``label_pad_token_id``, ``pad_to_multiple_of``,
+                ``nll_scope``).
+        """
         pad = args.padding_value if args.padding_value is not None else processor.tokenizer.pad_token_id
         return cls(processor, pad, args.label_pad_token_id, args.pad_to_multiple_of, args.nll_scope)
 

@@ -7,7 +7,11 @@ from typing import Any
 
 
 def is_vision_processor(processing_class: Any) -> bool:
-    """Whether ``processing_class`` is a multimodal processor: an image processor and a tokenizer."""
+    """Whether ``processing_class`` is a multimodal processor: an image processor and a tokenizer.
+
+    Args:
+        processing_class: a tokenizer, processor or anything else.
+    """
     return (
         getattr(processing_class, "image_processor", None) is not None
         and getattr(processing_class, "tokenizer", None) is not None
@@ -15,7 +19,16 @@ def is_vision_processor(processing_class: Any) -> bool:
 
 
 def placeholder_token_ids(processor: Any) -> list[int]:
-    """Ids of the tokens that stand for image (and video/audio) features: never scored."""
+    """Ids of the tokens that stand for image (and video/audio) features: never scored.
+
+    Read from the processor's ``*_token_id(s)`` attributes, else from its ``image_token``.
+
+    Args:
+        processor: a vision-language processor.
+
+    Returns:
+        The ids, sorted; empty where the processor names none.
+    """
     ids: set[int] = set()
     for name in ("image_token_ids", "video_token_ids", "audio_token_ids"):
         for value in getattr(processor, name, None) or []:
@@ -53,6 +66,10 @@ def with_image_parts(messages: list[dict[str, Any]], count: int) -> list[dict[st
     """Messages with ``count`` ``{"type": "image"}`` parts at the start of the first user turn.
 
     Messages that already place image parts are returned unchanged.
+
+    Args:
+        messages: a conversation (``{"role", "content"}`` dicts; content a string or a list of parts); not changed.
+        count: how many image parts to add; 0 returns ``messages``.
     """
     if count == 0 or _has_image_parts(messages):
         return messages

@@ -34,7 +34,9 @@ from orpo.models.vision.placeholders import placeholder_token_ids, with_image_pa
 class VisionNormaliser:
     """Picklable batch function for ``datasets.map``: rows with images -> text triple and image key.
 
-    ``image_column`` is the user's name for the image column, for error messages.
+    Args:
+        processor: the model's processor (its chat template, else its tokenizer's, and ``image_token``).
+        image_column: the user's name for the image column, for error messages.
     """
 
     def __init__(self, processor: Any, image_column: str = IMAGE_COLUMN) -> None:
@@ -63,7 +65,17 @@ class VisionNormaliser:
         return out
 
     def render(self, row: dict[str, Any], count: int, location: str, columns: Any = None) -> dict[str, Any]:
-        """The row's texts (as :func:`orpo.data.formats.normalize_row`) with ``count`` image placeholders."""
+        """The row's texts (as :func:`orpo.data.formats.normalize_row`) with ``count`` image placeholders.
+
+        Args:
+            row: the row's ``prompt``, ``chosen`` and ``rejected`` values (strings or messages).
+            count: the row's number of images.
+            location: where the row is (file and line), for error messages.
+            columns: the data's column names, for error messages.
+
+        Raises:
+            DataError: the placeholders in the prompt do not match the images, or a completion contains one.
+        """
         prompt, chosen, rejected = (maybe_decode_messages(row[name]) for name in TEXT_COLUMNS)
         raw = self.image_token is not None and isinstance(prompt, str) and self.image_token in prompt
         conversational = any(is_conversation(value) for value in (prompt, chosen, rejected))
@@ -107,6 +119,11 @@ class VisionRowTokenizer:
     completions; the length limits never cut into image placeholders (such a row is unusable).
 
     A :class:`orpo.data.tokenize.RowTokenizer`; picklable for ``datasets.map``.
+
+    Args:
+        processor: the model's processor (tokenizer and image processor).
+        limits: the length limits and truncation mode.
+        image_column: the user's name for the image column, for error messages.
     """
 
     def __init__(self, processor: Any, limits: LengthLimits, image_column: str = IMAGE_COLUMN) -> None:
@@ -135,6 +152,22 @@ class VisionRowTokenizer:
     def tokenize_row(
         self, prompt: str, chosen: str, rejected: str, images: list[Any], location: str
     ) -> tuple[Any, Any, Any, int]:
+        """One row's token ids within the length limits.
+
+        Args:
+            prompt: the rendered prompt, with its image placeholders.
+            chosen: the chosen completion's text.
+            rejected: the rejected completion's text.
+            images: the row's images, loaded.
+            location: where the row is, for error messages.
+
+        Returns:
+            (prompt ids, chosen ids, rejected ids, truncation flags); ``IMAGE_TRUNCATED`` when a cut would drop
+            an image placeholder.
+
+        Raises:
+            DataError: the processor cannot process the prompt and images, or a completion holds placeholder tokens.
+        """
         try:
             encoded = self.processor(text=[prompt], images=images or None, add_special_tokens=False)
         except (ValueError, TypeError, RuntimeError) as err:
@@ -151,6 +184,11 @@ class VisionRowTokenizer:
         return cut_prompt, cut_chosen, cut_rejected, flags
 
     def describe(self, flags: int) -> str:
+        """Why a row was cut or dropped, in words, for the data report and errors.
+
+        Args:
+            flags: the row's truncation flags.
+        """
         if flags & UNUSABLE:
             return (
                 f"the prompt (with its image tokens) does not fit max_prompt_length={self.limits.max_prompt_length} / "

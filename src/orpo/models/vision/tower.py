@@ -16,7 +16,14 @@ VISION_TOWER_NAMES = ("visual", "vision_tower", "vision_model", "vision_encoder"
 
 
 def find_vision_tower(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
-    """(name, module) of the model's vision encoder: the outermost module named like one."""
+    """(name, module) of the model's vision encoder: the outermost module named like one.
+
+    Args:
+        model: a vision-language model (or a PEFT model around one).
+
+    Returns:
+        The dotted name and the module, or None where no module is named like one of :data:`VISION_TOWER_NAMES`.
+    """
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in VISION_TOWER_NAMES:
             return name, module
@@ -24,7 +31,14 @@ def find_vision_tower(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | N
 
 
 def freeze_vision_tower(model: torch.nn.Module) -> int:
-    """Stop training the vision encoder (adapters inside it included); returns the frozen parameter count."""
+    """Stop training the vision encoder (adapters inside it included); returns the frozen parameter count.
+
+    Args:
+        model: a vision-language model (or a PEFT model around one).
+
+    Raises:
+        ValueError: the model has no vision tower.
+    """
     found = find_vision_tower(model)
     if found is None:
         raise ValueError(
