@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from _cli_support import orpo_command, run
 from orpo.demo import ASSETS, load_rows, load_tokenizer
 from orpo.demo.build_assets import HEDGES, build_data, build_tokenizer, corpus
