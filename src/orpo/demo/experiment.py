@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orpo.training.evaluation import eval_config, evaluate, prepare_pairs, sample_completions, score_pairs
+
 from .build_assets import KINDS
 from .records import Outcome, Run, Setup
 from .setting import (
@@ -86,7 +88,6 @@ class Demo:
 
     def prepare(self) -> None:
         """Tokenize the three files once, with the limits the trainings use (each prints its data report)."""
-        from orpo.training.evaluation import eval_config, prepare_pairs
 
         config = eval_config(max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH)
         self.pairs = {name: prepare_pairs(rows, self.tokenizer, config, name)[0] for name, rows in self.rows.items()}
@@ -160,7 +161,6 @@ class Demo:
     # ---- measuring ------------------------------------------------------------------------------
     def measure(self, model: Any) -> tuple[dict[str, float], list[list[str]]]:
         """The measures of one model on the held-out sums (``claims.MEASURES``), and its sampled answers."""
-        from orpo.training.evaluation import evaluate, sample_completions, score_pairs
 
         heldout = self.pairs["heldout"]
         groups = evaluate(score_pairs(model, heldout, self.tokenizer.pad_token_id, len(heldout)), self.kinds)["groups"]

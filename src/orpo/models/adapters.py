@@ -13,6 +13,7 @@ from typing import Any
 
 from orpo.config.arguments import ModelArguments
 from orpo.config.usage import UsageError
+from orpo.models.damaged import naming_damaged_files
 
 ADAPTER_CONFIG = "adapter_config.json"
 #: LoraConfig keys that have their own option (a field is set once)
@@ -101,8 +102,6 @@ def attach_start_adapter(model: Any, adapter_dir: str, merge: bool) -> Any:
         merge: merge the adapter into the weights rather than train it.
     """
     from peft import PeftModel
-
-    from orpo.models.damaged import naming_damaged_files
 
     with naming_damaged_files(adapter_dir, "adapter"):
         peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=not merge)

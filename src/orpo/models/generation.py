@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from orpo.config.usage import describe_write_error
+from orpo.models.damaged import naming_damaged_files, read_json
 from orpo.models.sources import check_model_source, resolve_chat_template
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ def adapter_base(path: str | Path) -> str | None:
     Raises:
         DamagedFile: its ``adapter_config.json`` is truncated or not JSON.
     """
-    from orpo.models.damaged import read_json
 
     config = read_json(Path(path) / "adapter_config.json")  # a damaged one: named
     return config.get("base_model_name_or_path") if isinstance(config, dict) else None
@@ -98,8 +98,6 @@ def load_for_inference(
     )
     if adapter:
         from peft import PeftModel
-
-        from orpo.models.damaged import naming_damaged_files
 
         with naming_damaged_files(path, "adapter"):
             model = PeftModel.from_pretrained(model, path)

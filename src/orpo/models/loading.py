@@ -18,7 +18,10 @@ from transformers import (
 )
 
 from orpo.config.usage import first_line
+from orpo.models.checks import fit_embeddings
+from orpo.models.damaged import naming_damaged_files
 from orpo.models.kinds import VISION, ModelKind, kind_of
+from orpo.models.vision import freeze_vision_tower
 from orpo.models.vision.placeholders import is_vision_processor
 
 logger = logging.getLogger(__name__)
@@ -309,7 +312,6 @@ def load_model_and_processor(
         if tokenizer is not processing_class:  # a processor renders with its own template
             processing_class.chat_template = chat_template
     prepare_tokenizer(tokenizer)
-    from orpo.models.checks import fit_embeddings
 
     fit_embeddings(loaded, tokenizer, resize=resize_embeddings, name=model if isinstance(model, str) else None)
     return loaded, processing_class
@@ -326,7 +328,6 @@ def named_load(what: str, name: str, load: Callable[..., Any], *args: Any, **kwa
         *args: passed to ``load`` after ``name``.
         **kwargs: passed to ``load``.
     """
-    from orpo.models.damaged import naming_damaged_files
 
     with naming_damaged_files(name, "tokenizer" if "tokenizer" in what else "model"):
         try:
@@ -434,7 +435,5 @@ def prepare_model(model: torch.nn.Module, args: Any, peft_config: Any) -> torch.
     if args.disable_dropout:
         disable_dropout(model)
     if args.freeze_vision_tower:
-        from orpo.models.vision import freeze_vision_tower
-
         freeze_vision_tower(model)
     return model

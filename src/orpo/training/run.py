@@ -22,7 +22,11 @@ from orpo.config.extras import check_requirements
 from orpo.config.usage import UsageError
 from orpo.models.adapters import attach_start_adapter, check_start_adapter, start_adapter_base
 from orpo.models.sources import check_model_source, lora_config, model_init_kwargs, model_source, resolve_chat_template
+from orpo.training.card import write_model_card
+from orpo.training.distributed import launch_changes, quiet_replicas, save_final
 from orpo.training.inputs import auto_logging_steps, load_data
+from orpo.training.reliability import fit
+from orpo.training.runlock import holding
 
 if TYPE_CHECKING:
     from orpo.config.orpo_config import ORPOConfig
@@ -115,7 +119,6 @@ def build_trainer(
     import datasets
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from orpo.training.distributed import quiet_replicas
     from orpo.training.trainer import ORPOTrainer
 
     _check_before_loading(model_args, data_args, config, model)
@@ -215,7 +218,6 @@ def check_resume(model_args: ModelArguments, config: ORPOConfig) -> str | None:
         ValueError: no complete checkpoint to resume from, the one named does not verify, or it does not fit
             the model (adapter against full model, different sizes).
     """
-    from orpo.training.reliability import fit
     from orpo.training.reliability.resume import resolve_resume
 
     if not config.resume_from_checkpoint or config.output_dir is None:
@@ -310,7 +312,6 @@ def run_config(config: ORPOConfig, *, pairs: int | None, has_eval: bool, auto_lo
         has_eval: whether there is evaluation data; without it evaluation is turned off (with a warning).
         auto_logging: set ``logging_steps`` from the run's length (:func:`~orpo.training.inputs.auto_logging_steps`).
     """
-    from orpo.training.distributed import launch_changes
 
     changes: dict[str, Any] = {}
     if auto_logging and (pairs is not None or config.max_steps > 0):
@@ -358,7 +359,6 @@ def finish_training(
     Raises:
         UsageError: another run holds the output dir.
     """
-    from orpo.training.runlock import holding
 
     with holding(str(trainer.args.output_dir), trainer.is_world_process_zero(), _from_main(trainer)):
         return _finish(trainer, model_args, console, resume_from_checkpoint, train)
@@ -386,8 +386,6 @@ def _finish(
     resume_from_checkpoint: Any,
     train: bool,
 ) -> TrainResult:
-    from orpo.training.card import write_model_card
-    from orpo.training.distributed import save_final
     from orpo.training.health import HealthCallback
     from orpo.training.summary import plot_training_curves, summary_table, write_summary
 
