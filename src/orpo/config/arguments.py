@@ -30,7 +30,7 @@ ROW_POLICIES = ("error", "drop", "keep")
 LENGTH_POLICIES = ("error", "drop", "truncate")
 NONFINITE_POLICIES = ("error", "skip")
 MIXINGS = ("fractions", "probabilities")
-#: The batch layouts, the one list of their names: ``orpo.scoring.layouts.Layout``'s values (tested to match).
+#: The batch layouts, the one list of their names (``orpo.scoring.layouts.Layout`` takes its values from it).
 LAYOUT_NAMES = ("padded", "padding_free", "shared_prompt")
 #: ``layout`` values: "auto", then the layouts.
 LAYOUTS = ("auto", *LAYOUT_NAMES)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from orpo.config.arguments import LAYOUT_NAMES
+
 if TYPE_CHECKING:
     from orpo.scoring.segments import Segments
 
@@ -25,9 +27,10 @@ class Layout(Enum):
     """How a collated batch lays out its sequences; carried as ``batch[LAYOUT_KEY]``.  The values
     are the names of the ``layout`` option (``ORPOConfig.layout``)."""
 
-    PADDED = "padded"
-    PADDING_FREE = "padding_free"
-    SHARED_PROMPT = "shared_prompt"
+    # The names are the ``layout`` option's, declared once in orpo.config.arguments.LAYOUT_NAMES.
+    PADDED = LAYOUT_NAMES[0]
+    PADDING_FREE = LAYOUT_NAMES[1]
+    SHARED_PROMPT = LAYOUT_NAMES[2]
 
 
 #: The batch key of the layout marker.  A plain Python value: ``Trainer._prepare_inputs`` and
