@@ -160,7 +160,7 @@ def test_cli_without_a_model_says_the_counts_are_indicative(capsys):
         (["{tmp}/bad.jsonl"], "{tmp}/bad.jsonl, line 2, column 11: malformed JSON (Expecting ':' delimiter)"),
         ([str(REPORT), "--text-column", "answer"], "no column 'answer' (given as the chosen column"),
         ([str(REPORT), "--example", "99"], "--example 99: the train data has rows 0..9"),
-        ([str(REPORT), "--max-length", "0"], "--max-length must be a positive integer, got 0"),
+        ([str(REPORT), "--max-length", "0"], "--max-length 0: must be an integer >= 1"),
         (
             [str(REPORT), "--model", "{tmp}"],
             "cannot load the tokenizer of '{tmp}': no tokenizer files in {tmp} (it has bad.jsonl): save the tokenizer",
