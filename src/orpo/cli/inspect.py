@@ -74,10 +74,6 @@ def run(args: argparse.Namespace) -> InspectReport:
             tokenizer.chat_template = template
         name = "a local byte-level BPE trained on this data (orpo.demo.tiny.build_tokenizer, ChatML template)"
         note = "no --model given: token counts are indicative only; pass --model to count with your model's tokenizer"
-    for option in ("max_length", "max_prompt_length", "max_completion_length"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise DataError(f"--{option.replace('_', '-')} must be a positive integer, got {value}")
     limits = LengthLimits(args.max_length, args.max_prompt_length, args.max_completion_length, args.truncation_mode)
     report = inspect_dataset(
         dataset,
