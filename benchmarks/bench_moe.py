@@ -100,15 +100,16 @@ def run_once(name: str, ns: argparse.Namespace, pairs: list[dict[str, str]], tok
         "report_to": [],
         "disable_tqdm": True,
         "seed": 0,
-        "max_length": 512,
-        "max_prompt_length": 256,
+        "max_length": 512,  # nothing here is longer: neither trainer truncates
         "dataloader_num_workers": 0,
         "use_cpu": True,
     }
     if kind == "orpo":
         from orpo import ORPOConfig, ORPOTrainer
 
-        args = ORPOConfig(**common, router_aux_loss_coef=COEF, **{"output_router_logits": True, **overrides})
+        args = ORPOConfig(
+            **common, max_prompt_length=256, router_aux_loss_coef=COEF, **{"output_router_logits": True, **overrides}
+        )
         trainer = ORPOTrainer(
             model=model, args=args, train_dataset=pairs, processing_class=tokenizer, callbacks=[timer]
         )
