@@ -17,6 +17,7 @@ from _reliability import LogRecorder, StopAt, make_args, max_diff, weights
 from conftest import learnable_pairs
 from orpo import ORPOConfig, ORPOTrainer
 from orpo.demo.tiny import MOE_KINDS, tiny_causal_lm, tiny_moe_lm
+from orpo.internals.private import router_recorder
 
 COEF = 0.5
 
@@ -85,6 +86,10 @@ def _assert_aux_added(runs) -> None:
 
 @pytest.mark.parametrize("kind", list(MOE_KINDS))
 def test_each_moe_family_trains_with_coef_times_aux_loss_in_the_default_layout(tokenizer, tmp_path, kind):
+    if router_recorder(tiny_moe_lm(tokenizer, kind)) is None:
+        # e.g. GraniteMoE at the transformers 5.3 floor: its router is not one transformers records, and orpo
+        # refuses output_router_logits for it in one line (as for a dense model, tested below) rather than guess.
+        pytest.skip(f"{kind}: this transformers release records no router logits for it")
     runs = _pair_of_runs(tokenizer, tmp_path, kind)
     trainer = runs[COEF][0]
     # the default layout (auto: shared_prompt on sdpa) runs as a row: the probe no longer fails on the router
